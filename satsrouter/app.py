@@ -1,0 +1,88 @@
+"""Build the ASGI app: the node's components, its routes, and the request-id middleware."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from satsrouter import __version__
+from satsrouter.http import balance, catalog, proxy
+from satsrouter.http.errors import install_error_handlers
+from satsrouter.node import Node
+from satsrouter.settings import Settings
+
+
+class RequestIdMiddleware:
+    """Give every request an id (`request.state.request_id`) and every response `x-request-id`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = os.urandom(12).hex()
+        scope.setdefault("state", {})["request_id"] = request_id
+        header = (b"x-request-id", request_id.encode())
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                if not any(name == b"x-request-id" for name, _ in headers):
+                    headers.append(header)
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_id)
+
+
+def create_app(settings: Settings | None = None, node: Node | None = None) -> FastAPI:
+    """The node's ASGI app; `node` lets tests build and inspect the components themselves."""
+    settings = settings or (node.settings if node else Settings.from_env())
+    the_node = node or Node(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await the_node.start()
+        try:
+            yield
+        finally:
+            await the_node.stop()
+
+    app = FastAPI(
+        title="satsrouter",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.state.node = the_node
+    install_error_handlers(app)
+    app.include_router(proxy.router)
+    app.include_router(balance.router)
+    app.include_router(catalog.router)
+
+    @app.get("/")
+    async def root() -> dict[str, object]:
+        return {"name": settings.name, "version": __version__, "mints": settings.cashu_mints}
+
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origins=settings.cors_origins,
+        allow_methods=["*"],
+        allow_headers=["*"],
+        expose_headers=[
+            "x-request-id",
+            "X-Cashu",
+            "X-Routstr-Cost-Msats",
+            "X-Routstr-Balance-Msats",
+        ],
+    )
+    app.add_middleware(RequestIdMiddleware)
+    return app

@@ -1,0 +1,242 @@
+"""The money path every payment mode shares: who pays → reserve → settle/release → change."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from dataclasses import dataclass
+
+from satsrouter.billing.ledger import (
+    Account,
+    InsufficientBalance,
+    Ledger,
+    Reservation,
+    Settlement,
+    UnknownAccount,
+)
+from satsrouter.billing.payouts import Payout, Payouts
+from satsrouter.billing.redeem import Redeemer
+from satsrouter.ecash.errors import EcashError
+from satsrouter.ecash.tokens import ParsedToken, parse_token
+from satsrouter.errors import ApiError, insufficient_balance
+
+log = logging.getLogger(__name__)
+
+CASHU_PREFIXES = ("cashuA", "cashuB")
+
+
+def sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def is_cashu_token(text: str) -> bool:
+    return text.startswith(CASHU_PREFIXES)
+
+
+def ecash_api_error(exc: EcashError) -> ApiError:
+    """The client-facing form of a wallet failure (one mapping for every path)."""
+    return ApiError(exc.status, exc.code, exc.message)
+
+
+def xcashu_key_hash(token: ParsedToken) -> str:
+    # Distinct from the Bearer key hash, so a per-request token never doubles as an API key.
+    return sha256_hex("x-cashu:" + token.raw_hash)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What the client presented: an `X-Cashu` token and/or a bearer key or token."""
+
+    x_cashu: str | None = None
+    bearer: str | None = None
+
+    @property
+    def present(self) -> bool:
+        return bool(self.x_cashu or self.bearer)
+
+
+class Charge:
+    """One paid request's hold on a balance, settled or released exactly once."""
+
+    def __init__(
+        self,
+        billing: Billing,
+        reservation: Reservation,
+        x_cashu: ParsedToken | None,
+    ) -> None:
+        self.billing = billing
+        self.reservation = reservation
+        self.x_cashu = x_cashu
+        self.settlement: Settlement | None = None
+        self.done = False
+
+    @property
+    def request_id(self) -> str:
+        return self.reservation.id
+
+    async def settle(self, cost_msat: int) -> Settlement | None:
+        """Charge `cost_msat` (capped at the reservation); idempotent."""
+        if self.done:
+            return self.settlement
+        self.done = True
+        try:
+            self.settlement = await self.billing.ledger.settle(self.reservation, cost_msat)
+        finally:
+            self.billing.live.discard(self.reservation.id)
+        return self.settlement
+
+    async def release(self) -> None:
+        """Charge nothing and free the reservation (I4); idempotent."""
+        if self.done:
+            return
+        self.done = True
+        try:
+            await self.billing.ledger.release(self.reservation)
+        finally:
+            self.billing.live.discard(self.reservation.id)
+
+    async def change(self) -> Payout | None:
+        """For `X-Cashu` payments: the rest of the token's value as a fresh token."""
+        if self.x_cashu is None:
+            return None
+        return await self.billing.payouts.pay_out_all(
+            self.reservation.account_id, change_payout_id(self.x_cashu)
+        )
+
+
+def change_payout_id(token: ParsedToken) -> str:
+    """The payout id of an `X-Cashu` token's change: stable, so refunds are idempotent."""
+    return "xcashu:" + token.raw_hash
+
+
+class Billing:
+    """Resolves who pays and holds their money for the length of one request."""
+
+    def __init__(self, ledger: Ledger, redeemer: Redeemer, payouts: Payouts) -> None:
+        self.ledger = ledger
+        self.redeemer = redeemer
+        self.payouts = payouts
+        # Reservations held by requests alive in this process; the sweeper never touches them.
+        self.live: set[str] = set()
+
+    async def begin(
+        self, creds: Credentials, max_cost_msat: int, model: str, request_id: str
+    ) -> Charge:
+        """Reserve `max_cost_msat` from whoever pays for this request."""
+        if creds.x_cashu:
+            return await self._begin_x_cashu(creds.x_cashu, max_cost_msat, model, request_id)
+        key = creds.bearer or ""
+        key_hash = sha256_hex(key)
+        try:
+            return await self._reserve(key_hash, max_cost_msat, model, request_id, None)
+        except UnknownAccount:
+            if not is_cashu_token(key):
+                raise ApiError(
+                    401, "invalid_api_key", "Unknown API key. Check the key or create a new one."
+                ) from None
+        # A token used as an API key for the first time: redeem it into its own balance.
+        token = self._parse(key)
+        try:
+            await self.redeemer.redeem(key, token, key_hash, "token")
+        except EcashError as exc:
+            raise ecash_api_error(exc) from exc
+        return await self._reserve(key_hash, max_cost_msat, model, request_id, None)
+
+    async def account(self, key: str) -> Account:
+        """The balance behind an `sk-` key or a Cashu token used as a key (redeemed once)."""
+        key_hash = sha256_hex(key)
+        account = await self.ledger.get_account(key_hash)
+        if account is not None:
+            return account
+        if not is_cashu_token(key):
+            raise ApiError(401, "invalid_api_key", "Unknown API key.")
+        try:
+            await self.redeemer.redeem(key, self._parse(key), key_hash, "token")
+        except EcashError as exc:
+            raise ecash_api_error(exc) from exc
+        account = await self.ledger.get_account(key_hash)
+        if account is None:
+            raise ApiError(401, "invalid_api_key", "Unknown API key.")
+        return account
+
+    def _parse(self, text: str) -> ParsedToken:
+        try:
+            token = parse_token(text)
+            self.redeemer.wallet.check_accepted(token)
+        except EcashError as exc:
+            raise ecash_api_error(exc) from exc
+        return token
+
+    async def _begin_x_cashu(
+        self, text: str, max_cost_msat: int, model: str, request_id: str
+    ) -> Charge:
+        token = self._parse(text)
+        if token.amount_msat < max_cost_msat:
+            # Refused before redeeming: the token stays spendable by its owner.
+            raise insufficient_balance(token.amount_msat, max_cost_msat)
+        key_hash = xcashu_key_hash(token)
+        try:
+            redeemed = await self.redeemer.redeem(text, token, key_hash, "xcashu")
+        except EcashError as exc:
+            raise ecash_api_error(exc) from exc
+        if redeemed.already:
+            raise ApiError(
+                400,
+                "cashu_token_already_spent",
+                "This Cashu token was already spent here. Use POST /v1/balance/refund with "
+                "it in X-Cashu to collect its change.",
+            )
+        try:
+            return await self._reserve(key_hash, max_cost_msat, model, request_id, token)
+        except ApiError as exc:
+            # The mint's fee left less than the request may cost: hand everything back.
+            payout = await self.payouts.pay_out_all(redeemed.account_id, change_payout_id(token))
+            if payout.token:
+                exc.headers["X-Cashu"] = payout.token
+            raise
+
+    async def _reserve(
+        self,
+        key_hash: str,
+        max_cost_msat: int,
+        model: str,
+        request_id: str,
+        x_cashu: ParsedToken | None,
+    ) -> Charge:
+        try:
+            reservation = await self.ledger.reserve(key_hash, request_id, max_cost_msat, model)
+        except InsufficientBalance as exc:
+            raise insufficient_balance(exc.available_msat, exc.required_msat) from None
+        self.live.add(request_id)
+        return Charge(self, reservation, x_cashu)
+
+    async def refund_x_cashu(self, text: str) -> Payout:
+        """The change of an earlier `X-Cashu` request, again (idempotent recovery)."""
+        token = self._parse(text)
+        payout = await self.payouts.get(change_payout_id(token))
+        if payout is not None:
+            return payout
+        account = await self.ledger.get_account(xcashu_key_hash(token))
+        if account is None:
+            raise ApiError(404, "not_found", "This token was never used to pay here.")
+        if account.reserved_msat:
+            raise ApiError(
+                409,
+                "request_in_progress",
+                "The request paid with this token is still running; retry later.",
+            )
+        return await self.payouts.pay_out_all(account.id, change_payout_id(token))
+
+    async def run_sweeper(self, interval: float, dead_after: float) -> None:
+        """Heartbeat and release reservations of requests that are provably gone, forever."""
+        while True:
+            try:
+                await self.ledger.heartbeat()
+                await self.redeemer.recover(ask_mint=True, min_age=dead_after)
+                released = await self.ledger.sweep(dead_after, set(self.live), min_age=dead_after)
+                if released:
+                    log.warning("sweeper released %d orphaned reservations", released)
+            except Exception:
+                log.exception("sweeper pass failed")
+            await asyncio.sleep(interval)

@@ -1,0 +1,81 @@
+"""Pricing a request before it runs, and its real cost after (shared by every endpoint)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from satsrouter.billing.metering import Usage
+from satsrouter.billing.pricing import (
+    Cost,
+    MsatPrices,
+    max_request_cost,
+    model_max_cost,
+    msat_prices,
+    usage_cost,
+)
+from satsrouter.errors import ApiError
+from satsrouter.market.catalogue import Catalogue, Model
+from satsrouter.market.rates import RateSource, RateUnavailable
+
+
+@dataclass(frozen=True)
+class Quote:
+    """A model with its msat prices at the current rate, and this request's reservation."""
+
+    model: Model
+    prices: MsatPrices
+    max_cost_msat: int
+
+    def cost(self, usage: Usage) -> Cost:
+        return usage_cost(self.prices, usage)
+
+
+class PriceBook:
+    """Model prices in msat at the current BTC/USD rate, cached per rate."""
+
+    def __init__(self, catalogue: Catalogue, rate: RateSource, fee: Decimal) -> None:
+        self.catalogue = catalogue
+        self.rate = rate
+        self.fee = fee
+        self._cache: dict[tuple[str, Decimal], MsatPrices] = {}
+
+    def usd_per_btc(self) -> Decimal:
+        try:
+            return self.rate.usd_per_btc()
+        except RateUnavailable as exc:
+            raise ApiError(503, "price_unavailable", f"{exc}. Paid requests are paused.") from exc
+
+    def prices(self, model: Model) -> MsatPrices:
+        """The model's msat prices now (cached until the rate changes)."""
+        usd = self.usd_per_btc()
+        key = (model.id, usd)
+        prices = self._cache.get(key)
+        if prices is None or len(self._cache) > 10_000:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            prices = self._cache[key] = msat_prices(model, usd, self.fee)
+        return prices
+
+    def model(self, model_id: Any) -> Model:
+        """Resolve a requested model id or alias; 404 `model_not_found` otherwise."""
+        if not isinstance(model_id, str) or not model_id:
+            raise ApiError(400, "invalid_request", "The request needs a `model`.")
+        model = self.catalogue.get(model_id)
+        if model is None:
+            raise ApiError(
+                404,
+                "model_not_found",
+                f"Model {model_id!r} is not served here. GET /v1/models lists the models.",
+            )
+        return model
+
+    def quote(self, model_id: Any, prompt_bound: int, max_tokens: int | None) -> Quote:
+        """Price a request: its model, prices, and the most it may cost (the reservation)."""
+        model = self.model(model_id)
+        prices = self.prices(model)
+        return Quote(model, prices, max_request_cost(prices, model, prompt_bound, max_tokens))
+
+    def max_cost(self, model: Model) -> int:
+        return model_max_cost(self.prices(model), model)

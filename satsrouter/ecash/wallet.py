@@ -1,0 +1,276 @@
+"""The node's own Cashu wallet: receive (swap) users' tokens, issue change, check state."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from satsrouter.ecash._cashu import Wallet, new_mint_client, pooled_client
+from satsrouter.ecash.errors import EcashError, map_mint_error
+from satsrouter.ecash.tokens import SUPPORTED_UNITS, ParsedToken, normalize_mint_url
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Slot:
+    """One nutshell Wallet for one (mint, unit), and the lock that serialises its mutations."""
+
+    wallet: Wallet
+    client: httpx.AsyncClient | None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    loaded: bool = False
+
+
+class NodeWallet:
+    """All ecash the node holds, one nutshell wallet per accepted (mint, unit)."""
+
+    def __init__(self, mints: list[str], data_dir: Path) -> None:
+        if not mints:
+            raise ValueError("at least one mint URL is required")
+        normalised = [normalize_mint_url(m) for m in mints]
+        self.mints: list[str] = list(dict.fromkeys(normalised))
+        self.primary_mint = self.mints[0]
+        self._accepted = frozenset(self.mints)
+        self._db_dir = Path(data_dir) / "wallet"
+        self._slots: dict[tuple[str, str], _Slot] = {}
+        self._clients: dict[str, httpx.AsyncClient | None] = {}
+        self._create_lock = asyncio.Lock()
+
+    # ---- lifecycle ----
+
+    async def start(self) -> None:
+        """Open the wallet database (creating the seed once) and try to reach each mint."""
+        self._db_dir.mkdir(parents=True, exist_ok=True)
+        # Sequential and offline: the first Wallet creates the seed that all later ones share.
+        for mint in self.mints:
+            await self._slot(mint, "sat")
+        results = await asyncio.gather(
+            *(self._load(self._slots[(m, "sat")]) for m in self.mints), return_exceptions=True
+        )
+        for mint, result in zip(self.mints, results, strict=True):
+            if isinstance(result, BaseException):
+                # a mint that is down now is retried on first use
+                log.warning("mint %s not loaded at start: %s", mint, _describe(result))
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            if client is not None:
+                await client.aclose()
+        self._clients.clear()
+        for slot in self._slots.values():
+            await slot.wallet.db.engine.dispose()
+        self._slots.clear()
+
+    # ---- checks ----
+
+    def check_accepted(self, token: ParsedToken) -> None:
+        """Refuse tokens from mints not in our list; never contacts the mint."""
+        if token.mint not in self._accepted:
+            raise EcashError(
+                "mint_not_accepted",
+                "This node only accepts Cashu tokens from these mints: "
+                + ", ".join(self.mints)
+                + ". Send a token from one of them.",
+            )
+
+    # ---- money in ----
+
+    async def receive(self, token: ParsedToken) -> int:
+        """Swap the token into the node's wallet; returns the amount received, in token.unit."""
+        self.check_accepted(token)
+        slot = await self._slot(token.mint, token.unit)
+        wallet = slot.wallet
+        # copies: expanding keyset ids must not change the caller's token
+        proofs = [p.model_copy() for p in token.proofs]
+        async with slot.lock:
+            await self._load(slot)
+            await self._resolve_keysets(slot, proofs)
+            fee = int(wallet.get_fees_for_proofs(proofs))
+            if token.amount <= fee:
+                raise EcashError(
+                    "token_too_small",
+                    f"This token is worth {token.amount} {token.unit} but the mint charges "
+                    f"{fee} {token.unit} to receive it. Send a larger token.",
+                )
+            try:
+                with pooled_client(slot.client):
+                    kept, _ = await wallet.redeem(proofs)
+            except Exception as exc:
+                err = map_mint_error(exc)
+                log.info("receive %s failed: %s", token.raw_hash[:12], err.code)
+                raise err from None
+        received = sum(int(p.amount) for p in kept)
+        log.info(
+            "received %d %s (fee %d) from %s at %s",
+            received,
+            token.unit,
+            fee,
+            token.raw_hash[:12],
+            token.mint,
+        )
+        return received
+
+    async def proof_state(self, token: ParsedToken) -> str:
+        """NUT-07: "spent", "pending", "unspent", or "mixed" for the token's proofs."""
+        self.check_accepted(token)
+        slot = await self._slot(token.mint, token.unit)
+        if not slot.loaded:
+            async with slot.lock:
+                await self._load(slot)
+        try:
+            with pooled_client(slot.client):
+                response = await slot.wallet.check_proof_state(token.proofs)
+        except Exception as exc:
+            raise map_mint_error(exc) from None
+        states = {str(s.state.value) for s in response.states}
+        if len(response.states) != len(token.proofs):
+            raise EcashError("mint_error")
+        if states == {"SPENT"}:
+            return "spent"
+        if "PENDING" in states:
+            return "pending"
+        if states == {"UNSPENT"}:
+            return "unspent"
+        return "mixed"
+
+    # ---- money out ----
+
+    async def issue(
+        self, amount: int, unit: str = "sat", mint: str | None = None, *, legacy: bool = False
+    ) -> str:
+        """A new token worth exactly `amount` from the node's proofs (cashuB; cashuA if legacy)."""
+        if amount <= 0:
+            raise ValueError("amount must be positive")
+        mint_url = self._accepted_mint(mint)
+        slot = await self._slot(mint_url, unit)
+        wallet = slot.wallet
+        async with slot.lock:
+            await self._load(slot)
+            available = wallet.active_proofs(wallet.proofs)
+            if sum(int(p.amount) for p in available) < amount:
+                raise _insufficient(amount, unit)
+            try:
+                chosen = wallet.coinselect(available, amount)
+                if sum(int(p.amount) for p in chosen) != amount:
+                    # no exact coins: swap for them (the swap fee comes from our side)
+                    with pooled_client(slot.client):
+                        _, chosen = await wallet.swap_to_send(available, amount)
+                token = str(await wallet.serialize_proofs(chosen, legacy=legacy))
+                # from here the proofs are the user's: drop them from our spendable set
+                await wallet.invalidate(chosen)
+            except EcashError:
+                raise
+            except AssertionError:
+                raise _insufficient(amount, unit) from None
+            except Exception as exc:
+                err = map_mint_error(exc)
+                raise (
+                    _insufficient(amount, unit) if err.code == "insufficient_node_funds" else err
+                ) from None
+        log.info("issued %d %s at %s", amount, unit, mint_url)
+        return token
+
+    async def balance(self, mint: str | None = None, unit: str = "sat") -> int:
+        """Spendable amount (in `unit`) held at `mint` (default: the primary mint)."""
+        slot = await self._slot(self._accepted_mint(mint), unit)
+        return sum(int(p.amount) for p in slot.wallet.proofs if not p.reserved)
+
+    # ---- internals ----
+
+    def _accepted_mint(self, mint: str | None) -> str:
+        if mint is None:
+            return self.primary_mint
+        url = normalize_mint_url(mint)
+        if url not in self._accepted:
+            raise EcashError(
+                "mint_not_accepted",
+                "This node only uses these mints: " + ", ".join(self.mints) + ".",
+            )
+        return url
+
+    async def _slot(self, mint: str, unit: str) -> _Slot:
+        key = (mint, unit)
+        slot = self._slots.get(key)
+        if slot is not None:
+            return slot
+        if unit not in SUPPORTED_UNITS:
+            raise EcashError("unit_not_supported")
+        async with self._create_lock:
+            slot = self._slots.get(key)
+            if slot is None:
+                self._db_dir.mkdir(parents=True, exist_ok=True)
+                # all (mint, unit) wallets share one database, hence one seed
+                wallet = await Wallet.with_db(mint, str(self._db_dir), name="wallet", unit=unit)
+                await wallet.load_proofs(reload=True)
+                if mint not in self._clients:
+                    self._clients[mint] = new_mint_client(mint)
+                slot = _Slot(wallet=wallet, client=self._clients[mint])
+                self._slots[key] = slot
+        return slot
+
+    async def _load(self, slot: _Slot) -> None:
+        """Fetch the mint's keysets and info once (nutshell's load_mint hides errors)."""
+        if slot.loaded:
+            return
+        wallet = slot.wallet
+        try:
+            with pooled_client(slot.client):
+                await wallet.load_mint_keysets()
+                await wallet.load_mint_info(reload=True)
+        except Exception as exc:
+            raise map_mint_error(exc) from None
+        try:
+            await wallet.activate_keyset()
+        except Exception:
+            raise EcashError(
+                "unit_not_supported",
+                f"The mint {wallet.url} has no active keyset for unit {wallet.unit.name}.",
+            ) from None
+        await wallet.load_proofs(reload=True)
+        slot.loaded = True
+
+    async def _resolve_keysets(self, slot: _Slot, proofs: list[Any]) -> None:
+        """Expand V4 short keyset ids and make sure every keyset is one of this mint/unit's."""
+        wallet = slot.wallet
+        for attempt in range(2):
+            unknown = False
+            for proof in proofs:
+                if proof.id in wallet.keysets:
+                    continue
+                matches = [k for k in wallet.keysets if k.startswith(proof.id)]
+                if len(proof.id) == 16 and len(matches) == 1:
+                    proof.id = matches[0]
+                else:
+                    unknown = True
+            if not unknown:
+                return
+            if attempt == 0:
+                # the mint may have rotated keysets since we loaded them
+                try:
+                    with pooled_client(slot.client):
+                        await wallet.load_mint_keysets()
+                except Exception as exc:
+                    raise map_mint_error(exc) from None
+        raise EcashError(
+            "invalid_cashu_token",
+            f"The token's keyset is not one of {wallet.url}'s {wallet.unit.name} keysets. "
+            "Check that the token's mint and unit are right.",
+        )
+
+
+def _insufficient(amount: int, unit: str) -> EcashError:
+    return EcashError(
+        "insufficient_node_funds",
+        f"The node cannot issue {amount} {unit} right now. "
+        "Try again later or contact the operator.",
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    return exc.code if isinstance(exc, EcashError) else type(exc).__name__

@@ -1,0 +1,57 @@
+"""The one error envelope, as responses and exception handlers."""
+
+from __future__ import annotations
+
+import logging
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+
+from satsrouter.ecash.errors import EcashError
+from satsrouter.errors import ApiError
+
+log = logging.getLogger(__name__)
+
+
+def error_response(exc: ApiError) -> Response:
+    """Render an ApiError as `{"error": {...}}` with its status and headers."""
+    return Response(
+        orjson.dumps(exc.envelope()),
+        status_code=exc.status,
+        media_type="application/json",
+        headers=exc.headers,
+    )
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Make every failure, ours or the framework's, use the same envelope."""
+
+    async def on_api_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return error_response(exc)
+
+    async def on_ecash_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, EcashError)
+        return error_response(ApiError(exc.status, exc.code, exc.message))
+
+    async def on_http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(ApiError(exc.status_code, code, str(exc.detail)))
+
+    async def on_validation_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        return error_response(ApiError(400, "invalid_request", "Invalid request parameters."))
+
+    async def on_unexpected(_: Request, exc: Exception) -> Response:
+        log.error("unhandled %s", type(exc).__name__, exc_info=exc)
+        return error_response(ApiError(500, "internal_error", "Internal error; please report."))
+
+    app.add_exception_handler(ApiError, on_api_error)
+    app.add_exception_handler(EcashError, on_ecash_error)
+    app.add_exception_handler(HTTPException, on_http_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(Exception, on_unexpected)

@@ -1,0 +1,38 @@
+"""Logging setup, with a filter that masks anything shaped like a token or key (I8)."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+# Cashu tokens, sk- keys and bearer values: masked wherever they would appear in a log line.
+_SECRET = re.compile(r"(cashu[AB][A-Za-z0-9_\-+/=]{8,}|sk-[A-Za-z0-9_\-]{8,}|Bearer\s+\S+)")
+
+
+def mask_secrets(text: str) -> str:
+    """Replace tokens and keys in `text` with a short marker."""
+    return _SECRET.sub(lambda m: m.group(0)[:6] + "…[redacted]", text)
+
+
+class SecretFilter(logging.Filter):
+    """Last line of defence: no log record leaves with a token or key in it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_secrets(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return True
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """Configure root logging once, with secrets masked on every handler."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(SecretFilter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    # Libraries that would echo request lines or bodies stay quieter than ours.
+    for noisy in ("aiosqlite", "sqlalchemy.engine", "httpx", "httpcore", "asyncio"):
+        logging.getLogger(noisy).setLevel(max(logging.INFO, root.level))

@@ -1,0 +1,107 @@
+"""One Settings object, read from the environment (Routstr-compatible names)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from decimal import Decimal
+from pathlib import Path
+
+
+class SettingsError(ValueError):
+    """A setting has a value the node cannot run with."""
+
+
+def _split_list(value: str) -> list[str]:
+    return [item.strip().rstrip("/") for item in value.split(",") if item.strip()]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything configurable about a node. Build it with `Settings.from_env()`."""
+
+    upstream_base_url: str = "https://openrouter.ai/api/v1"
+    upstream_api_key: str = field(default="", repr=False)
+    upstream_timeout: float = 120.0
+    cashu_mints: list[str] = field(default_factory=lambda: ["https://mint.minibits.cash/Bitcoin"])
+    data_dir: Path = Path("./data")
+    database_url: str = ""
+    btc_usd_price: Decimal | None = None
+    models_path: Path | None = None
+    provider_fee: Decimal = Decimal("1.05")
+    name: str = "satsrouter"
+    description: str = "An LLM node paid in Cashu ecash"
+    http_url: str = ""
+    onion_url: str = ""
+    log_level: str = "INFO"
+    cors_origins: list[str] = field(default_factory=lambda: ["*"])
+    # How long a disconnected stream may keep reading the upstream to learn its usage (I5).
+    drain_timeout: float = 30.0
+    # A node instance whose heartbeat is older than this is considered dead (sweeper).
+    instance_dead_after: float = 30.0
+    sweep_interval: float = 10.0
+    max_body_bytes: int = 8 * 1024 * 1024
+
+    @property
+    def primary_mint(self) -> str:
+        return self.cashu_mints[0]
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'satsrouter.sqlite').resolve()}"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read settings from `env` (default `os.environ`); unset names keep defaults."""
+        env = os.environ if env is None else env
+        base = cls()
+        kw: dict[str, object] = {}
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            return value.strip() if value is not None and value.strip() != "" else None
+
+        try:
+            if (v := get("UPSTREAM_BASE_URL")) is not None:
+                kw["upstream_base_url"] = v.rstrip("/")
+            if (v := get("UPSTREAM_API_KEY")) is not None:
+                kw["upstream_api_key"] = v
+            if (v := get("UPSTREAM_TIMEOUT")) is not None:
+                kw["upstream_timeout"] = float(v)
+            if (v := get("CASHU_MINTS")) is not None:
+                kw["cashu_mints"] = _split_list(v)
+            if (v := get("DATA_DIR")) is not None:
+                kw["data_dir"] = Path(v)
+            if (v := get("DATABASE_URL")) is not None:
+                kw["database_url"] = v
+            if (v := get("BTC_USD_PRICE")) is not None:
+                kw["btc_usd_price"] = Decimal(v)
+            if (v := get("MODELS_PATH")) is not None:
+                kw["models_path"] = Path(v)
+            if (v := get("PROVIDER_FEE")) is not None:
+                kw["provider_fee"] = Decimal(v)
+            for name in ("NAME", "DESCRIPTION", "HTTP_URL", "ONION_URL", "LOG_LEVEL"):
+                if (v := get(name)) is not None:
+                    kw[name.lower()] = v
+            if (v := get("CORS_ORIGINS")) is not None:
+                kw["cors_origins"] = _split_list(v)
+        except (ArithmeticError, ValueError) as exc:
+            raise SettingsError(f"invalid setting: {exc}") from exc
+
+        settings = replace(base, **kw)  # type: ignore[arg-type]
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        """Refuse values that would make the node charge wrongly or not start."""
+        if not self.cashu_mints:
+            raise SettingsError("CASHU_MINTS must name at least one mint")
+        if self.provider_fee <= 0:
+            raise SettingsError("PROVIDER_FEE must be positive")
+        if self.btc_usd_price is not None and self.btc_usd_price <= 0:
+            raise SettingsError("BTC_USD_PRICE must be positive")
+        if self.upstream_timeout <= 0:
+            raise SettingsError("UPSTREAM_TIMEOUT must be positive")

@@ -1,0 +1,73 @@
+"""Fixtures for ecash tests: real nutshell mints, a user wallet, a node wallet.
+
+Import these into a test module (`from conftest_ecash import *`) or list this module
+in the root conftest's `pytest_plugins`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from satsrouter.ecash.wallet import NodeWallet
+from satsrouter.testing.mint import LocalMint, TestWallet
+
+
+@pytest.fixture(scope="session")
+def local_mint() -> Iterator[LocalMint]:
+    """A fee-free mint for the whole session."""
+    mint = LocalMint()
+    mint.start()
+    try:
+        yield mint
+    finally:
+        mint.cleanup()
+
+
+@pytest.fixture(scope="session")
+def fee_mint() -> Iterator[LocalMint]:
+    """A mint charging 100 ppk per input proof (1 sat for a one-proof swap)."""
+    mint = LocalMint(input_fee_ppk=100)
+    mint.start()
+    try:
+        yield mint
+    finally:
+        mint.cleanup()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def user_wallet(
+    local_mint: LocalMint, tmp_path_factory: pytest.TempPathFactory
+) -> TestWallet:
+    """A user's wallet at `local_mint`, for minting tokens and redeeming change."""
+    return await TestWallet.create(local_mint.url, tmp_path_factory.mktemp("user-wallet"))
+
+
+@pytest_asyncio.fixture
+async def node_wallet(local_mint: LocalMint, tmp_path: Path) -> AsyncIterator[NodeWallet]:
+    """A fresh node wallet accepting only `local_mint`."""
+    wallet = NodeWallet([local_mint.url], tmp_path / "node")
+    await wallet.start()
+    try:
+        yield wallet
+    finally:
+        await wallet.close()
+
+
+@pytest.fixture(scope="session")
+def msat_mint() -> Iterator[LocalMint]:
+    """A fee-free mint with keysets for both sat and msat."""
+    mint = LocalMint(
+        extra_env={
+            "MINT_BACKEND_BOLT11_MSAT": "FakeWallet",
+            "MINT_DERIVATION_PATH_LIST": "[\"m/0'/0'/0'\", \"m/0'/1'/0'\"]",
+        }
+    )
+    mint.start()
+    try:
+        yield mint
+    finally:
+        mint.cleanup()
