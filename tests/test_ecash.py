@@ -19,7 +19,7 @@ from satsrouter.ecash.wallet import NodeWallet
 from satsrouter.testing.mint import LocalMint, TestWallet
 
 # fixtures: local_mint, fee_mint, msat_mint, user_wallet, node_wallet
-pytest_plugins = ["conftest_ecash"]
+
 
 
 def _v3(payload: object) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import secrets
 from dataclasses import dataclass
 
 from satsrouter.billing.ledger import (
@@ -159,6 +160,18 @@ class Billing:
         if account is None:
             raise ApiError(401, "invalid_api_key", "Unknown API key.")
         return account
+
+    async def create_key(self, token_text: str) -> tuple[str, Account]:
+        """Redeem a token into a new `sk-` key; returns the key (shown once) and its account."""
+        token = self._parse(token_text)
+        key = "sk-" + secrets.token_hex(24)
+        try:
+            redeemed = await self.redeemer.redeem(token_text, token, sha256_hex(key), "key")
+        except EcashError as exc:
+            raise ecash_api_error(exc) from exc
+        if redeemed.already:
+            raise ecash_api_error(EcashError("cashu_token_already_spent"))
+        return key, await self.ledger.get_account_by_id(redeemed.account_id)
 
     def _parse(self, text: str) -> ParsedToken:
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from fastapi import APIRouter, Request
 
 from satsrouter.billing.ledger import Account
@@ -19,6 +20,39 @@ async def _account(node: Node, creds: Credentials) -> Account:
     if not creds.bearer:
         raise ApiError(401, "missing_api_key", "Send your sk- key or Cashu token as Bearer.")
     return await node.billing.account(creds.bearer)
+
+
+async def _token_from(request: Request) -> str:
+    token = request.query_params.get("initial_balance_token") or request.query_params.get(
+        "cashu_token"
+    )
+    if token is None and request.method == "POST":
+        raw = await request.body()
+        if raw:
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError:
+                raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from None
+            if isinstance(body, dict):
+                token = body.get("cashu_token") or body.get("initial_balance_token")
+    if not isinstance(token, str) or not token.strip():
+        raise ApiError(400, "missing_token", "Send a Cashu token as `cashu_token`.")
+    return token.strip()
+
+
+@router.post("/v1/wallet/create")
+@router.post("/v1/balance/create")
+@router.get("/v1/balance/create")
+async def create_key(request: Request) -> dict[str, Any]:
+    """Redeem a Cashu token into a new `sk-` key."""
+    node: Node = request.app.state.node
+    key, account = await node.billing.create_key(await _token_from(request))
+    return {
+        "api_key": key,
+        "balance": account.balance_msat,
+        "mint": account.mint_url,
+        "unit": account.unit,
+    }
 
 
 @router.get("/v1/balance/info")

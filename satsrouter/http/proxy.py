@@ -163,9 +163,7 @@ async def _forward(
                 "x-accel-buffering": "no",
             }
         )
-        return MeteredStream(
-            resp, charge, quote, body, headers, node.settings.drain_timeout
-        )
+        return MeteredStream(resp, charge, quote, body, headers, node.settings.drain_timeout)
 
     try:
         data = orjson.loads(await read_body(resp))

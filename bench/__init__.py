@@ -1,0 +1,1 @@
+"""Benchmark of the satsrouter node against the fake upstream it proxies (`python -m bench`)."""

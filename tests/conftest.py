@@ -1,0 +1,188 @@
+"""Shared fixtures: a real mint, the fake upstream, and nodes running in-process on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import pytest_asyncio
+import uvicorn
+
+from satsrouter.app import create_app
+from satsrouter.node import Node
+from satsrouter.settings import Settings
+from satsrouter.testing.fake_upstream import FakeUpstream, default_models
+from satsrouter.testing.mint import LocalMint, free_port
+
+pytest_plugins = ["conftest_ecash"]
+
+BTC_USD = Decimal(100_000)
+FEE = Decimal("1.05")
+
+# Models with prices large enough that costs are many msat (easy to assert exactly).
+TEST_MODELS: list[dict[str, Any]] = [
+    {
+        "id": "test/priced",
+        "name": "Priced test model",
+        "created": 1700000000,
+        "context_length": 4096,
+        "architecture": {"input_modalities": ["text"], "output_modalities": ["text"],
+                         "tokenizer": "GPT", "instruct_type": None},
+        "pricing": {"prompt": "0.00001", "completion": "0.00002", "request": "0",
+                    "image": "0", "web_search": "0", "internal_reasoning": "0"},
+        "top_provider": {"context_length": 4096, "max_completion_tokens": 256,
+                         "is_moderated": False},
+        "supported_parameters": ["max_tokens", "stream"],
+    },
+    {
+        # Completion-only price: the reservation does not depend on the request's size.
+        "id": "test/flat",
+        "name": "Flat test model",
+        "created": 1700000000,
+        "context_length": 4096,
+        "architecture": {"input_modalities": ["text"], "output_modalities": ["text"],
+                         "tokenizer": "GPT", "instruct_type": None},
+        "pricing": {"prompt": "0", "completion": "0.0000238", "request": "0"},
+        "top_provider": {"context_length": 4096, "max_completion_tokens": 256,
+                         "is_moderated": False},
+        "supported_parameters": ["max_tokens", "stream"],
+    },
+]
+
+
+def msat_per_token(usd: str) -> Decimal:
+    """What the node charges per token for a USD-per-token price, in msat (exact)."""
+    return Decimal(usd) * FEE * Decimal(100_000_000_000) / BTC_USD
+
+
+def expected_cost(model: dict[str, Any], prompt_tokens: int, completion_tokens: int) -> int:
+    """The exact msat cost of a usage: each component rounded up."""
+    import math
+
+    pricing = model["pricing"]
+    return math.ceil(prompt_tokens * msat_per_token(pricing["prompt"])) + math.ceil(
+        completion_tokens * msat_per_token(pricing["completion"])
+    )
+
+
+def model_entry(model_id: str) -> dict[str, Any]:
+    return next(m for m in default_models() + TEST_MODELS if m["id"] == model_id)
+
+
+@pytest_asyncio.fixture(scope="session")
+async def upstream() -> AsyncIterator[FakeUpstream]:
+    fake = FakeUpstream(models=default_models() + TEST_MODELS)
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+
+
+@dataclass
+class RunningNode:
+    """A node served by uvicorn on a loopback port, in the test's event loop."""
+
+    node: Node
+    url: str
+    server: uvicorn.Server
+    task: asyncio.Task[None]
+
+    @property
+    def api(self) -> str:
+        return self.url + "/v1"
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        await asyncio.wait_for(self.task, 30)
+
+    async def balance(self, key: str) -> dict[str, Any]:
+        async with httpx.AsyncClient() as http:
+            resp = await http.get(
+                f"{self.url}/v1/balance/info", headers={"Authorization": f"Bearer {key}"}
+            )
+            resp.raise_for_status()
+            result: dict[str, Any] = resp.json()
+            return result
+
+    async def check_invariants(self) -> None:
+        """I1 for every account, nothing left reserved, ecash held >= liabilities."""
+        from sqlalchemy import select
+
+        from satsrouter.store.tables import accounts
+
+        async with self.node.engine.connect() as conn:
+            rows = (await conn.execute(select(accounts.c.id, accounts.c.balance_msat,
+                                              accounts.c.reserved_msat))).all()
+        for account_id, balance, reserved in rows:
+            assert balance == await self.node.ledger.journal_sum(account_id)
+            assert balance >= 0
+            assert reserved == 0, f"account {account_id} still has {reserved} msat reserved"
+        held_msat = 1000 * await self.node.wallet.balance()
+        assert held_msat >= await self.node.ledger.total_liabilities()
+
+
+async def start_node(settings: Settings) -> RunningNode:
+    node = Node(settings)
+    app = create_app(node=node)
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on",
+                            access_log=False)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    for _ in range(600):
+        if server.started:
+            break
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.05)
+    else:
+        raise RuntimeError("node did not start")
+    return RunningNode(node, f"http://127.0.0.1:{port}", server, task)
+
+
+NodeFactory = Callable[..., Awaitable[RunningNode]]
+
+
+@pytest.fixture
+def node_settings(local_mint: LocalMint, upstream: FakeUpstream, tmp_path: Path) -> Settings:
+    return Settings(
+        upstream_base_url=upstream.url,
+        upstream_api_key="upstream-secret",
+        upstream_timeout=3.0,
+        cashu_mints=[local_mint.url],
+        data_dir=tmp_path / "node",
+        btc_usd_price=BTC_USD,
+        provider_fee=FEE,
+        drain_timeout=5.0,
+    )
+
+
+@pytest_asyncio.fixture
+async def node_factory(node_settings: Settings) -> AsyncIterator[NodeFactory]:
+    """Start nodes (stopped at the end of the test); keyword arguments override settings."""
+    started: list[RunningNode] = []
+
+    async def make(**overrides: Any) -> RunningNode:
+        running = await start_node(replace(node_settings, **overrides))
+        started.append(running)
+        return running
+
+    try:
+        yield make
+    finally:
+        for running in started:
+            if not running.task.done():
+                await running.stop()
+
+
+@pytest_asyncio.fixture
+async def node(node_factory: NodeFactory, upstream: FakeUpstream) -> RunningNode:
+    upstream.reset()
+    return await node_factory()
