@@ -47,9 +47,7 @@ def log_tail(path: Path, chars: int = 4000) -> str:
 
 
 @contextlib.contextmanager
-def node_process(
-    workdir: Path, mint_url: str, upstream_url: str
-) -> Iterator[tuple[str, Path]]:
+def node_process(workdir: Path, mint_url: str, upstream_url: str) -> Iterator[tuple[str, Path]]:
     """Run `satsrouter serve` on a free port until the block ends; yields (url, log path)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"

@@ -1,0 +1,269 @@
+"""A closed-loop async load generator: `concurrency` workers, each one request at a time."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import math
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+
+MODEL = "openai/gpt-4o-mini"
+PROMPT = "Say hello to the benchmark."
+COST_HEADER = "X-Routstr-Cost-Msats"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Scenario:
+    """One workload: non-streaming or streaming chat at a fixed concurrency."""
+
+    kind: str  # "chat" | "stream"
+    concurrency: int
+
+    @property
+    def id(self) -> str:
+        return f"{self.kind}-c{self.concurrency}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} c={self.concurrency}"
+
+    @property
+    def stream(self) -> bool:
+        return self.kind == "stream"
+
+    @classmethod
+    def parse(cls, text: str) -> Scenario:
+        """`chat-c32`, `stream-c1`, or the label form `chat c=32`."""
+        norm = text.strip().replace(" c=", "-c")
+        kind, sep, conc = norm.partition("-c")
+        if kind not in ("chat", "stream") or not sep or not conc.isdigit() or int(conc) < 1:
+            raise ValueError(f"unknown scenario {text!r} (expected e.g. chat-c32 or stream-c1)")
+        return cls(kind, int(conc))
+
+
+def request_body(stream: bool) -> bytes:
+    body: dict[str, Any] = {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": PROMPT}],
+        "stream": stream,
+    }
+    if stream:
+        body["stream_options"] = {"include_usage": True}
+    return orjson.dumps(body)
+
+
+@dataclasses.dataclass(slots=True)
+class Outcome:
+    """What one request came to: an error kind (None if fine) and the cost it reported."""
+
+    error: str | None
+    cost_msat: int | None = None
+    ttfb_s: float | None = None
+
+
+@dataclasses.dataclass(slots=True)
+class RunResult:
+    """One scenario against one target; timings are for the measured window only."""
+
+    target: str
+    scenario: Scenario
+    elapsed_s: float = 0.0
+    latencies_s: list[float] = dataclasses.field(default_factory=list)
+    ttfbs_s: list[float] = dataclasses.field(default_factory=list)
+    requests: int = 0  # all issued, warm-up included
+    warmup_requests: int = 0
+    errors: int = 0  # all, warm-up included
+    error_kinds: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
+    reported_cost_msat: int = 0  # sum over every request, warm-up included
+    costed_requests: int = 0
+
+    @property
+    def ok(self) -> int:
+        return len(self.latencies_s)
+
+    @property
+    def rps(self) -> float:
+        return self.ok / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def latency_ms(self, q: float) -> float | None:
+        return percentile_ms(self.latencies_s, q)
+
+    def ttfb_ms(self, q: float) -> float | None:
+        return percentile_ms(self.ttfbs_s, q)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "requests_per_s": round(self.rps, 1),
+            "p50_ms": _round(self.latency_ms(0.50)),
+            "p99_ms": _round(self.latency_ms(0.99)),
+            "ttfb_p50_ms": _round(self.ttfb_ms(0.50)),
+            "ttfb_p99_ms": _round(self.ttfb_ms(0.99)),
+            "measured_ok": self.ok,
+            "measured_s": round(self.elapsed_s, 3),
+            "requests": self.requests,
+            "warmup_requests": self.warmup_requests,
+            "errors": self.errors,
+            "error_kinds": dict(self.error_kinds),
+        }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def percentile_ms(samples_s: list[float], q: float) -> float | None:
+    """The q-quantile in ms, linear interpolation between closest ranks; None if no samples."""
+    if not samples_s:
+        return None
+    ordered = sorted(samples_s)
+    pos = q * (len(ordered) - 1)
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return (ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)) * 1000.0
+
+
+def _cost_of(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None
+
+
+async def _chat(
+    session: aiohttp.ClientSession, url: str, headers: dict[str, str], body: bytes, paid: bool
+) -> Outcome:
+    async with session.post(url, data=body, headers=headers) as resp:
+        raw = await resp.read()
+        cost = _cost_of(resp.headers.get(COST_HEADER))
+        if resp.status != 200:
+            return Outcome(f"http {resp.status}", cost)
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return Outcome("invalid json", cost)
+        if not isinstance(data, dict) or not data.get("choices"):
+            return Outcome("no choices", cost)
+        if paid and cost is None:
+            return Outcome("no cost header", None)
+        return Outcome(None, cost)
+
+
+async def _stream(
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    body: bytes,
+    paid: bool,
+    t0: float,
+) -> Outcome:
+    async with session.post(url, data=body, headers=headers) as resp:
+        if resp.status != 200:
+            await resp.read()
+            return Outcome(f"http {resp.status}", _cost_of(resp.headers.get(COST_HEADER)))
+        ttfb: float | None = None
+        buf = bytearray()
+        async for chunk in resp.content.iter_any():
+            if ttfb is None:
+                ttfb = time.perf_counter() - t0
+            buf += chunk
+    return _check_stream(bytes(buf), paid, ttfb)
+
+
+def _check_stream(raw: bytes, paid: bool, ttfb: float | None) -> Outcome:
+    events = [e for e in raw.replace(b"\r\n", b"\n").split(b"\n\n") if e.strip()]
+    if not events or events[-1].strip() != b"data: [DONE]":
+        return Outcome("stream without [DONE]", None, ttfb)
+    usage: dict[str, Any] | None = None
+    cost: int | None = None
+    failed = False
+    for event in events[:-1]:
+        if b'"usage":{' not in event and b'"error"' not in event:
+            continue  # content chunks: skip the JSON parse
+        data = orjson.loads(event.removeprefix(b"data: "))
+        if isinstance(data, dict) and data.get("error"):
+            failed = True
+        elif isinstance(data, dict) and isinstance(data.get("usage"), dict):
+            usage = data["usage"]
+            if isinstance(usage.get("cost"), dict):
+                cost = _cost_of(usage["cost"].get("total_msats"))
+    if failed:
+        return Outcome("error event in stream", cost, ttfb)
+    if usage is None:
+        return Outcome("stream without usage", cost, ttfb)
+    if paid and cost is None:
+        return Outcome("usage without cost", None, ttfb)
+    return Outcome(None, cost, ttfb)
+
+
+async def run_scenario(
+    session: aiohttp.ClientSession,
+    *,
+    target: str,
+    base_url: str,
+    api_key: str | None,
+    scenario: Scenario,
+    warmup_s: float,
+    duration_s: float,
+    max_requests: int,
+    timeout_s: float = 30.0,
+) -> RunResult:
+    """Drive `scenario` against `{base_url}/chat/completions` for warm-up + duration.
+
+    Requests started during the warm-up are issued and billed but not timed. No new
+    request starts after the deadline or once `max_requests` (warm-up included) were
+    issued; the measured window ends when the last in-flight request finishes.
+    """
+    url = f"{base_url}/chat/completions"
+    headers = {"Content-Type": "application/json"}
+    paid = api_key is not None
+    if api_key is not None:
+        headers["Authorization"] = f"Bearer {api_key}"
+    body = request_body(scenario.stream)
+    result = RunResult(target, scenario)
+    start = time.perf_counter()
+    measure_from = start + warmup_s
+    deadline = measure_from + duration_s
+    last_done = measure_from
+
+    async def one(t0: float) -> Outcome:
+        if scenario.stream:
+            return await _stream(session, url, headers, body, paid, t0)
+        return await _chat(session, url, headers, body, paid)
+
+    async def worker() -> None:
+        nonlocal last_done
+        while True:
+            t0 = time.perf_counter()
+            if t0 >= deadline or result.requests >= max_requests:
+                return
+            result.requests += 1
+            measured = t0 >= measure_from
+            if not measured:
+                result.warmup_requests += 1
+            try:
+                async with asyncio.timeout(timeout_s):
+                    outcome = await one(t0)
+            except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+                outcome = Outcome(type(exc).__name__)
+            t1 = time.perf_counter()
+            if outcome.cost_msat is not None:
+                result.reported_cost_msat += outcome.cost_msat
+                result.costed_requests += 1
+            if outcome.error is not None:
+                result.errors += 1
+                result.error_kinds[outcome.error] += 1
+            elif measured:
+                result.latencies_s.append(t1 - t0)
+                if outcome.ttfb_s is not None:
+                    result.ttfbs_s.append(outcome.ttfb_s)
+                last_done = max(last_done, t1)
+
+    await asyncio.gather(*(worker() for _ in range(scenario.concurrency)))
+    result.elapsed_s = last_done - measure_from
+    return result
