@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import io
 import signal
 import sys
 import tempfile
@@ -86,8 +88,9 @@ async def _balance(session: aiohttp.ClientSession, node_url: str, key: str) -> d
 
 
 async def _fund_key(session: aiohttp.ClientSession, stack: Stack, workdir: Path) -> str:
-    wallet = await TestWallet.create(stack.mint_url, workdir / "wallet")
-    (token,) = await wallet.mint_tokens(FUND_SAT)
+    with contextlib.redirect_stdout(io.StringIO()):  # nutshell prints its new mnemonic
+        wallet = await TestWallet.create(stack.mint_url, workdir / "wallet")
+        (token,) = await wallet.mint_tokens(FUND_SAT)
     async with session.post(
         f"{stack.node_url}/v1/wallet/create", json={"cashu_token": token}
     ) as resp:

@@ -25,11 +25,37 @@ class SecretFilter(logging.Filter):
         return True
 
 
+_installed = False
+
+
+def install_secret_masking() -> None:
+    """Mask secrets in every log record at creation, whoever logs it and wherever it goes."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    previous = logging.getLogRecordFactory()
+
+    def factory(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = previous(*args, **kwargs)  # type: ignore[arg-type]
+        try:
+            message = record.getMessage()
+        except Exception:
+            return record
+        masked = mask_secrets(message)
+        if masked != message:
+            record.msg, record.args = masked, None
+        return record
+
+    logging.setLogRecordFactory(factory)
+
+
 def setup_logging(level: str = "INFO") -> None:
     """Configure root logging once, with secrets masked on every handler."""
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     handler.addFilter(SecretFilter())
+    install_secret_masking()
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

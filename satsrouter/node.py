@@ -15,6 +15,7 @@ from satsrouter.billing.payouts import Payouts
 from satsrouter.billing.quote import PriceBook
 from satsrouter.billing.redeem import Redeemer
 from satsrouter.ecash.wallet import NodeWallet
+from satsrouter.logs import install_secret_masking
 from satsrouter.market.catalogue import Catalogue, Model, load_models_file, parse_models
 from satsrouter.market.rates import NoRate, PinnedRate, RateSource
 from satsrouter.settings import Settings
@@ -50,6 +51,7 @@ class Node:
 
     async def start(self) -> None:
         """Migrate, open the wallet, finish interrupted redemptions, load models, start loops."""
+        install_secret_masking()
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         await migrate(self.engine)
         await self.wallet.start()

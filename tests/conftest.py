@@ -32,12 +32,25 @@ TEST_MODELS: list[dict[str, Any]] = [
         "name": "Priced test model",
         "created": 1700000000,
         "context_length": 4096,
-        "architecture": {"input_modalities": ["text"], "output_modalities": ["text"],
-                         "tokenizer": "GPT", "instruct_type": None},
-        "pricing": {"prompt": "0.00001", "completion": "0.00002", "request": "0",
-                    "image": "0", "web_search": "0", "internal_reasoning": "0"},
-        "top_provider": {"context_length": 4096, "max_completion_tokens": 256,
-                         "is_moderated": False},
+        "architecture": {
+            "input_modalities": ["text"],
+            "output_modalities": ["text"],
+            "tokenizer": "GPT",
+            "instruct_type": None,
+        },
+        "pricing": {
+            "prompt": "0.00001",
+            "completion": "0.00002",
+            "request": "0",
+            "image": "0",
+            "web_search": "0",
+            "internal_reasoning": "0",
+        },
+        "top_provider": {
+            "context_length": 4096,
+            "max_completion_tokens": 256,
+            "is_moderated": False,
+        },
         "supported_parameters": ["max_tokens", "stream"],
     },
     {
@@ -46,11 +59,18 @@ TEST_MODELS: list[dict[str, Any]] = [
         "name": "Flat test model",
         "created": 1700000000,
         "context_length": 4096,
-        "architecture": {"input_modalities": ["text"], "output_modalities": ["text"],
-                         "tokenizer": "GPT", "instruct_type": None},
+        "architecture": {
+            "input_modalities": ["text"],
+            "output_modalities": ["text"],
+            "tokenizer": "GPT",
+            "instruct_type": None,
+        },
         "pricing": {"prompt": "0", "completion": "0.0000238", "request": "0"},
-        "top_provider": {"context_length": 4096, "max_completion_tokens": 256,
-                         "is_moderated": False},
+        "top_provider": {
+            "context_length": 4096,
+            "max_completion_tokens": 256,
+            "is_moderated": False,
+        },
         "supported_parameters": ["max_tokens", "stream"],
     },
 ]
@@ -118,8 +138,11 @@ class RunningNode:
         from satsrouter.store.tables import accounts
 
         async with self.node.engine.connect() as conn:
-            rows = (await conn.execute(select(accounts.c.id, accounts.c.balance_msat,
-                                              accounts.c.reserved_msat))).all()
+            rows = (
+                await conn.execute(
+                    select(accounts.c.id, accounts.c.balance_msat, accounts.c.reserved_msat)
+                )
+            ).all()
         for account_id, balance, reserved in rows:
             assert balance == await self.node.ledger.journal_sum(account_id)
             assert balance >= 0
@@ -132,8 +155,9 @@ async def start_node(settings: Settings) -> RunningNode:
     node = Node(settings)
     app = create_app(node=node)
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on",
-                            access_log=False)
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=port, log_config=None, lifespan="on", access_log=False
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     for _ in range(600):

@@ -21,7 +21,6 @@ from satsrouter.testing.mint import LocalMint, TestWallet
 # fixtures: local_mint, fee_mint, msat_mint, user_wallet, node_wallet
 
 
-
 def _v3(payload: object) -> str:
     return "cashuA" + base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
 

@@ -19,17 +19,21 @@ def client(node: RunningNode, key: str) -> openai.AsyncOpenAI:
     return openai.AsyncOpenAI(base_url=node.api, api_key=key, max_retries=0)
 
 
-async def test_token_as_bearer_pays_exact_cost(node: RunningNode, user_wallet: TestWallet,
-                                              upstream: FakeUpstream) -> None:
+async def test_token_as_bearer_pays_exact_cost(
+    node: RunningNode, user_wallet: TestWallet, upstream: FakeUpstream
+) -> None:
     (token,) = await user_wallet.mint_tokens(100)
     api = client(node, token)
     raw = await api.chat.completions.with_raw_response.create(
-        model="test/priced", messages=MESSAGES, max_tokens=8  # type: ignore[arg-type]
+        model="test/priced",
+        messages=MESSAGES,
+        max_tokens=8,  # type: ignore[arg-type]
     )
     first = raw.parse()
     assert first.usage is not None
-    cost1 = expected_cost(model_entry("test/priced"), first.usage.prompt_tokens,
-                          first.usage.completion_tokens)
+    cost1 = expected_cost(
+        model_entry("test/priced"), first.usage.prompt_tokens, first.usage.completion_tokens
+    )
     assert cost1 > 0
     assert int(raw.headers["X-Routstr-Cost-Msats"]) == cost1
     assert (first.usage.model_extra or {})["cost"]["total_msats"] == cost1
@@ -43,11 +47,11 @@ async def test_token_as_bearer_pays_exact_cost(node: RunningNode, user_wallet: T
     assert int(raw.headers["X-Routstr-Balance-Msats"]) == 100_000 - cost1
 
     # The same token string keeps working as a key, on the same balance.
-    second = await api.chat.completions.create(model="test/priced", messages=MESSAGES,
-                                               max_tokens=3)
+    second = await api.chat.completions.create(model="test/priced", messages=MESSAGES, max_tokens=3)
     assert second.usage is not None
-    cost2 = expected_cost(model_entry("test/priced"), second.usage.prompt_tokens,
-                          second.usage.completion_tokens)
+    cost2 = expected_cost(
+        model_entry("test/priced"), second.usage.prompt_tokens, second.usage.completion_tokens
+    )
     info = await node.balance(token)
     assert info["balance"] == 100_000 - cost1 - cost2
     assert info["reserved"] == 0
@@ -62,27 +66,30 @@ async def test_short_alias_resolves(node: RunningNode, user_wallet: TestWallet) 
     assert reply.model == "openai/gpt-4o-mini"
 
 
-async def test_unknown_model_is_404_and_nothing_redeemed(node: RunningNode,
-                                                        user_wallet: TestWallet) -> None:
+async def test_unknown_model_is_404_and_nothing_redeemed(
+    node: RunningNode, user_wallet: TestWallet
+) -> None:
     (token,) = await user_wallet.mint_tokens(10)
     with pytest.raises(openai.NotFoundError) as info:
-        await client(node, token).chat.completions.create(model="nope/nothing",
-                                                          messages=MESSAGES)
+        await client(node, token).chat.completions.create(model="nope/nothing", messages=MESSAGES)
     assert info.value.body["type"] == "model_not_found"  # type: ignore[index]
     assert await user_wallet.redeem(token) == 10  # still the user's
 
 
-async def test_double_spend_with_reserialised_token(node: RunningNode,
-                                                   user_wallet: TestWallet) -> None:
+async def test_double_spend_with_reserialised_token(
+    node: RunningNode, user_wallet: TestWallet
+) -> None:
     (token,) = await user_wallet.mint_tokens(20)
-    await client(node, token).chat.completions.create(model="test/priced", messages=MESSAGES,
-                                                      max_tokens=2)
+    await client(node, token).chat.completions.create(
+        model="test/priced", messages=MESSAGES, max_tokens=2
+    )
     liabilities = await node.node.ledger.total_liabilities()
     other = await user_wallet.reserialize(token)
     assert other != token
     with pytest.raises(openai.BadRequestError) as info:
-        await client(node, other).chat.completions.create(model="test/priced",
-                                                          messages=MESSAGES, max_tokens=2)
+        await client(node, other).chat.completions.create(
+            model="test/priced", messages=MESSAGES, max_tokens=2
+        )
     assert info.value.body["type"] == "cashu_token_already_spent"  # type: ignore[index]
     assert await node.node.ledger.total_liabilities() == liabilities
     await node.check_invariants()
@@ -111,8 +118,9 @@ async def test_bad_tokens_are_refused_clearly(node: RunningNode) -> None:
 
 async def test_no_credentials_is_402_with_payment_request(node: RunningNode) -> None:
     async with httpx.AsyncClient(base_url=node.url) as http:
-        resp = await http.post("/v1/chat/completions",
-                               json={"model": "test/priced", "messages": MESSAGES})
+        resp = await http.post(
+            "/v1/chat/completions", json={"model": "test/priced", "messages": MESSAGES}
+        )
     assert resp.status_code == 402
     assert resp.headers["X-Cashu"].startswith("creqA")
     assert resp.json()["error"]["type"] == "payment_required"
@@ -135,8 +143,9 @@ async def test_foreign_mint_token_is_refused_without_contacting_it(
         (token,) = await user_wallet.mint_tokens(10)
         foreign = _rehome(token, f"http://127.0.0.1:{port}")
         with pytest.raises(openai.BadRequestError) as info:
-            await client(node, foreign).chat.completions.create(model="test/priced",
-                                                                messages=MESSAGES)
+            await client(node, foreign).chat.completions.create(
+                model="test/priced", messages=MESSAGES
+            )
         assert info.value.body["type"] == "mint_not_accepted"  # type: ignore[index]
         assert node.node.settings.cashu_mints[0] in info.value.body["message"]  # type: ignore[index]
     finally:
@@ -158,8 +167,7 @@ async def test_fifty_parallel_requests_on_a_key_that_affords_twenty(
 
     async def one() -> int:
         try:
-            await api.chat.completions.create(model="test/flat", messages=MESSAGES,
-                                              max_tokens=10)
+            await api.chat.completions.create(model="test/flat", messages=MESSAGES, max_tokens=10)
             return 200
         except openai.APIStatusError as exc:
             return exc.status_code
@@ -177,8 +185,9 @@ async def test_insufficient_balance_message_says_current_and_required(
 ) -> None:
     (token,) = await user_wallet.mint_tokens(1)
     with pytest.raises(openai.APIStatusError) as info:
-        await client(node, token).chat.completions.create(model="test/priced",
-                                                          messages=MESSAGES, max_tokens=200)
+        await client(node, token).chat.completions.create(
+            model="test/priced", messages=MESSAGES, max_tokens=200
+        )
     assert info.value.status_code == 402
     message = info.value.body["message"]  # type: ignore[index]
     assert "Current: 1000 msat" in message and "Required:" in message

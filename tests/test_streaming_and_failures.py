@@ -8,8 +8,8 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from sqlalchemy import select
 from conftest import RunningNode, expected_cost, model_entry
+from sqlalchemy import select
 
 from satsrouter.billing.metering import local_usage
 from satsrouter.billing.pricing import usage_cost
@@ -39,8 +39,9 @@ async def collect(stream: Any) -> tuple[str, list[Any]]:
     return text, chunks
 
 
-async def test_stream_with_upstream_usage(node: RunningNode, user_wallet: TestWallet,
-                                          upstream: FakeUpstream) -> None:
+async def test_stream_with_upstream_usage(
+    node: RunningNode, user_wallet: TestWallet, upstream: FakeUpstream
+) -> None:
     token = await funded_token(node, user_wallet)
     stream = await client(node, token).chat.completions.create(
         model="test/priced", messages=MESSAGES, stream=True, max_tokens=12
@@ -51,8 +52,9 @@ async def test_stream_with_upstream_usage(node: RunningNode, user_wallet: TestWa
     assert upstream.stats["last_request"]["stream_options"] == {"include_usage": True}
     final = chunks[-1]
     assert final.usage is not None and final.choices == []
-    cost = expected_cost(model_entry("test/priced"), final.usage.prompt_tokens,
-                         final.usage.completion_tokens)
+    cost = expected_cost(
+        model_entry("test/priced"), final.usage.prompt_tokens, final.usage.completion_tokens
+    )
     assert final.usage.model_extra["cost"]["total_msats"] == cost
     assert (await node.balance(token))["balance"] == 100_000 - cost
     await node.check_invariants()
@@ -98,8 +100,9 @@ async def test_client_disconnect_is_charged_for_what_was_produced(
     upstream.configure(chunk_delay_ms=20, completion_tokens=40)
     body = {"model": "test/priced", "messages": MESSAGES, "stream": True, "max_tokens": 40}
     async with httpx.AsyncClient(base_url=node.url) as http:
-        async with http.stream("POST", "/v1/chat/completions", json=body,
-                               headers={"Authorization": f"Bearer {token}"}) as resp:
+        async with http.stream(
+            "POST", "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {token}"}
+        ) as resp:
             assert resp.status_code == 200
             seen = 0
             async for _ in resp.aiter_lines():
@@ -115,8 +118,9 @@ async def test_client_disconnect_is_charged_for_what_was_produced(
     async with node.node.engine.connect() as conn:
         state, reserved, recorded = (
             await conn.execute(
-                select(reservations.c.state, reservations.c.amount_msat,
-                       reservations.c.charged_msat)
+                select(
+                    reservations.c.state, reservations.c.amount_msat, reservations.c.charged_msat
+                )
             )
         ).one()
     assert info["reserved"] == 0
@@ -136,8 +140,9 @@ async def test_upstream_failure_charges_nothing(
     token = await funded_token(node, user_wallet)
     upstream.configure(fail=fail)
     with pytest.raises(openai.APIStatusError) as info:
-        await client(node, token).chat.completions.create(model="test/priced",
-                                                          messages=MESSAGES, max_tokens=5)
+        await client(node, token).chat.completions.create(
+            model="test/priced", messages=MESSAGES, max_tokens=5
+        )
     assert info.value.status_code == (504 if fail == "timeout" else 502)
     assert info.value.body["message"]  # type: ignore[index]
     balance = await node.balance(token)
@@ -167,8 +172,7 @@ async def test_upstream_client_error_is_passed_back_and_free(
     token = await funded_token(node, user_wallet)
     upstream.configure(fail="400")
     with pytest.raises(openai.BadRequestError) as info:
-        await client(node, token).chat.completions.create(model="test/priced",
-                                                          messages=MESSAGES)
+        await client(node, token).chat.completions.create(model="test/priced", messages=MESSAGES)
     assert info.value.body["type"] == "upstream_rejected"  # type: ignore[index]
     assert (await node.balance(token))["balance"] == 100_000
 
@@ -180,8 +184,9 @@ async def test_disconnect_then_upstream_breaks_charges_what_was_streamed(
     upstream.configure(chunk_delay_ms=30, fail="drop_midstream", fail_after_chunks=10)
     body = {"model": "test/priced", "messages": MESSAGES, "stream": True, "max_tokens": 40}
     async with httpx.AsyncClient(base_url=node.url) as http:
-        async with http.stream("POST", "/v1/chat/completions", json=body,
-                               headers={"Authorization": f"Bearer {token}"}) as resp:
+        async with http.stream(
+            "POST", "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {token}"}
+        ) as resp:
             seen = 0
             async for _ in resp.aiter_lines():
                 seen += 1

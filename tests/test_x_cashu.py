@@ -14,8 +14,9 @@ MESSAGES = [{"role": "user", "content": "pay as you go"}]
 
 
 def client(node: RunningNode, token: str) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=node.api, api_key="unused", max_retries=0,
-                              default_headers={"X-Cashu": token})
+    return openai.AsyncOpenAI(
+        base_url=node.api, api_key="unused", max_retries=0, default_headers={"X-Cashu": token}
+    )
 
 
 async def refund(node: RunningNode, token: str) -> httpx.Response:
@@ -28,12 +29,15 @@ async def test_change_is_value_minus_cost_and_redeemable(
 ) -> None:
     (token,) = await user_wallet.mint_tokens(50)
     raw = await client(node, token).chat.completions.with_raw_response.create(
-        model="test/priced", messages=MESSAGES, max_tokens=10  # type: ignore[arg-type]
+        model="test/priced",
+        messages=MESSAGES,
+        max_tokens=10,  # type: ignore[arg-type]
     )
     reply = raw.parse()
     assert reply.usage is not None
-    cost = expected_cost(model_entry("test/priced"), reply.usage.prompt_tokens,
-                         reply.usage.completion_tokens)
+    cost = expected_cost(
+        model_entry("test/priced"), reply.usage.prompt_tokens, reply.usage.completion_tokens
+    )
     assert int(raw.headers["X-Routstr-Cost-Msats"]) == cost
     change = raw.headers["X-Cashu"]
     expected_change_sat = (50_000 - cost) // 1000
@@ -46,8 +50,9 @@ async def test_change_is_value_minus_cost_and_redeemable(
         assert again.json()["token"] == change
     # Spending the original token again is refused.
     with pytest.raises(openai.BadRequestError) as info:
-        await client(node, token).chat.completions.create(model="test/priced",
-                                                          messages=MESSAGES, max_tokens=1)
+        await client(node, token).chat.completions.create(
+            model="test/priced", messages=MESSAGES, max_tokens=1
+        )
     assert info.value.body["type"] == "cashu_token_already_spent"  # type: ignore[index]
     await node.check_invariants()
 
@@ -62,8 +67,11 @@ async def test_streamed_change_arrives_in_the_final_event(
     chunks = [chunk async for chunk in stream]
     usage_chunk = next(c for c in chunks if c.usage is not None)
     cost = usage_chunk.usage.model_extra["cost"]["total_msats"]
-    assert cost == expected_cost(model_entry("test/priced"), usage_chunk.usage.prompt_tokens,
-                                 usage_chunk.usage.completion_tokens)
+    assert cost == expected_cost(
+        model_entry("test/priced"),
+        usage_chunk.usage.prompt_tokens,
+        usage_chunk.usage.completion_tokens,
+    )
     last = chunks[-1].model_extra or {}
     change = last["x_cashu_change"]
     assert await user_wallet.redeem(change) == (50_000 - cost) // 1000
@@ -95,8 +103,7 @@ async def test_streamed_upstream_failure_returns_the_whole_value(
     async with httpx.AsyncClient(base_url=node.url) as http:
         resp = await http.post(
             "/v1/chat/completions",
-            json={"model": "test/priced", "messages": MESSAGES, "max_tokens": 5,
-                  "stream": True},
+            json={"model": "test/priced", "messages": MESSAGES, "max_tokens": 5, "stream": True},
             headers={"X-Cashu": token},
         )
     assert resp.status_code == 200
@@ -116,8 +123,9 @@ async def test_token_below_max_cost_is_refused_and_stays_spendable(
 ) -> None:
     (token,) = await user_wallet.mint_tokens(1)
     with pytest.raises(openai.APIStatusError) as info:
-        await client(node, token).chat.completions.create(model="test/priced",
-                                                          messages=MESSAGES, max_tokens=200)
+        await client(node, token).chat.completions.create(
+            model="test/priced", messages=MESSAGES, max_tokens=200
+        )
     assert info.value.status_code == 402
     assert await user_wallet.redeem(token) == 1
     assert await node.node.ledger.total_liabilities() == 0

@@ -1,0 +1,101 @@
+"""Redemptions interrupted after the swap are finished on restart, once (I6); the sweeper."""
+
+from __future__ import annotations
+
+import time
+
+import openai
+import pytest
+from conftest import NodeFactory
+from sqlalchemy import select
+
+from satsrouter.billing.ledger import Ledger
+from satsrouter.store.tables import accounts, instances, redemptions, reservations
+from satsrouter.testing.fake_upstream import FakeUpstream
+from satsrouter.testing.mint import TestWallet
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+
+
+async def test_redemption_interrupted_after_swap_is_finished_on_restart(
+    node_factory: NodeFactory, user_wallet: TestWallet, upstream: FakeUpstream
+) -> None:
+    upstream.reset()
+    first = await node_factory()
+    first.node.redeemer.fail_before_credit = RuntimeError("simulated crash before credit")
+    (token,) = await user_wallet.mint_tokens(30)
+    api = openai.AsyncOpenAI(base_url=first.api, api_key=token, max_retries=0)
+    with pytest.raises(openai.InternalServerError):
+        await api.chat.completions.create(model="test/priced", messages=MESSAGES)
+    async with first.node.engine.connect() as conn:
+        state = (await conn.execute(select(redemptions.c.state))).scalar_one()
+    assert state == "swapped"  # the mint has the proofs spent, the node holds the ecash
+    assert await first.node.ledger.total_liabilities() == 0
+    await first.stop()
+
+    for _ in range(2):  # restarting again must not credit twice
+        again = await node_factory()
+        assert (await again.balance(token))["balance"] == 30_000
+        async with again.node.engine.connect() as conn:
+            rows = (await conn.execute(select(accounts.c.balance_msat))).all()
+        assert [r[0] for r in rows] == [30_000]
+        await again.check_invariants()
+        await again.stop()
+
+
+async def test_sweeper_releases_only_reservations_of_dead_instances(
+    node_factory: NodeFactory, user_wallet: TestWallet
+) -> None:
+    running = await node_factory()
+    (token,) = await user_wallet.mint_tokens(10)
+    await running.balance(token)  # redeem
+    engine = running.node.engine
+    account = await running.node.ledger.get_account(
+        __import__("hashlib").sha256(token.encode()).hexdigest()
+    )
+    assert account is not None
+    dead = Ledger(engine, "dead-instance")
+    alive = Ledger(engine, "alive-instance")
+    await dead.heartbeat()
+    await alive.heartbeat()
+    r_dead = await dead.reserve(account.key_hash, "req-dead", 1000, "m")
+    r_alive = await alive.reserve(account.key_hash, "req-alive", 2000, "m")
+    # The dead instance stopped heartbeating a minute ago.
+    async with engine.begin() as conn:
+        await conn.execute(
+            instances.update()
+            .where(instances.c.id == "dead-instance")
+            .values(heartbeat_at=time.time() - 60)
+        )
+    released = await running.node.ledger.sweep(dead_after=30, live_ids=set(), min_age=30)
+    assert released == 1
+    async with engine.connect() as conn:
+        states = dict((await conn.execute(select(reservations.c.id, reservations.c.state))).all())
+    assert states == {"req-dead": "released", "req-alive": "active"}
+    assert (await running.balance(token))["reserved"] == 2000
+    # Settling twice charges once; releasing after settling does nothing.
+    assert await alive.settle(r_alive, 500) is not None
+    assert await alive.settle(r_alive, 500) is None
+    assert await alive.release(r_alive) is False
+    assert await dead.release(r_dead) is False
+    info = await running.balance(token)
+    assert info == {**info, "balance": 9500, "reserved": 0}
+    await running.check_invariants()
+
+
+async def test_sweeper_keeps_live_requests_of_its_own_instance(
+    node_factory: NodeFactory, user_wallet: TestWallet
+) -> None:
+    running = await node_factory()
+    (token,) = await user_wallet.mint_tokens(10)
+    await running.balance(token)
+    ledger = running.node.ledger
+    key_hash = __import__("hashlib").sha256(token.encode()).hexdigest()
+    await ledger.reserve(key_hash, "live-stream", 1000, "m")
+    await ledger.reserve(key_hash, "leaked", 1000, "m")
+    async with running.node.engine.begin() as conn:
+        await conn.execute(reservations.update().values(created_at=time.time() - 3600))
+    assert await ledger.sweep(dead_after=30, live_ids={"live-stream"}, min_age=30) == 1
+    async with running.node.engine.connect() as conn:
+        states = dict((await conn.execute(select(reservations.c.id, reservations.c.state))).all())
+    assert states == {"live-stream": "active", "leaked": "released"}
