@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 
 import httpx
 import openai
 import pytest
-from conftest import RunningNode, expected_cost, model_entry
+from conftest import NodeFactory, RunningNode, expected_cost, model_entry
 
 from satsrouter.testing.fake_upstream import FakeUpstream
-from satsrouter.testing.mint import TestWallet
+from satsrouter.testing.mint import LocalMint, TestWallet
 
 MESSAGES = [{"role": "user", "content": "how much does this cost"}]
 
@@ -192,3 +193,15 @@ async def test_insufficient_balance_message_says_current_and_required(
     message = info.value.body["message"]  # type: ignore[index]
     assert "Current: 1000 msat" in message and "Required:" in message
     assert (await node.balance(token))["balance"] == 1000
+
+
+async def test_dust_token_below_the_mint_fee_is_refused(
+    node_factory: NodeFactory, fee_mint: LocalMint, tmp_path: Path
+) -> None:
+    running = await node_factory(cashu_mints=[fee_mint.url])
+    wallet = await TestWallet.create(fee_mint.url, tmp_path / "fee-wallet")
+    (dust,) = await wallet.mint_tokens(1)  # one proof: the 100 ppk input fee eats it all
+    with pytest.raises(openai.BadRequestError) as info:
+        await client(running, dust).chat.completions.create(model="test/priced", messages=MESSAGES)
+    assert info.value.body["type"] == "token_too_small"  # type: ignore[index]
+    assert await running.node.ledger.total_liabilities() == 0

@@ -6,7 +6,6 @@ import time
 from dataclasses import dataclass
 
 from sqlalchemy import and_, func, insert, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from satsrouter.store.tables import accounts, instances, journal, reservations
@@ -369,7 +368,6 @@ class Ledger:
 __all__ = [
     "Account",
     "InsufficientBalance",
-    "IntegrityError",
     "Ledger",
     "Reservation",
     "Settlement",

@@ -105,6 +105,18 @@ class Charge:
             self.reservation.account_id, change_payout_id(self.x_cashu)
         )
 
+    async def change_or_none(self) -> Payout | None:
+        """`change()`, but a failure is logged, not raised: the change stays refundable."""
+        try:
+            return await self.change()
+        except Exception as exc:
+            log.warning(
+                "request %s: change not issued (%s); refundable later",
+                self.request_id,
+                type(exc).__name__,
+            )
+            return None
+
 
 def change_payout_id(token: ParsedToken) -> str:
     """The payout id of an `X-Cashu` token's change: stable, so refunds are idempotent."""

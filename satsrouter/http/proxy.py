@@ -64,17 +64,9 @@ def _payment_required(node: Node, quote: Quote) -> ApiError:
 async def _failed(charge: Charge, error: ApiError) -> Response:
     """Charge nothing (I4); an X-Cashu payer gets the whole value back as change."""
     await charge.release()
-    if charge.x_cashu is not None:
-        try:
-            payout = await charge.change()
-            if payout is not None and payout.token:
-                error.headers["X-Cashu"] = payout.token
-        except Exception as exc:
-            log.warning(
-                "request %s: change not issued (%s); refundable later",
-                charge.request_id,
-                type(exc).__name__,
-            )
+    payout = await charge.change_or_none()
+    if payout is not None and payout.token:
+        error.headers["X-Cashu"] = payout.token
     return error_response(error)
 
 
@@ -94,6 +86,15 @@ def _upstream_error(status: int, body: bytes) -> ApiError:
         code = "rate_limited_upstream" if status == 429 else "upstream_rejected"
         return ApiError(status, code, message)
     return ApiError(502, "upstream_error", message)
+
+
+def _stream_headers(charge: Charge) -> dict[str, str]:
+    return {
+        "x-request-id": charge.request_id,
+        "content-type": "text/event-stream",
+        "cache-control": "no-cache",
+        "x-accel-buffering": "no",
+    }
 
 
 @router.post("/v1/chat/completions")
@@ -137,57 +138,24 @@ async def _forward(
         resp = await node.upstream.post(
             "/chat/completions", raw, forwardable_headers(request.headers)
         )
-    except UpstreamFailure as exc:
-        status = 504 if exc.kind == "timeout" else 502
-        return await _failed(
-            charge,
-            ApiError(
-                status,
-                f"upstream_{exc.kind}",
-                "The upstream provider did not answer; nothing was charged.",
-            ),
-        )
-    if resp.status >= 400:
-        try:
-            error_body = await read_body(resp)
-        except UpstreamFailure:
-            error_body = b""
-        return await _failed(charge, _upstream_error(resp.status, error_body))
-
-    headers = {"x-request-id": charge.request_id}
-    if stream:
-        headers.update(
-            {
-                "content-type": "text/event-stream",
-                "cache-control": "no-cache",
-                "x-accel-buffering": "no",
-            }
-        )
-        return MeteredStream(resp, charge, quote, body, headers, node.settings.drain_timeout)
-
-    try:
+        if resp.status >= 400:
+            return await _failed(charge, _upstream_error(resp.status, await read_body(resp)))
+        if stream:
+            return MeteredStream(
+                resp, charge, quote, body, _stream_headers(charge), node.settings.drain_timeout
+            )
         data = orjson.loads(await read_body(resp))
         if not isinstance(data, dict):
             raise ValueError("not an object")
     except UpstreamFailure as exc:
         status = 504 if exc.kind == "timeout" else 502
-        return await _failed(
-            charge,
-            ApiError(
-                status,
-                f"upstream_{exc.kind}",
-                "The upstream provider broke off; nothing was charged.",
-            ),
-        )
+        message = "The upstream provider did not answer in full; nothing was charged."
+        return await _failed(charge, ApiError(status, f"upstream_{exc.kind}", message))
     except ValueError:
-        return await _failed(
-            charge,
-            ApiError(
-                502,
-                "upstream_error",
-                "The upstream sent an unreadable answer; nothing was charged.",
-            ),
-        )
+        message = "The upstream sent an unreadable answer; nothing was charged."
+        return await _failed(charge, ApiError(502, "upstream_error", message))
+
+    headers = {"x-request-id": charge.request_id}
     usage = usage_from_openai(data.get("usage"))
     if usage is None:
         usage = local_usage(body, completion_text_of(data))
@@ -203,15 +171,6 @@ async def _forward(
     headers["X-Routstr-Cost-Msats"] = str(charged)
     if charge.x_cashu is None and settlement is not None:
         headers["X-Routstr-Balance-Msats"] = str(settlement.balance_msat)
-    else:
-        try:
-            payout = await charge.change()
-            if payout is not None and payout.token:
-                headers["X-Cashu"] = payout.token
-        except Exception as exc:
-            log.warning(
-                "request %s: change not issued (%s); refundable later",
-                charge.request_id,
-                type(exc).__name__,
-            )
+    elif (payout := await charge.change_or_none()) is not None and payout.token:
+        headers["X-Cashu"] = payout.token
     return Response(orjson.dumps(data), media_type="application/json", headers=headers)

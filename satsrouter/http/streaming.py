@@ -71,7 +71,10 @@ class MeteredStream(Response):
             await self._relay(send)
         finally:
             watcher.cancel()
-            self.upstream.release()
+            if self.upstream.content.at_eof():
+                self.upstream.release()
+            else:
+                self.upstream.close()  # abandoned mid-stream: never reuse that connection
             if not self.charge.done:
                 # Only reached on a bug or server shutdown: never keep money held for nothing.
                 await asyncio.shield(self.charge.release())
@@ -178,30 +181,22 @@ class MeteredStream(Response):
 
     async def _finish(self, send: Send) -> None:
         """Send X-Cashu change (if any) as the last event, then `[DONE]` once."""
-        if self.charge.x_cashu is not None:
-            try:
-                payout = await self.charge.change()
-                if payout is not None and payout.token:
-                    await self._send(
-                        send,
-                        sse_event(
-                            {
-                                "id": f"chatcmpl-{self.charge.request_id}",
-                                "object": "chat.completion.chunk",
-                                "created": int(time.time()),
-                                "model": self.request_body.get("model"),
-                                "choices": [],
-                                "x_cashu_change": payout.token,
-                                "change_msats": payout.amount_msat,
-                            }
-                        ),
-                    )
-            except Exception as exc:
-                log.warning(
-                    "stream %s: change not issued (%s); refundable later",
-                    self.charge.request_id,
-                    type(exc).__name__,
-                )
+        payout = await self.charge.change_or_none()
+        if payout is not None and payout.token:
+            await self._send(
+                send,
+                sse_event(
+                    {
+                        "id": f"chatcmpl-{self.charge.request_id}",
+                        "object": "chat.completion.chunk",
+                        "created": int(time.time()),
+                        "model": self.request_body.get("model"),
+                        "choices": [],
+                        "x_cashu_change": payout.token,
+                        "change_msats": payout.amount_msat,
+                    }
+                ),
+            )
         await self._send(send, DONE)
         await self._send(send, b"", more=False)
 

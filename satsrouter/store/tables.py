@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    CheckConstraint,
     Column,
     Float,
     ForeignKey,
@@ -32,6 +33,9 @@ accounts = Table(
     Column("total_spent_msat", BigInteger, nullable=False, default=0),
     Column("total_requests", BigInteger, nullable=False, default=0),
     Column("created_at", Float, nullable=False),
+    CheckConstraint("balance_msat >= 0", name="ck_balance_nonneg"),
+    CheckConstraint("reserved_msat >= 0", name="ck_reserved_nonneg"),
+    CheckConstraint("balance_msat - reserved_msat >= 0", name="ck_available_nonneg"),
 )
 
 # Append-only: every balance change is one row, written in the same transaction (I1).
