@@ -180,13 +180,49 @@ def _node_log_findings(log: Path) -> str | None:
     return f"{len(bad)} warning/error lines in the node log; last ones:\n" + "\n".join(bad[-10:])
 
 
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM: stop measuring, stop every process, exit 130."""
+
+
 def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
+    raise Interrupted
+
+
+async def _bench_until_signal(
+    stack: Stack, args: argparse.Namespace, workdir: Path
+) -> tuple[Pairs, dict[str, Any]]:
+    """_bench, cancelled by SIGINT/SIGTERM.
+
+    The children share our terminal, so Ctrl-C may stop them before our task is cancelled;
+    the errors that causes must read as an interruption, not as a failure.
+    """
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    signalled = False
+
+    def on_signal() -> None:
+        nonlocal signalled
+        signalled = True
+        task.cancel()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal)
+    try:
+        return await _bench(stack, args, workdir)
+    except BaseException as exc:
+        if signalled:
+            raise Interrupted from exc
+        raise
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
-    signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM cleans up like Ctrl-C
+    # Outside the event loop: Ctrl-C raises KeyboardInterrupt, SIGTERM raises Interrupted.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     info = run_info(args.duration, args.warmup)
     print(
         f"satsrouter bench @ {info['commit']}{' (dirty)' if info['dirty'] else ''}, "
@@ -202,12 +238,13 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 try:
                     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                        pairs, check = runner.run(_bench(stack, args, workdir))
-                except Exception:
-                    print("node log (tail):\n" + log_tail(stack.node_log), file=sys.stderr)
+                        pairs, check = runner.run(_bench_until_signal(stack, args, workdir))
+                except Exception as exc:
+                    if not isinstance(exc, Interrupted):
+                        print("node log (tail):\n" + log_tail(stack.node_log), file=sys.stderr)
                     raise
                 findings = _node_log_findings(stack.node_log)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Interrupted):
             print("\ninterrupted; the node, the fake upstream and the mint were stopped")
             return 130
     print("stopped the node, the fake upstream and the mint\n")

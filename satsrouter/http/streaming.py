@@ -104,7 +104,11 @@ class MeteredStream(Response):
                 while (end := buf.find(b"\n\n")) >= 0:
                     event, buf = buf[: end + 2], buf[end + 2 :]
                     payload = _event_data(event)
-                    if not payload or payload == b"[DONE]":
+                    if payload == b"[DONE]":
+                        continue  # sent once, by us, after the usage and change
+                    if not payload:
+                        # Comments (": PROCESSING") keep idle clients and proxies patient.
+                        await self._send(send, event)
                         continue
                     # Most chunks carry `"usage": null`; only parse the one with counts.
                     if b'"usage":{' in payload or b'"usage": {' in payload:
