@@ -20,6 +20,7 @@ from satsrouter.market.catalogue import Catalogue, Model, load_models_file, pars
 from satsrouter.market.rates import NoRate, PinnedRate, RateSource
 from satsrouter.settings import Settings
 from satsrouter.store.engine import make_engine, migrate
+from satsrouter.store.tx import make_tx_runner
 from satsrouter.upstream.client import Upstream, UpstreamFailure
 
 log = logging.getLogger(__name__)
@@ -34,7 +35,8 @@ class Node:
         self.settings = settings
         self.instance_id = os.urandom(12).hex()
         self.engine: AsyncEngine = make_engine(settings.effective_database_url)
-        self.ledger = Ledger(self.engine, self.instance_id)
+        self.tx = make_tx_runner(settings.effective_database_url, self.engine)
+        self.ledger = Ledger(self.engine, self.instance_id, self.tx)
         self.wallet = NodeWallet(settings.cashu_mints, settings.data_dir)
         self.redeemer = Redeemer(self.ledger, self.wallet)
         self.payouts = Payouts(self.ledger, self.wallet)
@@ -80,6 +82,7 @@ class Node:
                 await task
         await self.upstream.close()
         await self.wallet.close()
+        await self.tx.close()
         await self.engine.dispose()
 
     async def load_models(self) -> bool:

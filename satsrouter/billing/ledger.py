@@ -8,7 +8,61 @@ from dataclasses import dataclass
 from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from satsrouter.store.tables import accounts, instances, journal, reservations
+from satsrouter.store.tables import accounts, journal
+from satsrouter.store.tx import Tx, TxRunner
+
+# The hot-path statements, as plain SQL that SQLite and Postgres both run.
+_RESERVE = (
+    "UPDATE accounts SET reserved_msat = reserved_msat + :amount "
+    "WHERE key_hash = :kh AND balance_msat - reserved_msat >= :amount RETURNING id"
+)
+_AVAILABLE = "SELECT balance_msat - reserved_msat FROM accounts WHERE key_hash = :kh"
+_INSERT_RESERVATION = (
+    "INSERT INTO reservations (id, account_id, amount_msat, state, instance_id, model, "
+    "created_at) VALUES (:id, :account, :amount, 'active', :instance, :model, :now)"
+)
+_CHARGE_RESERVATION = (
+    "UPDATE reservations SET state = 'charged', charged_msat = :charged, settled_at = :now "
+    "WHERE id = :id AND state = 'active'"
+)
+_CHARGE_ACCOUNT = (
+    "UPDATE accounts SET balance_msat = balance_msat - :charged, "
+    "reserved_msat = reserved_msat - :reserved, "
+    "total_spent_msat = total_spent_msat + :charged, total_requests = total_requests + 1 "
+    "WHERE id = :account RETURNING balance_msat"
+)
+_RELEASE_RESERVATION = (
+    "UPDATE reservations SET state = 'released', charged_msat = 0, settled_at = :now "
+    "WHERE id = :id AND state = 'active'"
+)
+_UNRESERVE = "UPDATE accounts SET reserved_msat = reserved_msat - :amount WHERE id = :account"
+_INSERT_JOURNAL = (
+    "INSERT INTO journal (account_id, amount_msat, kind, ref, created_at) "
+    "VALUES (:account, :amount, :kind, :ref, :now)"
+)
+_HEARTBEAT = "UPDATE instances SET heartbeat_at = :now WHERE id = :id"
+_INSERT_INSTANCE = "INSERT INTO instances (id, started_at, heartbeat_at) VALUES (:id, :now, :now)"
+_ALIVE_INSTANCES = "SELECT id FROM instances WHERE heartbeat_at >= :since"
+_ACTIVE_RESERVATIONS = (
+    "SELECT id, account_id, amount_msat, instance_id, created_at FROM reservations "
+    "WHERE state = 'active'"
+)
+_FORGET_INSTANCES = "DELETE FROM instances WHERE heartbeat_at < :before"
+
+
+def _journal_tx(tx: Tx, account_id: int, amount: int, kind: str, ref: str, now: float) -> None:
+    tx.execute(
+        _INSERT_JOURNAL,
+        {"account": account_id, "amount": amount, "kind": kind, "ref": ref[:80], "now": now},
+    )
+
+
+def _release_tx(tx: Tx, request_id: str, account_id: int, amount: int, now: float) -> bool:
+    _, moved = tx.execute(_RELEASE_RESERVATION, {"id": request_id, "now": now})
+    if moved != 1:
+        return False
+    tx.execute(_UNRESERVE, {"account": account_id, "amount": amount})
+    return True
 
 
 @dataclass(frozen=True)
@@ -90,9 +144,10 @@ async def _journal(
 class Ledger:
     """All reads and writes of balances. Amounts are integer millisatoshis."""
 
-    def __init__(self, engine: AsyncEngine, instance_id: str) -> None:
+    def __init__(self, engine: AsyncEngine, instance_id: str, tx: TxRunner) -> None:
         self.engine = engine
         self.instance_id = instance_id
+        self.tx = tx
 
     # -- accounts -------------------------------------------------------------------------
 
@@ -188,49 +243,37 @@ class Ledger:
             await _journal(conn, account_id, -amount_msat, kind, ref)
         return int(balance)
 
-    # -- reservations (I2) ----------------------------------------------------------------
+    # -- reservations (I2): one transaction each, in one hop to the database ---------------
 
     async def reserve(
         self, key_hash: str, request_id: str, amount_msat: int, model: str
     ) -> Reservation:
         """Hold `amount_msat` of the key's balance with one conditional UPDATE."""
-        async with self.engine.begin() as conn:
-            account_id = (
-                await conn.execute(
-                    update(accounts)
-                    .where(
-                        and_(
-                            accounts.c.key_hash == key_hash,
-                            accounts.c.balance_msat - accounts.c.reserved_msat >= amount_msat,
-                        )
-                    )
-                    .values(reserved_msat=accounts.c.reserved_msat + amount_msat)
-                    .returning(accounts.c.id)
-                )
-            ).scalar()
-            if account_id is None:
-                row = (
-                    await conn.execute(
-                        select(accounts.c.balance_msat, accounts.c.reserved_msat).where(
-                            accounts.c.key_hash == key_hash
-                        )
-                    )
-                ).first()
-                if row is None:
+        now = time.time()
+
+        def op(tx: Tx) -> int:
+            rows, _ = tx.execute(_RESERVE, {"kh": key_hash, "amount": amount_msat})
+            if not rows:
+                found, _ = tx.execute(_AVAILABLE, {"kh": key_hash})
+                if not found:
                     raise UnknownAccount(key_hash[:12])
-                raise InsufficientBalance(int(row[0] - row[1]), amount_msat)
-            await conn.execute(
-                insert(reservations).values(
-                    id=request_id,
-                    account_id=account_id,
-                    amount_msat=amount_msat,
-                    state="active",
-                    instance_id=self.instance_id,
-                    model=model[:200],
-                    created_at=time.time(),
-                )
+                raise InsufficientBalance(int(found[0][0]), amount_msat)
+            account_id = int(rows[0][0])
+            tx.execute(
+                _INSERT_RESERVATION,
+                {
+                    "id": request_id,
+                    "account": account_id,
+                    "amount": amount_msat,
+                    "instance": self.instance_id,
+                    "model": model[:200],
+                    "now": now,
+                },
             )
-        return Reservation(request_id, int(account_id), amount_msat)
+            return account_id
+
+        account_id = await self.tx.run(op)
+        return Reservation(request_id, account_id, amount_msat)
 
     async def settle(self, reservation: Reservation, cost_msat: int) -> Settlement | None:
         """Charge a reservation exactly once (CAS active → charged); None if already settled.
@@ -239,68 +282,49 @@ class Ledger:
         to risk on this request.
         """
         charged = max(0, min(cost_msat, reservation.amount_msat))
-        async with self.engine.begin() as conn:
-            moved = await conn.execute(
-                update(reservations)
-                .where(and_(reservations.c.id == reservation.id, reservations.c.state == "active"))
-                .values(state="charged", charged_msat=charged, settled_at=time.time())
+        now = time.time()
+
+        def op(tx: Tx) -> Settlement | None:
+            _, moved = tx.execute(
+                _CHARGE_RESERVATION, {"id": reservation.id, "charged": charged, "now": now}
             )
-            if moved.rowcount != 1:
+            if moved != 1:
                 return None
-            balance = (
-                await conn.execute(
-                    update(accounts)
-                    .where(accounts.c.id == reservation.account_id)
-                    .values(
-                        balance_msat=accounts.c.balance_msat - charged,
-                        reserved_msat=accounts.c.reserved_msat - reservation.amount_msat,
-                        total_spent_msat=accounts.c.total_spent_msat + charged,
-                        total_requests=accounts.c.total_requests + 1,
-                    )
-                    .returning(accounts.c.balance_msat)
-                )
-            ).scalar_one()
+            rows, _ = tx.execute(
+                _CHARGE_ACCOUNT,
+                {
+                    "account": reservation.account_id,
+                    "charged": charged,
+                    "reserved": reservation.amount_msat,
+                },
+            )
             if charged:
-                await _journal(conn, reservation.account_id, -charged, "charge", reservation.id)
-        return Settlement(charged, int(balance))
+                _journal_tx(tx, reservation.account_id, -charged, "charge", reservation.id, now)
+            return Settlement(charged, int(rows[0][0]))
+
+        return await self.tx.run(op)
 
     async def release(self, reservation: Reservation) -> bool:
         """Give a reservation back untouched (CAS active → released); False if already settled."""
-        async with self.engine.begin() as conn:
-            return await self._release(
-                conn, reservation.id, reservation.account_id, reservation.amount_msat
+        now = time.time()
+        return await self.tx.run(
+            lambda tx: _release_tx(
+                tx, reservation.id, reservation.account_id, reservation.amount_msat, now
             )
-
-    async def _release(
-        self, conn: AsyncConnection, request_id: str, account_id: int, amount_msat: int
-    ) -> bool:
-        moved = await conn.execute(
-            update(reservations)
-            .where(and_(reservations.c.id == request_id, reservations.c.state == "active"))
-            .values(state="released", charged_msat=0, settled_at=time.time())
         )
-        if moved.rowcount != 1:
-            return False
-        await conn.execute(
-            update(accounts)
-            .where(accounts.c.id == account_id)
-            .values(reserved_msat=accounts.c.reserved_msat - amount_msat)
-        )
-        return True
 
     # -- liveness and the sweeper ---------------------------------------------------------
 
     async def heartbeat(self) -> None:
         """Record that this instance is alive (its reservations belong to live requests)."""
         now = time.time()
-        async with self.engine.begin() as conn:
-            moved = await conn.execute(
-                update(instances).where(instances.c.id == self.instance_id).values(heartbeat_at=now)
-            )
-            if moved.rowcount == 0:
-                await conn.execute(
-                    insert(instances).values(id=self.instance_id, started_at=now, heartbeat_at=now)
-                )
+
+        def op(tx: Tx) -> None:
+            _, moved = tx.execute(_HEARTBEAT, {"id": self.instance_id, "now": now})
+            if moved == 0:
+                tx.execute(_INSERT_INSTANCE, {"id": self.instance_id, "now": now})
+
+        await self.tx.run(op)
 
     async def sweep(self, dead_after: float, live_ids: set[str], min_age: float) -> int:
         """Release reservations whose request is provably gone; returns how many.
@@ -309,38 +333,24 @@ class Ledger:
         to this instance but no live request holds it (and it is older than `min_age`).
         """
         now = time.time()
-        released = 0
-        async with self.engine.begin() as conn:
-            alive = {
-                row[0]
-                for row in await conn.execute(
-                    select(instances.c.id).where(instances.c.heartbeat_at >= now - dead_after)
-                )
-            }
-            alive.add(self.instance_id)
-            rows = (
-                await conn.execute(
-                    select(
-                        reservations.c.id,
-                        reservations.c.account_id,
-                        reservations.c.amount_msat,
-                        reservations.c.instance_id,
-                        reservations.c.created_at,
-                    ).where(reservations.c.state == "active")
-                )
-            ).all()
-            for rid, account_id, amount, instance_id, created_at in rows:
+
+        def op(tx: Tx) -> int:
+            alive_rows, _ = tx.execute(_ALIVE_INSTANCES, {"since": now - dead_after})
+            alive = {row[0] for row in alive_rows} | {self.instance_id}
+            active, _ = tx.execute(_ACTIVE_RESERVATIONS, {})
+            released = 0
+            for rid, account_id, amount, instance_id, created_at in active:
                 orphan = instance_id not in alive or (
                     instance_id == self.instance_id
                     and rid not in live_ids
                     and created_at < now - min_age
                 )
-                if orphan and await self._release(conn, rid, account_id, amount):
+                if orphan and _release_tx(tx, rid, account_id, amount, now):
                     released += 1
-            await conn.execute(
-                instances.delete().where(instances.c.heartbeat_at < now - 10 * dead_after)
-            )
-        return released
+            tx.execute(_FORGET_INSTANCES, {"before": now - 10 * dead_after})
+            return released
+
+        return await self.tx.run(op)
 
     # -- invariant checks (used by tests and the admin view) ------------------------------
 
