@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import io
 import signal
 import sys
 import tempfile
@@ -24,9 +22,9 @@ import uvloop
 
 from bench.load import RunResult, Scenario, run_scenario
 from bench.report import append_jsonl, records, run_info, table
-from bench.stack import Stack, log_tail, running_stack
 from satsrouter.testing.fake_upstream import Behaviour
 from satsrouter.testing.mint import TestWallet
+from satsrouter.testing.stack import Stack, log_tail, running_stack
 
 DEFAULT_SCENARIOS = "chat-c1,chat-c32,stream-c1,stream-c16"
 RESULTS = Path(__file__).resolve().parent / "results.jsonl"
@@ -88,9 +86,8 @@ async def _balance(session: aiohttp.ClientSession, node_url: str, key: str) -> d
 
 
 async def _fund_key(session: aiohttp.ClientSession, stack: Stack, workdir: Path) -> str:
-    with contextlib.redirect_stdout(io.StringIO()):  # nutshell prints its new mnemonic
-        wallet = await TestWallet.create(stack.mint_url, workdir / "wallet")
-        (token,) = await wallet.mint_tokens(FUND_SAT)
+    wallet = await TestWallet.create(stack.mint_url, workdir / "wallet")
+    (token,) = await wallet.mint_tokens(FUND_SAT)
     async with session.post(
         f"{stack.node_url}/v1/wallet/create", json={"cashu_token": token}
     ) as resp:

@@ -3,54 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
 
-from satsrouter.testing.fake_upstream import FakeUpstreamProcess
-from satsrouter.testing.mint import LocalMint, TestWallet, free_port
+from satsrouter.testing.mint import TestWallet
+from satsrouter.testing.stack import log_tail, running_stack
 
 DEMO_MODEL = "openai/gpt-4o-mini"
 TOKEN_SATS = 2000
-
-
-def _start_node(
-    workdir: Path, mint_url: str, upstream_url: str
-) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "UPSTREAM_BASE_URL": upstream_url,
-        "CASHU_MINTS": mint_url,
-        "DATA_DIR": str(workdir / "node"),
-        "BTC_USD_PRICE": "100000",
-        "LOG_LEVEL": "WARNING",
-    }
-    log = (workdir / "node.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "satsrouter", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError("the node exited:\n" + (workdir / "node.log").read_text()[-3000:])
-        try:
-            if httpx.get(f"{url}/v1/models", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.terminate()
-    raise RuntimeError("the node did not start within 60 s")
 
 
 async def _paid_request(node_url: str, mint_url: str, workdir: Path) -> None:
@@ -93,30 +56,14 @@ def run_demo() -> int:
     """Run the whole demo; returns a process exit code. Stops everything it started."""
     with tempfile.TemporaryDirectory(prefix="satsrouter-demo-") as tmp:
         workdir = Path(tmp)
-        node: subprocess.Popen[bytes] | None = None
-        with (
-            LocalMint(workdir=workdir / "mint") as mint,
-            FakeUpstreamProcess(
-                defaults={"chunk_delay_ms": 40, "completion_tokens": 24}
-            ) as upstream,
-        ):
-            print(f"mint:     {mint.url} (fake Lightning backend)")
-            print(f"upstream: {upstream.url} (fake LLM)")
+        with running_stack(workdir, {"chunk_delay_ms": 40, "completion_tokens": 24}) as stack:
+            print(f"mint:     {stack.mint_url} (fake Lightning backend)")
+            print(f"upstream: {stack.upstream_url} (fake LLM)")
+            print(f"node:     {stack.node_url}\n")
             try:
-                node, node_url = _start_node(workdir, mint.url, upstream.url)
-                print(f"node:     {node_url}\n")
-                asyncio.run(_paid_request(node_url, mint.url, workdir))
+                asyncio.run(_paid_request(stack.node_url, stack.mint_url, workdir))
             except Exception:
-                log_path = workdir / "node.log"
-                if log_path.exists():
-                    print("node log (tail):\n" + log_path.read_text()[-4000:], file=sys.stderr)
+                print("node log (tail):\n" + log_tail(stack.node_log), file=sys.stderr)
                 raise
-            finally:
-                if node is not None:
-                    node.terminate()
-                    try:
-                        node.wait(timeout=15)
-                    except subprocess.TimeoutExpired:
-                        node.kill()
     print("\nstopped the node, the fake upstream and the mint")
     return 0

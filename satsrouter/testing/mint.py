@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import os
 import secrets
 import shutil
@@ -156,7 +158,11 @@ class TestWallet:
     @classmethod
     async def create(cls, mint_url: str, dirpath: Path, unit: str = "sat") -> TestWallet:
         await asyncio.to_thread(dirpath.mkdir, parents=True, exist_ok=True)
-        wallet = await Wallet.with_db(mint_url.rstrip("/"), str(dirpath), name="user", unit=unit)
+        # nutshell prints a line about the new mnemonic: keep demo and test output clean
+        with contextlib.redirect_stdout(io.StringIO()):
+            wallet = await Wallet.with_db(
+                mint_url.rstrip("/"), str(dirpath), name="user", unit=unit
+            )
         await wallet.load_mint()
         await wallet.load_proofs()
         return cls(wallet)

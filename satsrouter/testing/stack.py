@@ -1,4 +1,4 @@
-"""Start the three processes the benchmark needs: a mint, the fake upstream and the node."""
+"""A whole local stack in subprocesses: a real mint, the fake upstream and a node (demo, bench)."""
 
 from __future__ import annotations
 
