@@ -17,7 +17,7 @@ from satsrouter.billing.ledger import (
     UnknownAccount,
 )
 from satsrouter.billing.payouts import Payout, Payouts
-from satsrouter.billing.redeem import Redeemer
+from satsrouter.billing.redeem import Redeemed, Redeemer
 from satsrouter.ecash.errors import EcashError
 from satsrouter.ecash.tokens import ParsedToken, parse_token
 from satsrouter.errors import ApiError, insufficient_balance
@@ -149,11 +149,7 @@ class Billing:
                     401, "invalid_api_key", "Unknown API key. Check the key or create a new one."
                 ) from None
         # A token used as an API key for the first time: redeem it into its own balance.
-        token = self._parse(key)
-        try:
-            await self.redeemer.redeem(key, token, key_hash, "token")
-        except EcashError as exc:
-            raise ecash_api_error(exc) from exc
+        await self._redeem(key, self._parse(key), key_hash, "token")
         return await self._reserve(key_hash, max_cost_msat, model, request_id, None)
 
     async def account(self, key: str) -> Account:
@@ -164,10 +160,7 @@ class Billing:
             return account
         if not is_cashu_token(key):
             raise ApiError(401, "invalid_api_key", "Unknown API key.")
-        try:
-            await self.redeemer.redeem(key, self._parse(key), key_hash, "token")
-        except EcashError as exc:
-            raise ecash_api_error(exc) from exc
+        await self._redeem(key, self._parse(key), key_hash, "token")
         account = await self.ledger.get_account(key_hash)
         if account is None:
             raise ApiError(401, "invalid_api_key", "Unknown API key.")
@@ -177,13 +170,16 @@ class Billing:
         """Redeem a token into a new `sk-` key; returns the key (shown once) and its account."""
         token = self._parse(token_text)
         key = "sk-" + secrets.token_hex(24)
-        try:
-            redeemed = await self.redeemer.redeem(token_text, token, sha256_hex(key), "key")
-        except EcashError as exc:
-            raise ecash_api_error(exc) from exc
+        redeemed = await self._redeem(token_text, token, sha256_hex(key), "key")
         if redeemed.already:
             raise ecash_api_error(EcashError("cashu_token_already_spent"))
         return key, await self.ledger.get_account_by_id(redeemed.account_id)
+
+    async def _redeem(self, text: str, token: ParsedToken, key_hash: str, kind: str) -> Redeemed:
+        try:
+            return await self.redeemer.redeem(text, token, key_hash, kind)
+        except EcashError as exc:
+            raise ecash_api_error(exc) from exc
 
     def _parse(self, text: str) -> ParsedToken:
         try:
@@ -201,10 +197,7 @@ class Billing:
             # Refused before redeeming: the token stays spendable by its owner.
             raise insufficient_balance(token.amount_msat, max_cost_msat)
         key_hash = xcashu_key_hash(token)
-        try:
-            redeemed = await self.redeemer.redeem(text, token, key_hash, "xcashu")
-        except EcashError as exc:
-            raise ecash_api_error(exc) from exc
+        redeemed = await self._redeem(text, token, key_hash, "xcashu")
         if redeemed.already:
             raise ApiError(
                 400,
