@@ -22,47 +22,99 @@ class PayoutConflict(Exception):
     """Another payout with this id is in progress, or the balance is reserved."""
 
 
+class PayoutInvalid(ValueError):
+    """The requested amount cannot be paid out (not a whole unit, or not positive)."""
+
+
 @dataclass(frozen=True)
 class Payout:
-    """A token paid out of an account."""
+    """Value paid out of an account: a Cashu token, or a Lightning payment (`detail`)."""
 
     id: str
     amount_msat: int
-    token: str | None  # None when the amount was below one unit of the mint
+    token: str | None  # None when the amount was below one unit, or paid over Lightning
+    method: str = "cashu"
+    detail: str | None = None
+    fee_msat: int = 0
+
+
+@dataclass(frozen=True)
+class PendingPayout:
+    """A payout whose amount is already debited (I7) and whose value is not yet sent."""
+
+    id: str
+    account_id: int
+    amount_msat: int
+    unit: str
+    mint_url: str
+
+    @property
+    def amount(self) -> int:
+        """The amount in the account's unit (sat or msat)."""
+        return self.amount_msat // UNIT_MSAT[self.unit]
 
 
 class Payouts:
-    """Issues change and refund tokens."""
+    """Debit-first, idempotent payouts; `pay_out` issues Cashu, other methods reuse the steps."""
 
     def __init__(self, ledger: Ledger, wallet: NodeWallet) -> None:
         self.ledger = ledger
         self.wallet = wallet
 
     async def get(self, payout_id: str) -> Payout | None:
-        """A payout already made under this id, if any."""
+        """A payout already made under this id, if any; 409-style conflict if in flight."""
         async with self.ledger.engine.connect() as conn:
             row = (
                 await conn.execute(
-                    select(payouts.c.amount_msat, payouts.c.token, payouts.c.state).where(
-                        payouts.c.id == payout_id
-                    )
+                    select(
+                        payouts.c.amount_msat,
+                        payouts.c.token,
+                        payouts.c.state,
+                        payouts.c.method,
+                        payouts.c.detail,
+                        payouts.c.fee_msat,
+                    ).where(payouts.c.id == payout_id)
                 )
             ).first()
         if row is None:
             return None
-        if row[2] == "pending":
-            raise PayoutConflict("this payout is still being issued; retry shortly")
-        return Payout(payout_id, int(row[0]), row[1])
+        amount, token, state, method, detail, fee = row
+        if state != "issued":
+            raise PayoutConflict("this payout is still being sent; retry shortly")
+        return Payout(payout_id, int(amount), token, method, detail, int(fee))
 
     async def pay_out_all(self, account_id: int, payout_id: str) -> Payout:
-        """Pay out the whole unreserved balance; a remainder below one unit is kept as fee."""
-        return await self._pay_out(account_id, payout_id, None)
+        """Pay out the whole unreserved balance as Cashu; a sub-unit remainder is kept as fee."""
+        return await self.pay_out(account_id, payout_id, None)
 
-    async def pay_out(self, account_id: int, payout_id: str, amount_msat: int) -> Payout:
-        """Pay out exactly `amount_msat` (a whole number of the account's units)."""
-        return await self._pay_out(account_id, payout_id, amount_msat)
+    async def pay_out(self, account_id: int, payout_id: str, amount_msat: int | None) -> Payout:
+        """Pay `amount_msat` (None: everything available) out as a Cashu token."""
+        step = await self.begin(account_id, payout_id, amount_msat)
+        if isinstance(step, Payout):
+            return step
+        try:
+            token = await self.wallet.issue(step.amount, step.unit, step.mint_url)
+        except Exception as exc:
+            # Nothing left the node: undo the debit so the balance is whole again.
+            await self.undo(step)
+            if isinstance(exc, EcashError):
+                raise
+            raise EcashError("mint_error", "Could not issue the token; try again.") from exc
+        return await self.complete(step, token=token)
 
-    async def _pay_out(self, account_id: int, payout_id: str, amount: int | None) -> Payout:
+    async def begin(
+        self,
+        account_id: int,
+        payout_id: str,
+        amount_msat: int | None,
+        method: str = "cashu",
+        destination: str | None = None,
+    ) -> Payout | PendingPayout:
+        """Debit and record a payout in one transaction; an existing payout is returned as is.
+
+        `amount_msat=None` takes the whole unreserved balance, rounded down to the account's
+        unit (the remainder is journaled as `rounding`).
+        """
         done = await self.get(payout_id)
         if done is not None:
             return done
@@ -82,13 +134,15 @@ class Payouts:
                 balance, reserved, unit, mint_url = acct
                 per_unit = UNIT_MSAT[unit]
                 available = int(balance - reserved)
-                if amount is None:
+                if amount_msat is None:
                     payout_msat = available - available % per_unit
                     residue = available - payout_msat
                 else:
-                    if amount % per_unit or amount <= 0:
-                        raise ValueError(f"amount must be a positive multiple of {per_unit} msat")
-                    payout_msat, residue = amount, 0
+                    if amount_msat % per_unit or amount_msat <= 0:
+                        raise PayoutInvalid(
+                            f"amount must be a positive multiple of {per_unit} msat"
+                        )
+                    payout_msat, residue = amount_msat, 0
                 if payout_msat > available:
                     raise PayoutConflict(
                         f"only {available} msat available, {payout_msat} msat requested"
@@ -112,6 +166,8 @@ class Payouts:
                         mint_url=mint_url,
                         token=None,
                         state="pending" if payout_msat else "issued",
+                        method=method,
+                        destination=destination,
                         created_at=now,
                         updated_at=now,
                     )
@@ -122,23 +178,38 @@ class Payouts:
                 raise PayoutConflict("payout raced with itself; retry") from None
             return done
         if not payout_msat:
-            return Payout(payout_id, 0, None)
+            return Payout(payout_id, 0, None, method)
+        return PendingPayout(payout_id, account_id, payout_msat, unit, mint_url)
 
-        try:
-            token = await self.wallet.issue(payout_msat // per_unit, unit, mint_url)
-        except Exception as exc:
-            # Issuing failed: nothing left the node, so the debit is undone (credit back).
-            async with self.ledger.engine.begin() as conn:
-                await self.ledger.credit(conn, account_id, payout_msat, "payout_undo", payout_id)
-                # Forget the attempt so the same id can be retried; the journal keeps the trail.
-                await conn.execute(payouts.delete().where(payouts.c.id == payout_id))
-            if isinstance(exc, EcashError):
-                raise
-            raise EcashError("mint_error", "Could not issue the token; try again.") from exc
+    async def complete(
+        self,
+        step: PendingPayout,
+        token: str | None = None,
+        detail: str | None = None,
+        fee_msat: int = 0,
+    ) -> Payout:
+        """Record what was sent; from now on the same id returns this payout."""
         async with self.ledger.engine.begin() as conn:
             await conn.execute(
                 update(payouts)
-                .where(payouts.c.id == payout_id)
-                .values(state="issued", token=token, updated_at=time.time())
+                .where(payouts.c.id == step.id)
+                .values(
+                    state="issued",
+                    token=token,
+                    detail=detail,
+                    fee_msat=fee_msat,
+                    updated_at=time.time(),
+                )
             )
-        return Payout(payout_id, payout_msat, token)
+            method = (
+                await conn.execute(select(payouts.c.method).where(payouts.c.id == step.id))
+            ).scalar_one()
+        return Payout(step.id, step.amount_msat, token, method, detail, fee_msat)
+
+    async def undo(self, step: PendingPayout) -> None:
+        """Nothing was sent: credit the debit back and forget the attempt (retry allowed)."""
+        async with self.ledger.engine.begin() as conn:
+            await self.ledger.credit(
+                conn, step.account_id, step.amount_msat, "payout_undo", step.id
+            )
+            await conn.execute(payouts.delete().where(payouts.c.id == step.id))

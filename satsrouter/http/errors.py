@@ -10,6 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
+from satsrouter.billing.payouts import PayoutConflict, PayoutInvalid
 from satsrouter.ecash.errors import EcashError
 from satsrouter.errors import ApiError
 
@@ -46,6 +47,12 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         return error_response(ApiError(400, "invalid_request", "Invalid request parameters."))
 
+    async def on_payout_conflict(_: Request, exc: Exception) -> Response:
+        return error_response(ApiError(409, "conflict", str(exc)))
+
+    async def on_payout_invalid(_: Request, exc: Exception) -> Response:
+        return error_response(ApiError(400, "invalid_amount", str(exc)))
+
     async def on_unexpected(_: Request, exc: Exception) -> Response:
         log.error("unhandled %s", type(exc).__name__, exc_info=exc)
         return error_response(ApiError(500, "internal_error", "Internal error; please report."))
@@ -54,4 +61,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(EcashError, on_ecash_error)
     app.add_exception_handler(HTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(PayoutConflict, on_payout_conflict)
+    app.add_exception_handler(PayoutInvalid, on_payout_invalid)
     app.add_exception_handler(Exception, on_unexpected)

@@ -33,6 +33,16 @@ accounts = Table(
     Column("total_spent_msat", BigInteger, nullable=False, default=0),
     Column("total_requests", BigInteger, nullable=False, default=0),
     Column("created_at", Float, nullable=False),
+    # Child keys spend their parent's balance, optionally within a per-period limit.
+    Column("parent_id", Integer, nullable=True),
+    Column("spend_limit_msat", BigInteger, nullable=True),
+    Column("limit_period", String(8), nullable=True),  # daily | weekly | monthly
+    Column("period_start", Float, nullable=True),
+    Column("period_spent_msat", BigInteger, nullable=False, default=0),
+    Column("period_reserved_msat", BigInteger, nullable=False, default=0),
+    # Where the remainder goes at expiry or on refund (a Lightning address or LNURL).
+    Column("refund_lnurl", Text, nullable=True),
+    Column("expires_at", Float, nullable=True),
     CheckConstraint("balance_msat >= 0", name="ck_balance_nonneg"),
     CheckConstraint("reserved_msat >= 0", name="ck_reserved_nonneg"),
     CheckConstraint("balance_msat - reserved_msat >= 0", name="ck_available_nonneg"),
@@ -98,7 +108,30 @@ payouts = Table(
     Column("unit", String(8), nullable=False),
     Column("mint_url", Text, nullable=False),
     Column("token", Text, nullable=True),
-    Column("state", String(12), nullable=False),  # pending | issued | failed
+    Column("state", String(12), nullable=False),  # pending | issued | unknown
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("method", String(12), nullable=False, default="cashu"),  # cashu | lightning
+    Column("destination", Text, nullable=True),  # Lightning address / LNURL
+    Column("detail", Text, nullable=True),  # melt quote id, preimage
+    Column("fee_msat", BigInteger, nullable=False, default=0),
+)
+
+# Lightning invoices that fund a key: each is a mint quote at the primary mint.
+lightning_invoices = Table(
+    "lightning_invoices",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("quote_id", Text, nullable=False),
+    Column("mint_url", Text, nullable=False),
+    Column("unit", String(8), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("bolt11", Text, nullable=False),
+    Column("purpose", String(8), nullable=False),  # create | topup
+    Column("account_id", Integer, nullable=True),
+    Column("key_hash", String(64), nullable=True),
+    Column("state", String(12), nullable=False),  # pending | minted | credited | expired
+    Column("expires_at", Float, nullable=True),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
 )
