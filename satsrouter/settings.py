@@ -42,6 +42,11 @@ class Settings:
     instance_dead_after: float = 30.0
     sweep_interval: float = 10.0
     max_body_bytes: int = 8 * 1024 * 1024
+    # Lightning: how often unpaid funding invoices and expired keys are checked.
+    invoice_poll_interval: float = 2.0
+    expiry_check_interval: float = 30.0
+    # LNURL endpoints must be https; tests serve them on loopback over plain http.
+    lnurl_allow_http: bool = False
 
     @property
     def primary_mint(self) -> str:
@@ -86,6 +91,8 @@ class Settings:
             for name in ("NAME", "DESCRIPTION", "HTTP_URL", "ONION_URL", "LOG_LEVEL"):
                 if (v := get(name)) is not None:
                     kw[name.lower()] = v
+            if (v := get("LNURL_ALLOW_HTTP")) is not None:
+                kw["lnurl_allow_http"] = v.lower() in ("1", "true", "yes")
             if (v := get("CORS_ORIGINS")) is not None:
                 kw["cors_origins"] = _split_list(v)
         except (ArithmeticError, ValueError) as exc:
