@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -14,12 +16,35 @@ from satsrouter.store.tx import Tx, TxRunner
 # The hot-path statements, as plain SQL that SQLite and Postgres both run.
 _RESERVE = (
     "UPDATE accounts SET reserved_msat = reserved_msat + :amount "
-    "WHERE key_hash = :kh AND balance_msat - reserved_msat >= :amount RETURNING id"
+    "WHERE key_hash = :kh AND parent_id IS NULL AND balance_msat - reserved_msat >= :amount "
+    "RETURNING id"
 )
-_AVAILABLE = "SELECT balance_msat - reserved_msat FROM accounts WHERE key_hash = :kh"
+_KEY_STATE = (
+    "SELECT id, parent_id, balance_msat - reserved_msat, spend_limit_msat, limit_period, "
+    "period_start, period_spent_msat, period_reserved_msat FROM accounts WHERE key_hash = :kh"
+)
+_RESERVE_PARENT = (
+    "UPDATE accounts SET reserved_msat = reserved_msat + :amount "
+    "WHERE id = :id AND balance_msat - reserved_msat >= :amount RETURNING id"
+)
+_AVAILABLE_BY_ID = "SELECT balance_msat - reserved_msat FROM accounts WHERE id = :id"
+_RESERVE_CHILD = (
+    "UPDATE accounts SET period_reserved_msat = period_reserved_msat + :amount, "
+    "period_spent_msat = :spent, period_start = :start WHERE id = :id"
+)
+_SETTLE_CHILD = (
+    "UPDATE accounts SET period_reserved_msat = period_reserved_msat - :reserved, "
+    "period_spent_msat = period_spent_msat + :charged, "
+    "total_spent_msat = total_spent_msat + :charged, total_requests = total_requests + 1 "
+    "WHERE id = :id"
+)
+_RELEASE_CHILD = (
+    "UPDATE accounts SET period_reserved_msat = period_reserved_msat - :amount WHERE id = :id"
+)
 _INSERT_RESERVATION = (
-    "INSERT INTO reservations (id, account_id, amount_msat, state, instance_id, model, "
-    "created_at) VALUES (:id, :account, :amount, 'active', :instance, :model, :now)"
+    "INSERT INTO reservations (id, account_id, child_id, amount_msat, state, instance_id, "
+    "model, created_at) VALUES (:id, :account, :child, :amount, 'active', :instance, :model, "
+    ":now)"
 )
 _CHARGE_RESERVATION = (
     "UPDATE reservations SET state = 'charged', charged_msat = :charged, settled_at = :now "
@@ -44,7 +69,7 @@ _HEARTBEAT = "UPDATE instances SET heartbeat_at = :now WHERE id = :id"
 _INSERT_INSTANCE = "INSERT INTO instances (id, started_at, heartbeat_at) VALUES (:id, :now, :now)"
 _ALIVE_INSTANCES = "SELECT id FROM instances WHERE heartbeat_at >= :since"
 _ACTIVE_RESERVATIONS = (
-    "SELECT id, account_id, amount_msat, instance_id, created_at FROM reservations "
+    "SELECT id, account_id, child_id, amount_msat, instance_id, created_at FROM reservations "
     "WHERE state = 'active'"
 )
 _FORGET_INSTANCES = "DELETE FROM instances WHERE heartbeat_at < :before"
@@ -57,12 +82,34 @@ def _journal_tx(tx: Tx, account_id: int, amount: int, kind: str, ref: str, now: 
     )
 
 
-def _release_tx(tx: Tx, request_id: str, account_id: int, amount: int, now: float) -> bool:
+def _release_tx(
+    tx: Tx, request_id: str, account_id: int, child_id: int | None, amount: int, now: float
+) -> bool:
     _, moved = tx.execute(_RELEASE_RESERVATION, {"id": request_id, "now": now})
     if moved != 1:
         return False
     tx.execute(_UNRESERVE, {"account": account_id, "amount": amount})
+    if child_id is not None:
+        tx.execute(_RELEASE_CHILD, {"id": child_id, "amount": amount})
     return True
+
+
+def _reserve_child(tx: Tx, key_state: tuple[Any, ...], amount: int, now: float) -> tuple[int, int]:
+    """Reserve on a child key: within its period limit, from its parent's balance."""
+    child_id, parent_id, _, limit, period, start, spent, reserved = key_state
+    resets_at = None
+    if period:
+        period_start, resets_at = period_bounds(period, now)
+        if start is None or start < period_start:
+            start, spent = period_start, 0  # a new period: the limit is fresh again
+    if limit is not None and spent + reserved + amount > limit:
+        raise SpendLimitReached(max(0, limit - spent - reserved), amount, resets_at)
+    rows, _ = tx.execute(_RESERVE_PARENT, {"id": parent_id, "amount": amount})
+    if not rows:
+        found, _ = tx.execute(_AVAILABLE_BY_ID, {"id": parent_id})
+        raise InsufficientBalance(int(found[0][0]) if found else 0, amount)
+    tx.execute(_RESERVE_CHILD, {"id": child_id, "amount": amount, "spent": spent, "start": start})
+    return int(parent_id), int(child_id)
 
 
 @dataclass(frozen=True)
@@ -78,10 +125,25 @@ class Account:
     reserved_msat: int
     total_spent_msat: int
     total_requests: int
+    created_at: float = 0.0
+    parent_id: int | None = None
+    spend_limit_msat: int | None = None
+    limit_period: str | None = None
+    period_start: float | None = None
+    period_spent_msat: int = 0
+    refund_lnurl: str | None = None
+    expires_at: float | None = None
 
     @property
     def available_msat(self) -> int:
         return self.balance_msat - self.reserved_msat
+
+    def period_spent_now(self, now: float) -> int:
+        """A child key's spending in the current period (zero once a new period began)."""
+        if self.limit_period and self.period_start is not None:
+            if self.period_start < period_bounds(self.limit_period, now)[0]:
+                return 0
+        return self.period_spent_msat
 
 
 @dataclass(frozen=True)
@@ -89,8 +151,9 @@ class Reservation:
     """An active hold on part of a balance for one request."""
 
     id: str
-    account_id: int
+    account_id: int  # whose balance pays (a child key's parent)
     amount_msat: int
+    child_id: int | None = None  # the child key that made the request, if any
 
 
 @dataclass(frozen=True)
@@ -114,6 +177,35 @@ class UnknownAccount(Exception):
     """No account has this key hash."""
 
 
+class SpendLimitReached(Exception):
+    """A child key's spend limit for the current period does not cover the reservation."""
+
+    def __init__(self, remaining_msat: int, required_msat: int, resets_at: float | None) -> None:
+        super().__init__(f"remaining {remaining_msat} msat, required {required_msat} msat")
+        self.remaining_msat = remaining_msat
+        self.required_msat = required_msat
+        self.resets_at = resets_at
+
+
+PERIODS = ("daily", "weekly", "monthly")
+
+
+def period_bounds(period: str, now: float) -> tuple[float, float]:
+    """Start and end (UTC) of the daily/weekly/monthly period containing `now`."""
+    day = datetime.fromtimestamp(now, UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    if period == "daily":
+        start, end = day, day + timedelta(days=1)
+    elif period == "weekly":
+        start = day - timedelta(days=day.weekday())
+        end = start + timedelta(days=7)
+    elif period == "monthly":
+        start = day.replace(day=1)
+        end = (start + timedelta(days=32)).replace(day=1)
+    else:
+        raise ValueError(f"unknown period {period!r}")
+    return start.timestamp(), end.timestamp()
+
+
 _ACCOUNT_COLUMNS = (
     accounts.c.id,
     accounts.c.key_hash,
@@ -124,6 +216,14 @@ _ACCOUNT_COLUMNS = (
     accounts.c.reserved_msat,
     accounts.c.total_spent_msat,
     accounts.c.total_requests,
+    accounts.c.created_at,
+    accounts.c.parent_id,
+    accounts.c.spend_limit_msat,
+    accounts.c.limit_period,
+    accounts.c.period_start,
+    accounts.c.period_spent_msat,
+    accounts.c.refund_lnurl,
+    accounts.c.expires_at,
 )
 
 
@@ -251,29 +351,35 @@ class Ledger:
         """Hold `amount_msat` of the key's balance with one conditional UPDATE."""
         now = time.time()
 
-        def op(tx: Tx) -> int:
+        def op(tx: Tx) -> tuple[int, int | None]:
             rows, _ = tx.execute(_RESERVE, {"kh": key_hash, "amount": amount_msat})
-            if not rows:
-                found, _ = tx.execute(_AVAILABLE, {"kh": key_hash})
+            child_id: int | None = None
+            if rows:
+                account_id = int(rows[0][0])
+            else:
+                # Off the fast path: an unknown key, too little money, or a child key.
+                found, _ = tx.execute(_KEY_STATE, {"kh": key_hash})
                 if not found:
                     raise UnknownAccount(key_hash[:12])
-                raise InsufficientBalance(int(found[0][0]), amount_msat)
-            account_id = int(rows[0][0])
+                if found[0][1] is None:
+                    raise InsufficientBalance(int(found[0][2]), amount_msat)
+                account_id, child_id = _reserve_child(tx, found[0], amount_msat, now)
             tx.execute(
                 _INSERT_RESERVATION,
                 {
                     "id": request_id,
                     "account": account_id,
+                    "child": child_id,
                     "amount": amount_msat,
                     "instance": self.instance_id,
                     "model": model[:200],
                     "now": now,
                 },
             )
-            return account_id
+            return account_id, child_id
 
-        account_id = await self.tx.run(op)
-        return Reservation(request_id, account_id, amount_msat)
+        account_id, child_id = await self.tx.run(op)
+        return Reservation(request_id, account_id, amount_msat, child_id)
 
     async def settle(self, reservation: Reservation, cost_msat: int) -> Settlement | None:
         """Charge a reservation exactly once (CAS active → charged); None if already settled.
@@ -300,6 +406,15 @@ class Ledger:
             )
             if charged:
                 _journal_tx(tx, reservation.account_id, -charged, "charge", reservation.id, now)
+            if reservation.child_id is not None:
+                tx.execute(
+                    _SETTLE_CHILD,
+                    {
+                        "id": reservation.child_id,
+                        "charged": charged,
+                        "reserved": reservation.amount_msat,
+                    },
+                )
             return Settlement(charged, int(rows[0][0]))
 
         return await self.tx.run(op)
@@ -309,7 +424,12 @@ class Ledger:
         now = time.time()
         return await self.tx.run(
             lambda tx: _release_tx(
-                tx, reservation.id, reservation.account_id, reservation.amount_msat, now
+                tx,
+                reservation.id,
+                reservation.account_id,
+                reservation.child_id,
+                reservation.amount_msat,
+                now,
             )
         )
 
@@ -339,13 +459,13 @@ class Ledger:
             alive = {row[0] for row in alive_rows} | {self.instance_id}
             active, _ = tx.execute(_ACTIVE_RESERVATIONS, {})
             released = 0
-            for rid, account_id, amount, instance_id, created_at in active:
+            for rid, account_id, child_id, amount, instance_id, created_at in active:
                 orphan = instance_id not in alive or (
                     instance_id == self.instance_id
                     and rid not in live_ids
                     and created_at < now - min_age
                 )
-                if orphan and _release_tx(tx, rid, account_id, amount, now):
+                if orphan and _release_tx(tx, rid, account_id, child_id, amount, now):
                     released += 1
             tx.execute(_FORGET_INSTANCES, {"before": now - 10 * dead_after})
             return released

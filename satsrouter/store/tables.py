@@ -74,6 +74,7 @@ reservations = Table(
     Column("model", String(200), nullable=False),
     Column("created_at", Float, nullable=False),
     Column("settled_at", Float, nullable=True),
+    Column("child_id", Integer, nullable=True),
     Index("ix_reservations_state", "state"),
 )
 

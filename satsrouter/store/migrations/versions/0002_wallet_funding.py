@@ -36,6 +36,9 @@ def upgrade() -> None:
         batch.add_column(sa.Column("fee_msat", sa.BigInteger, nullable=False, server_default="0"))
         batch.create_index("ix_payouts_account", ["account_id"])
         batch.create_index("ix_payouts_state", ["state"])
+    with op.batch_alter_table("reservations") as batch:
+        # A child key's request: its money is the parent's, its limit is the child's.
+        batch.add_column(sa.Column("child_id", sa.Integer, nullable=True))
     op.create_table(
         "lightning_invoices",
         sa.Column("id", sa.String(64), primary_key=True),
@@ -57,6 +60,8 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("lightning_invoices")
+    with op.batch_alter_table("reservations") as batch:
+        batch.drop_column("child_id")
     with op.batch_alter_table("payouts") as batch:
         batch.drop_index("ix_payouts_state")
         batch.drop_index("ix_payouts_account")
