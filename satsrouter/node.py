@@ -9,6 +9,7 @@ import os
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from satsrouter.billing.keys import Keys
 from satsrouter.billing.ledger import Ledger
 from satsrouter.billing.payments import Billing
 from satsrouter.billing.payouts import Payouts
@@ -41,6 +42,7 @@ class Node:
         self.redeemer = Redeemer(self.ledger, self.wallet)
         self.payouts = Payouts(self.ledger, self.wallet)
         self.billing = Billing(self.ledger, self.redeemer, self.payouts)
+        self.keys = Keys(self.billing, self.payouts)
         self.upstream = Upstream(
             settings.upstream_base_url, settings.upstream_api_key, settings.upstream_timeout
         )

@@ -21,7 +21,8 @@ _RESERVE = (
 )
 _KEY_STATE = (
     "SELECT id, parent_id, balance_msat - reserved_msat, spend_limit_msat, limit_period, "
-    "period_start, period_spent_msat, period_reserved_msat FROM accounts WHERE key_hash = :kh"
+    "period_start, period_spent_msat, period_reserved_msat, expires_at FROM accounts "
+    "WHERE key_hash = :kh"
 )
 _RESERVE_PARENT = (
     "UPDATE accounts SET reserved_msat = reserved_msat + :amount "
@@ -96,7 +97,9 @@ def _release_tx(
 
 def _reserve_child(tx: Tx, key_state: tuple[Any, ...], amount: int, now: float) -> tuple[int, int]:
     """Reserve on a child key: within its period limit, from its parent's balance."""
-    child_id, parent_id, _, limit, period, start, spent, reserved = key_state
+    child_id, parent_id, _, limit, period, start, spent, reserved, expires_at = key_state
+    if expires_at is not None and now >= expires_at:
+        raise UnknownAccount("expired child key")
     resets_at = None
     if period:
         period_start, resets_at = period_bounds(period, now)

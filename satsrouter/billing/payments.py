@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import secrets
 from dataclasses import dataclass
 
 from satsrouter.billing.ledger import (
@@ -14,6 +13,7 @@ from satsrouter.billing.ledger import (
     Ledger,
     Reservation,
     Settlement,
+    SpendLimitReached,
     UnknownAccount,
 )
 from satsrouter.billing.payouts import Payout, Payouts
@@ -149,7 +149,7 @@ class Billing:
                     401, "invalid_api_key", "Unknown API key. Check the key or create a new one."
                 ) from None
         # A token used as an API key for the first time: redeem it into its own balance.
-        await self._redeem(key, self._parse(key), key_hash, "token")
+        await self.redeem(key, self.parse(key), key_hash, "token")
         return await self._reserve(key_hash, max_cost_msat, model, request_id, None)
 
     async def account(self, key: str) -> Account:
@@ -160,28 +160,21 @@ class Billing:
             return account
         if not is_cashu_token(key):
             raise ApiError(401, "invalid_api_key", "Unknown API key.")
-        await self._redeem(key, self._parse(key), key_hash, "token")
+        await self.redeem(key, self.parse(key), key_hash, "token")
         account = await self.ledger.get_account(key_hash)
         if account is None:
             raise ApiError(401, "invalid_api_key", "Unknown API key.")
         return account
 
-    async def create_key(self, token_text: str) -> tuple[str, Account]:
-        """Redeem a token into a new `sk-` key; returns the key (shown once) and its account."""
-        token = self._parse(token_text)
-        key = "sk-" + secrets.token_hex(24)
-        redeemed = await self._redeem(token_text, token, sha256_hex(key), "key")
-        if redeemed.already:
-            raise ecash_api_error(EcashError("cashu_token_already_spent"))
-        return key, await self.ledger.get_account_by_id(redeemed.account_id)
-
-    async def _redeem(self, text: str, token: ParsedToken, key_hash: str, kind: str) -> Redeemed:
+    async def redeem(self, text: str, token: ParsedToken, key_hash: str, kind: str) -> Redeemed:
+        """Redeem a token into `key_hash`'s balance; mint failures become client errors."""
         try:
             return await self.redeemer.redeem(text, token, key_hash, kind)
         except EcashError as exc:
             raise ecash_api_error(exc) from exc
 
-    def _parse(self, text: str) -> ParsedToken:
+    def parse(self, text: str) -> ParsedToken:
+        """Decode a token and check its mint is accepted (400 otherwise, nothing contacted)."""
         try:
             token = parse_token(text)
             self.redeemer.wallet.check_accepted(token)
@@ -192,12 +185,12 @@ class Billing:
     async def _begin_x_cashu(
         self, text: str, max_cost_msat: int, model: str, request_id: str
     ) -> Charge:
-        token = self._parse(text)
+        token = self.parse(text)
         if token.amount_msat < max_cost_msat:
             # Refused before redeeming: the token stays spendable by its owner.
             raise insufficient_balance(token.amount_msat, max_cost_msat)
         key_hash = xcashu_key_hash(token)
-        redeemed = await self._redeem(text, token, key_hash, "xcashu")
+        redeemed = await self.redeem(text, token, key_hash, "xcashu")
         if redeemed.already:
             raise ApiError(
                 400,
@@ -226,12 +219,20 @@ class Billing:
             reservation = await self.ledger.reserve(key_hash, request_id, max_cost_msat, model)
         except InsufficientBalance as exc:
             raise insufficient_balance(exc.available_msat, exc.required_msat) from None
+        except SpendLimitReached as exc:
+            resets = f" It resets at {exc.resets_at:.0f} (Unix time)." if exc.resets_at else ""
+            raise ApiError(
+                402,
+                "spend_limit_reached",
+                f"This key's spend limit leaves {exc.remaining_msat} msat, the request needs "
+                f"{exc.required_msat} msat.{resets}",
+            ) from None
         self.live.add(request_id)
         return Charge(self, reservation, x_cashu)
 
     async def refund_x_cashu(self, text: str) -> Payout:
         """The change of an earlier `X-Cashu` request, again (idempotent recovery)."""
-        token = self._parse(text)
+        token = self.parse(text)
         payout = await self.payouts.get(change_payout_id(token))
         if payout is not None:
             return payout

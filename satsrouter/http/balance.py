@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
 
+from satsrouter.billing.keys import check_refund_address
 from satsrouter.billing.ledger import Account
 from satsrouter.billing.payments import Credentials
 from satsrouter.errors import ApiError
@@ -40,18 +42,35 @@ async def _token_from(request: Request) -> str:
     return token.strip()
 
 
+def _expiry(request: Request) -> float | None:
+    value = request.headers.get("key-expiry-time")
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ApiError(400, "invalid_expiry", "Key-Expiry-Time must be a Unix time.") from None
+
+
 @router.post("/v1/wallet/create")
 @router.post("/v1/balance/create")
 @router.get("/v1/balance/create")
 async def create_key(request: Request) -> dict[str, Any]:
-    """Redeem a Cashu token into a new `sk-` key."""
+    """Redeem a Cashu token into a new `sk-` key (optionally refunded to Lightning at expiry)."""
     node: Node = request.app.state.node
-    key, account = await node.billing.create_key(await _token_from(request))
+    refund = request.headers.get("refund-lnurl")
+    key, account = await node.keys.create(
+        await _token_from(request),
+        check_refund_address(refund) if refund else None,
+        _expiry(request),
+    )
     return {
         "api_key": key,
         "balance": account.balance_msat,
         "mint": account.mint_url,
         "unit": account.unit,
+        "refund_address": account.refund_lnurl,
+        "expires_at": account.expires_at,
     }
 
 
@@ -62,7 +81,7 @@ async def balance_info(request: Request) -> dict[str, Any]:
     """Balance, reserved amount and totals of the key in the Authorization header."""
     node: Node = request.app.state.node
     account = await _account(node, credentials(request.headers))
-    return {
+    info: dict[str, Any] = {
         "balance": account.balance_msat,
         "reserved": account.reserved_msat,
         "available": account.available_msat,
@@ -72,21 +91,150 @@ async def balance_info(request: Request) -> dict[str, Any]:
         "token_unit": account.unit,
         "total_spent": account.total_spent_msat,
         "total_requests": account.total_requests,
+        "refund_address": account.refund_lnurl,
+        "expires_at": account.expires_at,
+    }
+    if account.parent_id is not None:
+        # A child key shows the money it can reach: the parent's, within its own limit.
+        parent = await node.ledger.get_account_by_id(account.parent_id)
+        spent = account.period_spent_now(time.time())
+        info.update(
+            balance=parent.balance_msat,
+            reserved=parent.reserved_msat,
+            available=parent.available_msat,
+            is_child=True,
+            spend_limit=account.spend_limit_msat,
+            limit_period=account.limit_period,
+            period_spent=spent,
+        )
+        if account.spend_limit_msat is not None:
+            info["available"] = min(parent.available_msat, account.spend_limit_msat - spent)
+    return info
+
+
+@router.post("/v1/wallet/topup")
+@router.post("/v1/balance/topup")
+async def topup(request: Request) -> dict[str, Any]:
+    """Add a Cashu token's value to the key in the Authorization header."""
+    node: Node = request.app.state.node
+    creds = credentials(request.headers)
+    if not creds.bearer:
+        raise ApiError(401, "missing_api_key", "Send the key to top up as Bearer.")
+    result = await node.keys.topup(creds.bearer, await _token_from(request))
+    return {
+        "balance": result.account.balance_msat,
+        "added": result.added_msat,
+        "msats": result.added_msat,
+        "unit": "msat",
     }
 
 
+async def _json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if not raw:
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_request", "The request body must be a JSON object.")
+    return body
+
+
+def _positive_int(value: Any, name: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ApiError(400, "invalid_request", f"`{name}` must be a positive integer.")
+    return value
+
+
+@router.post("/v1/wallet/withdraw")
 @router.post("/v1/balance/refund")
 @router.post("/v1/wallet/refund")
-async def refund(request: Request) -> dict[str, Any]:
-    """Return the change of an `X-Cashu` request again (idempotent)."""
+async def withdraw(request: Request) -> dict[str, Any]:
+    """Pay a key's balance out (all, or `amount` in its unit); or an X-Cashu request's change."""
     node: Node = request.app.state.node
     creds = credentials(request.headers)
-    if not creds.x_cashu:
+    if creds.x_cashu:
+        payout = await node.billing.refund_x_cashu(creds.x_cashu)
+        return {
+            "token": payout.token,
+            "amount_msat": payout.amount_msat,
+            "msats": payout.amount_msat,
+        }
+    if not creds.bearer:
         raise ApiError(
-            400,
-            "missing_token",
-            "Send the original token in X-Cashu to recover its change "
-            "(key withdrawals come with the wallet endpoints).",
+            401, "missing_api_key", "Send the key as Bearer, or the original token in X-Cashu."
         )
-    payout = await node.billing.refund_x_cashu(creds.x_cashu)
-    return {"token": payout.token, "amount_msat": payout.amount_msat, "msats": payout.amount_msat}
+    body = await _json_body(request)
+    amount = _positive_int(body.get("amount", request.query_params.get("amount")), "amount")
+    amount_msat = _positive_int(body.get("amount_msat"), "amount_msat")
+    if amount is not None and amount_msat is not None:
+        raise ApiError(400, "invalid_request", "Send `amount` or `amount_msat`, not both.")
+    if amount is not None:
+        account = await node.keys.parent_account(creds.bearer)
+        amount_msat = amount * (1000 if account.unit == "sat" else 1)
+    payout = await node.keys.withdraw(
+        creds.bearer, amount_msat, request.headers.get("idempotency-key")
+    )
+    account = await node.billing.account(creds.bearer)
+    result: dict[str, Any] = {
+        "amount_msat": payout.amount_msat,
+        "msats": payout.amount_msat,
+        "balance": account.balance_msat,
+        "method": payout.method,
+    }
+    if payout.method == "lightning":
+        result.update(recipient=account.refund_lnurl, fee_msat=payout.fee_msat)
+    else:
+        result.update(token=payout.token, sats=payout.amount_msat // 1000, unit=account.unit)
+    return result
+
+
+@router.get("/v1/balance/history")
+@router.get("/v1/wallet/history")
+async def history(request: Request) -> dict[str, Any]:
+    """The key's journal: credits, charges and payouts, newest first."""
+    node: Node = request.app.state.node
+    creds = credentials(request.headers)
+    if not creds.bearer:
+        raise ApiError(401, "missing_api_key", "Send your key as Bearer.")
+    try:
+        limit = min(int(request.query_params.get("limit", "100")), 1000)
+        before_text = request.query_params.get("before")
+        before = int(before_text) if before_text else None
+    except ValueError:
+        raise ApiError(400, "invalid_request", "limit and before must be integers.") from None
+    entries = await node.keys.history(creds.bearer, max(limit, 1), before)
+    return {"entries": entries, "unit": "msat"}
+
+
+@router.post("/v1/balance/child-key")
+@router.post("/v1/wallet/child-key")
+async def child_keys(request: Request) -> dict[str, Any]:
+    """Keys that spend this key's balance, each within an optional limit per period."""
+    node: Node = request.app.state.node
+    creds = credentials(request.headers)
+    if not creds.bearer:
+        raise ApiError(401, "missing_api_key", "Send the parent key as Bearer.")
+    body = await _json_body(request)
+    count = _positive_int(body.get("count", 1), "count") or 1
+    limit = _positive_int(body.get("balance_limit", body.get("spend_limit_msat")), "balance_limit")
+    period = body.get("balance_limit_reset", body.get("limit_period"))
+    expires = body.get("validity_date", body.get("expires_at"))
+    if period is not None and not isinstance(period, str):
+        raise ApiError(400, "invalid_request", "balance_limit_reset must be a string.")
+    if expires is not None and not isinstance(expires, int | float):
+        raise ApiError(400, "invalid_request", "validity_date must be a Unix time.")
+    keys = await node.keys.create_children(
+        creds.bearer, count, limit, period, float(expires) if expires is not None else None
+    )
+    return {
+        "api_keys": keys,
+        "count": len(keys),
+        "balance_limit": limit,
+        "balance_limit_reset": period,
+        "validity_date": expires,
+    }
