@@ -64,8 +64,11 @@ class Node:
             recovered = await self.redeemer.recover()
             if recovered:
                 log.info("finished %d interrupted redemptions", recovered)
+            undone = await self.payouts.recover_cashu(older_than=self.settings.instance_dead_after)
+            if undone:
+                log.warning("credited back %d Cashu payouts interrupted before issue", undone)
         except Exception:
-            log.exception("redemption recovery failed; will retry at next start")
+            log.exception("recovery failed; will retry at next start")
         if not await self.load_models():
             self._tasks.append(asyncio.create_task(self._retry_models()))
         self._tasks.append(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import openai
@@ -10,7 +11,8 @@ from conftest import NodeFactory
 from sqlalchemy import select
 
 from satsrouter.billing.ledger import Ledger
-from satsrouter.store.tables import accounts, instances, redemptions, reservations
+from satsrouter.billing.payouts import Payout, PayoutConflict
+from satsrouter.store.tables import accounts, instances, payouts, redemptions, reservations
 from satsrouter.testing.fake_upstream import FakeUpstream
 from satsrouter.testing.mint import TestWallet
 
@@ -99,3 +101,26 @@ async def test_sweeper_keeps_live_requests_of_its_own_instance(
     async with running.node.engine.connect() as conn:
         states = dict((await conn.execute(select(reservations.c.id, reservations.c.state))).all())
     assert states == {"live-stream": "active", "leaked": "released"}
+
+
+async def test_payout_interrupted_before_issue_is_credited_back_on_restart(
+    node_factory: NodeFactory, user_wallet: TestWallet
+) -> None:
+    first = await node_factory()
+    (token,) = await user_wallet.mint_tokens(12)
+    await first.balance(token)
+    account = await first.node.ledger.get_account(hashlib.sha256(token.encode()).hexdigest())
+    assert account is not None
+    # Debit recorded, then the process dies before the token is issued.
+    step = await first.node.payouts.begin(account.id, "withdraw:crash", None)
+    assert (await first.balance(token))["balance"] == 0
+    await first.stop()
+    async with first.node.engine.begin() as conn:
+        await conn.execute(payouts.update().values(updated_at=time.time() - 3600))
+    again = await node_factory()
+    assert (await again.balance(token))["balance"] == 12_000
+    # The interrupted attempt can no longer complete: nothing is paid twice.
+    assert not isinstance(step, Payout)
+    with pytest.raises(PayoutConflict):
+        await again.node.payouts.complete(step, token="cashuBnever")
+    await again.check_invariants()

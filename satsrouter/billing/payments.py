@@ -253,6 +253,7 @@ class Billing:
             try:
                 await self.ledger.heartbeat()
                 await self.redeemer.recover(ask_mint=True, min_age=dead_after)
+                await self.payouts.recover_cashu(older_than=dead_after)
                 released = await self.ledger.sweep(dead_after, set(self.live), min_age=dead_after)
                 if released:
                     log.warning("sweeper released %d orphaned reservations", released)

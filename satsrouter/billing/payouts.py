@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from satsrouter.billing.ledger import Ledger
 from satsrouter.billing.redeem import UNIT_MSAT
 from satsrouter.ecash.errors import EcashError
+from satsrouter.ecash.tokens import parse_token
 from satsrouter.ecash.wallet import NodeWallet
 from satsrouter.store.tables import accounts, payouts
 
@@ -20,6 +21,10 @@ log = logging.getLogger(__name__)
 
 class PayoutConflict(Exception):
     """Another payout with this id is in progress, or the balance is reserved."""
+
+
+class PayoutCancelled(PayoutConflict):
+    """A payout was undone (by recovery) before its result could be recorded."""
 
 
 class PayoutInvalid(ValueError):
@@ -100,7 +105,13 @@ class Payouts:
             if isinstance(exc, EcashError):
                 raise
             raise EcashError("mint_error", "Could not issue the token; try again.") from exc
-        return await self.complete(step, token=token)
+        try:
+            return await self.complete(step, token=token)
+        except PayoutCancelled:
+            # Recovery already credited the balance back: take the token back into the wallet
+            # so the value is neither lost nor paid twice.
+            await self.wallet.receive(parse_token(token))
+            raise
 
     async def begin(
         self,
@@ -190,9 +201,9 @@ class Payouts:
     ) -> Payout:
         """Record what was sent; from now on the same id returns this payout."""
         async with self.ledger.engine.begin() as conn:
-            await conn.execute(
+            moved = await conn.execute(
                 update(payouts)
-                .where(payouts.c.id == step.id)
+                .where(payouts.c.id == step.id, payouts.c.state == "pending")
                 .values(
                     state="issued",
                     token=token,
@@ -201,15 +212,55 @@ class Payouts:
                     updated_at=time.time(),
                 )
             )
+            if moved.rowcount != 1:
+                raise PayoutCancelled(f"payout {step.id} was undone before it completed")
             method = (
                 await conn.execute(select(payouts.c.method).where(payouts.c.id == step.id))
             ).scalar_one()
         return Payout(step.id, step.amount_msat, token, method, detail, fee_msat)
 
-    async def undo(self, step: PendingPayout) -> None:
-        """Nothing was sent: credit the debit back and forget the attempt (retry allowed)."""
+    async def undo(self, step: PendingPayout) -> bool:
+        """Nothing was sent: credit the debit back and forget the attempt (retry allowed).
+
+        Compare-and-set on the pending row, so a payout is undone at most once and never
+        after it completed. Returns whether this call undid it.
+        """
         async with self.ledger.engine.begin() as conn:
+            gone = await conn.execute(
+                payouts.delete().where(payouts.c.id == step.id, payouts.c.state == "pending")
+            )
+            if gone.rowcount != 1:
+                return False
             await self.ledger.credit(
                 conn, step.account_id, step.amount_msat, "payout_undo", step.id
             )
-            await conn.execute(payouts.delete().where(payouts.c.id == step.id))
+        return True
+
+    async def recover_cashu(self, older_than: float) -> int:
+        """Undo Cashu payouts a crash left `pending`; returns how many.
+
+        Such a payout's token was never stored, so it never reached anyone: the response
+        that would have carried it comes only after `complete`. Crediting the debit back is
+        therefore safe; the proofs the wallet set aside stay in the node's ecash.
+        """
+        async with self.ledger.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    select(
+                        payouts.c.id,
+                        payouts.c.account_id,
+                        payouts.c.amount_msat,
+                        payouts.c.unit,
+                        payouts.c.mint_url,
+                    ).where(
+                        payouts.c.state == "pending",
+                        payouts.c.method == "cashu",
+                        payouts.c.updated_at < time.time() - older_than,
+                    )
+                )
+            ).all()
+        undone = 0
+        for payout_id, account_id, amount, unit, mint_url in rows:
+            step = PendingPayout(payout_id, account_id, int(amount), unit, mint_url)
+            undone += await self.undo(step)
+        return undone
