@@ -147,13 +147,12 @@ class Keys:
                 and last[2].startswith("withdraw:")
             ):
                 previous = await self.payouts.get(last[2])
-                per_unit = UNIT_MSAT[account.unit]
-                replay = (
-                    account.available_msat < per_unit  # "everything" again, nothing left
+                if previous is not None and (
+                    # "everything" again when nothing is left, or the same amount again
+                    account.available_msat < UNIT_MSAT[account.unit]
                     if amount_msat is None
-                    else amount_msat == previous.amount_msat if previous else False
-                )
-                if previous is not None and replay:
+                    else amount_msat == previous.amount_msat
+                ):
                     return previous
             payout_id = f"withdraw:{account.id}:{last[0] if last else 0}"
         if amount_msat is None and account.reserved_msat:
