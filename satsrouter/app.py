@@ -11,7 +11,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from satsrouter import __version__
-from satsrouter.http import balance, catalog, proxy
+from satsrouter.http import balance, catalog, lightning, proxy
 from satsrouter.http.errors import install_error_handlers
 from satsrouter.node import Node
 from satsrouter.settings import Settings
@@ -67,6 +67,7 @@ def create_app(settings: Settings | None = None, node: Node | None = None) -> Fa
     app.include_router(proxy.router)
     app.include_router(balance.router)
     app.include_router(catalog.router)
+    app.include_router(lightning.router)
 
     @app.get("/")
     async def root() -> dict[str, object]:

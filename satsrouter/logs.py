@@ -6,7 +6,11 @@ import logging
 import re
 
 # Cashu tokens, sk- keys and bearer values: masked wherever they would appear in a log line.
-_SECRET = re.compile(r"(cashu[AB][A-Za-z0-9_\-+/=]{8,}|sk-[A-Za-z0-9_\-]{8,}|Bearer\s+\S+)")
+# So are Lightning invoice ids in status paths: a paid `create` invoice's id yields its key.
+_SECRET = re.compile(
+    r"(cashu[AB][A-Za-z0-9_\-+/=]{8,}|sk-[A-Za-z0-9_\-]{8,}|Bearer\s+\S+"
+    r"|(?<=/lightning/invoice/)[A-Za-z0-9_\-]{8,})"
+)
 
 
 def mask_secrets(text: str) -> str:

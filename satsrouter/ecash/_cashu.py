@@ -37,8 +37,11 @@ def _import_nutshell() -> None:
 _import_nutshell()
 
 from cashu.core.base import DLEQWallet, Proof, TokenV3, TokenV4, Unit  # noqa: E402
+from cashu.core.nuts import nut20  # noqa: E402
 from cashu.core.settings import settings as cashu_settings  # noqa: E402
 from cashu.wallet import v1_api as _v1_api  # noqa: E402
+from cashu.wallet.crud import bump_secret_derivation, get_bolt11_mint_quote  # noqa: E402
+from cashu.wallet.v1_api import LedgerAPI  # noqa: E402
 from cashu.wallet.wallet import Wallet  # noqa: E402
 from loguru import logger as _loguru  # noqa: E402
 
@@ -50,12 +53,16 @@ _loguru.disable("cashu")
 
 __all__ = [
     "DLEQWallet",
+    "LedgerAPI",
     "Proof",
     "TokenV3",
     "TokenV4",
     "Unit",
     "Wallet",
+    "bump_secret_derivation",
     "cashu_settings",
+    "get_bolt11_mint_quote",
+    "nut20",
     "pooled_client",
 ]
 

@@ -181,6 +181,14 @@ class NodeWallet:
         slot = await self._slot(self._accepted_mint(mint), unit)
         return sum(int(p.amount) for p in slot.wallet.proofs if not p.reserved)
 
+    async def loaded_slot(self, mint: str | None, unit: str) -> _Slot:
+        """The wallet, lock and client of an accepted (mint, unit), keysets loaded."""
+        slot = await self._slot(self._accepted_mint(mint), unit)
+        if not slot.loaded:
+            async with slot.lock:
+                await self._load(slot)
+        return slot
+
     # ---- internals ----
 
     def _accepted_mint(self, mint: str | None) -> str:

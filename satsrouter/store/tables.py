@@ -131,10 +131,15 @@ lightning_invoices = Table(
     Column("purpose", String(8), nullable=False),  # create | topup
     Column("account_id", Integer, nullable=True),
     Column("key_hash", String(64), nullable=True),
-    Column("state", String(12), nullable=False),  # pending | minted | credited | expired
+    Column("state", String(12), nullable=False),  # pending | minting | credited | expired
     Column("expires_at", Float, nullable=True),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    # The deterministic outputs reserved for minting the quote, recorded before minting.
+    Column("mint_keyset", String(66), nullable=True),
+    Column("mint_counter", BigInteger, nullable=True),
+    Column("mint_amounts", Text, nullable=True),
+    Column("credited_msat", BigInteger, nullable=True),
 )
 
 # Live node processes; a reservation whose instance stopped heartbeating is provably orphaned.
