@@ -6,27 +6,31 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from satsrouter.billing.keys import Keys
 from satsrouter.billing.ledger import Ledger
+from satsrouter.billing.lightning import LightningFunding
+from satsrouter.billing.lightning_refund import LightningRefunds
 from satsrouter.billing.payments import Billing
 from satsrouter.billing.payouts import Payouts
 from satsrouter.billing.quote import PriceBook
 from satsrouter.billing.redeem import Redeemer
 from satsrouter.ecash.wallet import NodeWallet
+from satsrouter.identity import npub_of
 from satsrouter.logs import install_secret_masking
-from satsrouter.market.catalogue import Catalogue, Model, load_models_file, parse_models
-from satsrouter.market.rates import NoRate, PinnedRate, RateSource
+from satsrouter.market.catalogue import Catalogue
+from satsrouter.market.rates import LiveRate, PinnedRate, RateSource, select_feeds
+from satsrouter.market.sync import CatalogueSync
 from satsrouter.settings import Settings
 from satsrouter.store.engine import make_engine, migrate
 from satsrouter.store.tx import make_tx_runner
-from satsrouter.upstream.client import Upstream, UpstreamFailure
+from satsrouter.upstream.client import Upstream
 
 log = logging.getLogger(__name__)
-
-MODEL_RETRY_SECONDS = 30.0
 
 
 class Node:
@@ -42,16 +46,31 @@ class Node:
         self.redeemer = Redeemer(self.ledger, self.wallet)
         self.payouts = Payouts(self.ledger, self.wallet)
         self.billing = Billing(self.ledger, self.redeemer, self.payouts)
+        self.lightning = LightningFunding(self.ledger, self.wallet)
+        self.lightning_refunds = LightningRefunds(
+            self.ledger, self.payouts, self.wallet, allow_http=settings.lnurl_allow_http
+        )
         self.keys = Keys(self.billing, self.payouts)
+        self.keys.lightning = self.lightning_refunds
         self.upstream = Upstream(
             settings.upstream_base_url, settings.upstream_api_key, settings.upstream_timeout
         )
         self.catalogue = Catalogue()
-        rate: RateSource = (
-            PinnedRate(settings.btc_usd_price) if settings.btc_usd_price else NoRate()
+        # One upstream for now; the sync and the catalogue already speak per provider.
+        self.upstreams = {settings.upstream_name: self.upstream}
+        self.catalogue_sync = CatalogueSync(
+            self.catalogue,
+            {name: _model_list(up) for name, up in self.upstreams.items()},
+            settings.models_path,
         )
-        self.prices = PriceBook(self.catalogue, rate, settings.provider_fee)
+        self.rate: RateSource = (
+            PinnedRate(settings.btc_usd_price)
+            if settings.btc_usd_price
+            else LiveRate(select_feeds(settings.btc_usd_sources), settings.btc_usd_max_age_seconds)
+        )
+        self.prices = PriceBook(self.catalogue, self.rate, settings.provider_fee)
         self._tasks: list[asyncio.Task[None]] = []
+        self.npub = npub_of(settings.nsec) if settings.nsec else None
 
     async def start(self) -> None:
         """Migrate, open the wallet, finish interrupted redemptions, load models, start loops."""
@@ -69,8 +88,27 @@ class Node:
                 log.warning("credited back %d Cashu payouts interrupted before issue", undone)
         except Exception:
             log.exception("recovery failed; will retry at next start")
-        if not await self.load_models():
-            self._tasks.append(asyncio.create_task(self._retry_models()))
+        try:
+            settled = await self.lightning_refunds.reconcile()
+            if settled:
+                log.info("finished %d pending Lightning payouts", settled)
+        except Exception:
+            log.exception("Lightning payout reconciliation failed; the expiry loop retries")
+        if isinstance(self.rate, LiveRate):
+            # Bounded by the feeds' short timeout: with every feed down the node still starts
+            # and refuses paid requests (503) until the background loop gets a price.
+            if await self.rate.refresh() is None:
+                log.error("no BTC/USD price yet: paid requests are refused until one arrives")
+            self._tasks.append(
+                asyncio.create_task(self.rate.run(self.settings.btc_usd_refresh_seconds))
+            )
+        if await self.catalogue_sync.refresh():
+            log.info("serving %d models", len(self.catalogue))
+        else:
+            log.error("no models yet: the upstream's model list is unavailable; retrying")
+        self._tasks.append(
+            asyncio.create_task(self.catalogue_sync.run(self.settings.models_refresh_seconds))
+        )
         self._tasks.append(
             asyncio.create_task(
                 self.billing.run_sweeper(
@@ -78,6 +116,25 @@ class Node:
                 )
             )
         )
+        self._tasks.append(
+            asyncio.create_task(self.lightning.run_watcher(self.settings.invoice_poll_interval))
+        )
+        self._tasks.append(
+            asyncio.create_task(
+                self.lightning_refunds.run_expiry(self.settings.expiry_check_interval)
+            )
+        )
+
+    def rate_status(self) -> dict[str, Any]:
+        """The exchange rate in use and where it comes from, for `/v1/info`."""
+        status = getattr(self.prices.rate, "status", None)
+        if callable(status):
+            result: dict[str, Any] = status()
+            return result
+        try:
+            return {"usd_per_btc": str(self.prices.rate.usd_per_btc()), "source": "pinned"}
+        except Exception as exc:
+            return {"usd_per_btc": None, "error": str(exc)}
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -86,30 +143,16 @@ class Node:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         await self.upstream.close()
+        if isinstance(self.rate, LiveRate):
+            await self.rate.close()
+        await self.lightning_refunds.close()
         await self.wallet.close()
         await self.tx.close()
         await self.engine.dispose()
 
-    async def load_models(self) -> bool:
-        """Fetch the upstream's models and apply `MODELS_PATH`; False if nothing loaded."""
-        models: dict[str, Model] = {}
-        try:
-            models.update((m.id, m) for m in parse_models(await self.upstream.get_json("/models")))
-        except (UpstreamFailure, ValueError) as exc:
-            log.warning("could not load upstream models: %s", exc)
-        if self.settings.models_path is not None:
-            try:
-                models.update((m.id, m) for m in load_models_file(self.settings.models_path))
-            except (OSError, ValueError) as exc:
-                log.error("could not read MODELS_PATH: %s", exc)
-        if not models:
-            return False
-        self.catalogue.replace(list(models.values()))
-        log.info("serving %d models", len(models))
-        return True
 
-    async def _retry_models(self) -> None:
-        while True:
-            await asyncio.sleep(MODEL_RETRY_SECONDS)
-            if await self.load_models():
-                return
+def _model_list(upstream: Upstream) -> Callable[[], Awaitable[Any]]:
+    async def fetch() -> Any:
+        return await upstream.get_json("/models")
+
+    return fetch

@@ -7,6 +7,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import urlsplit
+
+from satsrouter.market.rates import select_feeds
 
 
 class SettingsError(ValueError):
@@ -17,6 +20,24 @@ def _split_list(value: str) -> list[str]:
     return [item.strip().rstrip("/") for item in value.split(",") if item.strip()]
 
 
+def _parse_sources(value: str) -> dict[str, str]:
+    """`BTC_USD_SOURCES`: `kraken,coinbase=http://127.0.0.1:8001` → name → base URL."""
+    sources: dict[str, str] = {}
+    for item in _split_list(value):
+        name, _, url = item.partition("=")
+        sources[name.strip().lower()] = url.strip()
+    return sources
+
+
+def provider_name_of(url: str) -> str:
+    """A short provider name from an upstream URL: `https://openrouter.ai/api` → `openrouter`."""
+    host = urlsplit(url).hostname or ""
+    labels = [label for label in host.split(".") if label]
+    if len(labels) >= 2 and not host.replace(".", "").isdigit():
+        return labels[-2]
+    return "upstream"
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything configurable about a node. Build it with `Settings.from_env()`."""
@@ -24,16 +45,25 @@ class Settings:
     upstream_base_url: str = "https://openrouter.ai/api/v1"
     upstream_api_key: str = field(default="", repr=False)
     upstream_timeout: float = 120.0
+    upstream_name: str = ""  # the provider name it is listed under (default: from the URL)
+    models_refresh_seconds: float = 600.0
     cashu_mints: list[str] = field(default_factory=lambda: ["https://mint.minibits.cash/Bitcoin"])
     data_dir: Path = Path("./data")
     database_url: str = ""
     btc_usd_price: Decimal | None = None
+    # Live BTC/USD feeds, used unless BTC_USD_PRICE pins the rate: name -> base URL ("" keeps
+    # the public URL). Empty means every built-in feed (satsrouter.market.rates.FEEDS).
+    btc_usd_sources: dict[str, str] = field(default_factory=dict)
+    btc_usd_refresh_seconds: float = 60.0
+    # A live price older than this pauses paid requests (503) rather than charge from it.
+    btc_usd_max_age_seconds: float = 600.0
     models_path: Path | None = None
     provider_fee: Decimal = Decimal("1.05")
     name: str = "satsrouter"
     description: str = "An LLM node paid in Cashu ecash"
     http_url: str = ""
     onion_url: str = ""
+    nsec: str = field(default="", repr=False)
     log_level: str = "INFO"
     cors_origins: list[str] = field(default_factory=lambda: ["*"])
     # How long a disconnected stream may keep reading the upstream to learn its usage (I5).
@@ -47,6 +77,10 @@ class Settings:
     expiry_check_interval: float = 30.0
     # LNURL endpoints must be https; tests serve them on loopback over plain http.
     lnurl_allow_http: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.upstream_name:
+            object.__setattr__(self, "upstream_name", provider_name_of(self.upstream_base_url))
 
     @property
     def primary_mint(self) -> str:
@@ -74,6 +108,10 @@ class Settings:
                 kw["upstream_base_url"] = v.rstrip("/")
             if (v := get("UPSTREAM_API_KEY")) is not None:
                 kw["upstream_api_key"] = v
+            if (v := get("UPSTREAM_NAME")) is not None:
+                kw["upstream_name"] = v
+            if (v := get("MODELS_REFRESH_SECONDS")) is not None:
+                kw["models_refresh_seconds"] = float(v)
             if (v := get("UPSTREAM_TIMEOUT")) is not None:
                 kw["upstream_timeout"] = float(v)
             if (v := get("CASHU_MINTS")) is not None:
@@ -84,11 +122,17 @@ class Settings:
                 kw["database_url"] = v
             if (v := get("BTC_USD_PRICE")) is not None:
                 kw["btc_usd_price"] = Decimal(v)
+            if (v := get("BTC_USD_SOURCES")) is not None:
+                kw["btc_usd_sources"] = _parse_sources(v)
+            if (v := get("BTC_USD_REFRESH_SECONDS")) is not None:
+                kw["btc_usd_refresh_seconds"] = float(v)
+            if (v := get("BTC_USD_MAX_AGE_SECONDS")) is not None:
+                kw["btc_usd_max_age_seconds"] = float(v)
             if (v := get("MODELS_PATH")) is not None:
                 kw["models_path"] = Path(v)
             if (v := get("PROVIDER_FEE")) is not None:
                 kw["provider_fee"] = Decimal(v)
-            for name in ("NAME", "DESCRIPTION", "HTTP_URL", "ONION_URL", "LOG_LEVEL"):
+            for name in ("NAME", "DESCRIPTION", "HTTP_URL", "ONION_URL", "LOG_LEVEL", "NSEC"):
                 if (v := get(name)) is not None:
                     kw[name.lower()] = v
             if (v := get("LNURL_ALLOW_HTTP")) is not None:
@@ -110,5 +154,14 @@ class Settings:
             raise SettingsError("PROVIDER_FEE must be positive")
         if self.btc_usd_price is not None and self.btc_usd_price <= 0:
             raise SettingsError("BTC_USD_PRICE must be positive")
+        if not 0 < self.btc_usd_refresh_seconds < self.btc_usd_max_age_seconds:
+            # Otherwise the price would go stale between two refreshes and pause paid requests.
+            raise SettingsError(
+                "BTC_USD_REFRESH_SECONDS must be positive and shorter than BTC_USD_MAX_AGE_SECONDS"
+            )
+        try:
+            select_feeds(self.btc_usd_sources)
+        except ValueError as exc:
+            raise SettingsError(f"BTC_USD_SOURCES: {exc}") from exc
         if self.upstream_timeout <= 0:
             raise SettingsError("UPSTREAM_TIMEOUT must be positive")

@@ -13,7 +13,7 @@ async def test_models_list_has_prices_in_usd_and_sats(node: RunningNode) -> None
     api = openai.AsyncOpenAI(base_url=node.api, api_key="none", max_retries=0)
     models = {m.id: m for m in (await api.models.list()).data}
     priced = models["test/priced"].model_extra or {}
-    assert priced["pricing"]["prompt"] == "0.00001"
+    assert priced["pricing"]["prompt"] == "0.0000105"  # USD per token, fee included
     assert priced["sats_pricing"]["prompt"] == 0.0105
     assert priced["sats_pricing"]["completion"] == 0.021
     assert priced["max_cost"] == (4096 * 10.5 + 256 * 21) / 1000

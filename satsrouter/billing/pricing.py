@@ -30,14 +30,43 @@ class MsatPrices:
     input_cache_write: Decimal
 
     def as_sats(self) -> dict[str, float]:
-        """The same prices in sats per unit, for publishing (`sats_pricing`)."""
+        """The same prices in sats per token or unit, for publishing (`sats_pricing`).
+
+        Exact: the msat prices have at most 9 decimal places, so these floats have at most
+        12 and print back as the same decimals.
+        """
         return {name: float(getattr(self, name) / 1000) for name in PRICE_FIELDS}
 
 
+# Published prices are exact decimals with at most 12 places in sats (9 in msat): few
+# enough significant digits that a JSON number round-trips them exactly, so what a client
+# reads in `sats_pricing` is exactly what it is charged.
+PRICE_QUANTUM_MSAT = Decimal("1e-9")
+
+
 def msat_prices(model: Model, usd_per_btc: Decimal, fee: Decimal) -> MsatPrices:
-    """Convert a model's USD prices to msat at this rate, with the provider fee applied."""
-    factor = fee * MSAT_PER_BTC / usd_per_btc
-    return MsatPrices(**{name: model.pricing[name] * factor for name in PRICE_FIELDS})
+    """A model's prices in msat at this rate: USD × fee, or the operator's sats prices.
+
+    Each price is rounded up to 1e-9 msat (in the node's favour, by less than that).
+    """
+    factor = (model.fee or fee) * MSAT_PER_BTC / usd_per_btc
+    values: dict[str, Decimal] = {}
+    for name in PRICE_FIELDS:
+        if name in model.sats_per_million:
+            # sats per million tokens -> msat per token: × 1000 msat/sat ÷ 1e6 tokens
+            exact = model.sats_per_million[name] / 1000
+        else:
+            exact = model.pricing[name] * factor
+        values[name] = exact.quantize(PRICE_QUANTUM_MSAT, rounding=ROUND_CEILING).normalize()
+    return MsatPrices(**values)
+
+
+def usd_prices(prices: MsatPrices, usd_per_btc: Decimal) -> dict[str, str]:
+    """The same prices in USD per token/unit, as OpenRouter-style strings (what is charged)."""
+    return {
+        name: format((getattr(prices, name) * usd_per_btc / MSAT_PER_BTC).normalize(), "f")
+        for name in PRICE_FIELDS
+    }
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from satsrouter.billing.pricing import (
     usage_cost,
 )
 from satsrouter.errors import ApiError
-from satsrouter.market.catalogue import Catalogue, Model
+from satsrouter.market.catalogue import Catalogue, Model, UnknownModel
 from satsrouter.market.rates import RateSource, RateUnavailable
 
 
@@ -59,17 +59,24 @@ class PriceBook:
         return prices
 
     def model(self, model_id: Any) -> Model:
-        """Resolve a requested model id or alias; 404 `model_not_found` otherwise."""
+        """Resolve a requested model id or alias; 404 `model_not_found` naming close matches."""
         if not isinstance(model_id, str) or not model_id:
             raise ApiError(400, "invalid_request", "The request needs a `model`.")
-        model = self.catalogue.get(model_id)
-        if model is None:
+        try:
+            return self.catalogue.resolve(model_id)
+        except UnknownModel as exc:
+            if exc.ambiguous:
+                raise ApiError(
+                    400,
+                    "ambiguous_model",
+                    f"{model_id!r} could mean {', '.join(exc.candidates)}; use the full id.",
+                ) from None
+            hint = f" Did you mean {', '.join(exc.candidates)}?" if exc.candidates else ""
             raise ApiError(
                 404,
                 "model_not_found",
-                f"Model {model_id!r} is not served here. GET /v1/models lists the models.",
-            )
-        return model
+                f"Model {model_id!r} is not served here.{hint} GET /v1/models lists them.",
+            ) from None
 
     def quote(self, model_id: Any, prompt_bound: int, max_tokens: int | None) -> Quote:
         """Price a request: its model, prices, and the most it may cost (the reservation)."""

@@ -135,9 +135,8 @@ async def _forward(
         raw = orjson.dumps(body)
 
     try:
-        resp = await node.upstream.post(
-            "/chat/completions", raw, forwardable_headers(request.headers)
-        )
+        upstream = node.upstreams.get(quote.model.provider, node.upstream)
+        resp = await upstream.post("/chat/completions", raw, forwardable_headers(request.headers))
         if resp.status >= 400:
             return await _failed(charge, _upstream_error(resp.status, await read_body(resp)))
         if stream:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import logging
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from pathlib import Path
 from typing import Any
-
-import orjson
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +42,25 @@ def _price(value: Any) -> Decimal:
 
 @dataclass(frozen=True)
 class Model:
-    """One model: identity, limits and USD prices per token (or per unit)."""
+    """One model: identity, limits and prices (USD per token or unit, or sats per million)."""
 
     id: str
     context_length: int
     max_completion_tokens: int | None
     pricing: dict[str, Decimal]
     raw: dict[str, Any] = field(repr=False, compare=False)
+    provider: str = ""  # the upstream that serves it
+    fee: Decimal | None = None  # overrides PROVIDER_FEE for this model
+    sats_per_million: dict[str, Decimal] = field(default_factory=dict)
+
+    @property
+    def output_modalities(self) -> list[str]:
+        arch = self.raw.get("architecture") or {}
+        modalities = arch.get("output_modalities") if isinstance(arch, dict) else None
+        return [m for m in modalities if isinstance(m, str)] if modalities else ["text"]
 
     @classmethod
-    def from_openrouter(cls, entry: dict[str, Any]) -> Model:
+    def from_openrouter(cls, entry: dict[str, Any], provider: str = "") -> Model:
         """Build from one OpenRouter `/models` entry; raises CatalogueError if unusable."""
         model_id = entry.get("id")
         if not isinstance(model_id, str) or not model_id:
@@ -67,10 +74,17 @@ class Model:
             max_completion = None
         pricing_in = entry.get("pricing") or {}
         pricing = {name: _price(pricing_in.get(name)) for name in PRICE_FIELDS}
-        return cls(model_id, context, max_completion, pricing, dict(entry))
+        sats_in = entry.get("sats_per_million") or {}
+        if not isinstance(sats_in, dict) or any(k not in PRICE_FIELDS for k in sats_in):
+            raise CatalogueError(f"{model_id}: sats_per_million must use the price field names")
+        sats = {name: _price(value) for name, value in sats_in.items()}
+        fee = _price(entry["fee"]) if entry.get("fee") is not None else None
+        if fee is not None and fee <= 0:
+            raise CatalogueError(f"{model_id}: fee must be positive")
+        return cls(model_id, context, max_completion, pricing, dict(entry), provider, fee, sats)
 
 
-def parse_models(payload: Any) -> list[Model]:
+def parse_models(payload: Any, provider: str = "") -> list[Model]:
     """Parse an OpenRouter-style `{"data": [...]}` (or a bare list), skipping bad entries."""
     entries = payload.get("data", []) if isinstance(payload, dict) else payload
     if not isinstance(entries, list):
@@ -80,41 +94,66 @@ def parse_models(payload: Any) -> list[Model]:
         if not isinstance(entry, dict):
             continue
         try:
-            models.append(Model.from_openrouter(entry))
+            models.append(Model.from_openrouter(entry, provider))
         except CatalogueError as exc:
             log.warning("skipping model: %s", exc)
     return models
 
 
-def load_models_file(path: Path) -> list[Model]:
-    """Models from a `MODELS_PATH` JSON file in `/v1/models` shape."""
-    return parse_models(orjson.loads(path.read_bytes()))
+class UnknownModel(LookupError):
+    """No model by that name; `candidates` are close matches (or the ambiguous choices)."""
+
+    def __init__(self, name: str, candidates: list[str], ambiguous: bool = False) -> None:
+        super().__init__(name)
+        self.name = name
+        self.candidates = candidates
+        self.ambiguous = ambiguous
 
 
 class Catalogue:
-    """The current set of models, looked up by id or unambiguous short alias."""
+    """The current set of models, looked up by id, operator alias or unambiguous short name."""
 
-    def __init__(self, models: list[Model] | None = None) -> None:
+    def __init__(self, models: list[Model] | None = None, aliases: dict[str, str] | None = None):
         self._by_id: dict[str, Model] = {}
         self._aliases: dict[str, str] = {}
-        self.replace(models or [])
+        self._ambiguous: dict[str, list[str]] = {}
+        self.replace(models or [], aliases)
 
-    def replace(self, models: list[Model]) -> None:
+    def replace(self, models: list[Model], aliases: dict[str, str] | None = None) -> None:
         """Swap in a new model list atomically (readers never see a half-built catalogue)."""
         by_id = {m.id: m for m in models}
         short: dict[str, list[str]] = {}
         for model_id in by_id:
             if "/" in model_id:
-                short.setdefault(model_id.split("/", 1)[1], []).append(model_id)
-        aliases = {name: ids[0] for name, ids in short.items() if len(ids) == 1}
-        self._by_id, self._aliases = by_id, aliases
+                short.setdefault(model_id.rsplit("/", 1)[1], []).append(model_id)
+        resolved = {name: ids[0] for name, ids in short.items() if len(ids) == 1}
+        ambiguous = {name: sorted(ids) for name, ids in short.items() if len(ids) > 1}
+        for name, target in (aliases or {}).items():
+            if target in by_id:  # explicit aliases win over short names
+                resolved[name] = target
+                ambiguous.pop(name, None)
+            else:
+                log.warning("alias %r points at unknown model %r", name, target)
+        self._by_id, self._aliases, self._ambiguous = by_id, resolved, ambiguous
 
     def get(self, model_id: str) -> Model | None:
-        """Find a model by full id or short alias."""
+        """Find a model by full id or alias; None if unknown or ambiguous."""
         model = self._by_id.get(model_id)
         if model is None and (full := self._aliases.get(model_id)) is not None:
             model = self._by_id.get(full)
         return model
+
+    def resolve(self, model_id: str) -> Model:
+        """Like `get`, but says why not: UnknownModel with close matches or the candidates."""
+        model = self.get(model_id)
+        if model is not None:
+            return model
+        if model_id in self._ambiguous:
+            raise UnknownModel(model_id, self._ambiguous[model_id], ambiguous=True)
+        names = list(self._by_id) + list(self._aliases)
+        close = difflib.get_close_matches(model_id, names, n=5, cutoff=0.5)
+        return_ids = [self._aliases.get(name, name) for name in close]
+        raise UnknownModel(model_id, list(dict.fromkeys(return_ids)))
 
     def models(self) -> list[Model]:
         return list(self._by_id.values())

@@ -55,6 +55,10 @@ class Upstream:
         self._session: aiohttp.ClientSession | None = None
 
     @property
+    def has_credentials(self) -> bool:
+        return bool(self._api_key)
+
+    @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=1000, keepalive_timeout=60, ttl_dns_cache=300)
