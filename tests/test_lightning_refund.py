@@ -479,3 +479,39 @@ async def test_expired_key_is_refunded_once_by_the_node_and_unexpired_key_is_not
     assert await _payout_row(node, expiry_payout_id(live)) is None
     assert await node.node.lightning_refunds.expire_once() == 0
     await node.check_invariants()
+
+
+async def test_key_created_with_refund_lnurl_withdraws_over_lightning_via_http(
+    node_factory: NodeFactory, user_wallet: TestWallet, lnurl_server: LnurlServer
+) -> None:
+    node = await _lnurl_node(node_factory)
+    (token,) = await user_wallet.mint_tokens(40)
+    async with httpx.AsyncClient(base_url=node.url) as http:
+        bad = await http.post(
+            "/v1/wallet/create",
+            json={"cashu_token": token},
+            headers={"Refund-LNURL": "not an address"},
+        )
+        assert bad.status_code == 400
+        created = await http.post(
+            "/v1/balance/create",
+            json={"initial_balance_token": token},
+            headers={"Refund-LNURL": lnurl_server.address()},
+        )
+        assert created.status_code == 200, created.text
+        key = created.json()["api_key"]
+        assert created.json()["refund_address"] == lnurl_server.address()
+        auth = {"Authorization": f"Bearer {key}"}
+        invoices_before = len(lnurl_server.invoices)
+        out = await http.post("/v1/balance/refund", json={"amount": 10}, headers=auth)
+        assert out.status_code == 200, out.text
+        body = out.json()
+        assert body["method"] == "lightning" and body["recipient"] == lnurl_server.address()
+        invoices_after_first = len(lnurl_server.invoices)
+        again = await http.post("/v1/balance/refund", json={"amount": 10}, headers=auth)
+        assert len(lnurl_server.invoices) == invoices_after_first  # nothing asked again
+        assert again.json()["amount_msat"] == body["amount_msat"]  # replay: paid once
+        info = (await http.get("/v1/balance/info", headers=auth)).json()
+    assert info["balance"] == 40_000 - body["amount_msat"] - body["fee_msat"]
+    assert lnurl_server.invoices[invoices_before:][-1] == body["amount_msat"]
+    await node.check_invariants()

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import re
 import secrets
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import desc, select, update
+from sqlalchemy import desc, func, select, update
 
 from satsrouter.billing.ledger import PERIODS, Account, Ledger
 from satsrouter.billing.payments import Billing, ecash_api_error, sha256_hex
@@ -20,9 +19,6 @@ from satsrouter.errors import ApiError
 from satsrouter.store.tables import accounts, journal, reservations
 
 MAX_CHILD_KEYS = 50
-_LIGHTNING_ADDRESS = re.compile(
-    r"^[a-z0-9._+\-]+@[a-z0-9.\-]+\.[a-z]{2,}$|^lnurl1[02-9ac-hj-np-z]+$"
-)
 
 
 class LightningPayer(Protocol):
@@ -43,20 +39,6 @@ class Topup:
 
 def new_key() -> str:
     return "sk-" + secrets.token_hex(24)
-
-
-def check_refund_address(value: str) -> str:
-    """A Lightning address (`user@domain`) or bech32 LNURL, lower-cased; 400 otherwise."""
-    address = value.strip().lower()
-    if address.startswith("lightning:"):
-        address = address.removeprefix("lightning:")
-    if not _LIGHTNING_ADDRESS.match(address):
-        raise ApiError(
-            400,
-            "invalid_refund_address",
-            "Refund-LNURL must be a Lightning address (name@domain) or an lnurl1… string.",
-        )
-    return address
 
 
 class Keys:
@@ -143,7 +125,7 @@ class Keys:
             last = await self._last_journal_row(account.id)
             if (
                 last is not None
-                and last[1] in ("payout", "rounding")
+                and last[1] in ("payout", "rounding", "fee_return")
                 and last[2].startswith("withdraw:")
             ):
                 previous = await self.payouts.get(last[2])
@@ -151,7 +133,7 @@ class Keys:
                     # "everything" again when nothing is left, or the same amount again
                     account.available_msat < UNIT_MSAT[account.unit]
                     if amount_msat is None
-                    else amount_msat == previous.amount_msat
+                    else amount_msat == await self._debited(account.id, last[2])
                 ):
                     return previous
             payout_id = f"withdraw:{account.id}:{last[0] if last else 0}"
@@ -166,6 +148,20 @@ class Keys:
                 account.id, payout_id, amount_msat, account.refund_lnurl
             )
         return await self.payouts.pay_out(account.id, payout_id, amount_msat)
+
+    async def _debited(self, account_id: int, payout_id: str) -> int:
+        """What a payout took from the balance (a Lightning payout sends less: the fee)."""
+        async with self.ledger.engine.connect() as conn:
+            total = (
+                await conn.execute(
+                    select(func.coalesce(func.sum(journal.c.amount_msat), 0)).where(
+                        journal.c.account_id == account_id,
+                        journal.c.ref == payout_id,
+                        journal.c.kind == "payout",
+                    )
+                )
+            ).scalar_one()
+        return -int(total)
 
     async def _last_journal_row(self, account_id: int) -> tuple[int, str, str] | None:
         async with self.ledger.engine.connect() as conn:

@@ -8,7 +8,6 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request
 
-from satsrouter.billing.keys import check_refund_address
 from satsrouter.billing.ledger import Account
 from satsrouter.billing.payments import Credentials
 from satsrouter.errors import ApiError
@@ -58,12 +57,10 @@ def _expiry(request: Request) -> float | None:
 async def create_key(request: Request) -> dict[str, Any]:
     """Redeem a Cashu token into a new `sk-` key (optionally refunded to Lightning at expiry)."""
     node: Node = request.app.state.node
-    refund = request.headers.get("refund-lnurl")
-    key, account = await node.keys.create(
-        await _token_from(request),
-        check_refund_address(refund) if refund else None,
-        _expiry(request),
-    )
+    refund = request.headers.get("refund-lnurl", "").strip() or None
+    if refund is not None:
+        node.lightning_refunds.lnurl.url_of(refund)  # 400 now, not at refund time
+    key, account = await node.keys.create(await _token_from(request), refund, _expiry(request))
     return {
         "api_key": key,
         "balance": account.balance_msat,
