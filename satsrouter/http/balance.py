@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Request
 
 from satsrouter.billing.ledger import Account
 from satsrouter.billing.payments import Credentials
 from satsrouter.errors import ApiError
 from satsrouter.http.auth import credentials
+from satsrouter.http.errors import json_object
 from satsrouter.node import Node
 
 router = APIRouter()
@@ -28,14 +28,8 @@ async def _token_from(request: Request) -> str:
         "cashu_token"
     )
     if token is None and request.method == "POST":
-        raw = await request.body()
-        if raw:
-            try:
-                body = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from None
-            if isinstance(body, dict):
-                token = body.get("cashu_token") or body.get("initial_balance_token")
+        body = json_object(await request.body())
+        token = body.get("cashu_token") or body.get("initial_balance_token")
     if not isinstance(token, str) or not token.strip():
         raise ApiError(400, "missing_token", "Send a Cashu token as `cashu_token`.")
     return token.strip()
@@ -127,16 +121,7 @@ async def topup(request: Request) -> dict[str, Any]:
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if not raw:
-        return {}
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_request", "The request body must be a JSON object.")
-    return body
+    return json_object(await request.body())
 
 
 def _positive_int(value: Any, name: str) -> int | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
@@ -15,6 +16,19 @@ from satsrouter.ecash.errors import EcashError
 from satsrouter.errors import ApiError
 
 log = logging.getLogger(__name__)
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    """A request body as a JSON object (empty body: `{}`); 400 in our envelope otherwise."""
+    if not raw:
+        return {}
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_request", "The request body must be a JSON object.")
+    return body
 
 
 def error_response(exc: ApiError) -> Response:

@@ -15,7 +15,7 @@ from satsrouter.billing.quote import Quote
 from satsrouter.ecash.requests import payment_request
 from satsrouter.errors import ApiError
 from satsrouter.http.auth import credentials
-from satsrouter.http.errors import error_response
+from satsrouter.http.errors import error_response, json_object
 from satsrouter.http.streaming import MeteredStream
 from satsrouter.node import Node
 from satsrouter.upstream.client import UpstreamFailure, forwardable_headers, read_body
@@ -30,13 +30,9 @@ async def read_json(request: Request, limit: int) -> tuple[bytes, dict[str, Any]
     raw = await request.body()
     if len(raw) > limit:
         raise ApiError(413, "request_too_large", f"Request body exceeds {limit} bytes.")
-    try:
-        body = orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "invalid_request", "The request body must be a JSON object.")
-    return raw, body
+    if not raw:
+        raise ApiError(400, "invalid_json", "The request body is empty; send a JSON object.")
+    return raw, json_object(raw)
 
 
 def _max_tokens(body: dict[str, Any]) -> int | None:
