@@ -55,16 +55,6 @@ class PinnedRate:
         return {"source": "pinned", "usd_per_btc": str(self._price), "stale": False}
 
 
-class NoRate:
-    """No price configured: paid requests are refused rather than priced wrongly."""
-
-    def usd_per_btc(self) -> Decimal:
-        raise RateUnavailable("no BTC/USD price is configured (set BTC_USD_PRICE)")
-
-    def status(self) -> dict[str, Any]:
-        return {"source": "none", "usd_per_btc": None, "stale": True}
-
-
 # ---------------------------------------------------------------- public price feeds
 
 
