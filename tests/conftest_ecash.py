@@ -19,23 +19,15 @@ from satsrouter.testing.mint import LocalMint, TestWallet
 @pytest.fixture(scope="session")
 def local_mint() -> Iterator[LocalMint]:
     """A fee-free mint for the whole session."""
-    mint = LocalMint()
-    mint.start()
-    try:
+    with LocalMint() as mint:
         yield mint
-    finally:
-        mint.cleanup()
 
 
 @pytest.fixture(scope="session")
 def fee_mint() -> Iterator[LocalMint]:
     """A mint charging 100 ppk per input proof (1 sat for a one-proof swap)."""
-    mint = LocalMint(input_fee_ppk=100)
-    mint.start()
-    try:
+    with LocalMint(input_fee_ppk=100) as mint:
         yield mint
-    finally:
-        mint.cleanup()
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -60,14 +52,10 @@ async def node_wallet(local_mint: LocalMint, tmp_path: Path) -> AsyncIterator[No
 @pytest.fixture(scope="session")
 def msat_mint() -> Iterator[LocalMint]:
     """A fee-free mint with keysets for both sat and msat."""
-    mint = LocalMint(
+    with LocalMint(
         extra_env={
             "MINT_BACKEND_BOLT11_MSAT": "FakeWallet",
             "MINT_DERIVATION_PATH_LIST": "[\"m/0'/0'/0'\", \"m/0'/1'/0'\"]",
         }
-    )
-    mint.start()
-    try:
+    ) as mint:
         yield mint
-    finally:
-        mint.cleanup()

@@ -94,12 +94,8 @@ class LnurlServer:
 @pytest.fixture(scope="module")
 def payee_mint() -> Iterator[LocalMint]:
     """A second mint: invoices from here are external Lightning payments for the node's mint."""
-    mint = LocalMint()
-    mint.start()
-    try:
+    with LocalMint() as mint:
         yield mint
-    finally:
-        mint.cleanup()
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -113,12 +109,8 @@ async def lnurl_server(payee_mint: LocalMint) -> AsyncIterator[LnurlServer]:
 
 
 def _mint(**env: str) -> Iterator[LocalMint]:
-    mint = LocalMint(extra_env=env)
-    mint.start()
-    try:
+    with LocalMint(extra_env=env) as mint:
         yield mint
-    finally:
-        mint.cleanup()
 
 
 @pytest.fixture(scope="module")

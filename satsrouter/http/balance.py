@@ -7,8 +7,6 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from satsrouter.billing.ledger import Account
-from satsrouter.billing.payments import Credentials
 from satsrouter.errors import ApiError
 from satsrouter.http.auth import credentials
 from satsrouter.http.errors import json_object
@@ -17,10 +15,12 @@ from satsrouter.node import Node
 router = APIRouter()
 
 
-async def _account(node: Node, creds: Credentials) -> Account:
-    if not creds.bearer:
-        raise ApiError(401, "missing_api_key", "Send your sk- key or Cashu token as Bearer.")
-    return await node.billing.account(creds.bearer)
+def _bearer(request: Request, hint: str = "Send your sk- key or Cashu token as Bearer.") -> str:
+    """The key in `Authorization: Bearer` / `x-api-key`; 401 with `hint` when there is none."""
+    bearer = credentials(request.headers).bearer
+    if not bearer:
+        raise ApiError(401, "missing_api_key", hint)
+    return bearer
 
 
 async def _token_from(request: Request) -> str:
@@ -71,7 +71,7 @@ async def create_key(request: Request) -> dict[str, Any]:
 async def balance_info(request: Request) -> dict[str, Any]:
     """Balance, reserved amount and totals of the key in the Authorization header."""
     node: Node = request.app.state.node
-    account = await _account(node, credentials(request.headers))
+    account = await node.billing.account(_bearer(request))
     info: dict[str, Any] = {
         "balance": account.balance_msat,
         "reserved": account.reserved_msat,
@@ -108,10 +108,8 @@ async def balance_info(request: Request) -> dict[str, Any]:
 async def topup(request: Request) -> dict[str, Any]:
     """Add a Cashu token's value to the key in the Authorization header."""
     node: Node = request.app.state.node
-    creds = credentials(request.headers)
-    if not creds.bearer:
-        raise ApiError(401, "missing_api_key", "Send the key to top up as Bearer.")
-    result = await node.keys.topup(creds.bearer, await _token_from(request))
+    key = _bearer(request, "Send the key to top up as Bearer.")
+    result = await node.keys.topup(key, await _token_from(request))
     return {
         "balance": result.account.balance_msat,
         "added": result.added_msat,
@@ -180,16 +178,14 @@ async def withdraw(request: Request) -> dict[str, Any]:
 async def history(request: Request) -> dict[str, Any]:
     """The key's journal: credits, charges and payouts, newest first."""
     node: Node = request.app.state.node
-    creds = credentials(request.headers)
-    if not creds.bearer:
-        raise ApiError(401, "missing_api_key", "Send your key as Bearer.")
+    key = _bearer(request)
     try:
         limit = min(int(request.query_params.get("limit", "100")), 1000)
         before_text = request.query_params.get("before")
         before = int(before_text) if before_text else None
     except ValueError:
         raise ApiError(400, "invalid_request", "limit and before must be integers.") from None
-    entries = await node.keys.history(creds.bearer, max(limit, 1), before)
+    entries = await node.keys.history(key, max(limit, 1), before)
     return {"entries": entries, "unit": "msat"}
 
 
@@ -198,9 +194,7 @@ async def history(request: Request) -> dict[str, Any]:
 async def child_keys(request: Request) -> dict[str, Any]:
     """Keys that spend this key's balance, each within an optional limit per period."""
     node: Node = request.app.state.node
-    creds = credentials(request.headers)
-    if not creds.bearer:
-        raise ApiError(401, "missing_api_key", "Send the parent key as Bearer.")
+    key = _bearer(request, "Send the parent key as Bearer.")
     body = await _json_body(request)
     count = _positive_int(body.get("count", 1), "count") or 1
     limit = _positive_int(body.get("balance_limit", body.get("spend_limit_msat")), "balance_limit")
@@ -211,7 +205,7 @@ async def child_keys(request: Request) -> dict[str, Any]:
     if expires is not None and not isinstance(expires, int | float):
         raise ApiError(400, "invalid_request", "validity_date must be a Unix time.")
     keys = await node.keys.create_children(
-        creds.bearer, count, limit, period, float(expires) if expires is not None else None
+        key, count, limit, period, float(expires) if expires is not None else None
     )
     return {
         "api_keys": keys,

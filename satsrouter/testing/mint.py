@@ -144,7 +144,7 @@ class LocalMint:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.stop()
+        self.cleanup()
 
 
 class TestWallet:
