@@ -22,7 +22,11 @@ from satsrouter.testing.mint import TestWallet
 MODELS_FILE: dict[str, Any] = {
     "models": [
         # Override a price and the context of an upstream model.
-        {"id": "openai/gpt-4o", "pricing": {"prompt": "0.000005"}, "context_length": 64000},
+        {
+            "id": "openai/gpt-4o",
+            "pricing": {"prompt": "0.000005", "image": "0.001", "web_search": "0.01"},
+            "context_length": 64000,
+        },
         # A model only the file knows, priced in sats per million tokens.
         {
             "id": "local/sats-model",
@@ -30,7 +34,7 @@ MODELS_FILE: dict[str, Any] = {
             "context_length": 2048,
             "top_provider": {"max_completion_tokens": 100},
             "pricing": {"prompt": "0", "completion": "0"},
-            "sats_per_million": {"prompt": 150, "completion": 600},
+            "sats_per_million": {"prompt": 150, "completion": 600, "image": 2, "web_search": 5},
         },
         # Its own fee instead of PROVIDER_FEE.
         {"id": "test/cheap", "fee": "2"},
@@ -73,6 +77,9 @@ async def test_file_overrides_adds_disables_and_aliases(
     assert (
         sats["sats_pricing"]["prompt"] == 0.00015 and sats["sats_pricing"]["completion"] == 0.0006
     )
+    # Per-unit prices in the models file are sats per image / per search.
+    assert sats["sats_pricing"]["image"] == 2 and sats["sats_pricing"]["web_search"] == 5
+    assert Decimal(extra["pricing"]["web_search"]) == Decimal("0.0105")
     cheap = (await api.models.retrieve("test/cheap")).model_extra or {}
     # fee 2 instead of 1.05: 0.0000001 USD × 2 × 1e8 sat/BTC ÷ 100000 USD/BTC
     assert cheap["sats_pricing"]["prompt"] == 0.0002
@@ -130,8 +137,12 @@ async def test_catalog_providers_and_info(node: RunningNode) -> None:
     assert text[0]["provider"] == "upstream" and text[0]["configured"] is True
     assert {m["id"] for m in text[0]["models"]} >= {"openai/gpt-4o", "test/priced"}
     (listed,) = providers["providers"]
-    assert listed["name"] == "upstream" and listed["status"] == "active"
-    assert "openai/gpt-4o" in listed["models"] and listed["endpoints"]
+    assert listed["name"] == "upstream" and listed["status"] == "online"
+    assert "openai/gpt-4o" in listed["models"]
+    assert {"chat/completions", "responses", "messages", "images/generations"} <= set(
+        listed["endpoints"]
+    )
+    assert {"last_checked", "latency_ms", "error_rate"} <= set(listed)
     assert {
         "name",
         "display_name",
@@ -144,6 +155,14 @@ async def test_catalog_providers_and_info(node: RunningNode) -> None:
     priced = next(m for m in detail["models"] if m["id"] == "test/priced")
     assert priced["context_window"] == 4096 and priced["pricing"]["prompt"]
     assert unknown.status_code == 404
+    # Passive signals: upstream exchanges that failed make the provider degraded.
+    await node.node.health.check("upstream")
+    for _ in range(3):
+        node.node.health.record("upstream", False)
+    async with httpx.AsyncClient(base_url=node.url) as http:
+        degraded = (await http.get("/v1/providers/upstream")).json()
+    assert degraded["status"] == "degraded" and degraded["error_rate"] == 1.0
+    assert degraded["last_checked"] and degraded["latency_ms"] is not None
     assert info["mints"] == node.node.settings.cashu_mints and info["version"]
     assert info["models"] == len(node.node.catalogue)
     assert info["exchange_rate"]["usd_per_btc"] == "100000"
@@ -165,19 +184,29 @@ async def test_published_prices_match_charges_end_to_end(
         model_id=st.sampled_from(sorted(published)),
         prompt=st.integers(0, 100_000),
         completion=st.integers(0, 20_000),
+        images=st.integers(0, 20),
+        searches=st.integers(0, 10),
     )
     def published_price_times_usage_is_the_charge(
-        model_id: str, prompt: int, completion: int
+        model_id: str, prompt: int, completion: int, images: int, searches: int
     ) -> None:
         prices = node.node.prices.prices(node.node.catalogue.resolve(model_id))
-        charged = usage_cost(prices, Usage(prompt, completion)).total_msats
+        usage = Usage(prompt, completion, images=images, web_searches=searches)
+        charged = usage_cost(prices, usage).total_msats
         sats = published[model_id]["sats_pricing"]
         expected = (
             math.ceil(Decimal(str(sats["prompt"])) * 1000 * prompt)
             + math.ceil(Decimal(str(sats["completion"])) * 1000 * completion)
             + math.ceil(Decimal(str(sats["request"])) * 1000)
+            + math.ceil(Decimal(str(sats["image"])) * 1000 * images)
+            + math.ceil(Decimal(str(sats["web_search"])) * 1000 * searches)
         )
         assert charged == expected
+        # No request within the model's limits reserves more than the published max_cost.
+        model = node.node.catalogue.resolve(model_id)
+        bound = min(prompt, model.context_length)
+        quote = node.node.prices.quote(model_id, bound, completion or None)
+        assert quote.max_cost_msat <= published[model_id]["max_cost"] * 1000
 
     published_price_times_usage_is_the_charge()
     # And a real paid request is charged exactly the published price × its usage.

@@ -18,6 +18,13 @@ class Usage:
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
     source: str = "upstream"
+    # Priced per unit, not per token: images the request carried in (or generated), and web
+    # searches the upstream ran. Upstreams report searches; images are counted by the node.
+    images: int = 0
+    web_searches: int = 0
+    # Seconds of audio transcribed (whisper-style upstreams report duration, not tokens).
+    # Not priced by `usage_cost` yet: the catalogue has no per-second price field.
+    audio_seconds: int = 0
 
 
 def _int(value: Any) -> int:
@@ -49,7 +56,20 @@ def usage_from_openai(usage: Any) -> Usage | None:
         cached_tokens=min(cached, prompt),
         cache_write_tokens=min(cache_write, prompt - min(cached, prompt)),
         reasoning_tokens=min(reasoning, completion),
+        web_searches=web_searches_of(usage),
     )
+
+
+def web_searches_of(usage: dict[str, Any]) -> int:
+    """Web searches an upstream reports in `usage`.
+
+    Anthropic and OpenRouter (server tools and the web plugin) report
+    `server_tool_use.web_search_requests`; Perplexity's Sonar API reports
+    `num_search_queries`. Should both appear they describe the same searches: take the larger.
+    """
+    server = usage.get("server_tool_use")
+    reported = _int(server.get("web_search_requests")) if isinstance(server, dict) else 0
+    return max(reported, _int(usage.get("num_search_queries")))
 
 
 class _Encoder(Protocol):
@@ -166,3 +186,116 @@ def delta_text_of(chunk: dict[str, Any]) -> str:
         if isinstance(choice.get("text"), str):
             parts.append(choice["text"])
     return "".join(parts)
+
+
+# Content part / block types that carry one image: chat `image_url` parts, Responses
+# `input_image` parts, Anthropic `image` blocks (also inside `tool_result` blocks).
+_IMAGE_PART_TYPES = frozenset({"image_url", "input_image", "image"})
+
+
+def count_input_images(body: dict[str, Any]) -> int:
+    """Images a request carries (chat, Responses or Anthropic shape); never fetches them."""
+    count = 0
+    # An explicit stack, not recursion: a hostile body may nest deeper than Python's limit.
+    stack: list[Any] = [body.get("messages"), body.get("input")]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if item.get("type") in _IMAGE_PART_TYPES:
+                count += 1
+                continue  # an image part holds no further images
+            # Images sit in `content` lists (of messages, Responses items, tool results).
+            if isinstance(content := item.get("content"), list):
+                stack.append(content)
+        elif isinstance(item, list):
+            stack.extend(v for v in item if isinstance(v, dict | list))
+    return count
+
+
+def count_generated_images(response: dict[str, Any]) -> int:
+    """Images an image-generation response returned (its `data` entries)."""
+    data = response.get("data")
+    return len(data) if isinstance(data, list) else 0
+
+
+# Web searches reserved for a request that enables search. The web plugin
+# (`plugins: [{"id": "web"}]`) and `web_search_options` run once per request (OpenRouter's
+# server-tools guide: plugins "always run once when enabled"); OpenRouter bills the plugin's
+# results ($4 per 1000, `max_results` of them) to the node, but what the node charges is the
+# model's `web_search` price per search the upstream reports, so `max_results` does not change
+# the count. A search *tool* may be called 0..N times per request: its `max_uses`
+# (Anthropic) or the request's `max_tool_calls` (Responses) bound it; without either the node
+# reserves UNBOUNDED_TOOL_SEARCHES, so a request should set a bound to search more.
+ONCE_PER_REQUEST_SEARCHES = 1
+UNBOUNDED_TOOL_SEARCHES = 10
+
+
+def _is_web_search_tool(kind: Any) -> bool:
+    # OpenAI `web_search`, `web_search_preview[_2025_03_11]`; Anthropic `web_search_20250305`;
+    # OpenRouter's server tool `openrouter:web_search`.
+    return isinstance(kind, str) and (
+        kind.startswith("web_search") or kind == "openrouter:web_search"
+    )
+
+
+def reserved_web_searches(body: dict[str, Any]) -> int:
+    """How many web searches a request may run, for its reservation (0 when none enabled)."""
+    total = 0
+    plugins = body.get("plugins")
+    if isinstance(plugins, list) and any(
+        isinstance(p, dict) and p.get("id") == "web" for p in plugins
+    ):
+        total += ONCE_PER_REQUEST_SEARCHES
+    if isinstance(body.get("web_search_options"), dict):
+        total += ONCE_PER_REQUEST_SEARCHES
+    tools = body.get("tools")
+    if isinstance(tools, list):
+        from_tools = 0
+        for tool in tools:
+            if isinstance(tool, dict) and _is_web_search_tool(tool.get("type")):
+                from_tools += _int(tool.get("max_uses")) or UNBOUNDED_TOOL_SEARCHES
+        if from_tools and (cap := _int(body.get("max_tool_calls"))):
+            from_tools = min(from_tools, cap)
+        total += from_tools
+    return total
+
+
+# The RIP-05 prompt estimate must never overstate the prompt: an overstated prompt shrinks the
+# completion budget below what the model may produce, and the charge is capped at the
+# reservation. So it counts only the request's text (images, tool definitions, chat-template
+# tokens and anything the upstream injects only add to the real prompt), with o200k, and
+# takes 3/4 of that: room for a model whose tokenizer encodes the same text in up to 25% fewer
+# tokens than o200k (o200k is already among the most compact vocabularies in use).
+# The alternative, bytes ÷ the longest token of any vocabulary, is safe but useless: tokens
+# of 100+ bytes exist (runs of spaces or punctuation), so it would never shorten a budget.
+_ESTIMATE_NUMERATOR, _ESTIMATE_DENOMINATOR = 3, 4
+
+
+def _request_texts(body: dict[str, Any]) -> Iterable[str]:
+    for key in ("messages", "input"):
+        value = body.get(key)
+        if isinstance(value, str):
+            yield value
+        elif isinstance(value, list):
+            for item in value:
+                if isinstance(item, str):
+                    yield item  # completions/embeddings: a list of strings
+                elif isinstance(item, dict):
+                    if "content" in item:
+                        yield from _content_text(item.get("content"))
+                    elif item.get("type") in ("input_text", "text"):
+                        yield from _content_text([item])
+    for key in ("prompt", "system", "instructions"):
+        value = body.get(key)
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            yield from value
+        else:
+            yield from _content_text(value)
+
+
+def estimate_prompt_tokens(body: dict[str, Any]) -> int:
+    """A lower estimate of the request's prompt tokens, for the RIP-05 completion budget."""
+    if _encoder() is None:
+        return 0  # count_tokens' fallback (bytes / 3) may overstate: claim nothing instead
+    text_tokens = sum(count_tokens(text) for text in _request_texts(body))
+    return text_tokens * _ESTIMATE_NUMERATOR // _ESTIMATE_DENOMINATOR

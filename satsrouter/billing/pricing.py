@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, Decimal
 
-from satsrouter.billing.metering import Usage
+from satsrouter.billing.metering import UNBOUNDED_TOOL_SEARCHES, Usage
 from satsrouter.market.catalogue import PRICE_FIELDS, Model
 
 MSAT_PER_BTC = Decimal(100_000_000_000)
+# Priced per request / image / search rather than per token; in `sats_per_million` these are
+# plain sats per unit, as the models file documents.
+PER_UNIT_FIELDS = frozenset({"request", "image", "web_search", "audio_second"})
 
 
 def ceil_msat(value: Decimal) -> int:
@@ -28,6 +32,7 @@ class MsatPrices:
     internal_reasoning: Decimal
     input_cache_read: Decimal
     input_cache_write: Decimal
+    audio_second: Decimal
 
     def as_sats(self) -> dict[str, float]:
         """The same prices in sats per token or unit, for publishing (`sats_pricing`).
@@ -52,7 +57,9 @@ def msat_prices(model: Model, usd_per_btc: Decimal, fee: Decimal) -> MsatPrices:
     factor = (model.fee or fee) * MSAT_PER_BTC / usd_per_btc
     values: dict[str, Decimal] = {}
     for name in PRICE_FIELDS:
-        if name in model.sats_per_million:
+        if name in PER_UNIT_FIELDS and name in model.sats_per_million:
+            exact = model.sats_per_million[name] * 1000  # sats per unit -> msat per unit
+        elif name in model.sats_per_million:
             # sats per million tokens -> msat per token: × 1000 msat/sat ÷ 1e6 tokens
             exact = model.sats_per_million[name] / 1000
         else:
@@ -76,10 +83,20 @@ class Cost:
     input_msats: int
     output_msats: int
     request_msats: int
+    image_msats: int = 0
+    web_search_msats: int = 0
+    audio_msats: int = 0
 
     @property
     def total_msats(self) -> int:
-        return self.input_msats + self.output_msats + self.request_msats
+        return (
+            self.input_msats
+            + self.output_msats
+            + self.request_msats
+            + self.image_msats
+            + self.web_search_msats
+            + self.audio_msats
+        )
 
     def as_dict(self) -> dict[str, int]:
         return {
@@ -87,6 +104,9 @@ class Cost:
             "input_msats": self.input_msats,
             "output_msats": self.output_msats,
             "request_msats": self.request_msats,
+            "image_msats": self.image_msats,
+            "web_search_msats": self.web_search_msats,
+            "audio_msats": self.audio_msats,
         }
 
 
@@ -108,36 +128,78 @@ def usage_cost(prices: MsatPrices, usage: Usage) -> Cost:
         ) + ceil_msat(usage.reasoning_tokens * prices.internal_reasoning)
     else:
         output_msats = ceil_msat(usage.completion_tokens * prices.completion)
-    return Cost(input_msats, output_msats, ceil_msat(prices.request))
+    return Cost(
+        input_msats,
+        output_msats,
+        ceil_msat(prices.request),
+        ceil_msat(usage.images * prices.image),
+        ceil_msat(usage.web_searches * prices.web_search),
+        ceil_msat(usage.audio_seconds * prices.audio_second),
+    )
 
 
-def completion_budget(model: Model, requested: int | None) -> int:
-    """Most completion tokens a request may produce: its max_tokens, capped by the model."""
+def completion_budget(model: Model, requested: int | None, prompt_estimate: int = 0) -> int:
+    """Most completion tokens a request may produce (RIP-05): its max_tokens, capped by the
+    model, and by the context left after `prompt_estimate` (a lower estimate); at least 1."""
     cap = model.max_completion_tokens or model.context_length
-    if requested is not None and requested > 0:
-        return min(requested, cap)
-    return cap
+    budget = min(requested, cap) if requested is not None and requested > 0 else cap
+    return max(1, min(budget, model.context_length - prompt_estimate))
 
 
 def max_request_cost(
-    prices: MsatPrices, model: Model, prompt_bound: int, max_tokens: int | None
+    prices: MsatPrices,
+    model: Model,
+    prompt_bound: int,
+    max_tokens: int | None,
+    *,
+    prompt_estimate: Callable[[], int] | None = None,
+    images: int = 0,
+    web_searches: int = 0,
+    audio_seconds: int = 0,
 ) -> int:
-    """The reservation for one request: the most it can cost (prompt bound + completion budget).
+    """The reservation for one request: the most it can cost.
 
-    `prompt_bound` is an upper bound on prompt tokens (the request's byte length works: a
-    token is at least one byte), capped at the context window.
+    `prompt_bound` is an upper bound on prompt tokens (the request's byte length works for
+    text: a token is at least one byte), capped at the context window. `prompt_estimate`
+    returns a *lower* estimate of the prompt, called only when it can shorten the completion
+    budget. `images`, `web_searches` and `audio_seconds` are the most of each the request
+    can use.
     """
-    prompt_tokens = min(max(prompt_bound, 1), model.context_length)
-    usage = Usage(prompt_tokens, completion_budget(model, max_tokens))
-    worst = usage_cost(prices, usage)
+    if images or web_searches:
+        # Images sent by URL and search results both enter the prompt without being in the
+        # request's bytes: only the context window bounds the prompt then.
+        prompt_tokens = model.context_length
+    else:
+        prompt_tokens = min(max(prompt_bound, 1), model.context_length)
+    budget = completion_budget(model, max_tokens)
+    # Counting costs time; skip it unless it can matter. Any estimate is at most the bytes,
+    # so when context - bytes already leaves the whole budget, no estimate can reduce it.
+    if prompt_estimate is not None and model.context_length - max(prompt_bound, 0) < budget:
+        estimate = min(max(prompt_estimate(), 0), max(prompt_bound, 0))
+        budget = completion_budget(model, max_tokens, estimate)
     # Reasoning may be priced above completion; reserve for the dearer of the two.
-    if prices.internal_reasoning > prices.completion:
-        worst = usage_cost(
-            prices, Usage(prompt_tokens, usage.completion_tokens, 0, 0, usage.completion_tokens)
-        )
+    reasoning = budget if prices.internal_reasoning > prices.completion else 0
+    worst = usage_cost(
+        prices,
+        Usage(
+            prompt_tokens,
+            budget,
+            reasoning_tokens=reasoning,
+            images=images,
+            web_searches=web_searches,
+            audio_seconds=audio_seconds,
+        ),
+    )
     return worst.total_msats
 
 
 def model_max_cost(prices: MsatPrices, model: Model) -> int:
-    """The most any request to this model can cost, in msat (published as `max_cost`)."""
-    return max_request_cost(prices, model, model.context_length, None)
+    """The most a request to this model can cost, in msat (published as `max_cost`).
+
+    The full context as prompt, the model's whole completion limit, and, when the model
+    prices web search, the searches reserved for a search tool without a bound. Each image
+    a request carries adds the `image` price, and a request that allows more searches adds
+    the `web_search` price per search: its own reservation says so (402 `Required`).
+    """
+    searches = UNBOUNDED_TOOL_SEARCHES if prices.web_search else 0
+    return max_request_cost(prices, model, model.context_length, None, web_searches=searches)

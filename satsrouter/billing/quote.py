@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -78,11 +79,38 @@ class PriceBook:
                 f"Model {model_id!r} is not served here.{hint} GET /v1/models lists them.",
             ) from None
 
-    def quote(self, model_id: Any, prompt_bound: int, max_tokens: int | None) -> Quote:
-        """Price a request: its model, prices, and the most it may cost (the reservation)."""
+    def quote(
+        self,
+        model_id: Any,
+        prompt_bound: int,
+        max_tokens: int | None,
+        *,
+        prompt_estimate: Callable[[], int] | None = None,
+        images: int = 0,
+        web_searches: int = 0,
+        audio_seconds: int = 0,
+    ) -> Quote:
+        """Price a request: its model, prices, and the most it may cost (the reservation).
+
+        `prompt_estimate` (e.g. `lambda: estimate_prompt_tokens(body)`) is called only when
+        the prompt may be long enough to shorten the completion budget (RIP-05); `images`
+        and `web_searches` are what the request may use (`count_input_images`,
+        `reserved_web_searches`).
+        """
         model = self.model(model_id)
         prices = self.prices(model)
-        return Quote(model, prices, max_request_cost(prices, model, prompt_bound, max_tokens))
+        reservation = max_request_cost(
+            prices,
+            model,
+            prompt_bound,
+            max_tokens,
+            prompt_estimate=prompt_estimate,
+            images=images,
+            web_searches=web_searches,
+            audio_seconds=audio_seconds,
+        )
+        return Quote(model, prices, reservation)
 
     def max_cost(self, model: Model) -> int:
+        """The most any request to `model` can cost, in msat (`max_cost` in /v1/models)."""
         return model_max_cost(self.prices(model), model)

@@ -4,10 +4,13 @@ Price units, as published (per model, `pricing` and `sats_pricing` use the same 
 
 - `prompt`, `completion`, `internal_reasoning`, `input_cache_read`, `input_cache_write`:
   per **token** (not per 1,000 tokens);
-- `request`: per request; `image`: per input image; `web_search`: per search.
+- `request`: per request; `image`: per image (carried in, or generated); `web_search`: per
+  search the upstream ran.
 
 `pricing` is in USD as exact decimal strings (OpenRouter's schema), already including this
-node's fee; `sats_pricing` is the same in sats as numbers; `max_cost` is in sats. A request is
+node's fee; `sats_pricing` is the same in sats as numbers; `max_cost` is in sats: the most a
+text request can cost (full context, whole completion limit, and the default web-search
+allowance when the model prices search); each image adds its `image` price. A request is
 charged exactly `ceil(units × sats_pricing × 1000)` msat per component.
 """
 
@@ -23,6 +26,7 @@ from satsrouter import __version__
 from satsrouter.billing.pricing import usd_prices
 from satsrouter.errors import ApiError
 from satsrouter.market.catalogue import PRICE_FIELDS, Model
+from satsrouter.market.health import worse
 from satsrouter.node import Node
 
 router = APIRouter()
@@ -36,8 +40,19 @@ PRICE_UNITS = {
     "request": "per request",
     "image": "per image",
     "web_search": "per search",
+    "audio_second": "per second of input audio",
 }
-ENDPOINTS = ["chat/completions"]
+ENDPOINTS = [
+    "chat/completions",
+    "completions",
+    "embeddings",
+    "images/generations",
+    "audio/transcriptions",
+    "audio/translations",
+    "responses",
+    "messages",
+    "messages/count_tokens",
+]
 
 
 def _json(payload: Any, status: int = 200) -> Response:
@@ -134,8 +149,11 @@ def _provider(node: Node, name: str, detail: bool) -> dict[str, Any]:
         "image" in (m.raw.get("architecture") or {}).get("input_modalities", []) for m in models
     ):
         features.append("vision")
-    errors = node.catalogue_sync.status.errors
-    status = "down" if not models else ("degraded" if name in errors else "active")
+    # The worse of what health checks and real traffic say and what the last catalogue sync
+    # says: a provider whose model list failed to load is degraded, one with no models offline.
+    synced = "degraded" if name in node.catalogue_sync.status.errors else "online"
+    health = node.health.snapshot(name)
+    status = worse(health["status"], synced if models else "offline")
     result: dict[str, Any] = {
         "name": name,
         "display_name": name.replace("-", " ").title().replace(" ", ""),
@@ -143,6 +161,9 @@ def _provider(node: Node, name: str, detail: bool) -> dict[str, Any]:
         "endpoints": ENDPOINTS,
         "features": features,
         "status": status,
+        "last_checked": health["last_checked"],
+        "latency_ms": health["latency_ms"],
+        "error_rate": health["error_rate"],
         "configured": _configured(node, name),
     }
     if detail:

@@ -20,6 +20,7 @@ PRICE_FIELDS = (
     "internal_reasoning",
     "input_cache_read",
     "input_cache_write",
+    "audio_second",  # ours, not OpenRouter's: transcription priced per second of audio
 )
 
 

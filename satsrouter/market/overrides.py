@@ -10,8 +10,9 @@ Accepted shapes:
 
 An entry may carry `"enabled": false` (disable), `"fee"` (this model's price multiplier
 instead of `PROVIDER_FEE`) and `"sats_per_million"` (`{"prompt": 150, "completion": 600}`:
-prices in sats per million tokens, or per unit for `request`/`image`/`web_search`, which
-replace the USD prices and are not multiplied by any fee).
+prices in sats per million tokens, but in sats per unit for `request`/`image`/`web_search`,
+e.g. `{"image": 2}` is 2 sats per image; they replace the USD prices and are not multiplied
+by any fee).
 """
 
 from __future__ import annotations
