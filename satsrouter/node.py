@@ -23,6 +23,7 @@ from satsrouter.ecash.wallet import NodeWallet
 from satsrouter.identity import npub_of
 from satsrouter.logs import install_secret_masking
 from satsrouter.market.catalogue import Catalogue
+from satsrouter.market.health import ProviderHealth
 from satsrouter.market.rates import LiveRate, PinnedRate, RateSource, select_feeds
 from satsrouter.market.sync import CatalogueSync
 from satsrouter.settings import Settings
@@ -53,7 +54,10 @@ class Node:
         self.keys = Keys(self.billing, self.payouts)
         self.keys.lightning = self.lightning_refunds
         self.upstream = Upstream(
-            settings.upstream_base_url, settings.upstream_api_key, settings.upstream_timeout
+            settings.upstream_base_url,
+            settings.upstream_api_key,
+            settings.upstream_timeout,
+            settings.upstream_dialect,
         )
         self.catalogue = Catalogue()
         # One upstream for now; the sync and the catalogue already speak per provider.
@@ -62,6 +66,11 @@ class Node:
             self.catalogue,
             {name: _model_list(up) for name, up in self.upstreams.items()},
             settings.models_path,
+        )
+        # Same cheap probe as the catalogue sync: each provider's model list.
+        self.health = ProviderHealth(
+            {name: _model_list(up) for name, up in self.upstreams.items()},
+            settings.health_check_interval,
         )
         self.rate: RateSource = (
             PinnedRate(settings.btc_usd_price)
@@ -109,6 +118,7 @@ class Node:
         self._tasks.append(
             asyncio.create_task(self.catalogue_sync.run(self.settings.models_refresh_seconds))
         )
+        self._tasks.append(asyncio.create_task(self.health.run()))  # first check right away
         self._tasks.append(
             asyncio.create_task(
                 self.billing.run_sweeper(

@@ -46,7 +46,11 @@ class Settings:
     upstream_api_key: str = field(default="", repr=False)
     upstream_timeout: float = 120.0
     upstream_name: str = ""  # the provider name it is listed under (default: from the URL)
+    # The API the upstream speaks: "openai" or "anthropic" (default: anthropic.com → anthropic).
+    upstream_dialect: str = ""
     models_refresh_seconds: float = 600.0
+    # Seconds between active health checks of each provider (a GET of its model list).
+    health_check_interval: float = 60.0
     cashu_mints: list[str] = field(default_factory=lambda: ["https://mint.minibits.cash/Bitcoin"])
     data_dir: Path = Path("./data")
     database_url: str = ""
@@ -81,6 +85,10 @@ class Settings:
     def __post_init__(self) -> None:
         if not self.upstream_name:
             object.__setattr__(self, "upstream_name", provider_name_of(self.upstream_base_url))
+        if not self.upstream_dialect:
+            host = urlsplit(self.upstream_base_url).hostname or ""
+            dialect = "anthropic" if host.endswith("anthropic.com") else "openai"
+            object.__setattr__(self, "upstream_dialect", dialect)
 
     @property
     def primary_mint(self) -> str:
@@ -110,8 +118,12 @@ class Settings:
                 kw["upstream_api_key"] = v
             if (v := get("UPSTREAM_NAME")) is not None:
                 kw["upstream_name"] = v
+            if (v := get("UPSTREAM_DIALECT")) is not None:
+                kw["upstream_dialect"] = v.lower()
             if (v := get("MODELS_REFRESH_SECONDS")) is not None:
                 kw["models_refresh_seconds"] = float(v)
+            if (v := get("HEALTH_CHECK_INTERVAL")) is not None:
+                kw["health_check_interval"] = float(v)
             if (v := get("UPSTREAM_TIMEOUT")) is not None:
                 kw["upstream_timeout"] = float(v)
             if (v := get("CASHU_MINTS")) is not None:
@@ -165,3 +177,7 @@ class Settings:
             raise SettingsError(f"BTC_USD_SOURCES: {exc}") from exc
         if self.upstream_timeout <= 0:
             raise SettingsError("UPSTREAM_TIMEOUT must be positive")
+        if self.upstream_dialect not in ("openai", "anthropic"):
+            raise SettingsError("UPSTREAM_DIALECT must be `openai` or `anthropic`")
+        if not self.health_check_interval > 0:
+            raise SettingsError("HEALTH_CHECK_INTERVAL must be positive")

@@ -73,6 +73,52 @@ TEST_MODELS: list[dict[str, Any]] = [
         },
         "supported_parameters": ["max_tokens", "stream"],
     },
+    {
+        # Image generation: 10500 msat per image made, plus tokens when the upstream reports
+        # gpt-image usage (or the prompt, counted locally, when it does not).
+        "id": "test/image",
+        "name": "Image test model",
+        "created": 1700000000,
+        "context_length": 4096,
+        "architecture": {
+            "input_modalities": ["text"],
+            "output_modalities": ["image"],
+            "tokenizer": "GPT",
+            "instruct_type": None,
+        },
+        "pricing": {
+            "prompt": "0.00001",
+            "completion": "0.00002",
+            "request": "0",
+            "image": "0.01",
+        },
+        "top_provider": {
+            "context_length": 4096,
+            "max_completion_tokens": 1024,
+            "is_moderated": False,
+        },
+        "supported_parameters": [],
+    },
+    {
+        # Audio transcription priced per request only (2100 msat), whatever the upload's length.
+        "id": "test/whisper",
+        "name": "Whisper test model",
+        "created": 1700000000,
+        "context_length": 4096,
+        "architecture": {
+            "input_modalities": ["audio"],
+            "output_modalities": ["text"],
+            "tokenizer": "GPT",
+            "instruct_type": None,
+        },
+        "pricing": {"prompt": "0", "completion": "0", "request": "0.002"},
+        "top_provider": {
+            "context_length": 4096,
+            "max_completion_tokens": 256,
+            "is_moderated": False,
+        },
+        "supported_parameters": [],
+    },
 ]
 
 
@@ -98,6 +144,19 @@ def model_entry(model_id: str) -> dict[str, Any]:
 @pytest_asyncio.fixture(scope="session")
 async def upstream() -> AsyncIterator[FakeUpstream]:
     fake = FakeUpstream(models=default_models() + TEST_MODELS)
+    await fake.start()
+    try:
+        yield fake
+    finally:
+        await fake.stop()
+
+
+@pytest_asyncio.fixture(scope="session")
+async def anthropic_upstream() -> AsyncIterator[FakeUpstream]:
+    """A fake upstream speaking only the Anthropic Messages dialect (x-api-key auth)."""
+    fake = FakeUpstream(
+        api_key="upstream-secret", models=default_models() + TEST_MODELS, dialect="anthropic"
+    )
     await fake.start()
     try:
         yield fake
@@ -210,3 +269,14 @@ async def node_factory(node_settings: Settings) -> AsyncIterator[NodeFactory]:
 async def node(node_factory: NodeFactory, upstream: FakeUpstream) -> RunningNode:
     upstream.reset()
     return await node_factory()
+
+
+@pytest_asyncio.fixture
+async def anthropic_node(
+    node_factory: NodeFactory, anthropic_upstream: FakeUpstream
+) -> RunningNode:
+    """A node whose one upstream speaks the Anthropic dialect (native /v1/messages)."""
+    anthropic_upstream.reset()
+    return await node_factory(
+        upstream_base_url=anthropic_upstream.url, upstream_dialect="anthropic"
+    )

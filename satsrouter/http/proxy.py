@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from satsrouter.billing.metering import completion_text_of, local_usage, usage_from_openai
+from satsrouter.billing.metering import estimate_prompt_tokens
 from satsrouter.billing.payments import Charge
 from satsrouter.billing.quote import Quote
 from satsrouter.ecash.requests import payment_request
+from satsrouter.endpoints.audio import AudioTranscriptions
+from satsrouter.endpoints.base import JSON, Call, Endpoint
+from satsrouter.endpoints.chat import ChatCompletions, Completions
+from satsrouter.endpoints.media import Embeddings, ImageGenerations
+from satsrouter.endpoints.messages import Messages
+from satsrouter.endpoints.responses import Responses
 from satsrouter.errors import ApiError
 from satsrouter.http.auth import credentials
-from satsrouter.http.errors import error_response, json_object
+from satsrouter.http.errors import error_response
 from satsrouter.http.streaming import MeteredStream
 from satsrouter.node import Node
+from satsrouter.upstream.anthropic_usage import count_anthropic_prompt_tokens
 from satsrouter.upstream.client import UpstreamFailure, forwardable_headers, read_body
 
 log = logging.getLogger(__name__)
@@ -25,25 +31,12 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 
-async def read_json(request: Request, limit: int) -> tuple[bytes, dict[str, Any]]:
-    """The request body, raw and parsed; 413 when too large, 400 when not a JSON object."""
+async def read_body_limited(request: Request, limit: int) -> bytes:
+    """The request body; 413 when larger than `limit`."""
     raw = await request.body()
     if len(raw) > limit:
         raise ApiError(413, "request_too_large", f"Request body exceeds {limit} bytes.")
-    if not raw:
-        raise ApiError(400, "invalid_json", "The request body is empty; send a JSON object.")
-    return raw, json_object(raw)
-
-
-def _max_tokens(body: dict[str, Any]) -> int | None:
-    for name in ("max_completion_tokens", "max_tokens"):
-        value = body.get(name)
-        if value is None:
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ApiError(400, "invalid_request", f"`{name}` must be a positive integer.")
-        return value
-    return None
+    return raw
 
 
 def _payment_required(node: Node, quote: Quote) -> ApiError:
@@ -66,7 +59,7 @@ async def _failed(charge: Charge, error: ApiError) -> Response:
     return error_response(error)
 
 
-def _upstream_error(status: int, body: bytes) -> ApiError:
+def _upstream_error(status: int, body: bytes, retry_after: str | None = None) -> ApiError:
     """An upstream error, in our envelope; its message kept when it is a client mistake."""
     message = "The upstream provider failed; nothing was charged."
     if status < 500:
@@ -79,8 +72,10 @@ def _upstream_error(status: int, body: bytes) -> ApiError:
                 message = err
         except orjson.JSONDecodeError:
             message = body[:500].decode(errors="replace") or message
-        code = "rate_limited_upstream" if status == 429 else "upstream_rejected"
-        return ApiError(status, code, message)
+        if status == 429:
+            headers = {"Retry-After": retry_after} if retry_after else {}
+            return ApiError(429, "rate_limited_upstream", message, headers=headers)
+        return ApiError(status, "upstream_rejected", message)
     return ApiError(502, "upstream_error", message)
 
 
@@ -93,19 +88,27 @@ def _stream_headers(charge: Charge) -> dict[str, str]:
     }
 
 
-@router.post("/v1/chat/completions")
-async def chat_completions(request: Request) -> Response:
-    """OpenAI chat completions, streaming or not, paid by whoever the headers name."""
+async def paid(request: Request, endpoint: Endpoint) -> Response:
+    """Every paid endpoint: quote → reserve → forward → settle (or release on failure)."""
     node: Node = request.app.state.node
-    raw, body = await read_json(request, node.settings.max_body_bytes)
-    quote = node.prices.quote(body.get("model"), len(raw), _max_tokens(body))
+    raw = await read_body_limited(request, node.settings.max_body_bytes)
+    call = endpoint.parse(raw, request.headers.get("content-type", ""))
+    call.request_id = request.state.request_id
+    quote = node.prices.quote(
+        call.model_id,
+        len(raw),
+        call.max_tokens,
+        prompt_estimate=lambda: estimate_prompt_tokens(call.body),
+        images=call.images,
+        web_searches=call.web_searches,
+        audio_seconds=call.audio_seconds or 0,
+    )
     creds = credentials(request.headers)
     if not creds.present:
         raise _payment_required(node, quote)
-    request_id: str = request.state.request_id
-    charge = await node.billing.begin(creds, quote.max_cost_msat, quote.model.id, request_id)
+    charge = await node.billing.begin(creds, quote.max_cost_msat, quote.model.id, call.request_id)
     try:
-        return await _forward(node, request, charge, quote, raw, body)
+        return await _forward(node, request, endpoint, call, charge, quote)
     except BaseException:
         if not charge.done:
             await charge.release()
@@ -113,36 +116,31 @@ async def chat_completions(request: Request) -> Response:
 
 
 async def _forward(
-    node: Node, request: Request, charge: Charge, quote: Quote, raw: bytes, body: dict[str, Any]
+    node: Node, request: Request, endpoint: Endpoint, call: Call, charge: Charge, quote: Quote
 ) -> Response:
-    stream = body.get("stream") is True
-    changed = False
-    if body.get("model") != quote.model.id:
-        body["model"], changed = quote.model.id, True
-    if stream:
-        options = body.get("stream_options")
-        if not isinstance(options, dict) or options.get("include_usage") is not True:
-            body["stream_options"] = {
-                **(options if isinstance(options, dict) else {}),
-                "include_usage": True,
-            }
-            changed = True
-    if changed:
-        raw = orjson.dumps(body)
-
+    upstream_name = quote.model.provider
+    upstream = node.upstreams.get(upstream_name, node.upstream)
+    endpoint = endpoint.for_dialect(upstream.dialect)
     try:
-        upstream = node.upstreams.get(quote.model.provider, node.upstream)
-        resp = await upstream.post("/chat/completions", raw, forwardable_headers(request.headers))
+        resp = await upstream.post(
+            endpoint.path,
+            endpoint.upstream_body(call, quote.model.id),
+            forwardable_headers(request.headers),
+            call.content_type,
+        )
+        node.health.record(upstream_name, resp.status < 500)
         if resp.status >= 400:
-            return await _failed(charge, _upstream_error(resp.status, await read_body(resp)))
-        if stream:
-            return MeteredStream(
-                resp, charge, quote, body, _stream_headers(charge), node.settings.drain_timeout
-            )
-        data = orjson.loads(await read_body(resp))
-        if not isinstance(data, dict):
-            raise ValueError("not an object")
+            retry_after = resp.headers.get("Retry-After")
+            error = _upstream_error(resp.status, await read_body(resp), retry_after)
+            return await _failed(charge, error)
+        if call.stream:
+            meter = endpoint.meter(call)
+            headers = _stream_headers(charge)
+            return MeteredStream(resp, charge, quote, meter, headers, node.settings.drain_timeout)
+        media_type = resp.content_type or JSON
+        reply = endpoint.reply(call, await read_body(resp), media_type)
     except UpstreamFailure as exc:
+        node.health.record(upstream_name, False)
         status = 504 if exc.kind == "timeout" else 502
         message = "The upstream provider did not answer in full; nothing was charged."
         return await _failed(charge, ApiError(status, f"upstream_{exc.kind}", message))
@@ -150,22 +148,62 @@ async def _forward(
         message = "The upstream sent an unreadable answer; nothing was charged."
         return await _failed(charge, ApiError(502, "upstream_error", message))
 
-    headers = {"x-request-id": charge.request_id}
-    usage = usage_from_openai(data.get("usage"))
-    if usage is None:
-        usage = local_usage(body, completion_text_of(data))
-        data["usage"] = {
-            "prompt_tokens": usage.prompt_tokens,
-            "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.prompt_tokens + usage.completion_tokens,
-        }
-    cost = quote.cost(usage)
+    cost = quote.cost(reply.usage)
     settlement = await charge.settle(cost.total_msats)
     charged = settlement.charged_msat if settlement else 0
-    data["usage"]["cost"] = {**cost.as_dict(), "total_msats": charged}
-    headers["X-Routstr-Cost-Msats"] = str(charged)
+    body = endpoint.render(reply, {**cost.as_dict(), "total_msats": charged})
+    headers = {"x-request-id": charge.request_id, "X-Routstr-Cost-Msats": str(charged)}
     if charge.x_cashu is None and settlement is not None:
         headers["X-Routstr-Balance-Msats"] = str(settlement.balance_msat)
     elif (payout := await charge.change_or_none()) is not None and payout.token:
         headers["X-Cashu"] = payout.token
-    return Response(orjson.dumps(data), media_type="application/json", headers=headers)
+    return Response(body, media_type=reply.media_type, headers=headers)
+
+
+def _route(path: str, endpoint: Endpoint) -> None:
+    async def handler(request: Request) -> Response:
+        return await paid(request, endpoint)
+
+    handler.__doc__ = endpoint.__doc__
+    router.add_api_route(path, handler, methods=["POST"], name=path)
+
+
+_route("/v1/chat/completions", ChatCompletions())
+_route("/v1/completions", Completions())
+_route("/v1/embeddings", Embeddings())
+_route("/v1/images/generations", ImageGenerations())
+_route("/v1/audio/transcriptions", AudioTranscriptions())
+_route("/v1/audio/translations", AudioTranscriptions("/audio/translations"))
+_route("/v1/responses", Responses())
+for _prefix in ("/v1", "/v1/v1"):  # `ANTHROPIC_BASE_URL=<node>/v1`, as the seeds say, adds /v1
+    _route(f"{_prefix}/messages", Messages())
+
+
+async def count_tokens(request: Request) -> Response:
+    """Anthropic `messages/count_tokens`: free; the upstream's count, or the node's own."""
+    node: Node = request.app.state.node
+    raw = await read_body_limited(request, node.settings.max_body_bytes)
+    call = Messages().parse(raw, JSON)
+    model = node.prices.model(call.model_id)
+    upstream = node.upstreams.get(model.provider, node.upstream)
+    if upstream.dialect == "anthropic":
+        call.body["model"] = model.id
+        try:
+            resp = await upstream.post(
+                "/messages/count_tokens",
+                orjson.dumps(call.body),
+                forwardable_headers(request.headers),
+            )
+            body = await read_body(resp)
+            if resp.status < 400:
+                return Response(body, media_type=JSON)
+            if resp.status < 500 and resp.status != 404:
+                return error_response(_upstream_error(resp.status, body))
+        except UpstreamFailure:
+            pass  # counted here instead
+    counted = count_anthropic_prompt_tokens(call.body)
+    return Response(orjson.dumps({"input_tokens": counted}), media_type=JSON)
+
+
+for _prefix in ("/v1", "/v1/v1"):
+    router.add_api_route(f"{_prefix}/messages/count_tokens", count_tokens, methods=["POST"])

@@ -28,6 +28,10 @@ _DROP_REQUEST_HEADERS = frozenset(
 )
 
 
+# Sent to Anthropic-dialect upstreams when the client did not name a version itself.
+ANTHROPIC_VERSION = "2023-06-01"
+
+
 class UpstreamFailure(Exception):
     """The upstream could not be reached, timed out, or broke the connection."""
 
@@ -48,8 +52,11 @@ def forwardable_headers(headers: Any) -> dict[str, str]:
 class Upstream:
     """An OpenAI-compatible upstream at `base_url`, reached through one connection pool."""
 
-    def __init__(self, base_url: str, api_key: str, timeout: float) -> None:
+    def __init__(
+        self, base_url: str, api_key: str, timeout: float, dialect: str = "openai"
+    ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.dialect = dialect  # "openai" or "anthropic": the API this upstream speaks
         self._api_key = api_key
         self.timeout = timeout
         self._session: aiohttp.ClientSession | None = None
@@ -77,20 +84,30 @@ class Upstream:
             await self._session.close()
             self._session = None
 
-    def _headers(self, extra: dict[str, str] | None) -> dict[str, str]:
+    def _headers(
+        self, extra: dict[str, str] | None, content_type: str = "application/json"
+    ) -> dict[str, str]:
         headers = dict(extra or {})
-        headers["Content-Type"] = "application/json"
-        if self._api_key:
+        headers["Content-Type"] = content_type
+        if self.dialect == "anthropic":
+            headers.setdefault("anthropic-version", ANTHROPIC_VERSION)
+            if self._api_key:
+                headers["x-api-key"] = self._api_key
+        elif self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
         return headers
 
     async def post(
-        self, path: str, body: bytes, headers: dict[str, str] | None = None
+        self,
+        path: str,
+        body: bytes,
+        headers: dict[str, str] | None = None,
+        content_type: str = "application/json",
     ) -> aiohttp.ClientResponse:
         """Send a request and return once response headers arrived (body still unread)."""
         try:
             return await self.session.post(
-                f"{self.base_url}{path}", data=body, headers=self._headers(headers)
+                f"{self.base_url}{path}", data=body, headers=self._headers(headers, content_type)
             )
         except TimeoutError as exc:
             raise UpstreamFailure("timeout", "no response in time") from exc

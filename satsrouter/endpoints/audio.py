@@ -1,0 +1,146 @@
+"""Audio transcriptions and translations: a multipart upload, forwarded as received.
+
+The body is read once and sent on unchanged (same bytes, same boundary); the node only looks
+into it for the text fields and the audio's length. Priced per request, per audio second, or
+per token, as the model's prices say and the upstream's `usage` allows.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import struct
+from typing import Any
+
+import orjson
+
+from satsrouter.billing.metering import Usage, count_tokens
+from satsrouter.endpoints.base import JSON, Call, Endpoint, Reply
+from satsrouter.errors import ApiError
+
+_BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
+_NAME = re.compile(rb'\bname="([^"]*)"', re.IGNORECASE)
+_FILENAME = re.compile(rb'\bfilename="', re.IGNORECASE)
+# 4 kbit/s: below any speech codec in use (Opus goes down to 6), so size / this ≥ duration.
+_MIN_BYTES_PER_SECOND = 500
+# Text fields worth reading; anything longer than this is not a setting but an upload.
+_MAX_FIELD = 64 * 1024
+
+
+def multipart_fields(raw: bytes, content_type: str) -> tuple[dict[str, str], memoryview | None]:
+    """The text fields of a multipart body and a view (no copy) of its uploaded file."""
+    found = _BOUNDARY.search(content_type)
+    if not content_type.lower().startswith("multipart/form-data") or not found:
+        raise ApiError(400, "invalid_request", "Send the audio as multipart/form-data.")
+    delimiter = b"--" + found.group(1).encode()
+    view = memoryview(raw)
+    fields: dict[str, str] = {}
+    upload: memoryview | None = None
+    start = raw.find(delimiter)
+    while start >= 0:
+        head_start = start + len(delimiter)
+        if raw.startswith(b"--", head_start):
+            break  # the closing delimiter
+        head_end = raw.find(b"\r\n\r\n", head_start)
+        end = raw.find(b"\r\n" + delimiter, head_end)
+        if head_end < 0 or end < 0:
+            break
+        headers = raw[head_start:head_end]
+        name = _NAME.search(headers)
+        if name is not None:
+            if _FILENAME.search(headers):
+                upload = view[head_end + 4 : end]
+            elif end - head_end - 4 <= _MAX_FIELD:
+                value = raw[head_end + 4 : end].decode(errors="replace")
+                fields[name.group(1).decode(errors="replace")] = value
+        start = end + 2
+    return fields, upload
+
+
+def wav_seconds(audio: memoryview | bytes) -> float | None:
+    """The duration of a RIFF/WAVE file from its header; None when it is not one."""
+    data = bytes(audio[:4096])
+    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
+        return None
+    offset, byte_rate = 12, 0
+    while offset + 8 <= len(data):
+        chunk, size = data[offset : offset + 4], struct.unpack_from("<I", data, offset + 4)[0]
+        if chunk == b"fmt " and offset + 16 <= len(data):
+            byte_rate = struct.unpack_from("<I", data, offset + 16)[0]
+        elif chunk == b"data":
+            # The data chunk's size may be a placeholder in streamed WAVs: trust the upload.
+            size = min(size, len(audio) - offset - 8)
+            return size / byte_rate if byte_rate else None
+        offset += 8 + size + (size & 1)
+    return None
+
+
+def audio_usage(usage: Any) -> Usage | None:
+    """An audio `usage`: tokens (gpt-4o-transcribe) or duration in seconds (whisper)."""
+    if not isinstance(usage, dict):
+        return None
+    if usage.get("type") == "duration":
+        seconds = usage.get("seconds")
+        if isinstance(seconds, int | float) and seconds > 0:
+            return Usage(0, 0, audio_seconds=math.ceil(seconds))
+        return None
+    prompt, completion = usage.get("input_tokens"), usage.get("output_tokens")
+    if isinstance(prompt, int) and isinstance(completion, int) and prompt + completion > 0:
+        return Usage(max(prompt, 0), max(completion, 0))
+    return None
+
+
+class AudioTranscriptions(Endpoint):
+    """`POST /v1/audio/transcriptions` (and, with another path, translations)."""
+
+    path = "/audio/transcriptions"
+
+    def __init__(self, path: str | None = None) -> None:
+        if path is not None:
+            self.path = path
+
+    def parse(self, raw: bytes, content_type: str) -> Call:
+        fields, upload = multipart_fields(raw, content_type)
+        if upload is None:
+            raise ApiError(400, "invalid_request", "The request needs an audio `file`.")
+        call = Call(raw, dict(fields), content_type)
+        # Reserve for the longest the audio can be: exact for WAV, else from its size at the
+        # lowest bitrate speech codecs use.
+        seconds = wav_seconds(upload)
+        bound = seconds if seconds is not None else len(upload) / _MIN_BYTES_PER_SECOND
+        call.audio_seconds = math.ceil(bound)
+        return call
+
+    def upstream_body(self, call: Call, model_id: str) -> bytes:
+        # Multipart is forwarded byte for byte; a short alias in `model` is rewritten in place.
+        given = call.body.get("model")
+        if given == model_id or not isinstance(given, str):
+            return call.raw
+        old = b'name="model"\r\n\r\n' + given.encode()
+        return call.raw.replace(old, b'name="model"\r\n\r\n' + model_id.encode(), 1)
+
+    def reply(self, call: Call, raw: bytes, media_type: str) -> Reply:
+        if media_type == JSON:
+            data = orjson.loads(raw)
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            usage = audio_usage(data.get("usage")) or self._local(
+                call, data.get("text"), data.get("duration")
+            )
+            return Reply(usage, raw, data)
+        # text, srt, vtt: passed back unchanged; usage is counted by the node.
+        return Reply(self._local(call, raw.decode(errors="replace")), raw, None, media_type)
+
+    @staticmethod
+    def _local(call: Call, text: Any, duration: Any = None) -> Usage:
+        """Usage counted here: the transcript's tokens and, when known, the audio's seconds
+        (from the upstream's verbose answer, or a WAV header; never the size-based bound)."""
+        if not isinstance(duration, int | float) or duration <= 0:
+            _, upload = multipart_fields(call.raw, call.content_type)
+            duration = wav_seconds(upload) if upload is not None else None
+        return Usage(
+            0,
+            count_tokens(text) if isinstance(text, str) else 0,
+            audio_seconds=math.ceil(duration) if duration else 0,
+            source="local",
+        )

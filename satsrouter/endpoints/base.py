@@ -1,0 +1,169 @@
+"""What a paid endpoint is: how its request is read, its usage found, and its cost shown.
+
+Every paid endpoint goes through the same reserve → forward → settle path
+(`satsrouter.http.proxy`); an `Endpoint` only says what differs between them.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from satsrouter.billing.metering import Usage, reserved_web_searches
+from satsrouter.errors import ApiError
+from satsrouter.http.errors import json_object
+
+JSON = "application/json"
+DONE = b"data: [DONE]\n\n"
+
+
+@dataclass
+class Call:
+    """One client request to a paid endpoint, read once."""
+
+    raw: bytes
+    body: dict[str, Any]  # the JSON body, or a multipart request's text fields
+    content_type: str = JSON
+    stream: bool = False
+    max_tokens: int | None = None
+    images: int = 0  # images the request carries in or asks for (priced per image)
+    web_searches: int = 0  # web searches the request allows (priced per search)
+    audio_seconds: int | None = None  # length of an uploaded audio file, when readable
+    request_id: str = ""
+
+    @property
+    def model_id(self) -> Any:
+        return self.body.get("model")
+
+
+@dataclass
+class Reply:
+    """A whole (non-streamed) upstream answer with its usage; `data` is None for non-JSON."""
+
+    usage: Usage
+    raw: bytes
+    data: dict[str, Any] | None = None
+    media_type: str = JSON
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def sse_event(obj: Any, event: str | None = None) -> bytes:
+    """One SSE event carrying `obj` as JSON (with an `event:` line when named)."""
+    head = b"event: " + event.encode() + b"\n" if event else b""
+    return head + b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def event_data(event: bytes) -> bytes:
+    """The `data:` payload of one SSE event (multi-line data joined, comments ignored)."""
+    lines = [line[5:].lstrip(b" ") for line in event.splitlines() if line.startswith(b"data:")]
+    return b"\n".join(lines)
+
+
+class StreamMeter(ABC):
+    """Reads one upstream SSE stream for its usage while it is relayed to the client."""
+
+    @abstractmethod
+    def feed(self, event: bytes, payload: bytes) -> list[bytes]:
+        """Events to send on for one upstream event (`payload` is its data); may hold some."""
+
+    @abstractmethod
+    def usage(self) -> Usage:
+        """What the stream used: as reported, or counted locally (I3)."""
+
+    @abstractmethod
+    def closing(self, cost: dict[str, int], change: str | None, change_msat: int) -> list[bytes]:
+        """The last events: usage with its cost, X-Cashu change if any, the end marker."""
+
+    @abstractmethod
+    def failure(self, message: str, change: str | None, change_msat: int) -> list[bytes]:
+        """The last events when the upstream failed mid-stream (nothing charged)."""
+
+
+class Endpoint(ABC):
+    """A paid endpoint family: its upstream path and how its usage is read and shown."""
+
+    path: str  # on the upstream, e.g. "/chat/completions"
+    streams: bool = False
+
+    def parse(self, raw: bytes, content_type: str) -> Call:
+        """Read the client's request (JSON by default)."""
+        if not raw:
+            raise ApiError(400, "invalid_json", "The request body is empty; send a JSON object.")
+        body = json_object(raw)
+        call = Call(raw, body, JSON, stream=self.streams and body.get("stream") is True)
+        self.inspect(call)
+        return call
+
+    max_tokens_fields: tuple[str, ...] = ("max_completion_tokens", "max_tokens")
+
+    def inspect(self, call: Call) -> None:
+        """Read what the reservation needs from the body (a hook: extend, calling super)."""
+        call.max_tokens = positive_int(call.body, *self.max_tokens_fields)
+        call.web_searches = reserved_web_searches(call.body)
+
+    def for_dialect(self, dialect: str) -> Endpoint:
+        """The endpoint that talks to an upstream of this dialect (translating if needed)."""
+        if dialect != "openai":
+            raise ApiError(
+                400,
+                "unsupported_endpoint",
+                f"This model's provider speaks the {dialect} API, which does not serve "
+                f"{self.path}.",
+            )
+        return self
+
+    def upstream_body(self, call: Call, model_id: str) -> bytes:
+        """The body to send upstream: the client's, with the resolved model id."""
+        changed = self.adjust(call)
+        if call.body.get("model") != model_id:
+            call.body["model"], changed = model_id, True
+        return orjson.dumps(call.body) if changed else call.raw
+
+    def adjust(self, call: Call) -> bool:
+        """Hook: change the JSON body before it goes upstream; True when changed."""
+        return False
+
+    @abstractmethod
+    def reply(self, call: Call, raw: bytes, media_type: str) -> Reply:
+        """Read a whole upstream answer; raise ValueError when it is unreadable."""
+
+    def render(self, reply: Reply, cost: dict[str, int]) -> bytes:
+        """The answer for the client, with `usage.cost` when it is JSON."""
+        if reply.data is None:
+            return reply.raw
+        usage = reply.data.get("usage")
+        if not isinstance(usage, dict):
+            usage = reply.data["usage"] = {}
+        usage["cost"] = cost
+        return orjson.dumps(reply.data)
+
+    def meter(self, call: Call) -> StreamMeter:
+        raise NotImplementedError(f"{self.path} does not stream")
+
+
+def positive_int(body: dict[str, Any], *names: str) -> int | None:
+    """The first of `names` present in `body`, checked to be a positive integer."""
+    for name in names:
+        value = body.get(name)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise ApiError(400, "invalid_request", f"`{name}` must be a positive integer.")
+        return value
+    return None
+
+
+def json_reply(raw: bytes) -> dict[str, Any]:
+    """An upstream answer that must be a JSON object (ValueError otherwise)."""
+    data = orjson.loads(raw)
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    return data
+
+
+def now() -> int:
+    return int(time.time())

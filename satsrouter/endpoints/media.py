@@ -1,0 +1,63 @@
+"""Embeddings (priced by input tokens) and image generation (priced per image and tokens)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from satsrouter.billing.metering import Usage, count_tokens
+from satsrouter.endpoints.base import Call, Endpoint, Reply, json_reply, positive_int
+from satsrouter.endpoints.responses import usage_from_responses
+
+
+def _embedding_input_tokens(value: Any) -> int:
+    """Local count of an embeddings `input`: strings tokenised, token arrays by length."""
+    if isinstance(value, str):
+        return count_tokens(value)
+    if isinstance(value, list):
+        if value and all(isinstance(v, int) for v in value):
+            return len(value)
+        return sum(_embedding_input_tokens(v) for v in value)
+    return 0
+
+
+class Embeddings(Endpoint):
+    """`POST /v1/embeddings`: input tokens only; nothing is generated."""
+
+    path = "/embeddings"
+
+    def reply(self, call: Call, raw: bytes, media_type: str) -> Reply:
+        data = json_reply(raw)
+        usage_json = data.get("usage")
+        reported = usage_json.get("prompt_tokens") if isinstance(usage_json, dict) else None
+        if isinstance(reported, int) and reported > 0:
+            usage = Usage(reported, 0)
+        else:
+            counted = max(_embedding_input_tokens(call.body.get("input")), 1)
+            usage = Usage(counted, 0, source="local")
+            data["usage"] = {"prompt_tokens": counted, "total_tokens": counted}
+        return Reply(usage, raw, data)
+
+
+class ImageGenerations(Endpoint):
+    """`POST /v1/images/generations`: the model's `image` price per image made, plus tokens
+    when the upstream reports them (gpt-image models)."""
+
+    path = "/images/generations"
+    max_tokens_fields = ()
+
+    def inspect(self, call: Call) -> None:
+        call.images = positive_int(call.body, "n") or 1
+
+    def reply(self, call: Call, raw: bytes, media_type: str) -> Reply:
+        data = json_reply(raw)
+        made = data.get("data")
+        images = len(made) if isinstance(made, list) else 0
+        # Token-priced image models report Responses-style usage; per-image models none.
+        usage = usage_from_responses(data.get("usage"))
+        if usage is None:  # counted, so that a model with a prompt price is never free
+            prompt = call.body.get("prompt")
+            usage = Usage(
+                count_tokens(prompt if isinstance(prompt, str) else ""), 0, source="local"
+            )
+        return Reply(replace(usage, images=images), raw, data)

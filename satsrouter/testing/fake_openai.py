@@ -1,0 +1,306 @@
+"""OpenAI chat completions and legacy completions for the fake upstream.
+
+Chat: ``POST /v1/chat/completions``
+    Reply ``"w1 … wN"``, N = ``completion_tokens`` capped by ``max_completion_tokens``
+    (else ``max_tokens``); capped → ``finish_reason: "length"``, else ``"stop"``.
+    ``prompt_tokens`` = Σ over messages (4 + words of its text), see
+    :func:`prompt_tokens_of` (tool definitions and tool calls count 0).
+
+    Tool calls: when the request declares ``tools`` (non-empty), ``tool_choice`` is
+    not ``"none"`` and the last message's role is not ``tool`` (or ``function``),
+    the reply is a call of the first tool, arguments ``{"query": "w1 w2"}``,
+    ``content: null``, ``finish_reason: "tool_calls"`` and ``completion_tokens`` =
+    ``TOOL_CALL_TOKENS`` (5, not capped). Streamed like OpenAI: a first chunk with
+    role, id and name (arguments ``""``), then four argument fragments
+    ``{"query": "`` · ``w1`` · `` w2`` · ``"}``.
+
+Completions: ``POST /v1/completions``
+    ``prompt`` is a string, a list of strings, a token array (list of ints) or a
+    list of token arrays. One choice per prompt, each ``"w1 … wN"`` (N as for chat,
+    capped by ``max_tokens``). ``prompt_tokens`` = total whitespace words of the
+    prompts (token arrays: their lengths), at least 1; ``completion_tokens`` =
+    N × number of prompts. ``stream: true`` sends one ``text_completion`` chunk
+    per word (prompt after prompt), one final chunk per prompt with ``text: ""``
+    and its ``finish_reason``, then (only with ``stream_options.include_usage``) a
+    usage chunk with ``choices: []``, then ``data: [DONE]``.
+
+Streams end with ``data: [DONE]``; with ``include_usage`` every chunk carries
+``"usage": null`` except the usage chunk. ``drop_midstream`` cuts a stream after
+``fail_after_chunks`` content chunks (the chat role chunk is not counted) and a
+non-streamed body after half its bytes.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from satsrouter.testing.fake_core import (
+    TOOL_CALL_TOKENS,
+    Host,
+    Plan,
+    openai_error,
+    read_json,
+    reply_length,
+    send_body,
+    send_events,
+    sse,
+    start_reply,
+    tool_call_fragments,
+    word_count,
+    words,
+)
+
+
+def prompt_tokens_of(messages: object) -> int:
+    """The documented prompt token count: per message, 4 + words of its text."""
+    if not isinstance(messages, list):
+        return 0
+    total = 0
+    for message in messages:
+        total += 4
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content")
+        if isinstance(content, str):
+            total += len(content.split())
+        elif isinstance(content, list):
+            for part in content:
+                if isinstance(part, dict) and isinstance(part.get("text"), str):
+                    total += len(part["text"].split())
+    return total
+
+
+def _tool_name(body: dict[str, Any]) -> str | None:
+    """The tool the reply calls, or None for a text reply (the documented rule)."""
+    tools = body.get("tools")
+    messages = body.get("messages")
+    if not isinstance(tools, list) or not tools or body.get("tool_choice") == "none":
+        return None
+    if isinstance(messages, list) and messages:
+        last = messages[-1]
+        if isinstance(last, dict) and last.get("role") in ("tool", "function"):
+            return None
+    first = tools[0]
+    function = first.get("function") if isinstance(first, dict) else None
+    name = function.get("name") if isinstance(function, dict) else None
+    return name if isinstance(name, str) else "tool"
+
+
+def _usage(prompt: int, completion: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+
+
+def _include_usage(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return isinstance(options, dict) and options.get("include_usage") is True
+
+
+async def chat(host: Host, request: web.Request) -> web.StreamResponse:
+    """``POST /v1/chat/completions``."""
+    parsed = await read_json(host, request, openai_error)
+    if isinstance(parsed, web.StreamResponse):
+        return parsed
+    body, plan = parsed
+    model = body.get("model")
+    messages = body.get("messages")
+    if not isinstance(model, str) or not model:
+        return openai_error(400, "'model' is required")
+    if not isinstance(messages, list):
+        return openai_error(400, "'messages' must be a list")
+    failed = await start_reply(host, request, plan, openai_error)
+    if failed is not None:
+        return failed
+
+    tool = _tool_name(body)
+    limit = body.get("max_completion_tokens")
+    if limit is None:
+        limit = body.get("max_tokens")
+    n, capped = reply_length(plan, limit)
+    finish = "length" if capped else "stop"
+    if tool is not None:
+        n, finish = TOOL_CALL_TOKENS, "tool_calls"
+    prompt = plan.prompt_tokens if plan.prompt_tokens is not None else prompt_tokens_of(messages)
+    usage = None if plan.omit_usage else _usage(prompt, n)
+    seq = host.next_id()
+    completion_id = f"chatcmpl-fake{seq:08d}"
+    call_id = f"call_fake{seq:08d}"
+
+    if body.get("stream") is True:
+        return await _stream_chat(
+            host,
+            request,
+            plan,
+            {"id": completion_id, "object": "chat.completion.chunk", "model": model},
+            _chat_deltas(n, tool, call_id),
+            finish,
+            usage if _include_usage(body) else None,
+        )
+    message: dict[str, Any] = {"role": "assistant", "content": " ".join(words(n))}
+    if tool is not None:
+        # The joined stream fragments: the same JSON text streamed or not.
+        arguments = "".join(tool_call_fragments())
+        message = {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": call_id,
+                    "type": "function",
+                    "function": {"name": tool, "arguments": arguments},
+                }
+            ],
+        }
+    response: dict[str, Any] = {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+    }
+    if usage is not None:
+        response["usage"] = usage
+    return await send_body(request, plan, orjson.dumps(response))
+
+
+def _chat_deltas(n: int, tool: str | None, call_id: str) -> list[dict[str, Any]]:
+    """The role delta, then one delta per content chunk."""
+    if tool is None:
+        first: dict[str, Any] = {"role": "assistant", "content": ""}
+        return [first] + [{"content": w if i == 0 else " " + w} for i, w in enumerate(words(n))]
+    head = {
+        "index": 0,
+        "id": call_id,
+        "type": "function",
+        "function": {"name": tool, "arguments": ""},
+    }
+    first = {"role": "assistant", "content": None, "tool_calls": [head]}
+    return [first] + [
+        {"tool_calls": [{"index": 0, "function": {"arguments": fragment}}]}
+        for fragment in tool_call_fragments()
+    ]
+
+
+async def _stream_chat(
+    host: Host,
+    request: web.Request,
+    plan: Plan,
+    head: dict[str, Any],
+    deltas: list[dict[str, Any]],
+    finish: str,
+    usage: dict[str, int] | None,
+) -> web.StreamResponse:
+    created = int(time.time())
+    with_usage = usage is not None
+
+    def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        chunk: dict[str, Any] = {**head, "created": created, "choices": choices}
+        if with_usage:
+            # Like OpenAI: with include_usage every chunk carries "usage": null.
+            chunk["usage"] = None
+        chunk.update(extra)
+        return sse(chunk)
+
+    def delta(d: dict[str, Any], finish_reason: str | None = None) -> bytes:
+        return event([{"index": 0, "delta": d, "logprobs": None, "finish_reason": finish_reason}])
+
+    events = [delta(d) for d in deltas]
+    midstream = plan.fail == "drop_midstream"
+    if midstream:
+        events = events[: 1 + plan.fail_after_chunks]
+    else:
+        events.append(delta({}, finish))
+        if usage is not None:
+            events.append(event([], usage=usage))
+        events.append(b"data: [DONE]\n\n")
+    return await send_events(host, request, plan, events, abort=midstream)
+
+
+def token_inputs(value: object) -> list[int] | None:
+    """Per-input counts: words of each string, or the length of each token array.
+
+    Accepts a string, a list of strings, a token array or a list of token arrays;
+    None for anything else.
+    """
+    if isinstance(value, str):
+        return [word_count(value)]
+    if not isinstance(value, list) or not value:
+        return None
+    if all(isinstance(x, int) and not isinstance(x, bool) for x in value):
+        return [len(value)]
+    if all(isinstance(x, str) for x in value):
+        return [word_count(x) for x in value]
+    if all(isinstance(x, list) and all(isinstance(t, int) for t in x) for x in value):
+        return [len(x) for x in value]
+    return None
+
+
+async def completions(host: Host, request: web.Request) -> web.StreamResponse:
+    """``POST /v1/completions`` (legacy text completions)."""
+    parsed = await read_json(host, request, openai_error)
+    if isinstance(parsed, web.StreamResponse):
+        return parsed
+    body, plan = parsed
+    model = body.get("model")
+    counts = token_inputs(body.get("prompt"))
+    if not isinstance(model, str) or not model:
+        return openai_error(400, "'model' is required")
+    if counts is None:
+        return openai_error(400, "'prompt' must be a string, a list of strings or token arrays")
+    failed = await start_reply(host, request, plan, openai_error)
+    if failed is not None:
+        return failed
+
+    n, capped = reply_length(plan, body.get("max_tokens"))
+    finish = "length" if capped else "stop"
+    prompts = len(counts)
+    prompt = plan.prompt_tokens if plan.prompt_tokens is not None else max(1, sum(counts))
+    usage = None if plan.omit_usage else _usage(prompt, n * prompts)
+    head = {
+        "id": f"cmpl-fake{host.next_id():08d}",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": model,
+    }
+    text = " ".join(words(n))
+    if body.get("stream") is not True:
+        choices = [
+            {"text": text, "index": i, "logprobs": None, "finish_reason": finish}
+            for i in range(prompts)
+        ]
+        response: dict[str, Any] = {**head, "choices": choices}
+        if usage is not None:
+            response["usage"] = usage
+        return await send_body(request, plan, orjson.dumps(response))
+
+    include_usage = _include_usage(body) and usage is not None
+
+    def event(choices: list[dict[str, Any]], **extra: Any) -> bytes:
+        chunk: dict[str, Any] = {**head, "choices": choices}
+        if include_usage:
+            chunk["usage"] = None
+        chunk.update(extra)
+        return sse(chunk)
+
+    def piece(i: int, t: str, finish_reason: str | None = None) -> bytes:
+        return event([{"text": t, "index": i, "logprobs": None, "finish_reason": finish_reason}])
+
+    events = [
+        piece(i, w if k == 0 else " " + w) for i in range(prompts) for k, w in enumerate(words(n))
+    ]
+    midstream = plan.fail == "drop_midstream"
+    if midstream:
+        events = events[: plan.fail_after_chunks]
+    else:
+        events.extend(piece(i, "", finish) for i in range(prompts))
+        if include_usage:
+            events.append(event([], usage=usage))
+        events.append(b"data: [DONE]\n\n")
+    return await send_events(host, request, plan, events, abort=midstream)
