@@ -161,6 +161,7 @@ def published_charge(sats: dict[str, float], usage: Usage) -> int:
         + part(1, "request")
         + part(usage.images, "image")
         + part(usage.web_searches, "web_search")
+        + part(usage.audio_seconds, "audio_second")
     )
 
 
@@ -169,11 +170,13 @@ def published_charge(sats: dict[str, float], usage: Usage) -> int:
     completion=st.integers(0, 50_000),
     images=st.integers(0, 50),
     searches=st.integers(0, 20),
+    seconds=st.integers(0, 7200),
     p=st.decimals(min_value=0, max_value=Decimal("0.001"), places=9),
     c=st.decimals(min_value=0, max_value=Decimal("0.001"), places=9),
     req=st.decimals(min_value=0, max_value=Decimal("0.1"), places=9),
     img=st.decimals(min_value=0, max_value=Decimal("0.1"), places=9),
     web=st.decimals(min_value=0, max_value=Decimal("0.1"), places=9),
+    audio=st.decimals(min_value=0, max_value=Decimal("0.01"), places=9),
     rate=st.integers(1_000, 1_000_000),
 )
 def test_published_sats_pricing_times_usage_is_the_charge_for_every_component(
@@ -181,20 +184,30 @@ def test_published_sats_pricing_times_usage_is_the_charge_for_every_component(
     completion: int,
     images: int,
     searches: int,
+    seconds: int,
     p: Decimal,
     c: Decimal,
     req: Decimal,
     img: Decimal,
     web: Decimal,
+    audio: Decimal,
     rate: int,
 ) -> None:
-    m = model(str(p), str(c), request=str(req), image=str(img), web_search=str(web))
+    m = model(
+        str(p),
+        str(c),
+        request=str(req),
+        image=str(img),
+        web_search=str(web),
+        audio_second=str(audio),
+    )
     prices = msat_prices(m, Decimal(rate), Decimal("1.05"))
-    usage = Usage(prompt, completion, images=images, web_searches=searches)
+    usage = Usage(prompt, completion, images=images, web_searches=searches, audio_seconds=seconds)
     cost = usage_cost(prices, usage)
     assert cost.total_msats == published_charge(prices.as_sats(), usage)
     assert cost.image_msats == math.ceil(images * prices.image)
     assert cost.web_search_msats == math.ceil(searches * prices.web_search)
+    assert cost.audio_msats == math.ceil(seconds * prices.audio_second)
     assert cost.as_dict()["total_msats"] == cost.total_msats
     assert {"input_msats", "output_msats", "request_msats", "image_msats", "web_search_msats"} <= (
         set(cost.as_dict())
