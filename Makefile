@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench bench-tools clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,18 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/pytest -q
 
-bench: $(STAMP)
-	$(BIN)/python -m bench
+# nginx (the fast fake upstream) and wrk (the load generator) come from Debian.
+BENCH_TOOLS := $(shell command -v wrk >/dev/null && { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null && echo ok)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+bench-tools:
+ifneq ($(BENCH_TOOLS),ok)
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq nginx-light wrk
+endif
+
+bench: $(STAMP) bench-tools
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,15 +1,19 @@
 """`python -m bench`: the node against its fake upstream, scenario by scenario.
 
-Starts a local mint, the fake upstream and the node; funds one `sk-` key; runs each
-scenario first against the upstream directly, then through the node; prints a table;
-checks that the key was charged exactly what the responses reported; appends one
-JSON line per scenario to bench/results.jsonl. See bench/README.md.
+Starts a local mint, nginx (the fast fake upstream), the Python fake upstream (slow
+streams) and the node; funds one `sk-` key and pre-mints X-Cashu tokens; runs each
+scenario first against the upstream directly, then through the node (wrk for plain
+requests, an async client for streams and X-Cashu); checks every charge; measures the
+node's memory after each repetition; prints tables and the targets; appends one JSON line
+per scenario and repetition to bench/results.jsonl. See bench/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
+import contextlib
 import signal
 import sys
 import tempfile
@@ -18,49 +22,71 @@ from types import FrameType
 from typing import Any
 
 import aiohttp
+import orjson
 import uvloop
 
-from bench.load import RunResult, Scenario, run_scenario
-from bench.report import append_jsonl, records, run_info, table
+from bench.load import RunResult, Scenario, request_body
+from bench.nginx import capture_replies, nginx_upstream
+from bench.report import Row, append_jsonl, records, rss_mb, run_info, table, targets
+from bench.scenarios import (
+    XSTREAM_MAX_REQUESTS,
+    Context,
+    balance,
+    mint_token_pool,
+    run_target,
+    scenario_check,
+    x_cashu_sats,
+)
 from satsrouter.testing.fake_upstream import Behaviour
 from satsrouter.testing.mint import TestWallet
 from satsrouter.testing.stack import Stack, log_tail, running_stack
 
-DEFAULT_SCENARIOS = "chat-c1,chat-c32,stream-c1,stream-c16"
+DEFAULT_SCENARIOS = "chat-c1,chat-c32,models-c32,stream-c1,stream-c16,xcashu-c8,xstream-c1"
 RESULTS = Path(__file__).resolve().parent / "results.jsonl"
-FUND_SAT = 200_000
-UPSTREAM_DEFAULTS: Behaviour = {"completion_tokens": 20, "chunk_delay_ms": 0, "latency_ms": 0}
-
-Pairs = list[tuple[Scenario, RunResult, RunResult]]
+FUND_SAT = 1_000_000
+# The Python fake upstream only answers the xstream scenario (through nginx): 20 chunks,
+# 50 ms apart, so a node that buffered would show a first byte after ~1 s.
+SLOW_UPSTREAM: Behaviour = {"completion_tokens": 20, "chunk_delay_ms": 50, "latency_ms": 0}
+SETTLE_TIMEOUT_S = 10.0
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
-    p.add_argument(
-        "--duration", type=float, default=None, help="seconds measured per scenario (default 5)"
-    )
+    p.add_argument("--duration", type=float, default=None, help="seconds per run (default 10)")
     p.add_argument("--warmup", type=float, default=None, help="seconds discarded (default 1)")
     p.add_argument(
         "--scenarios",
         default=DEFAULT_SCENARIOS,
-        help=f"comma list of kind-cN, kind chat|stream (default {DEFAULT_SCENARIOS})",
+        help=f"comma list of kind-cN (default {DEFAULT_SCENARIOS})",
     )
     p.add_argument(
         "--max-requests",
         type=int,
         default=200_000,
-        help="cap on requests per scenario and target, warm-up included (default 200000)",
+        help="cap per Python-driven run, warm-up included (default 200000)",
     )
-    p.add_argument("--quick", action="store_true", help="1 s per scenario, 0.2 s warm-up")
+    p.add_argument("--workers", type=int, default=1, help="node worker processes (default 1)")
+    p.add_argument("--repeat", type=int, default=2, help="repetitions, RSS after each (default 2)")
+    p.add_argument(
+        "--xcashu-tokens",
+        type=int,
+        default=600,
+        help="tokens pre-minted per xcashu run; the run ends when they are spent (default 600)",
+    )
+    p.add_argument("--quick", action="store_true", help="1 s runs, 0.2 s warm-up, 1 repetition")
     p.add_argument("--no-save", action="store_true", help=f"do not append to {RESULTS.name}")
     p.add_argument("--results", type=Path, default=RESULTS, help="JSONL file to append to")
     args = p.parse_args(argv)
     if args.duration is None:
-        args.duration = 1.0 if args.quick else 5.0
+        args.duration = 1.0 if args.quick else 10.0
     if args.warmup is None:
         args.warmup = 0.2 if args.quick else 1.0
+    if args.quick and args.repeat == 2:
+        args.repeat = 1
     if args.duration <= 0 or args.warmup < 0 or args.max_requests < 1:
         p.error("--duration must be > 0, --warmup >= 0, --max-requests >= 1")
+    if args.workers < 1 or not 1 <= args.repeat <= 10 or args.xcashu_tokens < 0:
+        p.error("--workers >= 1, 1 <= --repeat <= 10, --xcashu-tokens >= 0")
     try:
         args.scenario_list = [Scenario.parse(s) for s in args.scenarios.split(",") if s.strip()]
     except ValueError as exc:
@@ -70,99 +96,103 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-async def _json(resp: aiohttp.ClientResponse) -> dict[str, Any]:
-    if resp.status != 200:
-        raise RuntimeError(f"{resp.method} {resp.url.path}: {resp.status} {await resp.text()}")
-    data = await resp.json()
-    if not isinstance(data, dict):
-        raise RuntimeError(f"{resp.method} {resp.url.path}: not a JSON object")
-    return data
-
-
-async def _balance(session: aiohttp.ClientSession, node_url: str, key: str) -> dict[str, Any]:
-    headers = {"Authorization": f"Bearer {key}"}
-    async with session.get(f"{node_url}/v1/balance/info", headers=headers) as resp:
-        return await _json(resp)
-
-
-async def _fund_key(session: aiohttp.ClientSession, stack: Stack, workdir: Path) -> str:
-    wallet = await TestWallet.create(stack.mint_url, workdir / "wallet")
+async def _fund_key(session: aiohttp.ClientSession, stack: Stack, wallet: TestWallet) -> str:
     (token,) = await wallet.mint_tokens(FUND_SAT)
     async with session.post(
         f"{stack.node_url}/v1/wallet/create", json={"cashu_token": token}
     ) as resp:
-        key = (await _json(resp)).get("api_key")
+        if resp.status != 200:
+            raise RuntimeError(f"/v1/wallet/create: {resp.status} {await resp.text()}")
+        key = (await resp.json()).get("api_key")
     if not isinstance(key, str) or not key.startswith("sk-"):
-        raise RuntimeError(f"/v1/wallet/create returned no sk- key: {key!r}")
+        raise RuntimeError("/v1/wallet/create returned no sk- key")
     return key
 
 
-def _charge_check(
-    before: dict[str, Any], after: dict[str, Any], node_runs: list[RunResult]
-) -> dict[str, Any]:
-    spent = int(before["balance"]) - int(after["balance"])
-    reported = sum(r.reported_cost_msat for r in node_runs)
-    reserved = int(after["reserved"])
-    check: dict[str, Any] = {
-        "balance_before_msat": int(before["balance"]),
-        "balance_after_msat": int(after["balance"]),
-        "spent_msat": spent,
-        "reported_msat": reported,
-        "reserved_after_msat": reserved,
-        "node_requests": sum(r.requests for r in node_runs),
-        "costed_requests": sum(r.costed_requests for r in node_runs),
-        "ok": spent == reported and reserved == 0,
-    }
-    if "total_requests" in before and "total_requests" in after:
-        check["total_requests_delta"] = int(after["total_requests"]) - int(before["total_requests"])
-    return check
+async def _price(session: aiohttp.ClientSession, stack: Stack, key: str) -> int:
+    """One paid request: what every benchmark chat request costs (same body, same usage)."""
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    url = f"{stack.node_url}/v1/chat/completions"
+    async with session.post(url, data=request_body(False), headers=headers) as resp:
+        await resp.read()
+        cost = resp.headers.get("X-Routstr-Cost-Msats", "")
+    if resp.status != 200 or not cost.isdigit():
+        raise RuntimeError(f"probe request: {resp.status}, cost header {cost!r}")
+    return int(cost)
 
 
-async def _bench(
-    stack: Stack, args: argparse.Namespace, workdir: Path
-) -> tuple[Pairs, dict[str, Any]]:
+async def _settled(ctx: Context) -> dict[str, Any]:
+    """The key's balance once no reservation is open (wrk may leave requests in flight)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SETTLE_TIMEOUT_S
+    while True:
+        info = await balance(ctx)
+        if int(info["reserved"]) == 0 or loop.time() > deadline:
+            return info
+        await asyncio.sleep(0.05)
+
+
+def _tokens_for(scenario: Scenario, args: argparse.Namespace) -> int:
+    if not scenario.x_cashu:
+        return 0
+    return XSTREAM_MAX_REQUESTS if scenario.kind == "xstream" else int(args.xcashu_tokens)
+
+
+def _tokens_needed(args: argparse.Namespace) -> int:
+    return sum(_tokens_for(s, args) for s in args.scenario_list) * int(args.repeat)
+
+
+async def _bench(stack: Stack, args: argparse.Namespace, workdir: Path) -> list[list[Row]]:
     connector = aiohttp.TCPConnector(limit=1024, limit_per_host=0, keepalive_timeout=3.0)
     timeout = aiohttp.ClientTimeout(total=None)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        key = await _fund_key(session, stack, workdir)
-        before = await _balance(session, stack.node_url, key)
-        print(f"funded {key[:7]}… with {before['balance']} msat\n", flush=True)
-        pairs: Pairs = []
-        for scenario in args.scenario_list:
-            runs: list[RunResult] = []
-            for target, base_url, api_key in (
-                ("upstream", stack.upstream_url, None),
-                ("node", f"{stack.node_url}/v1", key),
-            ):
-                print(f"  {scenario.label:<12} {target:<9}", end=" ", flush=True)
-                run = await run_scenario(
-                    session,
-                    target=target,
-                    base_url=base_url,
-                    api_key=api_key,
-                    scenario=scenario,
-                    warmup_s=args.warmup,
-                    duration_s=args.duration,
-                    max_requests=args.max_requests,
-                )
-                print(f"{run.rps:>9.1f} req/s  {run.errors} errors", flush=True)
-                runs.append(run)
-            pairs.append((scenario, runs[0], runs[1]))
-        after = await _balance(session, stack.node_url, key)
-    return pairs, _charge_check(before, after, [node for _, _, node in pairs])
-
-
-def _print_charge(check: dict[str, Any]) -> None:
-    verdict = "OK" if check["ok"] else "MISMATCH"
-    print(
-        f"charge check: {verdict}: balance {check['balance_before_msat']} -> "
-        f"{check['balance_after_msat']} msat, spent {check['spent_msat']} msat, "
-        f"responses reported {check['reported_msat']} msat over "
-        f"{check['costed_requests']}/{check['node_requests']} paid requests, "
-        f"reserved at the end {check['reserved_after_msat']} msat"
-    )
-    if "total_requests_delta" in check:
-        print(f"              the key's total_requests grew by {check['total_requests_delta']}")
+        wallet = await TestWallet.create(stack.mint_url, workdir / "wallet")
+        key = await _fund_key(session, stack, wallet)
+        pool = []
+        if (needed := _tokens_needed(args)) > 0:
+            sats = await x_cashu_sats(session, stack.node_url)
+            print(f"minting {needed} X-Cashu tokens of >= {sats} sat…", flush=True)
+            pool = await mint_token_pool(wallet, sats, needed)
+        ctx = Context(
+            session=session,
+            stack=stack,
+            key=key,
+            price_msat=await _price(session, stack, key),
+            warmup_s=args.warmup,
+            duration_s=args.duration,
+            max_requests=args.max_requests,
+        )
+        print(f"funded {key[:7]}…; one request costs {ctx.price_msat} msat\n", flush=True)
+        reps: list[list[Row]] = []
+        for rep in range(args.repeat):
+            rows: list[Row] = []
+            for scenario in args.scenario_list:
+                if scenario.x_cashu:
+                    take = (
+                        XSTREAM_MAX_REQUESTS if scenario.kind == "xstream" else args.xcashu_tokens
+                    )
+                    ctx.tokens = collections.deque(pool[:take])
+                    del pool[:take]
+                runs: dict[str, RunResult] = {}
+                before = after = None
+                for target in ("upstream", "node"):
+                    print(f"  #{rep + 1} {scenario.label:<12} {target:<9}", end=" ", flush=True)
+                    if target == "node":
+                        before = await _settled(ctx)
+                    run = await run_target(ctx, scenario, target)
+                    if target == "node":
+                        after = await _settled(ctx)
+                    print(f"{run.rps:>9.1f} req/s  {run.errors} errors", flush=True)
+                    runs[target] = run
+                assert before is not None and after is not None
+                check = scenario_check(ctx, scenario, runs["upstream"], runs["node"], before, after)
+                rows.append(Row(scenario, runs["upstream"], runs["node"], check))
+            rss = rss_mb(stack.node_pid)
+            print(f"  node RSS after repetition {rep + 1}: {sum(rss.values()):.1f} MB\n")
+            for row in rows:
+                row.rss_mb = rss
+            reps.append(rows)
+    return reps
 
 
 def _node_log_findings(log: Path) -> str | None:
@@ -187,7 +217,7 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 async def _bench_until_signal(
     stack: Stack, args: argparse.Namespace, workdir: Path
-) -> tuple[Pairs, dict[str, Any]]:
+) -> list[list[Row]]:
     """_bench, cancelled by SIGINT/SIGTERM.
 
     The children share our terminal, so Ctrl-C may stop them before our task is cancelled;
@@ -216,45 +246,59 @@ async def _bench_until_signal(
             loop.remove_signal_handler(sig)
 
 
+def _front(fake_url: str) -> contextlib.AbstractContextManager[str]:
+    """nginx in front of the Python fake upstream, serving replies captured from it."""
+    body = orjson.loads(request_body(False))
+    return nginx_upstream(fake_url, capture_replies(fake_url, body))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse_args(argv)
     # Outside the event loop: Ctrl-C raises KeyboardInterrupt, SIGTERM raises Interrupted.
     signal.signal(signal.SIGTERM, _raise_interrupt)
     info = run_info(args.duration, args.warmup)
+    info["workers"] = args.workers
     print(
         f"satsrouter bench @ {info['commit']}{' (dirty)' if info['dirty'] else ''}, "
-        f"{info['machine']['cpus']} CPUs, Python {info['machine']['python']}; "
-        f"{args.warmup:g} s warm-up + {args.duration:g} s per scenario and target"
+        f"{info['machine']['cpus']} CPUs, Python {info['machine']['python']}, "
+        f"{args.workers} node worker(s); {args.warmup:g} s warm-up + {args.duration:g} s "
+        f"per scenario and target, {args.repeat} repetition(s)"
     )
     with tempfile.TemporaryDirectory(prefix="satsrouter-bench-") as tmp:
         workdir = Path(tmp)
         try:
-            with running_stack(workdir, UPSTREAM_DEFAULTS) as stack:
+            with running_stack(workdir, SLOW_UPSTREAM, workers=args.workers, front=_front) as stack:
                 print(
-                    f"mint {stack.mint_url}, upstream {stack.upstream_url}, node {stack.node_url}"
+                    f"mint {stack.mint_url}, nginx {stack.upstream_url}, "
+                    f"slow fake {stack.fake_url}, node {stack.node_url}"
                 )
                 try:
                     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                        pairs, check = runner.run(_bench_until_signal(stack, args, workdir))
+                        reps = runner.run(_bench_until_signal(stack, args, workdir))
                 except Exception as exc:
                     if not isinstance(exc, Interrupted):
                         print("node log (tail):\n" + log_tail(stack.node_log), file=sys.stderr)
                     raise
                 findings = _node_log_findings(stack.node_log)
         except (KeyboardInterrupt, Interrupted):
-            print("\ninterrupted; the node, the fake upstream and the mint were stopped")
+            print("\ninterrupted; the node, nginx, the fake upstream and the mint were stopped")
             return 130
-    print("stopped the node, the fake upstream and the mint\n")
-    print(table(pairs))
-    print()
-    _print_charge(check)
+    print("stopped the node, nginx, the fake upstream and the mint\n")
+    for rep, rows in enumerate(reps, 1):
+        print(f"repetition {rep}/{len(reps)}")
+        print(table(rows))
+        print()
+    verdicts = targets(reps)
+    print("\n".join(verdicts.lines))
     if findings:
         print("\n" + findings)
     if not args.no_save:
-        append_jsonl(args.results, records(info, pairs, check))
-        print(f"\nappended {len(pairs)} lines to {args.results}")
-    errors = sum(up.errors + node.errors for _, up, node in pairs)
-    return 0 if check["ok"] and errors == 0 else 1
+        lines = [r for rep, rows in enumerate(reps, 1) for r in records(info, rows, rep)]
+        append_jsonl(args.results, lines)
+        print(f"\nappended {len(lines)} lines to {args.results}")
+    errors = sum(r.upstream.errors + r.node.errors for rows in reps for r in rows)
+    checks_ok = all(r.check["ok"] for rows in reps for r in rows)
+    return 0 if checks_ok and errors == 0 else 1
 
 
 if __name__ == "__main__":

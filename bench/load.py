@@ -1,4 +1,8 @@
-"""A closed-loop async load generator: `concurrency` workers, each one request at a time."""
+"""A closed-loop async load generator: `concurrency` workers, each one request at a time.
+
+Used for what wrk cannot do: streams (time to first byte, [DONE], the usage chunk) and
+X-Cashu payments (a fresh token per request, the change checked against the cost).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,9 @@ import asyncio
 import collections
 import dataclasses
 import math
+import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -15,13 +21,14 @@ import orjson
 MODEL = "openai/gpt-4o-mini"
 PROMPT = "Say hello to the benchmark."
 COST_HEADER = "X-Routstr-Cost-Msats"
+KINDS = ("chat", "stream", "models", "xcashu", "xstream")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Scenario:
     """One workload: non-streaming or streaming chat at a fixed concurrency."""
 
-    kind: str  # "chat" | "stream"
+    kind: str  # one of KINDS; xcashu/xstream pay with X-Cashu, xstream via the slow upstream
     concurrency: int
 
     @property
@@ -34,15 +41,25 @@ class Scenario:
 
     @property
     def stream(self) -> bool:
-        return self.kind == "stream"
+        return self.kind in ("stream", "xstream")
+
+    @property
+    def x_cashu(self) -> bool:
+        return self.kind in ("xcashu", "xstream")
+
+    @property
+    def uses_wrk(self) -> bool:
+        return self.kind in ("chat", "models")
 
     @classmethod
     def parse(cls, text: str) -> Scenario:
         """`chat-c32`, `stream-c1`, or the label form `chat c=32`."""
         norm = text.strip().replace(" c=", "-c")
         kind, sep, conc = norm.partition("-c")
-        if kind not in ("chat", "stream") or not sep or not conc.isdigit() or int(conc) < 1:
-            raise ValueError(f"unknown scenario {text!r} (expected e.g. chat-c32 or stream-c1)")
+        if kind not in KINDS or not sep or not conc.isdigit() or int(conc) < 1:
+            raise ValueError(
+                f"unknown scenario {text!r} (expected kind-cN, kind one of {', '.join(KINDS)})"
+            )
         return cls(kind, int(conc))
 
 
@@ -64,6 +81,7 @@ class Outcome:
     error: str | None
     cost_msat: int | None = None
     ttfb_s: float | None = None
+    kept_msat: int | None = None  # X-Cashu: token value - change
 
 
 @dataclasses.dataclass(slots=True)
@@ -81,16 +99,22 @@ class RunResult:
     error_kinds: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
     reported_cost_msat: int = 0  # sum over every request, warm-up included
     costed_requests: int = 0
+    kept_msat: int = 0  # X-Cashu: sum of token value - change
+    # wrk reports counts and percentiles, not samples:
+    wrk_ok: int | None = None
+    wrk_quantiles_ms: dict[float, float] = dataclasses.field(default_factory=dict)
 
     @property
     def ok(self) -> int:
-        return len(self.latencies_s)
+        return self.wrk_ok if self.wrk_ok is not None else len(self.latencies_s)
 
     @property
     def rps(self) -> float:
         return self.ok / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     def latency_ms(self, q: float) -> float | None:
+        if q in self.wrk_quantiles_ms:
+            return self.wrk_quantiles_ms[q]
         return percentile_ms(self.latencies_s, q)
 
     def ttfb_ms(self, q: float) -> float | None:
@@ -109,6 +133,9 @@ class RunResult:
             "warmup_requests": self.warmup_requests,
             "errors": self.errors,
             "error_kinds": dict(self.error_kinds),
+            "reported_cost_msat": self.reported_cost_msat,
+            "costed_requests": self.costed_requests,
+            "load": "wrk" if self.wrk_ok is not None else "python",
         }
 
 
@@ -135,8 +162,33 @@ def _cost_of(value: object) -> int | None:
     return None
 
 
+def token_msat(token: str) -> int:
+    """A Cashu token's value in msat (cashuA or cashuB, unit sat or msat)."""
+    from cashu.core.base import TokenV3, TokenV4
+
+    v4 = token.startswith("cashuB")
+    parsed = TokenV4.deserialize(token) if v4 else TokenV3.deserialize(token)
+    amount = int(parsed.amount)
+    return amount if str(parsed.unit) in ("msat", "Unit.msat") else amount * 1000
+
+
+def _x_cashu_outcome(paid_msat: int, change: str | None, cost: int | None) -> Outcome:
+    """The change must give back everything above the cost, less under one sat of rounding."""
+    kept = paid_msat - (token_msat(change) if change else 0)
+    if cost is None:
+        return Outcome("no cost", None, kept_msat=kept)
+    if not 0 <= kept - cost < 1000:
+        return Outcome("x-cashu change mismatch", cost, kept_msat=kept)
+    return Outcome(None, cost, kept_msat=kept)
+
+
 async def _chat(
-    session: aiohttp.ClientSession, url: str, headers: dict[str, str], body: bytes, paid: bool
+    session: aiohttp.ClientSession,
+    url: str,
+    headers: dict[str, str],
+    body: bytes,
+    paid: bool,
+    paid_msat: int | None = None,
 ) -> Outcome:
     async with session.post(url, data=body, headers=headers) as resp:
         raw = await resp.read()
@@ -149,6 +201,8 @@ async def _chat(
             return Outcome("invalid json", cost)
         if not isinstance(data, dict) or not data.get("choices"):
             return Outcome("no choices", cost)
+        if paid_msat is not None:
+            return _x_cashu_outcome(paid_msat, resp.headers.get("X-Cashu"), cost)
         if paid and cost is None:
             return Outcome("no cost header", None)
         return Outcome(None, cost)
@@ -161,6 +215,7 @@ async def _stream(
     body: bytes,
     paid: bool,
     t0: float,
+    paid_msat: int | None = None,
 ) -> Outcome:
     async with session.post(url, data=body, headers=headers) as resp:
         if resp.status != 200:
@@ -172,7 +227,18 @@ async def _stream(
             if ttfb is None:
                 ttfb = time.perf_counter() - t0
             buf += chunk
-    return _check_stream(bytes(buf), paid, ttfb)
+    outcome = _check_stream(bytes(buf), paid, ttfb)
+    if paid_msat is None or outcome.error is not None:
+        return outcome
+    # The change token rides in an SSE event of its own near the end of the stream.
+    change = _TOKEN.search(bytes(buf))
+    checked = _x_cashu_outcome(
+        paid_msat, change.group(0).decode() if change else None, outcome.cost_msat
+    )
+    return dataclasses.replace(checked, ttfb_s=ttfb)
+
+
+_TOKEN = re.compile(rb"cashu[AB][A-Za-z0-9_\-+/=]+")
 
 
 def _check_stream(raw: bytes, paid: bool, ttfb: float | None) -> Outcome:
@@ -212,16 +278,21 @@ async def run_scenario(
     duration_s: float,
     max_requests: int,
     timeout_s: float = 30.0,
+    extra_headers: dict[str, str] | None = None,
+    next_token: Callable[[], tuple[str, int] | None] | None = None,
 ) -> RunResult:
     """Drive `scenario` against `{base_url}/chat/completions` for warm-up + duration.
 
     Requests started during the warm-up are issued and billed but not timed. No new
-    request starts after the deadline or once `max_requests` (warm-up included) were
-    issued; the measured window ends when the last in-flight request finishes.
+    request starts after the deadline, once `max_requests` (warm-up included) were
+    issued, or once `next_token` (a fresh X-Cashu token and its msat value per request)
+    runs dry; the measured window ends when the last in-flight request finishes.
     """
     url = f"{base_url}/chat/completions"
-    headers = {"Content-Type": "application/json"}
-    paid = api_key is not None
+    headers = {"Content-Type": "application/json", **(extra_headers or {})}
+    if scenario.stream:
+        headers["Accept"] = "text/event-stream"  # also what picks nginx's canned stream
+    paid = api_key is not None or next_token is not None
     if api_key is not None:
         headers["Authorization"] = f"Bearer {api_key}"
     body = request_body(scenario.stream)
@@ -231,10 +302,13 @@ async def run_scenario(
     deadline = measure_from + duration_s
     last_done = measure_from
 
-    async def one(t0: float) -> Outcome:
+    async def one(t0: float, token: tuple[str, int] | None) -> Outcome:
+        hdrs, value = headers, None
+        if token is not None:
+            hdrs, value = {**headers, "X-Cashu": token[0]}, token[1]
         if scenario.stream:
-            return await _stream(session, url, headers, body, paid, t0)
-        return await _chat(session, url, headers, body, paid)
+            return await _stream(session, url, hdrs, body, paid, t0, value)
+        return await _chat(session, url, hdrs, body, paid, value)
 
     async def worker() -> None:
         nonlocal last_done
@@ -242,19 +316,24 @@ async def run_scenario(
             t0 = time.perf_counter()
             if t0 >= deadline or result.requests >= max_requests:
                 return
+            token = next_token() if next_token is not None else None
+            if next_token is not None and token is None:
+                return
             result.requests += 1
             measured = t0 >= measure_from
             if not measured:
                 result.warmup_requests += 1
             try:
                 async with asyncio.timeout(timeout_s):
-                    outcome = await one(t0)
+                    outcome = await one(t0, token)
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 outcome = Outcome(type(exc).__name__)
             t1 = time.perf_counter()
             if outcome.cost_msat is not None:
                 result.reported_cost_msat += outcome.cost_msat
                 result.costed_requests += 1
+            if outcome.kept_msat is not None:
+                result.kept_msat += outcome.kept_msat
             if outcome.error is not None:
                 result.errors += 1
                 result.error_kinds[outcome.error] += 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -39,36 +40,142 @@ def comparison(upstream: RunResult, node: RunResult) -> dict[str, Any]:
     }
 
 
-def table(pairs: list[tuple[Scenario, RunResult, RunResult]]) -> str:
+@dataclasses.dataclass
+class Row:
+    """One scenario of one repetition: both runs, the money check, the node's memory."""
+
+    scenario: Scenario
+    upstream: RunResult
+    node: RunResult
+    check: dict[str, Any]
+    rss_mb: dict[int, float] = dataclasses.field(default_factory=dict)
+
+
+def table(rows: list[Row]) -> str:
     head = (
         f"{'scenario':<12} {'target':<9} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-        f"{'ttfb p50':>9} {'ttfb p99':>9} {'errors':>7}"
+        f"{'ttfb p50':>9} {'ttfb p99':>9} {'errors':>7}  load"
     )
     lines = [head, "-" * len(head)]
-    for scenario, upstream, node in pairs:
-        for name, run in (("upstream", upstream), ("node", node)):
-            label = scenario.label if name == "upstream" else ""
+    for row in rows:
+        for name, run in (("upstream", row.upstream), ("node", row.node)):
+            label = row.scenario.label if name == "upstream" else ""
             lines.append(
                 f"{label:<12} {name:<9} {run.rps:>9.1f} {_ms(run.latency_ms(0.5)):>8} "
                 f"{_ms(run.latency_ms(0.99)):>8} {_ms(run.ttfb_ms(0.5)):>9} "
-                f"{_ms(run.ttfb_ms(0.99)):>9} {run.errors:>7}"
+                f"{_ms(run.ttfb_ms(0.99)):>9} {run.errors:>7}  "
+                f"{'wrk' if run.wrk_ok is not None else 'python'}"
             )
-        cmp = comparison(upstream, node)
+        cmp = comparison(row.upstream, row.node)
         ratio = "-" if cmp["rps_ratio"] is None else f"{cmp['rps_ratio']:.3f}x"
         lines.append(
             f"{'':<12} {'node/up':<9} {ratio:>9} {_plus(cmp['added_p50_ms']):>8} {'':>8} "
             f"{_plus(cmp['added_ttfb_p50_ms']):>9}"
         )
-        kinds = {f"upstream {k}": v for k, v in upstream.error_kinds.items()}
-        kinds.update({f"node {k}": v for k, v in node.error_kinds.items()})
+        kinds = {f"upstream {k}": v for k, v in row.upstream.error_kinds.items()}
+        kinds.update({f"node {k}": v for k, v in row.node.error_kinds.items()})
         if kinds:
             lines.append(f"{'':<12} errors: " + ", ".join(f"{k} x{v}" for k, v in kinds.items()))
+        lines.append(f"{'':<12} money: {_money(row)}")
         lines.append("")
     lines.append(
         "node/up: req/s = node throughput / upstream throughput; "
         "p50 and ttfb p50 = ms the node adds"
     )
     return "\n".join(lines)
+
+
+def _money(row: Row) -> str:
+    c = row.check
+    verdict = "OK" if c["ok"] else "MISMATCH"
+    text = (
+        f"{verdict}: key spent {c['spent_msat']} msat; {c['charged_requests']} requests "
+        f"charged; responses reported {c['reported_msat']} msat over {c['costed_requests']} "
+        f"(price {c['price_msat']}); reserved after {c['reserved_after_msat']}"
+    )
+    if "abandoned_by_client" in c:
+        text += f"; in flight when the client stopped {c['abandoned_by_client']}"
+    if "x_cashu_kept_msat" in c:
+        text += f"; X-Cashu tokens minus change {c['x_cashu_kept_msat']} msat"
+    return text
+
+
+def rss_mb(pid: int) -> dict[int, float]:
+    """Resident size (MB) of `pid` and of every descendant (the workers), by pid."""
+    out: dict[int, float] = {}
+    todo = [pid]
+    while todo and len(out) < 256:
+        current = todo.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmRSS:"):
+                out[current] = int(line.split()[1]) / 1024.0
+        todo.extend(int(c) for c in children)
+    return out
+
+
+@dataclasses.dataclass
+class Verdicts:
+    lines: list[str]
+    met: bool
+
+
+def _by_kind(rows: list[Row], scenario_id: str) -> Row | None:
+    return next((r for r in rows if r.scenario.id == scenario_id), None)
+
+
+def targets(reps: list[list[Row]]) -> Verdicts:
+    """The issue's targets, judged on the last repetition (memory: across repetitions)."""
+    rows = reps[-1]
+    lines = ["targets (last repetition):"]
+    met = True
+
+    def judge(name: str, ok: bool, detail: str) -> None:
+        nonlocal met
+        met = met and ok
+        lines.append(f"  [{'met' if ok else 'MISSED'}] {name}: {detail}")
+
+    def ms(v: float | None) -> float:
+        return float("inf") if v is None else v
+
+    if r := _by_kind(rows, "chat-c1"):
+        up, node = ms(r.upstream.latency_ms(0.5)), ms(r.node.latency_ms(0.5))
+        judge("chat c=1 p50 <= upstream + 1 ms", node <= up + 1, f"{node:.2f} vs {up:.2f} ms")
+    if r := _by_kind(rows, "chat-c32"):
+        p99 = ms(r.node.latency_ms(0.99))
+        ok = r.node.rps >= 1000 and r.node.errors == 0 and p99 <= 100 and r.check["ok"]
+        detail = (
+            f"{r.node.rps:.0f} req/s, {r.node.errors} errors, p99 {p99:.1f} ms, "
+            f"charges {'exact' if r.check['ok'] else 'WRONG'}"
+        )
+        judge("chat c=32 >= 1000 req/s, 0 errors, p99 <= 100 ms", ok, detail)
+    if r := _by_kind(rows, "stream-c16"):
+        up, node = ms(r.upstream.ttfb_ms(0.5)), ms(r.node.ttfb_ms(0.5))
+        ok = node <= up + 2 and r.node.rps >= 500
+        detail = f"ttfb p50 {node:.2f} vs {up:.2f} ms, {r.node.rps:.0f} streams/s"
+        judge("stream c=16 ttfb p50 <= upstream + 2 ms, >= 500/s", ok, detail)
+    if r := _by_kind(rows, "xcashu-c8"):
+        judge("X-Cashu c=8 >= 50 req/s", r.node.rps >= 50, f"{r.node.rps:.1f} req/s")
+    if r := _by_kind(rows, "xstream-c1"):
+        # The slow upstream needs ~1 s per stream; a buffering node's first byte comes after.
+        whole, first = ms(r.upstream.latency_ms(0.5)), ms(r.node.ttfb_ms(0.99))
+        ok = first < whole / 2 and r.node.errors == 0
+        detail = f"node first byte p99 {first:.1f} ms, upstream whole stream {whole:.0f} ms"
+        judge("X-Cashu stream not buffered", ok, detail)
+    if r := _by_kind(rows, "models-c32"):
+        judge("GET /v1/models c=32 >= 5000 req/s", r.node.rps >= 5000, f"{r.node.rps:.0f} req/s")
+    sizes = [max(rows[0].rss_mb.values(), default=0.0) for rows in reps]
+    detail = "largest process after each repetition: " + ", ".join(f"{s:.1f}" for s in sizes)
+    growth = sizes[-1] - sizes[0] if len(sizes) > 1 else 0.0
+    judge("memory <= 150 MB", sizes[-1] <= 150, detail + " MB")
+    if len(sizes) > 1:
+        # A few MB of allocator noise is not growth; a leak shows up as tens of MB.
+        judge("no growth between repetitions", growth <= 5.0, f"{growth:+.1f} MB")
+    return Verdicts(lines, met)
 
 
 def _git(*args: str) -> str | None:
@@ -110,23 +217,21 @@ def run_info(duration_s: float, warmup_s: float) -> dict[str, Any]:
     }
 
 
-def records(
-    info: dict[str, Any],
-    pairs: list[tuple[Scenario, RunResult, RunResult]],
-    charge: dict[str, Any],
-) -> list[dict[str, Any]]:
+def records(info: dict[str, Any], rows: list[Row], repetition: int) -> list[dict[str, Any]]:
     return [
         {
             **info,
-            "scenario": scenario.id,
-            "concurrency": scenario.concurrency,
-            "stream": scenario.stream,
-            "upstream": upstream.summary(),
-            "node": node.summary(),
-            **comparison(upstream, node),
-            "charge_check": charge,
+            "repetition": repetition,
+            "scenario": row.scenario.id,
+            "concurrency": row.scenario.concurrency,
+            "stream": row.scenario.stream,
+            "upstream": row.upstream.summary(),
+            "node": row.node.summary(),
+            **comparison(row.upstream, row.node),
+            "charge_check": row.check,
+            "node_rss_mb": {str(k): round(v, 1) for k, v in row.rss_mb.items()},
         }
-        for scenario, upstream, node in pairs
+        for row in rows
     ]
 
 

@@ -5,36 +5,48 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from typing import Any
 
 from satsrouter.logs import setup_logging
 from satsrouter.settings import Settings, SettingsError
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from satsrouter.app import create_app
-
     settings = Settings.from_env()
     setup_logging(settings.log_level)
-    uvicorn.run(
-        create_app(settings),
-        host=args.host,
-        port=args.port,
-        log_config=None,  # our handlers, with the secret filter
-        access_log=args.access_log,
-        loop="uvloop",
-        http="httptools",
-        timeout_graceful_shutdown=10,
-    )
-    return 0
+    if args.workers < 1:
+        print("satsrouter: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if args.workers == 1:
+        import uvicorn
+
+        from satsrouter.app import create_app
+
+        uvicorn.run(create_app(settings), host=args.host, port=args.port, **_uvicorn_options(args))
+        return 0
+    from satsrouter.workers import serve_workers
+
+    # Migrations run once, here, before any worker exists; each worker's own start-up
+    # migration then finds the schema current and does nothing.
+    _run_migrations(settings)
+    return serve_workers(args.workers, args.host, args.port, _uvicorn_options(args))
 
 
-def _migrate(_: argparse.Namespace) -> int:
+def _uvicorn_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "log_config": None,  # our handlers, with the secret filter
+        "access_log": args.access_log,
+        # Only the access log shows client addresses: parsing X-Forwarded-For (and the IP
+        # checks around it) on every request is wasted work otherwise.
+        "proxy_headers": args.access_log,
+        "loop": "uvloop",
+        "http": "httptools",
+        "timeout_graceful_shutdown": 10,
+    }
+
+
+def _run_migrations(settings: Settings) -> None:
     from satsrouter.store.engine import make_engine, migrate
-
-    settings = Settings.from_env()
-    setup_logging(settings.log_level)
 
     async def run() -> None:
         engine = make_engine(settings.effective_database_url)
@@ -44,6 +56,12 @@ def _migrate(_: argparse.Namespace) -> int:
             await engine.dispose()
 
     asyncio.run(run())
+
+
+def _migrate(_: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    setup_logging(settings.log_level)
+    _run_migrations(settings)
     print("database is up to date")
     return 0
 
@@ -62,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--access-log", action="store_true", help="log every request line")
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes sharing the port (SO_REUSEPORT) and the database (default 1)",
+    )
     serve.set_defaults(func=_serve)
     sub.add_parser("migrate", help="create or upgrade the database schema").set_defaults(
         func=_migrate

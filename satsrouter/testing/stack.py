@@ -10,7 +10,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 from satsrouter.testing.fake_upstream import Behaviour, FakeUpstreamProcess
@@ -28,6 +29,17 @@ class Stack:
     upstream_url: str  # includes /v1, as the node's UPSTREAM_BASE_URL
     node_url: str  # without /v1
     node_log: Path
+    node_pid: int = 0  # with --workers > 1, the supervisor; the workers are its children
+    fake_url: str = ""  # the Python fake upstream (the same as upstream_url without a front)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class NodeProcess:
+    """A running `satsrouter serve`."""
+
+    url: str
+    log: Path
+    pid: int
 
 
 def _answers(url: str) -> bool:
@@ -46,9 +58,24 @@ def log_tail(path: Path, chars: int = 4000) -> str:
         return "(no log)"
 
 
+def _ready(url: str, log_path: Path, workers: int) -> bool:
+    if workers > 1 and b"workers ready" not in _read(log_path):
+        return False  # one worker answering is not all of them listening
+    return _answers(f"{url}/v1/models")
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
 @contextlib.contextmanager
-def node_process(workdir: Path, mint_url: str, upstream_url: str) -> Iterator[tuple[str, Path]]:
-    """Run `satsrouter serve` on a free port until the block ends; yields (url, log path)."""
+def node_process(
+    workdir: Path, mint_url: str, upstream_url: str, workers: int = 1
+) -> Iterator[NodeProcess]:
+    """Run `satsrouter serve` on a free port until the block ends."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = workdir / "node.log"
@@ -61,17 +88,18 @@ def node_process(workdir: Path, mint_url: str, upstream_url: str) -> Iterator[tu
         "LOG_LEVEL": "WARNING",
     }
     cmd = [sys.executable, "-m", "satsrouter", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--workers", str(workers)]
     with log_path.open("wb") as log:
         proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     try:
         deadline = time.monotonic() + NODE_READY_TIMEOUT_S
-        while not _answers(f"{url}/v1/models"):
+        while not _ready(url, log_path, workers):
             if proc.poll() is not None:
                 raise RuntimeError(f"the node exited ({proc.returncode}):\n{log_tail(log_path)}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the node did not answer within {NODE_READY_TIMEOUT_S:.0f} s")
             time.sleep(0.1)
-        yield url, log_path
+        yield NodeProcess(url, log_path, proc.pid)
     finally:
         if proc.poll() is None:
             proc.terminate()
@@ -82,13 +110,32 @@ def node_process(workdir: Path, mint_url: str, upstream_url: str) -> Iterator[tu
                 proc.wait()
 
 
+Front = Callable[[str], AbstractContextManager[str]]
+
+
 @contextlib.contextmanager
-def running_stack(workdir: Path, upstream_defaults: Behaviour) -> Iterator[Stack]:
-    """Mint, fake upstream and node on 127.0.0.1; all three stopped when the block ends."""
+def running_stack(
+    workdir: Path,
+    upstream_defaults: Behaviour,
+    *,
+    workers: int = 1,
+    front: Front | None = None,
+) -> Iterator[Stack]:
+    """Mint, fake upstream and node on 127.0.0.1; all stopped when the block ends.
+
+    `front(fake_url)`, if given, runs something in front of the fake upstream (the bench's
+    nginx) and yields the URL the node should use instead.
+    """
     with contextlib.ExitStack() as stack:
         mint = stack.enter_context(LocalMint(workdir=workdir / "mint"))
-        upstream = stack.enter_context(FakeUpstreamProcess(defaults=upstream_defaults))
-        node_url, node_log = stack.enter_context(node_process(workdir, mint.url, upstream.url))
+        fake = stack.enter_context(FakeUpstreamProcess(defaults=upstream_defaults))
+        upstream_url = stack.enter_context(front(fake.url)) if front else fake.url
+        node = stack.enter_context(node_process(workdir, mint.url, upstream_url, workers))
         yield Stack(
-            mint_url=mint.url, upstream_url=upstream.url, node_url=node_url, node_log=node_log
+            mint_url=mint.url,
+            upstream_url=upstream_url,
+            node_url=node.url,
+            node_log=node.log,
+            node_pid=node.pid,
+            fake_url=fake.url,
         )

@@ -1,0 +1,207 @@
+"""The benchmark's fast fake upstream: nginx answering canned OpenAI replies from memory.
+
+nginx cannot read a JSON body, so the reply is chosen by request headers, which the node
+passes on to its upstream unchanged:
+
+- `Accept: text/event-stream` → the canned 20-chunk SSE stream (with usage and [DONE]);
+- `X-Bench-Upstream: slow` → proxied, unbuffered, to the Python fake upstream, which
+  can pause between chunks (for the "no buffering" check);
+- anything else → the canned non-streaming chat completion.
+
+The canned bodies are captured once from the Python fake upstream, so their schema is
+exactly the one the test suite uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from satsrouter.testing.mint import free_port
+
+START_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 5.0
+SLOW_HEADER = "X-Bench-Upstream"
+SLOW_VALUE = "slow"
+STREAM_ACCEPT = "text/event-stream"
+REPLY_FILES = {"models": "models.json", "chat": "chat.json", "stream": "stream.sse"}
+
+
+def nginx_binary() -> str | None:
+    """nginx's path (Debian installs it in /usr/sbin, often not on a user's PATH)."""
+    found = shutil.which("nginx")
+    if found:
+        return found
+    return "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None
+
+
+def _post(url: str, body: dict[str, Any], accept: str | None = None) -> bytes:
+    headers = {"Content-Type": "application/json"}
+    if accept:
+        headers["Accept"] = accept
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers=headers)
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        data: bytes = resp.read()
+        return data
+
+
+def capture_replies(fake_url: str, chat_body: dict[str, Any]) -> dict[str, bytes]:
+    """Models list, chat completion and stream, as the Python fake upstream renders them."""
+    fast = {**chat_body, "fake": {"chunk_delay_ms": 0, "latency_ms": 0}}
+    with urllib.request.urlopen(f"{fake_url}/models", timeout=10) as resp:
+        models: bytes = resp.read()
+    stream_body = {**fast, "stream": True, "stream_options": {"include_usage": True}}
+    return {
+        "models": models,
+        "chat": _post(f"{fake_url}/chat/completions", {**fast, "stream": False}),
+        "stream": _post(f"{fake_url}/chat/completions", stream_body, STREAM_ACCEPT),
+    }
+
+
+def render_config(workdir: Path, port: int, slow_port: int) -> str:
+    """nginx.conf: one worker, no access log, keep-alive without limits, canned replies.
+
+    The replies are static files in `workdir/replies` (nginx keeps them in its page cache).
+    The static module refuses POST with 405; `error_page 405 =200 $uri` re-serves the same
+    file as a GET: the usual way to answer POSTs with a file.
+    """
+    tmp = workdir / "tmp"
+    replies = workdir / "replies"
+    return f"""
+daemon off;
+worker_processes 1;
+pid {workdir}/nginx.pid;
+error_log {workdir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    client_body_buffer_size 1m;
+    keepalive_requests 10000000;
+    keepalive_timeout 75s;
+    server_tokens off;
+    upstream slow {{ server 127.0.0.1:{slow_port}; keepalive 16; }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        root {replies};
+        open_file_cache max=16;
+        open_file_cache_valid 1h;
+        location = /v1/models {{
+            default_type application/json;
+            try_files /models.json =500;
+        }}
+        location = /v1/chat/completions {{
+            if ($http_{SLOW_HEADER.lower().replace("-", "_")} = "{SLOW_VALUE}") {{
+                rewrite ^ /_slow last;
+            }}
+            if ($http_accept ~* "event-stream") {{
+                rewrite ^ /stream.sse last;
+            }}
+            rewrite ^ /chat.json last;
+        }}
+        location = /chat.json {{
+            internal;
+            default_type application/json;
+            error_page 405 =200 $uri;
+        }}
+        location = /stream.sse {{
+            internal;
+            default_type text/event-stream;
+            add_header Cache-Control no-cache;
+            error_page 405 =200 $uri;
+        }}
+        location = /_slow {{
+            internal;
+            proxy_pass http://slow/v1/chat/completions;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_read_timeout 60s;
+        }}
+    }}
+}}
+"""
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:
+            return bool(resp.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+@contextlib.contextmanager
+def nginx_upstream(slow_url: str, replies: dict[str, bytes]) -> Iterator[str]:
+    """Run nginx on a free 127.0.0.1 port until the block ends; yields its base URL (/v1)."""
+    binary = nginx_binary()
+    if binary is None:
+        raise RuntimeError("nginx is not installed: `make bench` or `apt-get install nginx-light`")
+    # Its own world-readable temp dir: started as root, nginx's worker runs as `nobody`,
+    # which must reach the replies (a caller's 0700 temp dir would hide them).
+    workdir = Path(tempfile.mkdtemp(prefix="satsrouter-bench-nginx-"))
+    workdir.chmod(0o755)
+    try:
+        with _running(binary, workdir, slow_url, replies) as url:
+            yield url
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _running(binary: str, workdir: Path, slow_url: str, replies: dict[str, bytes]) -> Iterator[str]:
+    (workdir / "tmp").mkdir()
+    slow_port = int(slow_url.rsplit(":", 1)[1].split("/", 1)[0])
+    port = free_port()
+    conf = workdir / "nginx.conf"
+    (workdir / "replies").mkdir(exist_ok=True)
+    for name, filename in REPLY_FILES.items():
+        (workdir / "replies" / filename).write_bytes(replies[name])
+    conf.write_text(render_config(workdir, port, slow_port))
+    log = (workdir / "stderr.log").open("wb")
+    # -p: relative paths and the default log land in our temp dir, not /var/log/nginx.
+    cmd = [binary, "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "error.log")]
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not _answers(f"{url}/models"):
+            if proc.poll() is not None:
+                raise RuntimeError(f"nginx exited ({proc.returncode}): {_tail(workdir)}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nginx did not answer within {START_TIMEOUT_S:.0f} s")
+            time.sleep(0.05)
+        yield url
+    finally:
+        log.close()
+        if proc.poll() is None:
+            # SIGQUIT is nginx's graceful stop; the master stops its worker.
+            proc.send_signal(signal.SIGQUIT)
+            try:
+                proc.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _tail(workdir: Path) -> str:
+    texts = []
+    for name in ("stderr.log", "error.log"):
+        with contextlib.suppress(OSError):
+            texts.append((workdir / name).read_text(errors="replace")[-2000:])
+    return "\n".join(texts) or "(no log)"

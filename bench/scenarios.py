@@ -1,0 +1,196 @@
+"""One scenario against the upstream directly and through the node, with its money checks."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import re
+from typing import Any
+
+import aiohttp
+
+from bench.load import RunResult, Scenario, request_body, run_scenario, token_msat
+from bench.nginx import SLOW_HEADER, SLOW_VALUE
+from bench.wrk import WrkRun, run_wrk
+from satsrouter.testing.mint import TestWallet
+from satsrouter.testing.stack import Stack
+
+XSTREAM_MAX_REQUESTS = 5  # each takes the slow upstream's ~1 s
+_NEEDS_SATS = re.compile(r"worth at least (\d+) sat")
+
+
+@dataclasses.dataclass
+class Context:
+    """What every scenario needs: the running stack, the funded key, the token pool."""
+
+    session: aiohttp.ClientSession
+    stack: Stack
+    key: str
+    price_msat: int  # what one benchmark chat request costs
+    warmup_s: float
+    duration_s: float
+    max_requests: int
+    tokens: collections.deque[tuple[str, int]] = dataclasses.field(
+        default_factory=collections.deque
+    )
+
+    def next_token(self) -> tuple[str, int] | None:
+        return self.tokens.popleft() if self.tokens else None
+
+
+async def get_json(
+    session: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None
+) -> dict[str, Any]:
+    async with session.get(url, headers=headers) as resp:
+        if resp.status != 200:
+            raise RuntimeError(f"GET {url}: {resp.status} {await resp.text()}")
+        data = await resp.json()
+    if not isinstance(data, dict):
+        raise RuntimeError(f"GET {url}: not a JSON object")
+    return data
+
+
+async def balance(ctx: Context) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {ctx.key}"}
+    return await get_json(ctx.session, f"{ctx.stack.node_url}/v1/balance/info", headers)
+
+
+async def x_cashu_sats(session: aiohttp.ClientSession, node_url: str) -> int:
+    """What an X-Cashu token must be worth for the benchmark request (from the 402)."""
+    body = request_body(False)
+    async with session.post(f"{node_url}/v1/chat/completions", data=body) as resp:
+        text = await resp.text()
+    found = _NEEDS_SATS.search(text)
+    if resp.status != 402 or found is None:
+        raise RuntimeError(f"expected a 402 naming the X-Cashu amount, got {resp.status}: {text}")
+    return int(found.group(1))
+
+
+async def mint_token_pool(wallet: TestWallet, sats: int, count: int) -> list[tuple[str, int]]:
+    """`count` fresh tokens of at least `sats` each: one proof each (a power of two)."""
+    amount = 1 << max(0, (sats - 1).bit_length())
+    tokens = await wallet.mint_tokens(amount, count) if count else []
+    return [(t, token_msat(t)) for t in tokens]
+
+
+def _wrk_result(target: str, scenario: Scenario, warm: WrkRun | None, run: WrkRun) -> RunResult:
+    result = RunResult(target, scenario)
+    for part in (warm, run):
+        if part is None:
+            continue
+        result.requests += part.requests
+        result.errors += part.non200 + part.transport_errors
+        if part.non200:
+            result.error_kinds["non-200"] += part.non200
+        if part.transport_errors:
+            result.error_kinds["transport"] += part.transport_errors
+        result.reported_cost_msat += part.cost_msat
+        result.costed_requests += part.costed
+    result.warmup_requests = warm.requests if warm else 0
+    result.elapsed_s = run.duration_s
+    result.wrk_ok = run.requests - run.non200
+    result.wrk_quantiles_ms = {0.5: run.p50_ms, 0.99: run.p99_ms}
+    return result
+
+
+def _wrk(ctx: Context, scenario: Scenario, target: str, base_url: str, paid: bool) -> RunResult:
+    if scenario.kind == "models":
+        url, method, body = f"{base_url}/models", "GET", None
+        headers: dict[str, str] = {}
+    else:
+        url, method, body = f"{base_url}/chat/completions", "POST", request_body(False)
+        headers = {"Content-Type": "application/json"}
+        if paid:
+            headers["Authorization"] = f"Bearer {ctx.key}"
+
+    def run(seconds: float) -> WrkRun:
+        return run_wrk(
+            url,
+            method=method,
+            body=body,
+            headers=headers,
+            concurrency=scenario.concurrency,
+            duration_s=seconds,
+        )
+
+    warm = run(ctx.warmup_s) if ctx.warmup_s > 0 else None
+    result = _wrk_result(target, scenario, warm, run(ctx.duration_s))
+    missing = (result.requests - result.errors) - result.costed_requests
+    if paid and missing > 0:
+        result.errors += missing
+        result.error_kinds["no cost header"] += missing
+    return result
+
+
+async def _python(ctx: Context, scenario: Scenario, target: str, base_url: str) -> RunResult:
+    node = target == "node"
+    extra = {SLOW_HEADER: SLOW_VALUE} if scenario.kind == "xstream" else None
+    cap = XSTREAM_MAX_REQUESTS if scenario.kind == "xstream" else ctx.max_requests
+    return await run_scenario(
+        ctx.session,
+        target=target,
+        base_url=base_url,
+        api_key=ctx.key if node and not scenario.x_cashu else None,
+        scenario=scenario,
+        warmup_s=0.0 if scenario.kind == "xstream" else ctx.warmup_s,
+        duration_s=ctx.duration_s,
+        max_requests=cap,
+        extra_headers=extra,
+        next_token=ctx.next_token if node and scenario.x_cashu else None,
+    )
+
+
+async def run_target(ctx: Context, scenario: Scenario, target: str) -> RunResult:
+    base_url = ctx.stack.upstream_url if target == "upstream" else f"{ctx.stack.node_url}/v1"
+    if scenario.uses_wrk:
+        paid = target == "node" and scenario.kind == "chat"
+        return await asyncio.to_thread(_wrk, ctx, scenario, target, base_url, paid)
+    return await _python(ctx, scenario, target, base_url)
+
+
+def scenario_check(
+    ctx: Context,
+    scenario: Scenario,
+    upstream: RunResult,
+    node: RunResult,
+    before: dict[str, Any],
+    after: dict[str, Any],
+) -> dict[str, Any]:
+    """The money check of one node run: what the key lost, what responses reported."""
+    spent = int(before["balance"]) - int(after["balance"])
+    handled = int(after.get("total_requests", 0)) - int(before.get("total_requests", 0))
+    check: dict[str, Any] = {
+        "spent_msat": spent,
+        "reported_msat": node.reported_cost_msat,
+        "costed_requests": node.costed_requests,
+        "charged_requests": handled,
+        "price_msat": ctx.price_msat,
+        "reserved_after_msat": int(after["reserved"]),
+    }
+    ok = check["reserved_after_msat"] == 0
+    if scenario.x_cashu:
+        # The key pays nothing; every token's value minus its change is within a sat of
+        # the cost (checked per request as an error kind), and summed here.
+        check["x_cashu_kept_msat"] = node.kept_msat
+        ok = ok and spent == 0 and node.reported_cost_msat == node.costed_requests * ctx.price_msat
+    elif scenario.kind == "models":
+        ok = ok and spent == 0
+    else:
+        # Every request the node handled cost exactly one price, and so did every response
+        # the client saw. wrk drops requests still in flight when its time is up: the node
+        # still charged those (the answer was delivered to a closed socket), so handled may
+        # exceed costed by at most the concurrency per wrk run (warm-up and measured). The
+        # Python client drains: equal there.
+        abandoned = handled - node.costed_requests
+        runs = 2 if ctx.warmup_s > 0 else 1
+        limit = scenario.concurrency * runs if scenario.uses_wrk else 0
+        check["abandoned_by_client"] = abandoned
+        ok = (
+            ok
+            and spent == handled * ctx.price_msat
+            and node.reported_cost_msat == node.costed_requests * ctx.price_msat
+            and 0 <= abandoned <= limit
+        )
+    check["ok"] = ok
+    return check
