@@ -157,7 +157,7 @@ class Melter:
         slot = await self._ready_slot(quote.mint_url, quote.unit)
         wallet = slot.wallet
         total = quote.amount + quote.fee_reserve
-        async with slot.lock:
+        async with slot.mutating():
             try:
                 with pooled_client(slot.client):
                     proofs, _ = await wallet.select_to_send(
@@ -246,7 +246,7 @@ class Melter:
         """The melt did not happen: make its proofs spendable again."""
         slot = await self._ready_slot(ticket.mint_url, ticket.unit)
         wallet = slot.wallet
-        async with slot.lock:
+        async with slot.mutating():
             await wallet.load_proofs(reload=True)
             mine = [p for p in wallet.proofs if p.melt_id == ticket.quote]
             if mine:
@@ -272,7 +272,7 @@ class Melter:
         """Drop the spent inputs and keep the change; idempotent (inputs go only once)."""
         wallet = slot.wallet
         change = 0
-        async with slot.lock:
+        async with slot.mutating():
             await wallet.load_proofs(reload=True)
             inputs = [p for p in wallet.proofs if p.melt_id == ticket.quote]
             # Inputs first, change second: a crash in between loses the change (the node's

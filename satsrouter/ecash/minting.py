@@ -123,7 +123,7 @@ class QuoteMinter:
         """Take a fresh counter range for `amount`'s outputs; it is never handed out again."""
         slot = await self.wallet.loaded_slot(mint, unit)
         amounts = tuple(_binary_split(amount))
-        async with slot.lock:
+        async with slot.mutating():
             w = slot.wallet
             allowed = set(w.get_allowed_amounts())
             if not set(amounts) <= allowed:
@@ -145,7 +145,7 @@ class QuoteMinter:
         """
         slot = await self.wallet.loaded_slot(mint, unit)
         n = len(outputs.amounts)
-        async with slot.lock:
+        async with slot.mutating():
             w = slot.wallet
             secrets, rs, paths = await w.generate_secrets_from_to(
                 outputs.counter, outputs.counter + n - 1, keyset_id=outputs.keyset_id

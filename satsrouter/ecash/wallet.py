@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,14 +21,67 @@ from satsrouter.ecash.tokens import SUPPORTED_UNITS, ParsedToken, normalize_mint
 log = logging.getLogger(__name__)
 
 
+class WalletLock:
+    """Serialises wallet mutations across the node's processes (`serve --workers N`).
+
+    nutshell keeps proofs in memory: a worker that chose proofs from a stale list could hand
+    the same ecash to two users. So every mutation holds an exclusive `flock` on one file for
+    the whole wallet database, and reloads the proofs first when another process changed them
+    (a counter in the lock file says so; a single process never reloads).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.seen = -1
+
+    def acquire(self) -> tuple[int, int]:
+        """Block until held; returns the open descriptor and the current change counter."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        raw = os.pread(fd, 32, 0)
+        return fd, int(raw) if raw.strip() else 0
+
+    def peek(self) -> int:
+        """The change counter, read without locking (for reads that may be a moment late)."""
+        try:
+            with open(self.path, "rb") as f:
+                raw = f.read(32)
+        except FileNotFoundError:
+            return 0
+        return int(raw) if raw.strip() else 0
+
+    def release(self, fd: int, counter: int) -> None:
+        """Record this process's change (counter + 1) and let the next process in."""
+        try:
+            data = str(counter + 1).encode()
+            os.pwrite(fd, data.ljust(32), 0)
+            self.seen = counter + 1
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
 @dataclass
 class _Slot:
-    """One nutshell Wallet for one (mint, unit), and the lock that serialises its mutations."""
+    """One nutshell Wallet for one (mint, unit), and the locks that serialise its mutations."""
 
     wallet: Wallet
     client: httpx.AsyncClient | None
+    file_lock: WalletLock
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     loaded: bool = False
+
+    @asynccontextmanager
+    async def mutating(self) -> AsyncIterator[None]:
+        """Hold this slot (in-process) and the wallet (across processes), proofs fresh."""
+        async with self.lock:
+            fd, counter = await asyncio.to_thread(self.file_lock.acquire)
+            try:
+                if counter != self.file_lock.seen:
+                    await self.wallet.load_proofs(reload=True)
+                yield
+            finally:
+                self.file_lock.release(fd, counter)
 
 
 class NodeWallet:
@@ -41,6 +98,7 @@ class NodeWallet:
         self._slots: dict[tuple[str, str], _Slot] = {}
         self._clients: dict[str, httpx.AsyncClient | None] = {}
         self._create_lock = asyncio.Lock()
+        self._file_lock = WalletLock(self._db_dir / ".lock")
 
     # ---- lifecycle ----
 
@@ -88,7 +146,7 @@ class NodeWallet:
         wallet = slot.wallet
         # copies: expanding keyset ids must not change the caller's token
         proofs = [p.model_copy() for p in token.proofs]
-        async with slot.lock:
+        async with slot.mutating():
             await self._load(slot)
             await self._resolve_keysets(slot, proofs)
             fee = int(wallet.get_fees_for_proofs(proofs))
@@ -150,7 +208,7 @@ class NodeWallet:
         mint_url = self._accepted_mint(mint)
         slot = await self._slot(mint_url, unit)
         wallet = slot.wallet
-        async with slot.lock:
+        async with slot.mutating():
             await self._load(slot)
             available = wallet.active_proofs(wallet.proofs)
             if sum(int(p.amount) for p in available) < amount:
@@ -179,6 +237,11 @@ class NodeWallet:
     async def balance(self, mint: str | None = None, unit: str = "sat") -> int:
         """Spendable amount (in `unit`) held at `mint` (default: the primary mint)."""
         slot = await self._slot(self._accepted_mint(mint), unit)
+        async with slot.lock:
+            counter = self._file_lock.peek()
+            if counter != self._file_lock.seen:  # another process changed the proofs
+                await slot.wallet.load_proofs(reload=True)
+                self._file_lock.seen = counter
         return sum(int(p.amount) for p in slot.wallet.proofs if not p.reserved)
 
     async def loaded_slot(self, mint: str | None, unit: str) -> _Slot:
@@ -218,7 +281,7 @@ class NodeWallet:
                 await wallet.load_proofs(reload=True)
                 if mint not in self._clients:
                     self._clients[mint] = new_mint_client(mint)
-                slot = _Slot(wallet=wallet, client=self._clients[mint])
+                slot = _Slot(wallet=wallet, client=self._clients[mint], file_lock=self._file_lock)
                 self._slots[key] = slot
         return slot
 
