@@ -89,7 +89,10 @@ class Node:
         await self.wallet.start()
         await self.ledger.heartbeat()
         try:
-            recovered = await self.redeemer.recover()
+            # A sibling worker may be mid-redemption: then leave young rows to the sweeper.
+            busy = await self.ledger.others_alive(self.settings.instance_dead_after)
+            min_age = self.settings.instance_dead_after if busy else 0.0
+            recovered = await self.redeemer.recover(min_age=min_age)
             if recovered:
                 log.info("finished %d interrupted redemptions", recovered)
             undone = await self.payouts.recover_cashu(older_than=self.settings.instance_dead_after)
@@ -157,6 +160,8 @@ class Node:
             await self.rate.close()
         await self.lightning_refunds.close()
         await self.wallet.close()
+        with contextlib.suppress(Exception):
+            await self.ledger.retire()  # siblings need not wait for our heartbeat to age
         await self.tx.close()
         await self.engine.dispose()
 

@@ -58,6 +58,14 @@ async def test_two_workers_share_the_database_and_charge_exactly(
             served = await _paid_requests(node.url, key)
             async with session.get(f"{node.url}/v1/balance/info", headers=headers) as resp:
                 after = await _json(resp)
+        # Each worker registered its own instance for reservation heartbeats (and removes
+        # it again at a clean stop).
+        db = sqlite3.connect(tmp_path / "node" / "satsrouter.sqlite")
+        try:
+            (instances,) = db.execute("SELECT count(DISTINCT id) FROM instances").fetchone()
+        finally:
+            db.close()
+        assert instances == 2
 
     costs = [cost for _, cost in served]
     assert len(set(costs)) == 1 and costs[0] > 0  # same request, same usage, same price
@@ -66,13 +74,6 @@ async def test_two_workers_share_the_database_and_charge_exactly(
     assert int(after["total_requests"]) - int(before["total_requests"]) == REQUESTS
     # Request ids start with a per-process prefix: both workers answered.
     assert len({request_id[:16] for request_id, _ in served}) == 2
-    # Each worker registered its own instance for reservation heartbeats.
-    db = sqlite3.connect(tmp_path / "node" / "satsrouter.sqlite")
-    try:
-        (instances,) = db.execute("SELECT count(DISTINCT id) FROM instances").fetchone()
-    finally:
-        db.close()
-    assert instances == 2
 
 
 async def test_two_workers_never_hand_out_the_same_ecash(

@@ -73,6 +73,7 @@ _ACTIVE_RESERVATIONS = (
     "SELECT id, account_id, child_id, amount_msat, instance_id, created_at FROM reservations "
     "WHERE state = 'active'"
 )
+_RETIRE_INSTANCE = "DELETE FROM instances WHERE id = :id"
 _FORGET_INSTANCES = "DELETE FROM instances WHERE heartbeat_at < :before"
 
 
@@ -437,6 +438,21 @@ class Ledger:
         )
 
     # -- liveness and the sweeper ---------------------------------------------------------
+
+    async def others_alive(self, dead_after: float) -> bool:
+        """Whether another instance (e.g. a sibling worker) has beaten its heart recently."""
+        since = time.time() - dead_after
+
+        def op(tx: Tx) -> bool:
+            rows, _ = tx.execute(_ALIVE_INSTANCES, {"since": since})
+            return any(row[0] != self.instance_id for row in rows)
+
+        return await self.tx.run(op)
+
+    async def retire(self) -> None:
+        """Forget this instance at a clean stop (its requests are over)."""
+        self_id = self.instance_id
+        await self.tx.run(lambda tx: tx.execute(_RETIRE_INSTANCE, {"id": self_id}))
 
     async def heartbeat(self) -> None:
         """Record that this instance is alive (its reservations belong to live requests)."""
