@@ -109,6 +109,10 @@ async def paid(request: Request, endpoint: Endpoint) -> Response:
     charge = await node.billing.begin(creds, quote.max_cost_msat, quote.model.id, call.request_id)
     try:
         return await _forward(node, request, endpoint, call, charge, quote)
+    except ApiError as error:
+        if charge.done:
+            raise
+        return await _failed(charge, error)  # e.g. a body that cannot be translated
     except BaseException:
         if not charge.done:
             await charge.release()
@@ -165,7 +169,9 @@ def _route(path: str, endpoint: Endpoint) -> None:
         return await paid(request, endpoint)
 
     handler.__doc__ = endpoint.__doc__
-    router.add_api_route(path, handler, methods=["POST"], name=path)
+    # A plain Starlette route: FastAPI's dependency solving and query parsing cost ~4% of the
+    # CPU of a paid request, and these handlers only need the request itself.
+    router.add_route(path, handler, methods=["POST"], name=path)
 
 
 _route("/v1/chat/completions", ChatCompletions())
@@ -206,4 +212,4 @@ async def count_tokens(request: Request) -> Response:
 
 
 for _prefix in ("/v1", "/v1/v1"):
-    router.add_api_route(f"{_prefix}/messages/count_tokens", count_tokens, methods=["POST"])
+    router.add_route(f"{_prefix}/messages/count_tokens", count_tokens, methods=["POST"])
