@@ -119,6 +119,26 @@ TEST_MODELS: list[dict[str, Any]] = [
         },
         "supported_parameters": [],
     },
+    {
+        # Audio transcription priced per started second of audio only (105 msat a second).
+        "id": "test/whisper-seconds",
+        "name": "Per-second whisper test model",
+        "created": 1700000000,
+        "context_length": 4096,
+        "architecture": {
+            "input_modalities": ["audio"],
+            "output_modalities": ["text"],
+            "tokenizer": "GPT",
+            "instruct_type": None,
+        },
+        "pricing": {"prompt": "0", "completion": "0", "request": "0", "audio_second": "0.0001"},
+        "top_provider": {
+            "context_length": 4096,
+            "max_completion_tokens": 256,
+            "is_moderated": False,
+        },
+        "supported_parameters": [],
+    },
 ]
 
 

@@ -12,10 +12,8 @@ import re
 import struct
 from typing import Any
 
-import orjson
-
 from satsrouter.billing.metering import Usage, count_tokens
-from satsrouter.endpoints.base import JSON, Call, Endpoint, Reply
+from satsrouter.endpoints.base import JSON, Call, Endpoint, Reply, json_reply
 from satsrouter.errors import ApiError
 
 _BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
@@ -121,20 +119,22 @@ class AudioTranscriptions(Endpoint):
 
     def reply(self, call: Call, raw: bytes, media_type: str) -> Reply:
         if media_type == JSON:
-            data = orjson.loads(raw)
-            if not isinstance(data, dict):
-                raise ValueError("not a JSON object")
-            usage = audio_usage(data.get("usage")) or self._local(
-                call, data.get("text"), data.get("duration")
-            )
+            data = json_reply(raw)
+            usage = audio_usage(data.get("usage"))
+            if usage is None or usage.prompt_tokens + usage.completion_tokens == 0:
+                # Seconds or nothing reported: count the transcript too, so that a model priced
+                # per token is never free (I3), and costs the same in every response_format.
+                duration = usage.audio_seconds if usage else data.get("duration")
+                usage = self._local(call, data.get("text"), duration)
             return Reply(usage, raw, data)
-        # text, srt, vtt: passed back unchanged; usage is counted by the node.
-        return Reply(self._local(call, raw.decode(errors="replace")), raw, None, media_type)
+        # text, srt, vtt: passed back unchanged; the transcript in them is counted here.
+        text, duration = transcript(raw.decode(errors="replace"), call.body.get("response_format"))
+        return Reply(self._local(call, text, duration), raw, None, media_type)
 
     @staticmethod
     def _local(call: Call, text: Any, duration: Any = None) -> Usage:
         """Usage counted here: the transcript's tokens and, when known, the audio's seconds
-        (from the upstream's verbose answer, or a WAV header; never the size-based bound)."""
+        (from the upstream's answer, or a WAV header; never the size-based bound)."""
         if not isinstance(duration, int | float) or duration <= 0:
             _, upload = multipart_fields(call.raw, call.content_type)
             duration = wav_seconds(upload) if upload is not None else None
@@ -144,3 +144,25 @@ class AudioTranscriptions(Endpoint):
             audio_seconds=math.ceil(duration) if duration else 0,
             source="local",
         )
+
+
+# A cue's timing line: `00:00:01,500 --> 00:00:03,000` (SRT) or `00:01.500 --> 00:03.000`.
+_CUE_END = re.compile(r"-->\s*(?:(\d+):)?(\d+):(\d+)[.,](\d+)")
+
+
+def transcript(body: str, response_format: Any) -> tuple[str, float | None]:
+    """The words of a plain, SRT or WebVTT transcript (cue numbers, timings and headers
+    dropped), and the end of its last cue in seconds (None for plain text)."""
+    if response_format not in ("srt", "vtt"):
+        return body.strip(), None
+    kept: list[str] = []
+    end = 0.0
+    for line in body.splitlines():
+        line = line.strip()
+        if (timing := _CUE_END.search(line)) is not None:
+            hours, minutes, secs, fraction = timing.groups()
+            at = int(hours or 0) * 3600 + int(minutes) * 60 + int(secs)
+            end = max(end, at + int(fraction) / 10 ** len(fraction))
+        elif line and not line.isdigit() and not line.startswith(("WEBVTT", "NOTE")):
+            kept.append(line)
+    return " ".join(kept), end or None

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from satsrouter.billing.metering import Usage, reserved_web_searches
+from satsrouter.billing.metering import Usage, count_tokens, reserved_web_searches
 from satsrouter.errors import ApiError
 from satsrouter.http.errors import json_object
 
@@ -155,6 +155,18 @@ def positive_int(body: dict[str, Any], *names: str) -> int | None:
             raise ApiError(400, "invalid_request", f"`{name}` must be a positive integer.")
         return value
     return None
+
+
+def input_tokens(value: Any) -> int:
+    """Local count of a completions `prompt` or embeddings `input`: a string, a token array,
+    or a list of either (strings tokenised, token arrays by their length)."""
+    if isinstance(value, str):
+        return count_tokens(value)
+    if isinstance(value, list):
+        if value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            return len(value)
+        return sum(input_tokens(v) for v in value if isinstance(v, str | list))
+    return 0
 
 
 def json_reply(raw: bytes) -> dict[str, Any]:

@@ -11,6 +11,7 @@ from satsrouter.billing.metering import (
     Usage,
     completion_text_of,
     count_input_images,
+    count_tokens,
     delta_text_of,
     local_usage,
     usage_from_openai,
@@ -22,6 +23,7 @@ from satsrouter.endpoints.base import (
     Endpoint,
     Reply,
     StreamMeter,
+    input_tokens,
     json_reply,
     now,
     sse_event,
@@ -64,9 +66,13 @@ class ChatCompletions(Endpoint):
         data = json_reply(raw)
         usage = usage_from_openai(data.get("usage"))
         if usage is None:
-            usage = local_usage(call.body, completion_text_of(data))
+            usage = self.local(call, completion_text_of(data))
             data["usage"] = _usage_json(usage)
         return Reply(with_images(usage, call), raw, data)
+
+    def local(self, call: Call, completion_text: str) -> Usage:
+        """Usage counted by the node when the upstream reports none (I3)."""
+        return local_usage(call.body, completion_text)
 
     def meter(self, call: Call) -> StreamMeter:
         return ChunkMeter(self, call)
@@ -78,6 +84,14 @@ class Completions(ChatCompletions):
     path = "/completions"
     chunk_object = "text_completion"
     id_prefix = "cmpl-"
+
+    def local(self, call: Call, completion_text: str) -> Usage:
+        # `prompt` may be a list of prompts or token arrays, which chat counting ignores.
+        return Usage(
+            max(input_tokens(call.body.get("prompt")), 1),
+            count_tokens(completion_text),
+            source="local",
+        )
 
 
 class ChunkMeter(StreamMeter):
@@ -107,7 +121,7 @@ class ChunkMeter(StreamMeter):
         return [event]
 
     def usage(self) -> Usage:
-        usage = self.reported or local_usage(self.call.body, self._completion_text())
+        usage = self.reported or self.endpoint.local(self.call, self._completion_text())
         return with_images(usage, self.call)
 
     def _chunk(self, **fields: Any) -> dict[str, Any]:

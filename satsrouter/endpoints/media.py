@@ -3,28 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
 
 from satsrouter.billing.metering import Usage, count_tokens
-from satsrouter.endpoints.base import Call, Endpoint, Reply, json_reply, positive_int
+from satsrouter.endpoints.base import Call, Endpoint, Reply, input_tokens, json_reply, positive_int
 from satsrouter.endpoints.responses import usage_from_responses
-
-
-def _embedding_input_tokens(value: Any) -> int:
-    """Local count of an embeddings `input`: strings tokenised, token arrays by length."""
-    if isinstance(value, str):
-        return count_tokens(value)
-    if isinstance(value, list):
-        if value and all(isinstance(v, int) for v in value):
-            return len(value)
-        return sum(_embedding_input_tokens(v) for v in value)
-    return 0
 
 
 class Embeddings(Endpoint):
     """`POST /v1/embeddings`: input tokens only; nothing is generated."""
 
     path = "/embeddings"
+
+    def inspect(self, call: Call) -> None:
+        # Nothing is generated: reserve the smallest completion budget there is (one token),
+        # not the model's whole completion limit, which would refuse balances that suffice.
+        call.max_tokens = 1
 
     def reply(self, call: Call, raw: bytes, media_type: str) -> Reply:
         data = json_reply(raw)
@@ -33,7 +26,7 @@ class Embeddings(Endpoint):
         if isinstance(reported, int) and reported > 0:
             usage = Usage(reported, 0)
         else:
-            counted = max(_embedding_input_tokens(call.body.get("input")), 1)
+            counted = max(input_tokens(call.body.get("input")), 1)
             usage = Usage(counted, 0, source="local")
             data["usage"] = {"prompt_tokens": counted, "total_tokens": counted}
         return Reply(usage, raw, data)
