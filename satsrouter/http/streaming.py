@@ -86,15 +86,19 @@ class MeteredStream(Response):
                 buf += data
                 if b"\r\n" in buf:
                     buf = buf.replace(b"\r\n", b"\n")
+                # Everything complete in this read goes out in one write: the upstream's
+                # pacing is kept, and a burst of events costs one send, not one per event.
+                ready: list[bytes] = []
                 while (end := buf.find(b"\n\n")) >= 0:
                     event, buf = buf[: end + 2], buf[end + 2 :]
                     payload = event_data(event)
                     if not payload:
                         # Comments (": PROCESSING") keep idle clients and proxies patient.
-                        await self._send(send, event)
+                        ready.append(event)
                         continue
-                    for out in meter.feed(event, payload):
-                        await self._send(send, out)
+                    ready.extend(meter.feed(event, payload))
+                if ready:
+                    await self._send(send, b"".join(ready))
                 if self.disconnected.is_set() and drain_deadline is None:
                     drain_deadline = time.monotonic() + self.drain_timeout
         except (aiohttp.ClientError, TimeoutError) as exc:
