@@ -139,6 +139,27 @@ TEST_MODELS: list[dict[str, Any]] = [
         },
         "supported_parameters": [],
     },
+    {
+        # Priced per generated image by size and quality (dall-e style), nothing per token.
+        "id": "test/dalle",
+        "name": "Sized image test model",
+        "created": 1700000000,
+        "context_length": 4000,
+        "architecture": {
+            "input_modalities": ["text"],
+            "output_modalities": ["image"],
+            "tokenizer": "GPT",
+            "instruct_type": None,
+        },
+        "pricing": {"prompt": "0", "completion": "0", "image_output": "0.02"},
+        "image_pricing": {"1024x1024/hd": "0.08", "1024x1024": "0.04", "1792x1024": "0.12"},
+        "top_provider": {
+            "context_length": 4000,
+            "max_completion_tokens": 1000,
+            "is_moderated": False,
+        },
+        "supported_parameters": [],
+    },
 ]
 
 

@@ -16,7 +16,7 @@ import httpx
 import openai
 import orjson
 import pytest
-from conftest import RunningNode, model_entry, msat_per_token
+from conftest import FEE, RunningNode, model_entry, msat_per_token
 
 from satsrouter.billing.metering import count_tokens
 from satsrouter.testing.fake_media import embedding_of
@@ -215,6 +215,48 @@ async def test_images_with_token_usage_add_the_token_components(
     assert published["output_msats"] == math.ceil(200 * unit_price("test/image", "completion"))
     assert published["total_msats"] == cost
     await assert_charged(node, token, 100_000, cost)
+    await node.check_invariants()
+
+
+@pytest.mark.parametrize(
+    ("size", "quality", "usd"),
+    [
+        ("1024x1024", "hd", "0.08"),
+        ("1024x1024", "standard", "0.04"),
+        ("1792x1024", "hd", "0.12"),
+        ("512x512", "standard", "0.02"),  # no variant: the model's image_output price
+    ],
+)
+async def test_images_priced_by_size_and_quality_as_published(
+    node: RunningNode, user_wallet: TestWallet, size: str, quality: str, usd: str
+) -> None:
+    key = "1024x1024/hd" if (size, quality) == ("1024x1024", "hd") else size
+    async with httpx.AsyncClient(base_url=node.url) as http:
+        listed = (await http.get("/v1/models/test/dalle")).json()
+    per_image_msat = math.ceil(msat_per_token(usd))
+    if usd != "0.02":
+        assert Decimal(listed["image_pricing"][key]) == Decimal(usd) * FEE
+        assert Decimal(str(listed["sats_image_pricing"][key])) * 1000 == per_image_msat
+    # Two images reserve exactly two images (no prompt or context on top), so a token
+    # worth just that pays; the change is the rest.
+    sats = -(-2 * per_image_msat // 1000)
+    (token,) = await user_wallet.mint_tokens(sats)
+    api = openai.AsyncOpenAI(
+        base_url=node.api, api_key="unused", max_retries=0, default_headers={"X-Cashu": token}
+    )
+    raw = await api.images.with_raw_response.generate(
+        model="test/dalle",
+        prompt="a cat",
+        n=2,
+        size=size,  # type: ignore[arg-type]
+        quality=quality,  # type: ignore[arg-type]
+    )
+    assert int(raw.headers["X-Routstr-Cost-Msats"]) == 2 * per_image_msat
+    published = orjson.loads(raw.http_response.content)["usage"]["cost"]
+    assert published["image_msats"] == 2 * per_image_msat
+    change = raw.headers.get("X-Cashu")
+    left = sats * 1000 - 2 * per_image_msat
+    assert (await user_wallet.redeem(change) if change else 0) == left // 1000
     await node.check_invariants()
 
 

@@ -160,6 +160,7 @@ def published_charge(sats: dict[str, float], usage: Usage) -> int:
         + part(usage.completion_tokens, "completion")
         + part(1, "request")
         + part(usage.images, "image")
+        + part(usage.generated_images, "image_output" if sats["image_output"] else "image")
         + part(usage.web_searches, "web_search")
         + part(usage.audio_seconds, "audio_second")
     )
@@ -171,12 +172,14 @@ def published_charge(sats: dict[str, float], usage: Usage) -> int:
     images=st.integers(0, 50),
     searches=st.integers(0, 20),
     seconds=st.integers(0, 7200),
+    made=st.integers(0, 10),
     p=st.decimals(min_value=0, max_value=Decimal("0.001"), places=9),
     c=st.decimals(min_value=0, max_value=Decimal("0.001"), places=9),
     req=st.decimals(min_value=0, max_value=Decimal("0.1"), places=9),
     img=st.decimals(min_value=0, max_value=Decimal("0.1"), places=9),
     web=st.decimals(min_value=0, max_value=Decimal("0.1"), places=9),
     audio=st.decimals(min_value=0, max_value=Decimal("0.01"), places=9),
+    img_out=st.sampled_from([Decimal(0), Decimal("0.04"), Decimal("0.000000123")]),
     rate=st.integers(1_000, 1_000_000),
 )
 def test_published_sats_pricing_times_usage_is_the_charge_for_every_component(
@@ -185,12 +188,14 @@ def test_published_sats_pricing_times_usage_is_the_charge_for_every_component(
     images: int,
     searches: int,
     seconds: int,
+    made: int,
     p: Decimal,
     c: Decimal,
     req: Decimal,
     img: Decimal,
     web: Decimal,
     audio: Decimal,
+    img_out: Decimal,
     rate: int,
 ) -> None:
     m = model(
@@ -200,12 +205,22 @@ def test_published_sats_pricing_times_usage_is_the_charge_for_every_component(
         image=str(img),
         web_search=str(web),
         audio_second=str(audio),
+        image_output=str(img_out),
     )
     prices = msat_prices(m, Decimal(rate), Decimal("1.05"))
-    usage = Usage(prompt, completion, images=images, web_searches=searches, audio_seconds=seconds)
+    usage = Usage(
+        prompt,
+        completion,
+        images=images,
+        web_searches=searches,
+        audio_seconds=seconds,
+        generated_images=made,
+    )
     cost = usage_cost(prices, usage)
     assert cost.total_msats == published_charge(prices.as_sats(), usage)
-    assert cost.image_msats == math.ceil(images * prices.image)
+    assert cost.image_msats == math.ceil(images * prices.image) + math.ceil(
+        made * (prices.image_output or prices.image)
+    )
     assert cost.web_search_msats == math.ceil(searches * prices.web_search)
     assert cost.audio_msats == math.ceil(seconds * prices.audio_second)
     assert cost.as_dict()["total_msats"] == cost.total_msats

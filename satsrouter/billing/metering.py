@@ -21,6 +21,7 @@ class Usage:
     # Priced per unit, not per token: images the request carried in (or generated), and web
     # searches the upstream ran. Upstreams report searches; images are counted by the node.
     images: int = 0
+    generated_images: int = 0  # images made (image generation), priced `image_output`
     web_searches: int = 0
     # Seconds of audio transcribed (whisper-style upstreams report duration, not tokens).
     # Not priced by `usage_cost` yet: the catalogue has no per-second price field.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import ROUND_CEILING, Decimal
 
 from satsrouter.billing.metering import UNBOUNDED_TOOL_SEARCHES, Usage
@@ -12,7 +12,7 @@ from satsrouter.market.catalogue import PRICE_FIELDS, Model
 MSAT_PER_BTC = Decimal(100_000_000_000)
 # Priced per request / image / search rather than per token; in `sats_per_million` these are
 # plain sats per unit, as the models file documents.
-PER_UNIT_FIELDS = frozenset({"request", "image", "web_search", "audio_second"})
+PER_UNIT_FIELDS = frozenset({"request", "image", "image_output", "web_search", "audio_second"})
 
 
 def ceil_msat(value: Decimal) -> int:
@@ -32,6 +32,7 @@ class MsatPrices:
     internal_reasoning: Decimal
     input_cache_read: Decimal
     input_cache_write: Decimal
+    image_output: Decimal
     audio_second: Decimal
 
     def as_sats(self) -> dict[str, float]:
@@ -66,6 +67,17 @@ def msat_prices(model: Model, usd_per_btc: Decimal, fee: Decimal) -> MsatPrices:
             exact = model.pricing[name] * factor
         values[name] = exact.quantize(PRICE_QUANTUM_MSAT, rounding=ROUND_CEILING).normalize()
     return MsatPrices(**values)
+
+
+def with_image_price(
+    prices: MsatPrices, model: Model, usd: Decimal | None, usd_per_btc: Decimal, fee: Decimal
+) -> MsatPrices:
+    """`prices` with `image_output` set to one image variant's USD price (size/quality)."""
+    if usd is None:
+        return prices
+    factor = (model.fee or fee) * MSAT_PER_BTC / usd_per_btc
+    exact = (usd * factor).quantize(PRICE_QUANTUM_MSAT, rounding=ROUND_CEILING).normalize()
+    return replace(prices, image_output=exact)
 
 
 def usd_prices(prices: MsatPrices, usd_per_btc: Decimal) -> dict[str, str]:
@@ -132,7 +144,9 @@ def usage_cost(prices: MsatPrices, usage: Usage) -> Cost:
         input_msats,
         output_msats,
         ceil_msat(prices.request),
-        ceil_msat(usage.images * prices.image),
+        ceil_msat(usage.images * prices.image)
+        # Made images: `image_output` when the model prices them apart, else `image`.
+        + ceil_msat(usage.generated_images * (prices.image_output or prices.image)),
         ceil_msat(usage.web_searches * prices.web_search),
         ceil_msat(usage.audio_seconds * prices.audio_second),
     )
@@ -156,14 +170,15 @@ def max_request_cost(
     images: int = 0,
     web_searches: int = 0,
     audio_seconds: int = 0,
+    generated_images: int = 0,
 ) -> int:
     """The reservation for one request: the most it can cost.
 
     `prompt_bound` is an upper bound on prompt tokens (the request's byte length works for
     text: a token is at least one byte), capped at the context window. `prompt_estimate`
     returns a *lower* estimate of the prompt, called only when it can shorten the completion
-    budget. `images`, `web_searches` and `audio_seconds` are the most of each the request
-    can use.
+    budget. `images` (carried in), `web_searches`, `audio_seconds` and `generated_images`
+    are the most of each the request can use.
     """
     if images or web_searches:
         # Images sent by URL and search results both enter the prompt without being in the
@@ -188,6 +203,7 @@ def max_request_cost(
             images=images,
             web_searches=web_searches,
             audio_seconds=audio_seconds,
+            generated_images=generated_images,
         ),
     )
     return worst.total_msats

@@ -15,6 +15,7 @@ from satsrouter.billing.pricing import (
     model_max_cost,
     msat_prices,
     usage_cost,
+    with_image_price,
 )
 from satsrouter.errors import ApiError
 from satsrouter.market.catalogue import Catalogue, Model, UnknownModel
@@ -89,6 +90,9 @@ class PriceBook:
         images: int = 0,
         web_searches: int = 0,
         audio_seconds: int = 0,
+        generated_images: int = 0,
+        image_size: Any = None,
+        image_quality: Any = None,
     ) -> Quote:
         """Price a request: its model, prices, and the most it may cost (the reservation).
 
@@ -99,6 +103,9 @@ class PriceBook:
         """
         model = self.model(model_id)
         prices = self.prices(model)
+        if generated_images:
+            variant = model.image_variant(image_size, image_quality)
+            prices = with_image_price(prices, model, variant, self.usd_per_btc(), self.fee)
         reservation = max_request_cost(
             prices,
             model,
@@ -108,6 +115,7 @@ class PriceBook:
             images=images,
             web_searches=web_searches,
             audio_seconds=audio_seconds,
+            generated_images=generated_images,
         )
         return Quote(model, prices, reservation)
 

@@ -32,6 +32,7 @@ class Call:
     max_tokens: int | None = None
     images: int = 0  # images the request carries in or asks for (priced per image)
     web_searches: int = 0  # web searches the request allows (priced per search)
+    generated_images: int = 0  # images the request asks to be made
     audio_seconds: int | None = None  # length of an uploaded audio file, when readable
     request_id: str = ""
 

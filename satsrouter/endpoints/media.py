@@ -40,7 +40,8 @@ class ImageGenerations(Endpoint):
     max_tokens_fields = ()
 
     def inspect(self, call: Call) -> None:
-        call.images = positive_int(call.body, "n") or 1
+        super().inspect(call)
+        call.generated_images = positive_int(call.body, "n") or 1
 
     def reply(self, call: Call, raw: bytes, media_type: str) -> Reply:
         data = json_reply(raw)
@@ -53,4 +54,4 @@ class ImageGenerations(Endpoint):
             usage = Usage(
                 count_tokens(prompt if isinstance(prompt, str) else ""), 0, source="local"
             )
-        return Reply(replace(usage, images=images), raw, data)
+        return Reply(replace(usage, generated_images=images), raw, data)

@@ -46,6 +46,14 @@ def _with_cost(usage: dict[str, Any], cost: dict[str, int]) -> dict[str, Any]:
     return usage
 
 
+class UpstreamStreamError(ValueError):
+    """The upstream reported an error inside a stream it had begun (e.g. `overloaded_error`).
+
+    A ValueError, so that `MeteredStream` takes its failure path: nothing is charged (I4)
+    and the meter's `failure()` events, carrying the upstream's error, end the stream.
+    """
+
+
 class Messages(Endpoint):
     """`POST /v1/messages` to an Anthropic-dialect upstream: native passthrough."""
 
@@ -113,6 +121,7 @@ class NativeMeter(StreamMeter):
         self.reader = AnthropicStreamUsage()
         self.deltas: list[bytes] = []  # parsed only when the upstream reports no usage
         self.held: dict[str, Any] | None = None
+        self.error: bytes | None = None  # the upstream's own `error` event, if it sent one
 
     def feed(self, event: bytes, payload: bytes) -> list[bytes]:
         # Text deltas are most events: recognise them without parsing (type comes first).
@@ -122,8 +131,12 @@ class NativeMeter(StreamMeter):
         data = orjson.loads(payload)
         if not isinstance(data, dict):
             return [event]
-        self.reader.feed(data)
         kind = data.get("type")
+        if kind == "error":
+            # Anthropic's mid-stream failure (overloaded, api_error): the answer is cut short.
+            self.error = sse_event("error", data)
+            raise UpstreamStreamError("the upstream sent an error event")
+        self.reader.feed(data)
         if kind == "message_delta":
             self.held = data
             return []
@@ -144,8 +157,13 @@ class NativeMeter(StreamMeter):
         delta = self.held or {"type": "message_delta", "delta": {"stop_reason": None}}
         usage = delta.get("usage")
         if not isinstance(usage, dict):
+            usage = delta["usage"] = {}
+        if self.reader.usage() is None:
+            # Nothing (or all zeros) reported: show the counts the cost was computed from; the
+            # SDK's accumulator takes message_delta's counts over message_start's.
             counted = self.usage()
-            usage = delta["usage"] = {"output_tokens": counted.completion_tokens}
+            usage["input_tokens"] = counted.prompt_tokens
+            usage["output_tokens"] = counted.completion_tokens
         usage["cost"] = cost
         events = [sse_event("message_delta", delta)]
         if change is not None:
@@ -153,11 +171,11 @@ class NativeMeter(StreamMeter):
         return [*events, sse_event("message_stop", {"type": "message_stop"})]
 
     def failure(self, message: str, change: str | None, change_msat: int) -> list[bytes]:
-        return _failure(message, change, change_msat)
+        return _failure(self.error or error_event(message), change, change_msat)
 
 
-def _failure(message: str, change: str | None, change_msat: int) -> list[bytes]:
-    events = [error_event(message)]
+def _failure(error: bytes, change: str | None, change_msat: int) -> list[bytes]:
+    events = [error]
     if change is not None:
         events.append(_change_event(change, change_msat))
     return events
@@ -172,6 +190,7 @@ class TranslatedMeter(StreamMeter):
         self.translator = StreamTranslator(model, count_anthropic_prompt_tokens(call.body))
         self.reported: Usage | None = None
         self.texts: list[str] = []
+        self.error: bytes | None = None
 
     def feed(self, event: bytes, payload: bytes) -> list[bytes]:
         if payload == b"[DONE]":
@@ -179,6 +198,10 @@ class TranslatedMeter(StreamMeter):
         chunk = orjson.loads(payload)
         if not isinstance(chunk, dict):
             return []
+        if chunk.get("error") is not None:
+            # OpenRouter-style `{"error": {...}}` chunk: the provider failed mid-answer.
+            self.error = error_event(_error_message(chunk["error"]))
+            raise UpstreamStreamError("the upstream sent an error chunk")
         found = usage_from_openai(chunk.get("usage"))
         if found is not None:
             self.reported = found
@@ -197,7 +220,16 @@ class TranslatedMeter(StreamMeter):
         return events
 
     def failure(self, message: str, change: str | None, change_msat: int) -> list[bytes]:
-        return _failure(message, change, change_msat)
+        return _failure(self.error or error_event(message), change, change_msat)
+
+
+def _error_message(error: object) -> str:
+    """The message of an OpenAI-shaped error (an object with `message`, or a string)."""
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return f"The upstream failed mid-stream ({error['message']}); nothing was charged."
+    if isinstance(error, str):
+        return f"The upstream failed mid-stream ({error}); nothing was charged."
+    return "The upstream failed mid-stream; nothing was charged."
 
 
 def _change_event(change: str, change_msat: int) -> bytes:

@@ -23,7 +23,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from satsrouter import __version__
-from satsrouter.billing.pricing import usd_prices
+from satsrouter.billing.pricing import MSAT_PER_BTC, usd_prices, with_image_price
 from satsrouter.errors import ApiError
 from satsrouter.market.catalogue import PRICE_FIELDS, Model
 from satsrouter.market.health import worse
@@ -38,7 +38,8 @@ PRICE_UNITS = {
     "input_cache_read": "per token",
     "input_cache_write": "per token",
     "request": "per request",
-    "image": "per image",
+    "image": "per input image",
+    "image_output": "per generated image (image generation; `image` when 0)",
     "web_search": "per search",
     "audio_second": "per second of input audio",
 }
@@ -94,6 +95,17 @@ def model_entry(node: Node, model: Model) -> dict[str, Any]:
         return entry
     entry["pricing"] = usd_prices(prices, usd)
     entry["sats_pricing"] = prices.as_sats()
+    if model.image_variants:
+        # Per generated image by "size/quality" or "size": what images/generations charges.
+        variants = {
+            key: with_image_price(prices, model, usd_price, usd, node.prices.fee).image_output
+            for key, usd_price in model.image_variants.items()
+        }
+        entry["image_pricing"] = {
+            key: format((msat * usd / MSAT_PER_BTC).normalize(), "f")
+            for key, msat in variants.items()
+        }
+        entry["sats_image_pricing"] = {key: float(msat / 1000) for key, msat in variants.items()}
     entry["max_cost"] = node.prices.max_cost(model) / 1000
     return entry
 

@@ -102,6 +102,9 @@ async def paid(request: Request, endpoint: Endpoint) -> Response:
         images=call.images,
         web_searches=call.web_searches,
         audio_seconds=call.audio_seconds or 0,
+        generated_images=call.generated_images,
+        image_size=call.body.get("size"),
+        image_quality=call.body.get("quality"),
     )
     creds = credentials(request.headers)
     if not creds.present:

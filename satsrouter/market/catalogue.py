@@ -20,6 +20,7 @@ PRICE_FIELDS = (
     "internal_reasoning",
     "input_cache_read",
     "input_cache_write",
+    "image_output",  # OpenRouter's: per image generated
     "audio_second",  # ours, not OpenRouter's: transcription priced per second of audio
 )
 
@@ -53,6 +54,17 @@ class Model:
     provider: str = ""  # the upstream that serves it
     fee: Decimal | None = None  # overrides PROVIDER_FEE for this model
     sats_per_million: dict[str, Decimal] = field(default_factory=dict)
+    # USD per generated image by "size/quality" or "size" (e.g. "1024x1792/hd"), ours.
+    image_variants: dict[str, Decimal] = field(default_factory=dict)
+
+    def image_variant(self, size: Any, quality: Any) -> Decimal | None:
+        """The USD price of one image of this size and quality, if the model sets one."""
+        if not self.image_variants:
+            return None
+        for key in (f"{size}/{quality}", str(size), f"*/{quality}"):
+            if key in self.image_variants:
+                return self.image_variants[key]
+        return None
 
     @property
     def output_modalities(self) -> list[str]:
@@ -82,7 +94,13 @@ class Model:
         fee = _price(entry["fee"]) if entry.get("fee") is not None else None
         if fee is not None and fee <= 0:
             raise CatalogueError(f"{model_id}: fee must be positive")
-        return cls(model_id, context, max_completion, pricing, dict(entry), provider, fee, sats)
+        variants_in = entry.get("image_pricing") or {}
+        if not isinstance(variants_in, dict):
+            raise CatalogueError(f"{model_id}: image_pricing must map size[/quality] to a price")
+        variants = {str(key): _price(value) for key, value in variants_in.items()}
+        return cls(
+            model_id, context, max_completion, pricing, dict(entry), provider, fee, sats, variants
+        )
 
 
 def parse_models(payload: Any, provider: str = "") -> list[Model]:
