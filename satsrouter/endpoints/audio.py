@@ -111,11 +111,19 @@ class AudioTranscriptions(Endpoint):
 
     def upstream_body(self, call: Call, model_id: str) -> bytes:
         # Multipart is forwarded byte for byte; a short alias in `model` is rewritten in place.
-        given = call.body.get("model")
-        if given == model_id or not isinstance(given, str):
-            return call.raw
-        old = b'name="model"\r\n\r\n' + given.encode()
-        return call.raw.replace(old, b'name="model"\r\n\r\n' + model_id.encode(), 1)
+        raw = _set_field(call.raw, "model", call.body.get("model"), model_id)
+        if call.body.get("response_format") == "text" and not self._wav(call):
+            # Plain text says nothing of the audio's length and the node reads only WAV
+            # headers: ask for verbose_json (its `duration` is charged) and answer the client
+            # the plain text it asked for, rendered from it.
+            raw = _set_field(raw, "response_format", "text", "verbose_json")
+            call.body["_as_text"] = True
+        return raw
+
+    @staticmethod
+    def _wav(call: Call) -> bool:
+        _, upload = multipart_fields(call.raw, call.content_type)
+        return upload is not None and wav_seconds(upload) is not None
 
     def reply(self, call: Call, raw: bytes, media_type: str) -> Reply:
         if media_type == JSON:
@@ -126,6 +134,8 @@ class AudioTranscriptions(Endpoint):
                 # per token is never free (I3), and costs the same in every response_format.
                 duration = usage.audio_seconds if usage else data.get("duration")
                 usage = self._local(call, data.get("text"), duration)
+            if call.body.get("_as_text") and isinstance(data.get("text"), str):
+                return Reply(usage, (data["text"] + "\n").encode(), None, "text/plain")
             return Reply(usage, raw, data)
         # text, srt, vtt: passed back unchanged; the transcript in them is counted here.
         text, duration = transcript(raw.decode(errors="replace"), call.body.get("response_format"))
@@ -144,6 +154,14 @@ class AudioTranscriptions(Endpoint):
             audio_seconds=math.ceil(duration) if duration else 0,
             source="local",
         )
+
+
+def _set_field(raw: bytes, name: str, old: Any, new: str) -> bytes:
+    """A multipart body with one text field's value replaced (the rest byte for byte)."""
+    if old == new or not isinstance(old, str):
+        return raw
+    head = b'name="' + name.encode() + b'"\r\n\r\n'
+    return raw.replace(head + old.encode() + b"\r\n", head + new.encode() + b"\r\n", 1)
 
 
 # A cue's timing line: `00:00:01,500 --> 00:00:03,000` (SRT) or `00:01.500 --> 00:03.000`.
