@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 import openai
+import orjson
 import pytest
 from conftest import RunningNode, expected_cost, model_entry
 from sqlalchemy import select
@@ -204,3 +205,52 @@ async def test_disconnect_then_upstream_breaks_charges_what_was_streamed(
     words = " ".join(f"w{i}" for i in range(1, 11))
     assert charged == usage_cost(quote.prices, local_usage(body, words)).total_msats
     await node.check_invariants()
+
+
+async def test_error_chunk_mid_stream_charges_nothing(
+    node_factory: Any, user_wallet: TestWallet
+) -> None:
+    """OpenRouter ends a failed stream with a chunk carrying `error`: that is a failure (I4)."""
+    from aiohttp import web
+
+    from satsrouter.testing.mint import free_port
+
+    async def models(_: web.Request) -> web.Response:
+        return web.json_response({"data": [model_entry("test/priced")]})
+
+    async def chat(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await resp.prepare(request)
+        base = {"id": "gen-1", "object": "chat.completion.chunk", "model": "test/priced"}
+        chunks = [
+            {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": "hi"}}]},
+            {
+                **base,
+                "error": {"code": 502, "message": "provider went away"},
+                "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}],
+            },
+        ]
+        for chunk in chunks:
+            await resp.write(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        await resp.write(b"data: [DONE]\n\n")
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/v1/models", models)
+    app.router.add_post("/v1/chat/completions", chat)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        node = await node_factory(upstream_base_url=f"http://127.0.0.1:{port}/v1")
+        token = await funded_token(node, user_wallet)
+        stream = await client(node, token).chat.completions.create(
+            model="test/priced", messages=MESSAGES, stream=True
+        )
+        with pytest.raises(openai.APIError):
+            await collect(stream)
+        assert (await node.balance(token))["balance"] == 100_000
+        await node.check_invariants()
+    finally:
+        await runner.cleanup()

@@ -64,6 +64,10 @@ def event_data(event: bytes) -> bytes:
     return b"\n".join(lines)
 
 
+class UpstreamStreamError(ValueError):
+    """The upstream said, inside its stream, that the request failed: charge nothing (I4)."""
+
+
 class StreamMeter(ABC):
     """Reads one upstream SSE stream for its usage while it is relayed to the client."""
 

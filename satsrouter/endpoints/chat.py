@@ -23,6 +23,7 @@ from satsrouter.endpoints.base import (
     Endpoint,
     Reply,
     StreamMeter,
+    UpstreamStreamError,
     input_tokens,
     json_reply,
     now,
@@ -107,6 +108,9 @@ class ChunkMeter(StreamMeter):
     def feed(self, event: bytes, payload: bytes) -> list[bytes]:
         if payload == b"[DONE]":
             return []  # sent once, by us, after the usage and change
+        if b'"error":' in payload and _is_error_chunk(payload):
+            # OpenRouter reports a failure mid-stream as a chunk with a top-level `error`.
+            raise UpstreamStreamError("the upstream reported an error mid-stream")
         # Most chunks carry `"usage": null`; only parse the one with counts.
         if b'"usage":{' in payload or b'"usage": {' in payload:
             chunk = orjson.loads(payload)
@@ -159,6 +163,11 @@ class ChunkMeter(StreamMeter):
             if isinstance(chunk, dict):
                 parts.append(delta_text_of(chunk))
         return "".join(parts)
+
+
+def _is_error_chunk(payload: bytes) -> bool:
+    chunk = orjson.loads(payload)
+    return isinstance(chunk, dict) and chunk.get("error") is not None
 
 
 def with_images(usage: Usage, call: Call) -> Usage:
