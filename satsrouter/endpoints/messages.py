@@ -19,7 +19,14 @@ from satsrouter.billing.metering import (
     delta_text_of,
     usage_from_openai,
 )
-from satsrouter.endpoints.base import Call, Endpoint, Reply, StreamMeter, json_reply
+from satsrouter.endpoints.base import (
+    Call,
+    Endpoint,
+    Reply,
+    StreamMeter,
+    UpstreamStreamError,
+    json_reply,
+)
 from satsrouter.endpoints.chat import with_images
 from satsrouter.errors import ApiError
 from satsrouter.upstream.anthropic import to_openai_request
@@ -44,14 +51,6 @@ def _local(call: Call, text: str) -> Usage:
 def _with_cost(usage: dict[str, Any], cost: dict[str, int]) -> dict[str, Any]:
     usage["cost"] = cost
     return usage
-
-
-class UpstreamStreamError(ValueError):
-    """The upstream reported an error inside a stream it had begun (e.g. `overloaded_error`).
-
-    A ValueError, so that `MeteredStream` takes its failure path: nothing is charged (I4)
-    and the meter's `failure()` events, carrying the upstream's error, end the stream.
-    """
 
 
 class Messages(Endpoint):

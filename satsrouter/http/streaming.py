@@ -13,7 +13,7 @@ from starlette.types import Receive, Scope, Send
 from satsrouter.billing.payments import Charge
 from satsrouter.billing.payouts import Payout
 from satsrouter.billing.quote import Quote
-from satsrouter.endpoints.base import StreamMeter, event_data
+from satsrouter.endpoints.base import StreamMeter, UpstreamStreamError, event_data
 
 log = logging.getLogger(__name__)
 
@@ -89,20 +89,24 @@ class MeteredStream(Response):
                 # Everything complete in this read goes out in one write: the upstream's
                 # pacing is kept, and a burst of events costs one send, not one per event.
                 ready: list[bytes] = []
-                while (end := buf.find(b"\n\n")) >= 0:
-                    event, buf = buf[: end + 2], buf[end + 2 :]
-                    payload = event_data(event)
-                    if not payload:
-                        # Comments (": PROCESSING") keep idle clients and proxies patient.
-                        ready.append(event)
-                        continue
-                    ready.extend(meter.feed(event, payload))
-                if ready:
-                    await self._send(send, b"".join(ready))
+                try:
+                    while (end := buf.find(b"\n\n")) >= 0:
+                        event, buf = buf[: end + 2], buf[end + 2 :]
+                        payload = event_data(event)
+                        if not payload:
+                            # Comments (": PROCESSING") keep idle clients and proxies patient.
+                            ready.append(event)
+                            continue
+                        ready.extend(meter.feed(event, payload))
+                finally:
+                    if ready:  # what came before a failure still reaches the client
+                        await self._send(send, b"".join(ready))
                 if self.disconnected.is_set() and drain_deadline is None:
                     drain_deadline = time.monotonic() + self.drain_timeout
         except (aiohttp.ClientError, TimeoutError) as exc:
             failed = type(exc).__name__
+        except UpstreamStreamError:
+            failed = "error reported by the upstream"
         except ValueError:
             failed = "invalid upstream stream"
 
