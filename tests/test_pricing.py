@@ -333,7 +333,7 @@ def test_reservation_covers_images_and_searches() -> None:
     prices = msat_prices(m, Decimal(100_000), Decimal(1))
     text_only = max_request_cost(prices, m, 50, 20)
     assert text_only == math.ceil(50 * prices.prompt) + 20 * prices.completion
-    with_extras = max_request_cost(prices, m, 50, 20, images=3, web_searches=2)
+    with_extras = max_request_cost(prices, m, 50, 20, units=Usage(0, 0, images=3, web_searches=2))
     # Images by URL and search results enter the prompt without being in the request bytes,
     # so the prompt side is the whole context then.
     assert with_extras == (
@@ -346,7 +346,7 @@ def test_reservation_covers_images_and_searches() -> None:
     assert worst.total_msats <= with_extras
     # The published max_cost includes the default search allowance of a search-priced model.
     assert model_max_cost(prices, m) == max_request_cost(
-        prices, m, m.context_length, None, web_searches=UNBOUNDED_TOOL_SEARCHES
+        prices, m, m.context_length, None, units=Usage(0, 0, web_searches=UNBOUNDED_TOOL_SEARCHES)
     )
 
 
@@ -399,8 +399,9 @@ def test_price_book_quote_takes_the_estimate_and_extras() -> None:
     plain = book.quote("p/m", raw, None)  # the lead's positional call keeps working
     rip05 = book.quote("p/m", raw, None, prompt_estimate=lambda: estimate_prompt_tokens(body))
     assert rip05.max_cost_msat < plain.max_cost_msat
-    images = book.quote("p/m", 10, None, images=2)
-    assert images.max_cost_msat == max_request_cost(images.prices, m, 10, None, images=2)
+    two = Usage(0, 0, images=2)
+    images = book.quote("p/m", 10, None, units=two)
+    assert images.max_cost_msat == max_request_cost(images.prices, m, 10, None, units=two)
 
 
 _TEXT = st.text(

@@ -10,6 +10,7 @@ from satsrouter.billing.metering import UNBOUNDED_TOOL_SEARCHES, Usage
 from satsrouter.market.catalogue import PRICE_FIELDS, Model
 
 MSAT_PER_BTC = Decimal(100_000_000_000)
+NO_UNITS = Usage(0, 0)  # a request that uses no per-unit component
 # Priced per request / image / search rather than per token; in `sats_per_million` these are
 # plain sats per unit, as the models file documents.
 PER_UNIT_FIELDS = frozenset({"request", "image", "image_output", "web_search", "audio_second"})
@@ -167,20 +168,17 @@ def max_request_cost(
     max_tokens: int | None,
     *,
     prompt_estimate: Callable[[], int] | None = None,
-    images: int = 0,
-    web_searches: int = 0,
-    audio_seconds: int = 0,
-    generated_images: int = 0,
+    units: Usage = NO_UNITS,
 ) -> int:
     """The reservation for one request: the most it can cost.
 
     `prompt_bound` is an upper bound on prompt tokens (the request's byte length works for
     text: a token is at least one byte), capped at the context window. `prompt_estimate`
     returns a *lower* estimate of the prompt, called only when it can shorten the completion
-    budget. `images` (carried in), `web_searches`, `audio_seconds` and `generated_images`
-    are the most of each the request can use.
+    budget. `units` holds the most of each per-unit component the request can use (images
+    carried in and made, web searches, audio seconds); its token counts are ignored.
     """
-    if images or web_searches:
+    if units.images or units.web_searches:
         # Images sent by URL and search results both enter the prompt without being in the
         # request's bytes: only the context window bounds the prompt then.
         prompt_tokens = model.context_length
@@ -196,14 +194,13 @@ def max_request_cost(
     reasoning = budget if prices.internal_reasoning > prices.completion else 0
     worst = usage_cost(
         prices,
-        Usage(
-            prompt_tokens,
-            budget,
+        replace(
+            units,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=budget,
+            cached_tokens=0,
+            cache_write_tokens=0,
             reasoning_tokens=reasoning,
-            images=images,
-            web_searches=web_searches,
-            audio_seconds=audio_seconds,
-            generated_images=generated_images,
         ),
     )
     return worst.total_msats
@@ -218,4 +215,5 @@ def model_max_cost(prices: MsatPrices, model: Model) -> int:
     the `web_search` price per search: its own reservation says so (402 `Required`).
     """
     searches = UNBOUNDED_TOOL_SEARCHES if prices.web_search else 0
-    return max_request_cost(prices, model, model.context_length, None, web_searches=searches)
+    units = Usage(0, 0, web_searches=searches)
+    return max_request_cost(prices, model, model.context_length, None, units=units)

@@ -9,6 +9,7 @@ from typing import Any
 
 from satsrouter.billing.metering import Usage
 from satsrouter.billing.pricing import (
+    NO_UNITS,
     Cost,
     MsatPrices,
     max_request_cost,
@@ -87,10 +88,7 @@ class PriceBook:
         max_tokens: int | None,
         *,
         prompt_estimate: Callable[[], int] | None = None,
-        images: int = 0,
-        web_searches: int = 0,
-        audio_seconds: int = 0,
-        generated_images: int = 0,
+        units: Usage = NO_UNITS,
         image_size: Any = None,
         image_quality: Any = None,
     ) -> Quote:
@@ -103,7 +101,7 @@ class PriceBook:
         """
         model = self.model(model_id)
         prices = self.prices(model)
-        if generated_images:
+        if units.generated_images:
             variant = model.image_variant(image_size, image_quality)
             prices = with_image_price(prices, model, variant, self.usd_per_btc(), self.fee)
         reservation = max_request_cost(
@@ -112,10 +110,7 @@ class PriceBook:
             prompt_bound,
             max_tokens,
             prompt_estimate=prompt_estimate,
-            images=images,
-            web_searches=web_searches,
-            audio_seconds=audio_seconds,
-            generated_images=generated_images,
+            units=units,
         )
         return Quote(model, prices, reservation)
 

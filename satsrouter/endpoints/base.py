@@ -36,6 +36,17 @@ class Call:
     audio_seconds: int | None = None  # length of an uploaded audio file, when readable
     request_id: str = ""
 
+    def units(self) -> Usage:
+        """The most of each per-unit component this request can use, for its reservation."""
+        return Usage(
+            0,
+            0,
+            images=self.images,
+            web_searches=self.web_searches,
+            audio_seconds=self.audio_seconds or 0,
+            generated_images=self.generated_images,
+        )
+
     @property
     def model_id(self) -> Any:
         return self.body.get("model")

@@ -99,10 +99,7 @@ async def paid(request: Request, endpoint: Endpoint) -> Response:
         len(raw),
         call.max_tokens,
         prompt_estimate=lambda: estimate_prompt_tokens(call.body),
-        images=call.images,
-        web_searches=call.web_searches,
-        audio_seconds=call.audio_seconds or 0,
-        generated_images=call.generated_images,
+        units=call.units(),
         image_size=call.body.get("size"),
         image_quality=call.body.get("quality"),
     )
