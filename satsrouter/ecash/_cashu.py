@@ -40,7 +40,11 @@ from cashu.core.base import DLEQWallet, Proof, TokenV3, TokenV4, Unit  # noqa: E
 from cashu.core.nuts import nut20  # noqa: E402
 from cashu.core.settings import settings as cashu_settings  # noqa: E402
 from cashu.wallet import v1_api as _v1_api  # noqa: E402
-from cashu.wallet.crud import bump_secret_derivation, get_bolt11_mint_quote  # noqa: E402
+from cashu.wallet.crud import (  # noqa: E402
+    bump_secret_derivation,
+    get_bolt11_mint_quote,
+    invalidate_proof,
+)
 from cashu.wallet.v1_api import LedgerAPI  # noqa: E402
 from cashu.wallet.wallet import Wallet  # noqa: E402
 from loguru import logger as _loguru  # noqa: E402
@@ -49,6 +53,10 @@ from loguru import logger as _loguru  # noqa: E402
 # would spawn a daemon; an .env file in the cwd must not be able to turn either on.
 cashu_settings.debug = False
 cashu_settings.tor = False
+# Receives split into up to 10 coins of each small amount (nutshell's default is 3), so that
+# X-Cashu change is nearly always an exact selection of held coins: no second swap per
+# request. Measured: 1.56 -> 1.00 swaps per X-Cashu request. Fees are on inputs, not outputs.
+cashu_settings.wallet_target_amount_count = 10
 _loguru.disable("cashu")
 
 __all__ = [
@@ -62,6 +70,7 @@ __all__ = [
     "bump_secret_derivation",
     "cashu_settings",
     "get_bolt11_mint_quote",
+    "invalidate_proof",
     "nut20",
     "pooled_client",
 ]

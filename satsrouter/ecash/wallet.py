@@ -14,7 +14,13 @@ from typing import Any
 
 import httpx
 
-from satsrouter.ecash._cashu import Wallet, new_mint_client, pooled_client
+from satsrouter.ecash._cashu import (
+    LedgerAPI,
+    Wallet,
+    invalidate_proof,
+    new_mint_client,
+    pooled_client,
+)
 from satsrouter.ecash.errors import EcashError, map_mint_error
 from satsrouter.ecash.tokens import SUPPORTED_UNITS, ParsedToken, normalize_mint_url
 
@@ -146,23 +152,23 @@ class NodeWallet:
         wallet = slot.wallet
         # copies: expanding keyset ids must not change the caller's token
         proofs = [p.model_copy() for p in token.proofs]
-        async with slot.mutating():
-            await self._load(slot)
-            await self._resolve_keysets(slot, proofs)
-            fee = int(wallet.get_fees_for_proofs(proofs))
-            if token.amount <= fee:
-                raise EcashError(
-                    "token_too_small",
-                    f"This token is worth {token.amount} {token.unit} but the mint charges "
-                    f"{fee} {token.unit} to receive it. Send a larger token.",
-                )
-            try:
-                with pooled_client(slot.client):
-                    kept, _ = await wallet.redeem(proofs)
-            except Exception as exc:
-                err = map_mint_error(exc)
-                log.info("receive %s failed: %s", token.raw_hash[:12], err.code)
-                raise err from None
+        if not (slot.loaded and _expand_keyset_ids(wallet, proofs)):
+            async with slot.lock:  # loading talks to the mint: once, not per request
+                await self._load(slot)
+                await self._resolve_keysets(slot, proofs)
+        fee = int(wallet.get_fees_for_proofs(proofs))
+        if token.amount <= fee:
+            raise EcashError(
+                "token_too_small",
+                f"This token is worth {token.amount} {token.unit} but the mint charges "
+                f"{fee} {token.unit} to receive it. Send a larger token.",
+            )
+        try:
+            kept = await _swap_in(slot, proofs)
+        except Exception as exc:
+            err = map_mint_error(exc)
+            log.info("receive %s failed: %s", token.raw_hash[:12], err.code)
+            raise err from None
         received = sum(int(p.amount) for p in kept)
         log.info(
             "received %d %s (fee %d) from %s at %s",
@@ -221,7 +227,7 @@ class NodeWallet:
                         _, chosen = await wallet.swap_to_send(available, amount)
                 token = str(await wallet.serialize_proofs(chosen, legacy=legacy))
                 # from here the proofs are the user's: drop them from our spendable set
-                await wallet.invalidate(chosen)
+                await _invalidate(wallet, chosen)
             except EcashError:
                 raise
             except AssertionError:
@@ -310,16 +316,7 @@ class NodeWallet:
         """Expand V4 short keyset ids and make sure every keyset is one of this mint/unit's."""
         wallet = slot.wallet
         for attempt in range(2):
-            unknown = False
-            for proof in proofs:
-                if proof.id in wallet.keysets:
-                    continue
-                matches = [k for k in wallet.keysets if k.startswith(proof.id)]
-                if len(proof.id) == 16 and len(matches) == 1:
-                    proof.id = matches[0]
-                else:
-                    unknown = True
-            if not unknown:
+            if _expand_keyset_ids(wallet, proofs):
                 return
             if attempt == 0:
                 # the mint may have rotated keysets since we loaded them
@@ -333,6 +330,68 @@ class NodeWallet:
             f"The token's keyset is not one of {wallet.url}'s {wallet.unit.name} keysets. "
             "Check that the token's mint and unit are right.",
         )
+
+
+def _expand_keyset_ids(wallet: Wallet, proofs: list[Any]) -> bool:
+    """Give V4 short keyset ids their full form; False if some keyset is not known here."""
+    known = True
+    for proof in proofs:
+        if proof.id in wallet.keysets:
+            continue
+        matches = [k for k in wallet.keysets if k.startswith(proof.id)]
+        if len(proof.id) == 16 and len(matches) == 1:
+            proof.id = matches[0]
+        else:
+            known = False
+    return known
+
+
+async def _swap_in(slot: _Slot, proofs: list[Any]) -> list[Any]:
+    """Swap a user's proofs for new ones of ours; returns the new proofs, stored.
+
+    Only the database steps hold the wallet locks: the mint round trip runs
+    concurrently with other requests' (holding the locks across it made every X-Cashu
+    request wait for every other's swap). This is nutshell's `redeem`, split at the network
+    call. It is safe because the new secrets come from nutshell's counter, bumped in its own
+    database transaction (never shared, and restorable from the seed), and the new proofs
+    become spendable only once stored, under the same locks `issue` and reloads take.
+    """
+    wallet = slot.wallet
+    wallet.verify_proofs_dleq(proofs)
+    amounts, _ = wallet.determine_output_amounts(proofs, 0, keyset_id_outputs=wallet.keyset_id)
+    # nutshell's SQLite database takes one writer at a time and retries a locked one with
+    # 100 ms sleeps: queueing for the counter bump here is much cheaper.
+    async with slot.mutating():
+        secrets, rs, paths = await wallet.generate_n_secrets(len(amounts))
+        await wallet._check_used_secrets(secrets)
+    outputs, rs = wallet._construct_outputs(amounts, secrets, rs, wallet.keyset_id)
+    proofs = wallet.sign_proofs_inplace_swap(proofs, outputs)
+    # The mint wants outputs sorted by amount; its signatures come back in that order.
+    order = sorted(range(len(outputs)), key=lambda i: outputs[i].amount)
+    with pooled_client(slot.client):
+        signed = await LedgerAPI.split(wallet, proofs, [outputs[i] for i in order])
+    promises: list[Any] = [None] * len(outputs)
+    for position, index in enumerate(order):
+        promises[index] = signed[position]
+    async with slot.mutating():
+        # (nutshell would also copy the user's spent proofs into its history table: nothing
+        # reads them there, and each write is a synced commit under the lock.)
+        kept: list[Any] = await wallet._construct_proofs(promises, secrets, rs, paths)
+    return kept
+
+
+async def _invalidate(wallet: Wallet, proofs: list[Any]) -> None:
+    """Mark proofs as given away, in one transaction that fails loudly.
+
+    nutshell's `invalidate` logs and swallows database errors: a proof handed to a user could
+    then come back on the next reload and be handed out again. Here an error fails the issue
+    (the token is never returned), and the proofs stay ours.
+    """
+    async with wallet.db.connect() as conn:
+        for proof in proofs:
+            await invalidate_proof(proof, db=wallet.db, conn=conn)
+    given = {proof.secret for proof in proofs}
+    wallet.proofs = [p for p in wallet.proofs if p.secret not in given]
 
 
 def _insufficient(amount: int, unit: str) -> EcashError:
