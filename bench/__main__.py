@@ -26,12 +26,16 @@ import orjson
 import uvloop
 
 from bench.load import RunResult, Scenario, request_body
+from bench.mintload import access_counts
 from bench.nginx import capture_replies, nginx_upstream
 from bench.report import Row, append_jsonl, records, rss_mb, run_info, table, targets
 from bench.scenarios import (
     XSTREAM_MAX_REQUESTS,
     Context,
     balance,
+    mint_baseline,
+    mint_share,
+    mint_swap_pool,
     mint_token_pool,
     run_target,
     scenario_check,
@@ -41,7 +45,9 @@ from satsrouter.testing.fake_upstream import Behaviour
 from satsrouter.testing.mint import TestWallet
 from satsrouter.testing.stack import Stack, log_tail, running_stack
 
-DEFAULT_SCENARIOS = "chat-c1,chat-c32,models-c32,stream-c1,stream-c16,xcashu-c8,xstream-c1"
+DEFAULT_SCENARIOS = (
+    "chat-c1,chat-c32,models-c32,stream-c1,stream-c16,stream-c16-r500,xcashu-c8,xstream-c1"
+)
 RESULTS = Path(__file__).resolve().parent / "results.jsonl"
 FUND_SAT = 1_000_000
 # The Python fake upstream only answers the xstream scenario (through nginx): 20 chunks,
@@ -73,6 +79,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=600,
         help="tokens pre-minted per xcashu run; the run ends when they are spent (default 600)",
     )
+    p.add_argument(
+        "--mint-swaps",
+        type=int,
+        default=1000,
+        help="proofs pre-minted per xcashu run for the mint-direct swap baseline (default 1000)",
+    )
     p.add_argument("--quick", action="store_true", help="1 s runs, 0.2 s warm-up, 1 repetition")
     p.add_argument("--no-save", action="store_true", help=f"do not append to {RESULTS.name}")
     p.add_argument("--results", type=Path, default=RESULTS, help="JSONL file to append to")
@@ -85,8 +97,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.repeat = 1
     if args.duration <= 0 or args.warmup < 0 or args.max_requests < 1:
         p.error("--duration must be > 0, --warmup >= 0, --max-requests >= 1")
-    if args.workers < 1 or not 1 <= args.repeat <= 10 or args.xcashu_tokens < 0:
-        p.error("--workers >= 1, 1 <= --repeat <= 10, --xcashu-tokens >= 0")
+    if (
+        args.workers < 1
+        or not 1 <= args.repeat <= 10
+        or min(args.xcashu_tokens, args.mint_swaps) < 0
+    ):
+        p.error("--workers >= 1, 1 <= --repeat <= 10, --xcashu-tokens and --mint-swaps >= 0")
     try:
         args.scenario_list = [Scenario.parse(s) for s in args.scenarios.split(",") if s.strip()]
     except ValueError as exc:
@@ -142,6 +158,11 @@ def _tokens_needed(args: argparse.Namespace) -> int:
     return sum(_tokens_for(s, args) for s in args.scenario_list) * int(args.repeat)
 
 
+def _swaps_needed(args: argparse.Namespace) -> int:
+    runs = sum(1 for s in args.scenario_list if s.kind == "xcashu") * int(args.repeat)
+    return runs * int(args.mint_swaps)
+
+
 async def _bench(stack: Stack, args: argparse.Namespace, workdir: Path) -> list[list[Row]]:
     connector = aiohttp.TCPConnector(limit=1024, limit_per_host=0, keepalive_timeout=3.0)
     timeout = aiohttp.ClientTimeout(total=None)
@@ -149,10 +170,14 @@ async def _bench(stack: Stack, args: argparse.Namespace, workdir: Path) -> list[
         wallet = await TestWallet.create(stack.mint_url, workdir / "wallet")
         key = await _fund_key(session, stack, wallet)
         pool = []
+        swap_pool = []
         if (needed := _tokens_needed(args)) > 0:
             sats = await x_cashu_sats(session, stack.node_url)
             print(f"minting {needed} X-Cashu tokens of >= {sats} sat…", flush=True)
             pool = await mint_token_pool(wallet, sats, needed)
+            if (swaps := _swaps_needed(args)) > 0:
+                print(f"minting {swaps} proofs for the mint-direct swap baseline…", flush=True)
+                swap_pool = await mint_swap_pool(wallet, sats, swaps)
         ctx = Context(
             session=session,
             stack=stack,
@@ -175,10 +200,13 @@ async def _bench(stack: Stack, args: argparse.Namespace, workdir: Path) -> list[
                     del pool[:take]
                 runs: dict[str, RunResult] = {}
                 before = after = None
+                mint_log = stack.mint_log or workdir / "mint" / "mint.log"
+                calls_before = access_counts(mint_log)
                 for target in ("upstream", "node"):
                     print(f"  #{rep + 1} {scenario.label:<12} {target:<9}", end=" ", flush=True)
                     if target == "node":
                         before = await _settled(ctx)
+                        calls_before = access_counts(mint_log)
                     run = await run_target(ctx, scenario, target)
                     if target == "node":
                         after = await _settled(ctx)
@@ -186,7 +214,17 @@ async def _bench(stack: Stack, args: argparse.Namespace, workdir: Path) -> list[
                     runs[target] = run
                 assert before is not None and after is not None
                 check = scenario_check(ctx, scenario, runs["upstream"], runs["node"], before, after)
-                rows.append(Row(scenario, runs["upstream"], runs["node"], check))
+                row = Row(scenario, runs["upstream"], runs["node"], check)
+                if scenario.kind == "xcashu":
+                    # the mint's requests caused by the node run (settled: none in flight)
+                    calls = access_counts(mint_log) - calls_before
+                    ctx.swap_inputs = swap_pool[: args.mint_swaps]
+                    del swap_pool[: args.mint_swaps]
+                    print(f"  #{rep + 1} {scenario.label:<12} {'mint':<9}", end=" ", flush=True)
+                    direct = await mint_baseline(ctx, scenario)
+                    print(f"{direct.rps:>9.1f} swaps/s  {direct.errors} errors", flush=True)
+                    row.mint = mint_share(runs["node"], direct, dict(calls))
+                rows.append(row)
             rss = rss_mb(stack.node_pid)
             print(f"  node RSS after repetition {rep + 1}: {sum(rss.values()):.1f} MB\n")
             for row in rows:

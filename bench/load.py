@@ -30,14 +30,15 @@ class Scenario:
 
     kind: str  # one of KINDS; xcashu/xstream pay with X-Cashu, xstream via the slow upstream
     concurrency: int
+    rate: int = 0  # requests/s offered in total (Python client only); 0: closed loop, no pacing
 
     @property
     def id(self) -> str:
-        return f"{self.kind}-c{self.concurrency}"
+        return f"{self.kind}-c{self.concurrency}" + (f"-r{self.rate}" if self.rate else "")
 
     @property
     def label(self) -> str:
-        return f"{self.kind} c={self.concurrency}"
+        return f"{self.kind} c={self.concurrency}" + (f" @{self.rate}/s" if self.rate else "")
 
     @property
     def stream(self) -> bool:
@@ -53,14 +54,21 @@ class Scenario:
 
     @classmethod
     def parse(cls, text: str) -> Scenario:
-        """`chat-c32`, `stream-c1`, or the label form `chat c=32`."""
-        norm = text.strip().replace(" c=", "-c")
-        kind, sep, conc = norm.partition("-c")
-        if kind not in KINDS or not sep or not conc.isdigit() or int(conc) < 1:
+        """`chat-c32`, `stream-c1`, `stream-c16-r400` (paced at 400/s), or `chat c=32`."""
+        norm = text.strip().replace(" c=", "-c").replace(" @", "-r").removesuffix("/s")
+        kind, sep, rest = norm.partition("-c")
+        conc, rsep, rate = rest.partition("-r")
+        ok = kind in KINDS and sep and conc.isdigit() and int(conc) >= 1
+        ok = ok and (not rsep or (rate.isdigit() and int(rate) >= 1))
+        if not ok:
             raise ValueError(
-                f"unknown scenario {text!r} (expected kind-cN, kind one of {', '.join(KINDS)})"
+                f"unknown scenario {text!r} (expected kind-cN or kind-cN-rR, kind one of "
+                f"{', '.join(KINDS)})"
             )
-        return cls(kind, int(conc))
+        scenario = cls(kind, int(conc), int(rate) if rsep else 0)
+        if scenario.rate and scenario.uses_wrk:
+            raise ValueError(f"{text!r}: -rR (pacing) needs a Python-driven kind, not {kind}")
+        return scenario
 
 
 def request_body(stream: bool) -> bytes:
@@ -287,6 +295,9 @@ async def run_scenario(
     request starts after the deadline, once `max_requests` (warm-up included) were
     issued, or once `next_token` (a fresh X-Cashu token and its msat value per request)
     runs dry; the measured window ends when the last in-flight request finishes.
+    With `scenario.rate`, request i is not sent before start + i / rate (at most
+    `concurrency` in flight): the offered load, not the server, sets the pace, and a
+    request's time starts at its send, so queueing in the client is not counted.
     """
     url = f"{base_url}/chat/completions"
     headers = {"Content-Type": "application/json", **(extra_headers or {})}
@@ -301,6 +312,8 @@ async def run_scenario(
     measure_from = start + warmup_s
     deadline = measure_from + duration_s
     last_done = measure_from
+    interval = 1.0 / scenario.rate if scenario.rate else 0.0
+    next_send = start
 
     async def one(t0: float, token: tuple[str, int] | None) -> Outcome:
         hdrs, value = headers, None
@@ -311,8 +324,13 @@ async def run_scenario(
         return await _chat(session, url, hdrs, body, paid, value)
 
     async def worker() -> None:
-        nonlocal last_done
+        nonlocal last_done, next_send
         while True:
+            if interval:
+                # claim the next slot of the schedule, then wait for it
+                slot, next_send = next_send, next_send + interval
+                if (wait := slot - time.perf_counter()) > 0:
+                    await asyncio.sleep(wait)
             t0 = time.perf_counter()
             if t0 >= deadline or result.requests >= max_requests:
                 return

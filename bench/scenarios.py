@@ -11,6 +11,7 @@ from typing import Any
 import aiohttp
 
 from bench.load import RunResult, Scenario, request_body, run_scenario, token_msat
+from bench.mintload import SwapRun, run_swaps, swap_inputs
 from bench.nginx import SLOW_HEADER, SLOW_VALUE
 from bench.wrk import WrkRun, run_wrk
 from satsrouter.testing.mint import TestWallet
@@ -34,6 +35,8 @@ class Context:
     tokens: collections.deque[tuple[str, int]] = dataclasses.field(
         default_factory=collections.deque
     )
+    # one fresh proof per entry, for the mint-direct swap baseline of xcashu scenarios
+    swap_inputs: list[list[dict[str, Any]]] = dataclasses.field(default_factory=list)
 
     def next_token(self) -> tuple[str, int] | None:
         return self.tokens.popleft() if self.tokens else None
@@ -72,6 +75,45 @@ async def mint_token_pool(wallet: TestWallet, sats: int, count: int) -> list[tup
     amount = 1 << max(0, (sats - 1).bit_length())
     tokens = await wallet.mint_tokens(amount, count) if count else []
     return [(t, token_msat(t)) for t in tokens]
+
+
+async def mint_swap_pool(wallet: TestWallet, sats: int, count: int) -> list[list[dict[str, Any]]]:
+    """`count` one-proof swap inputs of the X-Cashu tokens' size, for the mint baseline."""
+    amount = 1 << max(0, (sats - 1).bit_length())
+    tokens = await wallet.mint_tokens(amount, count, legacy=True) if count else []
+    return swap_inputs(tokens)
+
+
+async def mint_baseline(ctx: Context, scenario: Scenario) -> SwapRun:
+    """The mint alone: swaps/s at the scenario's concurrency, straight from a client."""
+    return await run_swaps(
+        ctx.session,
+        ctx.stack.mint_url,
+        ctx.swap_inputs,
+        concurrency=scenario.concurrency,
+        warmup_s=ctx.warmup_s,
+        duration_s=ctx.duration_s,
+    )
+
+
+def mint_share(node: RunResult, direct: SwapRun, calls: dict[str, int]) -> dict[str, Any]:
+    """How much of the mint's capacity the node's X-Cashu run used.
+
+    `calls` are the mint requests the node run caused (by `METHOD /path status`). The mint
+    bound is what the node could reach if the mint's swaps were the only cost.
+    """
+    swaps = calls.get("POST /v1/swap 200", 0)
+    per_request = swaps / node.requests if node.requests else None
+    bound = direct.rps / per_request if per_request else None
+    return {
+        "direct": direct.summary(),
+        "node_mint_calls": calls,
+        "node_swaps": swaps,
+        "node_requests": node.requests,
+        "swaps_per_request": None if per_request is None else round(per_request, 3),
+        "mint_bound_rps": None if bound is None else round(bound, 1),
+        "node_vs_mint_bound": None if not bound else round(node.rps / bound, 3),
+    }
 
 
 def _wrk_result(target: str, scenario: Scenario, warm: WrkRun | None, run: WrkRun) -> RunResult:

@@ -31,6 +31,7 @@ class Stack:
     node_log: Path
     node_pid: int = 0  # with --workers > 1, the supervisor; the workers are its children
     fake_url: str = ""  # the Python fake upstream (the same as upstream_url without a front)
+    mint_log: Path | None = None  # the mint's stdout, uvicorn access lines included
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -138,4 +139,5 @@ def running_stack(
             node_log=node.log,
             node_pid=node.pid,
             fake_url=fake.url,
+            mint_log=mint.log_path,
         )
