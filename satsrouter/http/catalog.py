@@ -16,6 +16,7 @@ charged exactly `ceil(units × sats_pricing × 1000)` msat per component.
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 import orjson
@@ -114,8 +115,19 @@ def model_entry(node: Node, model: Model) -> dict[str, Any]:
 async def list_models(request: Request) -> Response:
     """OpenAI list shape with OpenRouter fields, `sats_pricing` and `max_cost`."""
     node: Node = request.app.state.node
-    data = [model_entry(node, m) for m in node.catalogue.models()]
-    return _json({"object": "list", "data": data})
+    # The list only changes with the catalogue or the rate: build it once per pair (pricing
+    # every model per request made this the slowest GET the node serves).
+    try:
+        rate: Decimal | None = node.prices.usd_per_btc()
+    except ApiError:
+        rate = None
+    key = (node.catalogue.version, rate)
+    cached: tuple[Any, bytes] | None = getattr(request.app.state, "models_list", None)
+    if cached is None or cached[0] != key:
+        data = [model_entry(node, m) for m in node.catalogue.models()]
+        cached = (key, orjson.dumps({"object": "list", "data": data}))
+        request.app.state.models_list = cached
+    return Response(cached[1], media_type="application/json")
 
 
 @router.get("/v1/models/catalog")

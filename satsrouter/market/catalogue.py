@@ -154,6 +154,7 @@ class Catalogue:
             else:
                 log.warning("alias %r points at unknown model %r", name, target)
         self._by_id, self._aliases, self._ambiguous = by_id, resolved, ambiguous
+        self.version = getattr(self, "version", 0) + 1  # lets readers cache what they derive
 
     def get(self, model_id: str) -> Model | None:
         """Find a model by full id or alias; None if unknown or ambiguous."""
