@@ -6,6 +6,7 @@ import asyncio
 import fcntl
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -17,7 +18,6 @@ import httpx
 from satsrouter.ecash._cashu import (
     LedgerAPI,
     Wallet,
-    invalidate_proof,
     new_mint_client,
     pooled_client,
 )
@@ -387,9 +387,34 @@ async def _invalidate(wallet: Wallet, proofs: list[Any]) -> None:
     then come back on the next reload and be handed out again. Here an error fails the issue
     (the token is never returned), and the proofs stay ours.
     """
+    if not proofs:
+        return
+    # Two statements for all proofs, not two per proof (nutshell's `invalidate_proof`): each
+    # statement is a thread hop through aiosqlite, and this runs under the wallet lock.
+    now = int(time.time())
+    names = [f":s{i}" for i in range(len(proofs))]
+    values: dict[str, Any] = {f"s{i}": str(p.secret) for i, p in enumerate(proofs)}
+    rows = []
+    for i, proof in enumerate(proofs):
+        rows.append(f"(:a{i}, :c{i}, :s{i}, :t, :k{i}, :d{i}, :m{i}, :q{i})")
+        values.update(
+            {
+                f"a{i}": proof.amount,
+                f"c{i}": str(proof.C),
+                f"k{i}": proof.id,
+                f"d{i}": proof.derivation_path,
+                f"m{i}": proof.mint_id,
+                f"q{i}": proof.melt_id,
+            }
+        )
+    values["t"] = now
     async with wallet.db.connect() as conn:
-        for proof in proofs:
-            await invalidate_proof(proof, db=wallet.db, conn=conn)
+        await conn.execute(f"DELETE FROM proofs WHERE secret IN ({', '.join(names)})", values)
+        await conn.execute(
+            "INSERT INTO proofs_used (amount, C, secret, time_used, id, derivation_path, "
+            f"mint_id, melt_id) VALUES {', '.join(rows)}",
+            values,
+        )
     given = {proof.secret for proof in proofs}
     wallet.proofs = [p for p in wallet.proofs if p.secret not in given]
 
