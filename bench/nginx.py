@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from satsrouter.testing.mint import free_port
+from satsrouter.testing.stack import answers
 
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
@@ -138,14 +139,6 @@ http {{
 """
 
 
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
-            return bool(resp.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 @contextlib.contextmanager
 def nginx_upstream(slow_url: str, replies: dict[str, bytes]) -> Iterator[str]:
     """Run nginx on a free 127.0.0.1 port until the block ends; yields its base URL (/v1)."""
@@ -180,7 +173,7 @@ def _running(binary: str, workdir: Path, slow_url: str, replies: dict[str, bytes
     url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not _answers(f"{url}/models"):
+        while not answers(f"{url}/models"):
             if proc.poll() is not None:
                 raise RuntimeError(f"nginx exited ({proc.returncode}): {_tail(workdir)}")
             if time.monotonic() > deadline:

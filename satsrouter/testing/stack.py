@@ -43,7 +43,8 @@ class NodeProcess:
     pid: int
 
 
-def _answers(url: str) -> bool:
+def answers(url: str) -> bool:
+    """Whether `url` answers 200 within a second."""
     try:
         with urllib.request.urlopen(url, timeout=1) as resp:
             return bool(resp.status == 200)
@@ -62,7 +63,7 @@ def log_tail(path: Path, chars: int = 4000) -> str:
 def _ready(url: str, log_path: Path, workers: int) -> bool:
     if workers > 1 and b"workers ready" not in _read(log_path):
         return False  # one worker answering is not all of them listening
-    return _answers(f"{url}/v1/models")
+    return answers(f"{url}/v1/models")
 
 
 def _read(path: Path) -> bytes:
