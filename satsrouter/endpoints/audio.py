@@ -106,24 +106,18 @@ class AudioTranscriptions(Endpoint):
         # lowest bitrate speech codecs use.
         seconds = wav_seconds(upload)
         bound = seconds if seconds is not None else len(upload) / _MIN_BYTES_PER_SECOND
-        call.audio_seconds = math.ceil(bound)
+        call.audio_seconds, call.audio_exact = math.ceil(bound), seconds is not None
         return call
 
     def upstream_body(self, call: Call, model_id: str) -> bytes:
         # Multipart is forwarded byte for byte; a short alias in `model` is rewritten in place.
         raw = _set_field(call.raw, "model", call.body.get("model"), model_id)
-        if call.body.get("response_format") == "text" and not self._wav(call):
+        if _asks_json_for_text(call):
             # Plain text says nothing of the audio's length and the node reads only WAV
             # headers: ask for verbose_json (its `duration` is charged) and answer the client
             # the plain text it asked for, rendered from it.
             raw = _set_field(raw, "response_format", "text", "verbose_json")
-            call.body["_as_text"] = True
         return raw
-
-    @staticmethod
-    def _wav(call: Call) -> bool:
-        _, upload = multipart_fields(call.raw, call.content_type)
-        return upload is not None and wav_seconds(upload) is not None
 
     def reply(self, call: Call, raw: bytes, media_type: str) -> Reply:
         if media_type == JSON:
@@ -134,7 +128,7 @@ class AudioTranscriptions(Endpoint):
                 # per token is never free (I3), and costs the same in every response_format.
                 duration = usage.audio_seconds if usage else data.get("duration")
                 usage = self._local(call, data.get("text"), duration)
-            if call.body.get("_as_text") and isinstance(data.get("text"), str):
+            if _asks_json_for_text(call) and isinstance(data.get("text"), str):
                 return Reply(usage, (data["text"] + "\n").encode(), None, "text/plain")
             return Reply(usage, raw, data)
         # text, srt, vtt: passed back unchanged; the transcript in them is counted here.
@@ -146,14 +140,18 @@ class AudioTranscriptions(Endpoint):
         """Usage counted here: the transcript's tokens and, when known, the audio's seconds
         (from the upstream's answer, or a WAV header; never the size-based bound)."""
         if not isinstance(duration, int | float) or duration <= 0:
-            _, upload = multipart_fields(call.raw, call.content_type)
-            duration = wav_seconds(upload) if upload is not None else None
+            duration = call.audio_seconds if call.audio_exact else None
         return Usage(
             0,
             count_tokens(text) if isinstance(text, str) else 0,
             audio_seconds=math.ceil(duration) if duration else 0,
             source="local",
         )
+
+
+def _asks_json_for_text(call: Call) -> bool:
+    """Whether a `text` answer is fetched as verbose_json, to learn the audio's length."""
+    return call.body.get("response_format") == "text" and not call.audio_exact
 
 
 def _set_field(raw: bytes, name: str, old: Any, new: str) -> bytes:

@@ -33,7 +33,8 @@ class Call:
     images: int = 0  # images the request carries in or asks for (priced per image)
     web_searches: int = 0  # web searches the request allows (priced per search)
     generated_images: int = 0  # images the request asks to be made
-    audio_seconds: int | None = None  # length of an uploaded audio file, when readable
+    audio_seconds: int | None = None  # most seconds an uploaded audio file can last
+    audio_exact: bool = False  # audio_seconds read from the file's header, not a size bound
     request_id: str = ""
 
     def units(self) -> Usage:

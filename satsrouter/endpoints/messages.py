@@ -72,8 +72,7 @@ class Messages(Endpoint):
         usage = usage_from_anthropic(data.get("usage"))
         if usage is None:
             usage = _local(call, anthropic_text_of(data))
-            data["usage"] = {"input_tokens": usage.prompt_tokens, "output_tokens": 0}
-            data["usage"]["output_tokens"] = usage.completion_tokens
+            data["usage"] = anthropic_usage(usage)
         return Reply(with_images(usage, call), raw, data)
 
     def meter(self, call: Call) -> StreamMeter:
