@@ -25,20 +25,48 @@ pytest_plugins = ["conftest_ecash"]
 BTC_USD = Decimal(100_000)
 FEE = Decimal("1.05")
 
-# Models with prices large enough that costs are many msat (easy to assert exactly).
-TEST_MODELS: list[dict[str, Any]] = [
-    {
-        "id": "test/priced",
-        "name": "Priced test model",
+
+def _test_model(
+    model_id: str,
+    name: str,
+    pricing: dict[str, str],
+    *,
+    context: int = 4096,
+    max_completion: int = 256,
+    inputs: tuple[str, ...] = ("text",),
+    outputs: tuple[str, ...] = ("text",),
+    parameters: tuple[str, ...] = (),
+    **extra: Any,
+) -> dict[str, Any]:
+    """One model entry in the OpenRouter schema."""
+    return {
+        "id": model_id,
+        "name": name,
         "created": 1700000000,
-        "context_length": 4096,
+        "context_length": context,
         "architecture": {
-            "input_modalities": ["text"],
-            "output_modalities": ["text"],
+            "input_modalities": list(inputs),
+            "output_modalities": list(outputs),
             "tokenizer": "GPT",
             "instruct_type": None,
         },
-        "pricing": {
+        "pricing": pricing,
+        "top_provider": {
+            "context_length": context,
+            "max_completion_tokens": max_completion,
+            "is_moderated": False,
+        },
+        "supported_parameters": list(parameters),
+        **extra,
+    }
+
+
+# Models with prices large enough that costs are many msat (easy to assert exactly).
+TEST_MODELS: list[dict[str, Any]] = [
+    _test_model(
+        "test/priced",
+        "Priced test model",
+        {
             "prompt": "0.00001",
             "completion": "0.00002",
             "request": "0",
@@ -46,120 +74,48 @@ TEST_MODELS: list[dict[str, Any]] = [
             "web_search": "0",
             "internal_reasoning": "0",
         },
-        "top_provider": {
-            "context_length": 4096,
-            "max_completion_tokens": 256,
-            "is_moderated": False,
-        },
-        "supported_parameters": ["max_tokens", "stream"],
-    },
-    {
-        # Completion-only price: the reservation does not depend on the request's size.
-        "id": "test/flat",
-        "name": "Flat test model",
-        "created": 1700000000,
-        "context_length": 4096,
-        "architecture": {
-            "input_modalities": ["text"],
-            "output_modalities": ["text"],
-            "tokenizer": "GPT",
-            "instruct_type": None,
-        },
-        "pricing": {"prompt": "0", "completion": "0.0000238", "request": "0"},
-        "top_provider": {
-            "context_length": 4096,
-            "max_completion_tokens": 256,
-            "is_moderated": False,
-        },
-        "supported_parameters": ["max_tokens", "stream"],
-    },
-    {
-        # Image generation: 10500 msat per image made, plus tokens when the upstream reports
-        # gpt-image usage (or the prompt, counted locally, when it does not).
-        "id": "test/image",
-        "name": "Image test model",
-        "created": 1700000000,
-        "context_length": 4096,
-        "architecture": {
-            "input_modalities": ["text"],
-            "output_modalities": ["image"],
-            "tokenizer": "GPT",
-            "instruct_type": None,
-        },
-        "pricing": {
-            "prompt": "0.00001",
-            "completion": "0.00002",
-            "request": "0",
-            "image": "0.01",
-        },
-        "top_provider": {
-            "context_length": 4096,
-            "max_completion_tokens": 1024,
-            "is_moderated": False,
-        },
-        "supported_parameters": [],
-    },
-    {
-        # Audio transcription priced per request only (2100 msat), whatever the upload's length.
-        "id": "test/whisper",
-        "name": "Whisper test model",
-        "created": 1700000000,
-        "context_length": 4096,
-        "architecture": {
-            "input_modalities": ["audio"],
-            "output_modalities": ["text"],
-            "tokenizer": "GPT",
-            "instruct_type": None,
-        },
-        "pricing": {"prompt": "0", "completion": "0", "request": "0.002"},
-        "top_provider": {
-            "context_length": 4096,
-            "max_completion_tokens": 256,
-            "is_moderated": False,
-        },
-        "supported_parameters": [],
-    },
-    {
-        # Audio transcription priced per started second of audio only (105 msat a second).
-        "id": "test/whisper-seconds",
-        "name": "Per-second whisper test model",
-        "created": 1700000000,
-        "context_length": 4096,
-        "architecture": {
-            "input_modalities": ["audio"],
-            "output_modalities": ["text"],
-            "tokenizer": "GPT",
-            "instruct_type": None,
-        },
-        "pricing": {"prompt": "0", "completion": "0", "request": "0", "audio_second": "0.0001"},
-        "top_provider": {
-            "context_length": 4096,
-            "max_completion_tokens": 256,
-            "is_moderated": False,
-        },
-        "supported_parameters": [],
-    },
-    {
-        # Priced per generated image by size and quality (dall-e style), nothing per token.
-        "id": "test/dalle",
-        "name": "Sized image test model",
-        "created": 1700000000,
-        "context_length": 4000,
-        "architecture": {
-            "input_modalities": ["text"],
-            "output_modalities": ["image"],
-            "tokenizer": "GPT",
-            "instruct_type": None,
-        },
-        "pricing": {"prompt": "0", "completion": "0", "image_output": "0.02"},
-        "image_pricing": {"1024x1024/hd": "0.08", "1024x1024": "0.04", "1792x1024": "0.12"},
-        "top_provider": {
-            "context_length": 4000,
-            "max_completion_tokens": 1000,
-            "is_moderated": False,
-        },
-        "supported_parameters": [],
-    },
+        parameters=("max_tokens", "stream"),
+    ),
+    # Completion-only price: the reservation does not depend on the request's size.
+    _test_model(
+        "test/flat",
+        "Flat test model",
+        {"prompt": "0", "completion": "0.0000238", "request": "0"},
+        parameters=("max_tokens", "stream"),
+    ),
+    # Image generation: 10500 msat per image made, plus tokens when the upstream reports
+    # gpt-image usage (or the prompt, counted locally, when it does not).
+    _test_model(
+        "test/image",
+        "Image test model",
+        {"prompt": "0.00001", "completion": "0.00002", "request": "0", "image": "0.01"},
+        max_completion=1024,
+        outputs=("image",),
+    ),
+    # Audio transcription priced per request only (2100 msat), whatever the upload's length.
+    _test_model(
+        "test/whisper",
+        "Whisper test model",
+        {"prompt": "0", "completion": "0", "request": "0.002"},
+        inputs=("audio",),
+    ),
+    # Audio transcription priced per second of audio (105 msat a second).
+    _test_model(
+        "test/whisper-seconds",
+        "Per-second whisper test model",
+        {"prompt": "0", "completion": "0", "request": "0", "audio_second": "0.0001"},
+        inputs=("audio",),
+    ),
+    # Priced per generated image by size and quality (dall-e style), nothing per token.
+    _test_model(
+        "test/dalle",
+        "Sized image test model",
+        {"prompt": "0", "completion": "0", "image_output": "0.02"},
+        context=4000,
+        max_completion=1000,
+        outputs=("image",),
+        image_pricing={"1024x1024/hd": "0.08", "1024x1024": "0.04", "1792x1024": "0.12"},
+    ),
 ]
 
 
