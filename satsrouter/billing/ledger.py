@@ -7,11 +7,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, insert, select, update
+from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from satsrouter.billing.balances import credit_tx, debit_available_tx, journal_tx, open_account_tx
 from satsrouter.store.tables import accounts, journal
-from satsrouter.store.tx import Tx, TxRunner
+from satsrouter.store.tx import Tx, TxRunner, run_on
 
 # The hot-path statements, as plain SQL that SQLite and Postgres both run.
 _RESERVE = (
@@ -62,10 +63,6 @@ _RELEASE_RESERVATION = (
     "WHERE id = :id AND state = 'active'"
 )
 _UNRESERVE = "UPDATE accounts SET reserved_msat = reserved_msat - :amount WHERE id = :account"
-_INSERT_JOURNAL = (
-    "INSERT INTO journal (account_id, amount_msat, kind, ref, created_at) "
-    "VALUES (:account, :amount, :kind, :ref, :now)"
-)
 _HEARTBEAT = "UPDATE instances SET heartbeat_at = :now WHERE id = :id"
 _INSERT_INSTANCE = "INSERT INTO instances (id, started_at, heartbeat_at) VALUES (:id, :now, :now)"
 _ALIVE_INSTANCES = "SELECT id FROM instances WHERE heartbeat_at >= :since"
@@ -75,13 +72,6 @@ _ACTIVE_RESERVATIONS = (
 )
 _RETIRE_INSTANCE = "DELETE FROM instances WHERE id = :id"
 _FORGET_INSTANCES = "DELETE FROM instances WHERE heartbeat_at < :before"
-
-
-def _journal_tx(tx: Tx, account_id: int, amount: int, kind: str, ref: str, now: float) -> None:
-    tx.execute(
-        _INSERT_JOURNAL,
-        {"account": account_id, "amount": amount, "kind": kind, "ref": ref[:80], "now": now},
-    )
 
 
 def _release_tx(
@@ -231,20 +221,6 @@ _ACCOUNT_COLUMNS = (
 )
 
 
-async def _journal(
-    conn: AsyncConnection, account_id: int, amount_msat: int, kind: str, ref: str
-) -> None:
-    await conn.execute(
-        insert(journal).values(
-            account_id=account_id,
-            amount_msat=amount_msat,
-            kind=kind,
-            ref=ref[:80],
-            created_at=time.time(),
-        )
-    )
-
-
 class Ledger:
     """All reads and writes of balances. Amounts are integer millisatoshis."""
 
@@ -284,68 +260,26 @@ class Ledger:
         If the key hash already exists the existing id is returned (a token used as a key
         may race with itself across requests).
         """
-        existing = (
-            await conn.execute(select(accounts.c.id).where(accounts.c.key_hash == key_hash))
-        ).scalar()
-        if existing is not None:
-            return int(existing)
-        result = await conn.execute(
-            insert(accounts)
-            .values(
-                key_hash=key_hash,
-                kind=kind,
-                mint_url=mint_url,
-                unit=unit,
-                balance_msat=0,
-                reserved_msat=0,
-                total_spent_msat=0,
-                total_requests=0,
-                created_at=time.time(),
-            )
-            .returning(accounts.c.id)
+        now = time.time()
+        return await run_on(
+            conn, lambda tx: open_account_tx(tx, key_hash, kind, mint_url, unit, now)
         )
-        return int(result.scalar_one())
 
     async def credit(
         self, conn: AsyncConnection, account_id: int, amount_msat: int, kind: str, ref: str
     ) -> int:
         """Add to a balance inside the caller's transaction; returns the new balance."""
-        if amount_msat < 0:
-            raise ValueError("credit amount must be >= 0")
-        balance = (
-            await conn.execute(
-                update(accounts)
-                .where(accounts.c.id == account_id)
-                .values(balance_msat=accounts.c.balance_msat + amount_msat)
-                .returning(accounts.c.balance_msat)
-            )
-        ).scalar_one()
-        if amount_msat:
-            await _journal(conn, account_id, amount_msat, kind, ref)
-        return int(balance)
+        now = time.time()
+        return await run_on(conn, lambda tx: credit_tx(tx, account_id, amount_msat, kind, ref, now))
 
     async def debit_available(
         self, conn: AsyncConnection, account_id: int, amount_msat: int, kind: str, ref: str
     ) -> int | None:
         """Take `amount_msat` from the unreserved balance; None if it is not there."""
-        balance = (
-            await conn.execute(
-                update(accounts)
-                .where(
-                    and_(
-                        accounts.c.id == account_id,
-                        accounts.c.balance_msat - accounts.c.reserved_msat >= amount_msat,
-                    )
-                )
-                .values(balance_msat=accounts.c.balance_msat - amount_msat)
-                .returning(accounts.c.balance_msat)
-            )
-        ).scalar()
-        if balance is None:
-            return None
-        if amount_msat:
-            await _journal(conn, account_id, -amount_msat, kind, ref)
-        return int(balance)
+        now = time.time()
+        return await run_on(
+            conn, lambda tx: debit_available_tx(tx, account_id, amount_msat, kind, ref, now)
+        )
 
     # -- reservations (I2): one transaction each, in one hop to the database ---------------
 
@@ -409,7 +343,7 @@ class Ledger:
                 },
             )
             if charged:
-                _journal_tx(tx, reservation.account_id, -charged, "charge", reservation.id, now)
+                journal_tx(tx, reservation.account_id, -charged, "charge", reservation.id, now)
             if reservation.child_id is not None:
                 tx.execute(
                     _SETTLE_CHILD,

@@ -6,17 +6,32 @@ import logging
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import insert, select, update
-from sqlalchemy.exc import IntegrityError
-
+from satsrouter.billing.balances import credit_tx, debit_available_tx
 from satsrouter.billing.ledger import Ledger
 from satsrouter.billing.redeem import UNIT_MSAT
 from satsrouter.ecash.errors import EcashError
 from satsrouter.ecash.tokens import parse_token
 from satsrouter.ecash.wallet import NodeWallet
-from satsrouter.store.tables import accounts, payouts
+from satsrouter.store.tx import Tx
 
 log = logging.getLogger(__name__)
+
+_ISSUED = "SELECT amount_msat, token, state, method, detail, fee_msat FROM payouts WHERE id = :id"
+_ACCOUNT = "SELECT balance_msat, reserved_msat, unit, mint_url FROM accounts WHERE id = :id"
+_INSERT_PAYOUT = (
+    "INSERT INTO payouts (id, account_id, amount_msat, unit, mint_url, token, state, method, "
+    "destination, fee_msat, created_at, updated_at) VALUES (:id, :account, :amount, :unit, "
+    ":mint, NULL, :state, :method, :destination, 0, :now, :now) ON CONFLICT (id) DO NOTHING"
+)
+_COMPLETE = (
+    "UPDATE payouts SET state = 'issued', token = :token, detail = :detail, fee_msat = :fee, "
+    "updated_at = :now WHERE id = :id AND state = 'pending' RETURNING method"
+)
+_FORGET_PENDING = "DELETE FROM payouts WHERE id = :id AND state = 'pending'"
+_STALE_CASHU = (
+    "SELECT id, account_id, amount_msat, unit, mint_url FROM payouts "
+    "WHERE state = 'pending' AND method = 'cashu' AND updated_at < :before"
+)
 
 
 class PayoutConflict(Exception):
@@ -25,6 +40,10 @@ class PayoutConflict(Exception):
 
 class PayoutCancelled(PayoutConflict):
     """A payout was undone (by recovery) before its result could be recorded."""
+
+
+class _Raced(Exception):
+    """Another transaction recorded a payout with the same id first."""
 
 
 class PayoutInvalid(ValueError):
@@ -41,6 +60,16 @@ class Payout:
     method: str = "cashu"
     detail: str | None = None
     fee_msat: int = 0
+
+
+def _issued(tx: Tx, payout_id: str) -> Payout | None:
+    rows, _ = tx.execute(_ISSUED, {"id": payout_id})
+    if not rows:
+        return None
+    amount, token, state, method, detail, fee = rows[0]
+    if state != "issued":
+        raise PayoutConflict("this payout is still being sent; retry shortly")
+    return Payout(payout_id, int(amount), token, method, detail, int(fee))
 
 
 @dataclass(frozen=True)
@@ -68,25 +97,7 @@ class Payouts:
 
     async def get(self, payout_id: str) -> Payout | None:
         """A payout already made under this id, if any; 409-style conflict if in flight."""
-        async with self.ledger.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(
-                        payouts.c.amount_msat,
-                        payouts.c.token,
-                        payouts.c.state,
-                        payouts.c.method,
-                        payouts.c.detail,
-                        payouts.c.fee_msat,
-                    ).where(payouts.c.id == payout_id)
-                )
-            ).first()
-        if row is None:
-            return None
-        amount, token, state, method, detail, fee = row
-        if state != "issued":
-            raise PayoutConflict("this payout is still being sent; retry shortly")
-        return Payout(payout_id, int(amount), token, method, detail, int(fee))
+        return await self.ledger.tx.run(lambda tx: _issued(tx, payout_id))
 
     async def pay_out_all(self, account_id: int, payout_id: str) -> Payout:
         """Pay out the whole unreserved balance as Cashu; a sub-unit remainder is kept as fee."""
@@ -126,71 +137,61 @@ class Payouts:
         `amount_msat=None` takes the whole unreserved balance, rounded down to the account's
         unit (the remainder is journaled as `rounding`).
         """
-        done = await self.get(payout_id)
-        if done is not None:
-            return done
         now = time.time()
-        try:
-            async with self.ledger.engine.begin() as conn:
-                acct = (
-                    await conn.execute(
-                        select(
-                            accounts.c.balance_msat,
-                            accounts.c.reserved_msat,
-                            accounts.c.unit,
-                            accounts.c.mint_url,
-                        ).where(accounts.c.id == account_id)
-                    )
-                ).one()
-                balance, reserved, unit, mint_url = acct
-                per_unit = UNIT_MSAT[unit]
-                available = int(balance - reserved)
-                if amount_msat is None:
-                    payout_msat = available - available % per_unit
-                    residue = available - payout_msat
-                else:
-                    if amount_msat % per_unit or amount_msat <= 0:
-                        raise PayoutInvalid(
-                            f"amount must be a positive multiple of {per_unit} msat"
-                        )
-                    payout_msat, residue = amount_msat, 0
-                if payout_msat > available:
-                    raise PayoutConflict(
-                        f"only {available} msat available, {payout_msat} msat requested"
-                    )
-                if residue:
-                    await self.ledger.debit_available(
-                        conn, account_id, residue, "rounding", payout_id
-                    )
-                if payout_msat:
-                    debited = await self.ledger.debit_available(
-                        conn, account_id, payout_msat, "payout", payout_id
-                    )
-                    if debited is None:
-                        raise PayoutConflict("balance changed during payout; retry")
-                await conn.execute(
-                    insert(payouts).values(
-                        id=payout_id,
-                        account_id=account_id,
-                        amount_msat=payout_msat,
-                        unit=unit,
-                        mint_url=mint_url,
-                        token=None,
-                        state="pending" if payout_msat else "issued",
-                        method=method,
-                        destination=destination,
-                        created_at=now,
-                        updated_at=now,
-                    )
+
+        def op(tx: Tx) -> Payout | PendingPayout:
+            done = _issued(tx, payout_id)
+            if done is not None:
+                return done
+            rows, _ = tx.execute(_ACCOUNT, {"id": account_id})
+            balance, reserved, unit, mint_url = rows[0]
+            per_unit = UNIT_MSAT[unit]
+            available = int(balance - reserved)
+            if amount_msat is None:
+                payout_msat = available - available % per_unit
+                residue = available - payout_msat
+            else:
+                if amount_msat % per_unit or amount_msat <= 0:
+                    raise PayoutInvalid(f"amount must be a positive multiple of {per_unit} msat")
+                payout_msat, residue = amount_msat, 0
+            if payout_msat > available:
+                raise PayoutConflict(
+                    f"only {available} msat available, {payout_msat} msat requested"
                 )
-        except IntegrityError:
+            if residue:
+                debit_available_tx(tx, account_id, residue, "rounding", payout_id, now)
+            if payout_msat:
+                debited = debit_available_tx(tx, account_id, payout_msat, "payout", payout_id, now)
+                if debited is None:
+                    raise PayoutConflict("balance changed during payout; retry")
+            _, inserted = tx.execute(
+                _INSERT_PAYOUT,
+                {
+                    "id": payout_id,
+                    "account": account_id,
+                    "amount": payout_msat,
+                    "unit": unit,
+                    "mint": mint_url,
+                    "state": "pending" if payout_msat else "issued",
+                    "method": method,
+                    "destination": destination,
+                    "now": now,
+                },
+            )
+            if inserted != 1:
+                # The same id was recorded concurrently (Postgres): undo this debit.
+                raise _Raced
+            if not payout_msat:
+                return Payout(payout_id, 0, None, method)
+            return PendingPayout(payout_id, account_id, payout_msat, unit, mint_url)
+
+        try:
+            return await self.ledger.tx.run(op)
+        except _Raced:
             done = await self.get(payout_id)
             if done is None:
                 raise PayoutConflict("payout raced with itself; retry") from None
             return done
-        if not payout_msat:
-            return Payout(payout_id, 0, None, method)
-        return PendingPayout(payout_id, account_id, payout_msat, unit, mint_url)
 
     async def complete(
         self,
@@ -200,23 +201,21 @@ class Payouts:
         fee_msat: int = 0,
     ) -> Payout:
         """Record what was sent; from now on the same id returns this payout."""
-        async with self.ledger.engine.begin() as conn:
-            moved = await conn.execute(
-                update(payouts)
-                .where(payouts.c.id == step.id, payouts.c.state == "pending")
-                .values(
-                    state="issued",
-                    token=token,
-                    detail=detail,
-                    fee_msat=fee_msat,
-                    updated_at=time.time(),
-                )
-            )
-            if moved.rowcount != 1:
+        params = {
+            "id": step.id,
+            "token": token,
+            "detail": detail,
+            "fee": fee_msat,
+            "now": time.time(),
+        }
+
+        def op(tx: Tx) -> str:
+            rows, _ = tx.execute(_COMPLETE, params)
+            if not rows:
                 raise PayoutCancelled(f"payout {step.id} was undone before it completed")
-            method = (
-                await conn.execute(select(payouts.c.method).where(payouts.c.id == step.id))
-            ).scalar_one()
+            return str(rows[0][0])
+
+        method = await self.ledger.tx.run(op)
         return Payout(step.id, step.amount_msat, token, method, detail, fee_msat)
 
     async def undo(self, step: PendingPayout) -> bool:
@@ -225,16 +224,16 @@ class Payouts:
         Compare-and-set on the pending row, so a payout is undone at most once and never
         after it completed. Returns whether this call undid it.
         """
-        async with self.ledger.engine.begin() as conn:
-            gone = await conn.execute(
-                payouts.delete().where(payouts.c.id == step.id, payouts.c.state == "pending")
-            )
-            if gone.rowcount != 1:
+        now = time.time()
+
+        def op(tx: Tx) -> bool:
+            _, gone = tx.execute(_FORGET_PENDING, {"id": step.id})
+            if gone != 1:
                 return False
-            await self.ledger.credit(
-                conn, step.account_id, step.amount_msat, "payout_undo", step.id
-            )
-        return True
+            credit_tx(tx, step.account_id, step.amount_msat, "payout_undo", step.id, now)
+            return True
+
+        return await self.ledger.tx.run(op)
 
     async def recover_cashu(self, older_than: float) -> int:
         """Undo Cashu payouts a crash left `pending`; returns how many.
@@ -243,22 +242,8 @@ class Payouts:
         that would have carried it comes only after `complete`. Crediting the debit back is
         therefore safe; the proofs the wallet set aside stay in the node's ecash.
         """
-        async with self.ledger.engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    select(
-                        payouts.c.id,
-                        payouts.c.account_id,
-                        payouts.c.amount_msat,
-                        payouts.c.unit,
-                        payouts.c.mint_url,
-                    ).where(
-                        payouts.c.state == "pending",
-                        payouts.c.method == "cashu",
-                        payouts.c.updated_at < time.time() - older_than,
-                    )
-                )
-            ).all()
+        before = time.time() - older_than
+        rows, _ = await self.ledger.tx.run(lambda tx: tx.execute(_STALE_CASHU, {"before": before}))
         undone = 0
         for payout_id, account_id, amount, unit, mint_url in rows:
             step = PendingPayout(payout_id, account_id, int(amount), unit, mint_url)

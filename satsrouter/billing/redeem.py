@@ -5,21 +5,48 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import and_, insert, select, update
-from sqlalchemy.exc import IntegrityError
-
+from satsrouter.billing.balances import credit_tx, open_account_tx
 from satsrouter.billing.ledger import Ledger
 from satsrouter.ecash.errors import EcashError
 from satsrouter.ecash.tokens import ParsedToken, parse_token
 from satsrouter.ecash.wallet import NodeWallet
 from satsrouter.errors import ApiError
-from satsrouter.store.tables import redemptions
+from satsrouter.store.tx import Tx
 
 log = logging.getLogger(__name__)
 
 UNIT_MSAT = {"sat": 1000, "msat": 1}
 PENDING_STALE_SECONDS = 60.0
+
+_INSERT_INTENT = (
+    "INSERT INTO redemptions (token_hash, key_hash, kind, mint_url, unit, amount, token, state, "
+    "created_at, updated_at) VALUES (:th, :kh, :kind, :mint, :unit, :amount, :token, 'pending', "
+    ":now, :now) ON CONFLICT (token_hash) DO NOTHING"
+)
+_EXISTING = "SELECT state, account_id, credited_msat FROM redemptions WHERE token_hash = :th"
+_MARK_FAILED = (
+    "UPDATE redemptions SET state = 'failed', token = NULL, error = :error, updated_at = :now "
+    "WHERE token_hash = :th AND state = 'pending'"
+)
+_MARK_SWAPPED = (
+    "UPDATE redemptions SET state = 'swapped', credited_msat = :amount, updated_at = :now "
+    "WHERE token_hash = :th AND state = 'pending'"
+)
+_SWAPPED_ROW = (
+    "SELECT key_hash, kind, mint_url, unit, state, credited_msat FROM redemptions "
+    "WHERE token_hash = :th"
+)
+_MARK_CREDITED = (
+    "UPDATE redemptions SET state = 'credited', account_id = :account, credited_msat = :amount, "
+    "token = NULL, updated_at = :now WHERE token_hash = :th"
+)
+_MARK_STATE = "UPDATE redemptions SET state = :state, updated_at = :now WHERE token_hash = :th"
+_UNFINISHED = (
+    "SELECT token_hash, state, token, updated_at FROM redemptions "
+    "WHERE state IN ('pending', 'swapped')"
+)
 
 
 @dataclass(frozen=True)
@@ -48,25 +75,27 @@ class Redeemer:
         """
         self.wallet.check_accepted(token)
         now = time.time()
-        engine = self.ledger.engine
-        try:
-            async with engine.begin() as conn:
-                await conn.execute(
-                    insert(redemptions).values(
-                        token_hash=token.raw_hash,
-                        key_hash=key_hash,
-                        kind=kind,
-                        mint_url=token.mint,
-                        unit=token.unit,
-                        amount=token.amount,
-                        token=text.strip(),
-                        state="pending",
-                        created_at=now,
-                        updated_at=now,
-                    )
-                )
-        except IntegrityError:
-            return await self._existing(token)
+        intent = {
+            "th": token.raw_hash,
+            "kh": key_hash,
+            "kind": kind,
+            "mint": token.mint,
+            "unit": token.unit,
+            "amount": token.amount,
+            "token": text.strip(),
+            "now": now,
+        }
+
+        def record_intent(tx: Tx) -> tuple[Any, ...] | None:
+            _, inserted = tx.execute(_INSERT_INTENT, intent)
+            if inserted == 1:
+                return None
+            rows, _ = tx.execute(_EXISTING, {"th": token.raw_hash})
+            return rows[0]
+
+        existing = await self.ledger.tx.run(record_intent)
+        if existing is not None:
+            return _already(*existing)
 
         try:
             received = await self.wallet.receive(token)
@@ -80,80 +109,34 @@ class Redeemer:
         await self._mark_swapped(token.raw_hash, received * UNIT_MSAT[token.unit])
         return await self._credit(token.raw_hash)
 
-    async def _existing(self, token: ParsedToken) -> Redeemed:
-        async with self.ledger.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(
-                        redemptions.c.state, redemptions.c.account_id, redemptions.c.credited_msat
-                    ).where(redemptions.c.token_hash == token.raw_hash)
-                )
-            ).one()
-        state, account_id, credited = row
-        if state == "credited":
-            return Redeemed(int(account_id), int(credited), already=True)
-        if state in ("pending", "swapped"):
-            raise ApiError(
-                409,
-                "redemption_in_progress",
-                "This token is being redeemed by another request; retry in a moment.",
-            )
-        raise EcashError("cashu_token_already_spent")
-
     async def _mark_failed(self, token_hash: str, reason: str) -> None:
-        async with self.ledger.engine.begin() as conn:
-            await conn.execute(
-                update(redemptions)
-                .where(
-                    and_(redemptions.c.token_hash == token_hash, redemptions.c.state == "pending")
-                )
-                .values(state="failed", token=None, error=reason[:200], updated_at=time.time())
-            )
+        params = {"th": token_hash, "error": reason[:200], "now": time.time()}
+        await self.ledger.tx.run(lambda tx: tx.execute(_MARK_FAILED, params))
 
     async def _mark_swapped(self, token_hash: str, amount_msat: int) -> None:
         # Its own commit: from here on a restart knows the node holds the ecash for it.
-        async with self.ledger.engine.begin() as conn:
-            await conn.execute(
-                update(redemptions)
-                .where(
-                    and_(redemptions.c.token_hash == token_hash, redemptions.c.state == "pending")
-                )
-                .values(state="swapped", credited_msat=amount_msat, updated_at=time.time())
-            )
+        params = {"th": token_hash, "amount": amount_msat, "now": time.time()}
+        await self.ledger.tx.run(lambda tx: tx.execute(_MARK_SWAPPED, params))
 
     async def _credit(self, token_hash: str) -> Redeemed:
         if self.fail_before_credit is not None:
             raise self.fail_before_credit
-        async with self.ledger.engine.begin() as conn:
-            row = (
-                await conn.execute(
-                    select(
-                        redemptions.c.key_hash,
-                        redemptions.c.kind,
-                        redemptions.c.mint_url,
-                        redemptions.c.unit,
-                        redemptions.c.state,
-                        redemptions.c.credited_msat,
-                    ).where(redemptions.c.token_hash == token_hash)
-                )
-            ).one()
-            key_hash, kind, mint_url, unit, state, amount_msat = row
+        now = time.time()
+
+        def op(tx: Tx) -> Redeemed:
+            rows, _ = tx.execute(_SWAPPED_ROW, {"th": token_hash})
+            key_hash, kind, mint_url, unit, state, amount_msat = rows[0]
             if state != "swapped":
                 raise RuntimeError(f"redemption {token_hash[:12]} is {state}, not swapped")
-            account_id = await self.ledger.open_account(conn, key_hash, kind, mint_url, unit)
-            await self.ledger.credit(conn, account_id, amount_msat, "credit", token_hash[:16])
-            await conn.execute(
-                update(redemptions)
-                .where(redemptions.c.token_hash == token_hash)
-                .values(
-                    state="credited",
-                    account_id=account_id,
-                    credited_msat=amount_msat,
-                    token=None,
-                    updated_at=time.time(),
-                )
+            account_id = open_account_tx(tx, key_hash, kind, mint_url, unit, now)
+            credit_tx(tx, account_id, amount_msat, "credit", token_hash[:16], now)
+            tx.execute(
+                _MARK_CREDITED,
+                {"th": token_hash, "account": account_id, "amount": amount_msat, "now": now},
             )
-        return Redeemed(account_id, amount_msat, already=False)
+            return Redeemed(account_id, int(amount_msat), already=False)
+
+        return await self.ledger.tx.run(op)
 
     async def recover(self, ask_mint: bool = True, min_age: float = 0.0) -> int:
         """Finish redemptions that were interrupted; returns how many were credited.
@@ -163,17 +146,7 @@ class Redeemer:
         spent without a recorded swap result need a wallet restore (NUT-09) and are flagged,
         never credited blind. Safe to run any number of times.
         """
-        async with self.ledger.engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    select(
-                        redemptions.c.token_hash,
-                        redemptions.c.state,
-                        redemptions.c.token,
-                        redemptions.c.updated_at,
-                    ).where(redemptions.c.state.in_(("pending", "swapped")))
-                )
-            ).all()
+        rows = await self.ledger.tx.run(lambda tx: tx.execute(_UNFINISHED, {})[0])
         credited = 0
         now = time.time()
         for token_hash, state, text, updated_at in rows:
@@ -207,9 +180,18 @@ class Redeemer:
         return credited
 
     async def _mark_state(self, token_hash: str, state: str) -> None:
-        async with self.ledger.engine.begin() as conn:
-            await conn.execute(
-                update(redemptions)
-                .where(redemptions.c.token_hash == token_hash)
-                .values(state=state, updated_at=time.time())
-            )
+        params = {"th": token_hash, "state": state, "now": time.time()}
+        await self.ledger.tx.run(lambda tx: tx.execute(_MARK_STATE, params))
+
+
+def _already(state: str, account_id: int | None, credited: int | None) -> Redeemed:
+    """What a second redemption of the same token gets: the first's credit, or an error."""
+    if state == "credited":
+        return Redeemed(int(account_id or 0), int(credited or 0), already=True)
+    if state in ("pending", "swapped"):
+        raise ApiError(
+            409,
+            "redemption_in_progress",
+            "This token is being redeemed by another request; retry in a moment.",
+        )
+    raise EcashError("cashu_token_already_spent")

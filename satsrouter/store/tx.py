@@ -19,7 +19,7 @@ from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from satsrouter.store.engine import is_sqlite
 
@@ -116,9 +116,10 @@ class SqliteTxRunner:
     waiter as soon as the lock is free.
     """
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, synchronous: str = "NORMAL", name: str = "sqlite-tx") -> None:
         self.path = path
-        self._thread = _OneThread("sqlite-tx")
+        self.synchronous = synchronous
+        self._thread = _OneThread(name)
         self._local = threading.local()
         self._lock_fd: int | None = None
 
@@ -127,7 +128,7 @@ class SqliteTxRunner:
         if cursor is None:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute("PRAGMA busy_timeout=10000")
             conn.execute("PRAGMA foreign_keys=ON")
             self._local.conn = conn
@@ -178,6 +179,11 @@ class _SqlAlchemyTx:
         return rows, result.rowcount
 
 
+async def run_on(conn: AsyncConnection, fn: Callable[[Tx], T]) -> T:
+    """Run a transaction function inside a caller's open SQLAlchemy transaction."""
+    return await conn.run_sync(lambda sync_conn: fn(_SqlAlchemyTx(sync_conn)))
+
+
 class EngineTxRunner:
     """The same transaction functions over any SQLAlchemy async engine (e.g. Postgres)."""
 
@@ -186,7 +192,7 @@ class EngineTxRunner:
 
     async def run(self, fn: Callable[[Tx], T]) -> T:
         async with self.engine.begin() as conn:
-            return await conn.run_sync(lambda sync_conn: fn(_SqlAlchemyTx(sync_conn)))
+            return await run_on(conn, fn)
 
     async def close(self) -> None:
         return None
