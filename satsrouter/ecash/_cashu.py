@@ -36,7 +36,17 @@ def _import_nutshell() -> None:
 
 _import_nutshell()
 
-from cashu.core.base import DLEQWallet, Proof, TokenV3, TokenV4, Unit  # noqa: E402
+from cashu.core.base import (  # noqa: E402
+    BlindedMessage,
+    BlindedSignature,
+    DLEQWallet,
+    Proof,
+    TokenV3,
+    TokenV4,
+    Unit,
+)
+from cashu.core.crypto import b_dhke  # noqa: E402
+from cashu.core.crypto.secp import PrivateKey, PublicKey  # noqa: E402
 from cashu.core.nuts import nut20  # noqa: E402
 from cashu.core.settings import settings as cashu_settings  # noqa: E402
 from cashu.wallet import v1_api as _v1_api  # noqa: E402
@@ -60,13 +70,18 @@ cashu_settings.wallet_target_amount_count = 10
 _loguru.disable("cashu")
 
 __all__ = [
+    "BlindedMessage",
+    "BlindedSignature",
     "DLEQWallet",
     "LedgerAPI",
+    "PrivateKey",
     "Proof",
+    "PublicKey",
     "TokenV3",
     "TokenV4",
     "Unit",
     "Wallet",
+    "b_dhke",
     "bump_secret_derivation",
     "cashu_settings",
     "get_bolt11_mint_quote",

@@ -6,7 +6,6 @@ import asyncio
 import fcntl
 import logging
 import os
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -16,13 +15,14 @@ from typing import Any
 import httpx
 
 from satsrouter.ecash._cashu import (
-    LedgerAPI,
     Wallet,
     new_mint_client,
     pooled_client,
 )
 from satsrouter.ecash.errors import EcashError, map_mint_error
+from satsrouter.ecash.receiving import swap_in
 from satsrouter.ecash.tokens import SUPPORTED_UNITS, ParsedToken, normalize_mint_url
+from satsrouter.ecash.wallet_store import WalletStore
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +105,8 @@ class NodeWallet:
         self._clients: dict[str, httpx.AsyncClient | None] = {}
         self._create_lock = asyncio.Lock()
         self._file_lock = WalletLock(self._db_dir / ".lock")
+        # all (mint, unit) wallets share one database file (nutshell's name for it)
+        self._store = WalletStore(self._db_dir / "wallet.sqlite3")
 
     # ---- lifecycle ----
 
@@ -130,6 +132,7 @@ class NodeWallet:
         for slot in self._slots.values():
             await slot.wallet.db.engine.dispose()
         self._slots.clear()
+        await self._store.close()
 
     # ---- checks ----
 
@@ -164,7 +167,7 @@ class NodeWallet:
                 f"{fee} {token.unit} to receive it. Send a larger token.",
             )
         try:
-            kept = await _swap_in(slot, proofs)
+            kept = await swap_in(slot, self._store, proofs)
         except Exception as exc:
             err = map_mint_error(exc)
             log.info("receive %s failed: %s", token.raw_hash[:12], err.code)
@@ -227,7 +230,9 @@ class NodeWallet:
                         _, chosen = await wallet.swap_to_send(available, amount)
                 token = str(await wallet.serialize_proofs(chosen, legacy=legacy))
                 # from here the proofs are the user's: drop them from our spendable set
-                await _invalidate(wallet, chosen)
+                await self._store.give_away(chosen)
+                given = {proof.secret for proof in chosen}
+                wallet.proofs = [p for p in wallet.proofs if p.secret not in given]
             except EcashError:
                 raise
             except AssertionError:
@@ -344,79 +349,6 @@ def _expand_keyset_ids(wallet: Wallet, proofs: list[Any]) -> bool:
         else:
             known = False
     return known
-
-
-async def _swap_in(slot: _Slot, proofs: list[Any]) -> list[Any]:
-    """Swap a user's proofs for new ones of ours; returns the new proofs, stored.
-
-    Only the database steps hold the wallet locks: the mint round trip runs
-    concurrently with other requests' (holding the locks across it made every X-Cashu
-    request wait for every other's swap). This is nutshell's `redeem`, split at the network
-    call. It is safe because the new secrets come from nutshell's counter, bumped in its own
-    database transaction (never shared, and restorable from the seed), and the new proofs
-    become spendable only once stored, under the same locks `issue` and reloads take.
-    """
-    wallet = slot.wallet
-    wallet.verify_proofs_dleq(proofs)
-    amounts, _ = wallet.determine_output_amounts(proofs, 0, keyset_id_outputs=wallet.keyset_id)
-    # nutshell's SQLite database takes one writer at a time and retries a locked one with
-    # 100 ms sleeps: queueing for the counter bump here is much cheaper.
-    async with slot.mutating():
-        secrets, rs, paths = await wallet.generate_n_secrets(len(amounts))
-        await wallet._check_used_secrets(secrets)
-    outputs, rs = wallet._construct_outputs(amounts, secrets, rs, wallet.keyset_id)
-    proofs = wallet.sign_proofs_inplace_swap(proofs, outputs)
-    # The mint wants outputs sorted by amount; its signatures come back in that order.
-    order = sorted(range(len(outputs)), key=lambda i: outputs[i].amount)
-    with pooled_client(slot.client):
-        signed = await LedgerAPI.split(wallet, proofs, [outputs[i] for i in order])
-    promises: list[Any] = [None] * len(outputs)
-    for position, index in enumerate(order):
-        promises[index] = signed[position]
-    async with slot.mutating():
-        # (nutshell would also copy the user's spent proofs into its history table: nothing
-        # reads them there, and each write is a synced commit under the lock.)
-        kept: list[Any] = await wallet._construct_proofs(promises, secrets, rs, paths)
-    return kept
-
-
-async def _invalidate(wallet: Wallet, proofs: list[Any]) -> None:
-    """Mark proofs as given away, in one transaction that fails loudly.
-
-    nutshell's `invalidate` logs and swallows database errors: a proof handed to a user could
-    then come back on the next reload and be handed out again. Here an error fails the issue
-    (the token is never returned), and the proofs stay ours.
-    """
-    if not proofs:
-        return
-    # Two statements for all proofs, not two per proof (nutshell's `invalidate_proof`): each
-    # statement is a thread hop through aiosqlite, and this runs under the wallet lock.
-    now = int(time.time())
-    names = [f":s{i}" for i in range(len(proofs))]
-    values: dict[str, Any] = {f"s{i}": str(p.secret) for i, p in enumerate(proofs)}
-    rows = []
-    for i, proof in enumerate(proofs):
-        rows.append(f"(:a{i}, :c{i}, :s{i}, :t, :k{i}, :d{i}, :m{i}, :q{i})")
-        values.update(
-            {
-                f"a{i}": proof.amount,
-                f"c{i}": str(proof.C),
-                f"k{i}": proof.id,
-                f"d{i}": proof.derivation_path,
-                f"m{i}": proof.mint_id,
-                f"q{i}": proof.melt_id,
-            }
-        )
-    values["t"] = now
-    async with wallet.db.connect() as conn:
-        await conn.execute(f"DELETE FROM proofs WHERE secret IN ({', '.join(names)})", values)
-        await conn.execute(
-            "INSERT INTO proofs_used (amount, C, secret, time_used, id, derivation_path, "
-            f"mint_id, melt_id) VALUES {', '.join(rows)}",
-            values,
-        )
-    given = {proof.secret for proof in proofs}
-    wallet.proofs = [p for p in wallet.proofs if p.secret not in given]
 
 
 def _insufficient(amount: int, unit: str) -> EcashError:

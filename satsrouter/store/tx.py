@@ -122,6 +122,7 @@ class SqliteTxRunner:
         self._thread = _OneThread(name)
         self._local = threading.local()
         self._lock_fd: int | None = None
+        self._closed = False
 
     def _cursor(self) -> sqlite3.Cursor:
         cursor: sqlite3.Cursor | None = getattr(self._local, "cursor", None)
@@ -165,6 +166,9 @@ class SqliteTxRunner:
             self._local.conn = self._local.cursor = None
 
     async def close(self) -> None:
+        if self._closed:
+            return  # a second close must not wait on a thread that has stopped
+        self._closed = True
         await self._thread.submit(self._close)
         self._thread.shutdown()
 
