@@ -26,7 +26,7 @@ import orjson
 import uvloop
 
 from bench.load import RunResult, Scenario, request_body
-from bench.mintload import access_counts
+from bench.mintload import access_counts, wallet_outputs
 from bench.nginx import capture_replies, nginx_upstream
 from bench.report import Row, append_jsonl, records, rss_mb, run_info, table, targets
 from bench.scenarios import (
@@ -37,6 +37,7 @@ from bench.scenarios import (
     mint_share,
     mint_swap_pool,
     mint_token_pool,
+    outputs_per_swap,
     run_target,
     scenario_check,
     x_cashu_sats,
@@ -201,12 +202,15 @@ async def _bench(stack: Stack, args: argparse.Namespace, workdir: Path) -> list[
                 runs: dict[str, RunResult] = {}
                 before = after = None
                 mint_log = stack.mint_log or workdir / "mint" / "mint.log"
+                node_data = workdir / "node"
+                outputs_before = 0
                 calls_before = access_counts(mint_log)
                 for target in ("upstream", "node"):
                     print(f"  #{rep + 1} {scenario.label:<12} {target:<9}", end=" ", flush=True)
                     if target == "node":
                         before = await _settled(ctx)
                         calls_before = access_counts(mint_log)
+                        outputs_before = wallet_outputs(node_data)
                     run = await run_target(ctx, scenario, target)
                     if target == "node":
                         after = await _settled(ctx)
@@ -218,10 +222,11 @@ async def _bench(stack: Stack, args: argparse.Namespace, workdir: Path) -> list[
                 if scenario.kind == "xcashu":
                     # the mint's requests caused by the node run (settled: none in flight)
                     calls = access_counts(mint_log) - calls_before
+                    outputs = outputs_per_swap(wallet_outputs(node_data) - outputs_before, calls)
                     ctx.swap_inputs = swap_pool[: args.mint_swaps]
                     del swap_pool[: args.mint_swaps]
                     print(f"  #{rep + 1} {scenario.label:<12} {'mint':<9}", end=" ", flush=True)
-                    direct = await mint_baseline(ctx, scenario)
+                    direct = await mint_baseline(ctx, scenario, outputs)
                     print(f"{direct.rps:>9.1f} swaps/s  {direct.errors} errors", flush=True)
                     row.mint = mint_share(runs["node"], direct, dict(calls))
                 rows.append(row)

@@ -3,16 +3,20 @@
 The X-Cashu target says throughput is "bounded by the mint's swap time". To check that, the
 bench drives `POST /v1/swap` on the same local mint with no node in between (one fresh proof
 per swap, blinded outputs built here, nothing unblinded or stored), and counts the swaps the
-node made during its run in the mint's access log.
+node made during its run in the mint's access log. The baseline's swaps ask for as many
+outputs as the node's did (read from the node wallet's derivation counters): a swap's cost
+at the mint grows with the signatures it makes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import dataclasses
 import re
 import secrets
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +34,7 @@ class SwapRun:
     """Swaps driven straight at the mint; timings cover the measured window only."""
 
     concurrency: int
+    outputs_per_swap: int = 1
     elapsed_s: float = 0.0
     latencies_s: list[float] = dataclasses.field(default_factory=list)
     swaps: int = 0  # all issued, warm-up included
@@ -47,6 +52,7 @@ class SwapRun:
         p50, p99 = self.latency_ms(0.5), self.latency_ms(0.99)
         return {
             "concurrency": self.concurrency,
+            "outputs_per_swap": self.outputs_per_swap,
             "swaps_per_s": round(self.rps, 1),
             "p50_ms": None if p50 is None else round(p50, 3),
             "p99_ms": None if p99 is None else round(p99, 3),
@@ -70,16 +76,39 @@ def swap_inputs(tokens: list[str]) -> list[list[dict[str, Any]]]:
     return out
 
 
-def _outputs(amount: int, keyset_id: str) -> list[dict[str, Any]]:
-    """Blinded outputs for `amount` split in powers of two, as a wallet receiving it would."""
+def output_amounts(amount: int, count: int) -> list[int]:
+    """`amount` in powers of two, as few as possible, then halved (largest first) to `count`.
+
+    The mint's work grows with the outputs it signs, so the baseline asks for as many as the
+    node's own swaps did (a node refilling small coins splits a 16-sat token into 5).
+    """
+    parts = [1 << bit for bit in range(amount.bit_length()) if amount >> bit & 1]
+    while len(parts) < count and max(parts) > 1:
+        parts.sort()
+        half = parts.pop() // 2
+        parts += [half, half]
+    return sorted(parts)
+
+
+def _outputs(amount: int, keyset_id: str, count: int) -> list[dict[str, Any]]:
+    """Blinded outputs for `amount` in `count` powers of two (see `output_amounts`)."""
     from cashu.core.crypto.b_dhke import step1_alice
 
     outs = []
-    for bit in range(amount.bit_length()):
-        if amount >> bit & 1:
-            blinded, _ = step1_alice(secrets.token_hex(32))
-            outs.append({"amount": 1 << bit, "id": keyset_id, "B_": blinded.format().hex()})
+    for part in output_amounts(amount, count):
+        blinded, _ = step1_alice(secrets.token_hex(32))
+        outs.append({"amount": part, "id": keyset_id, "B_": blinded.format().hex()})
     return outs
+
+
+def wallet_outputs(data_dir: Path) -> int:
+    """Outputs the node's wallet has ever asked a mint to sign (its derivation counters)."""
+    path = data_dir / "wallet" / "wallet.sqlite3"
+    if not path.exists():
+        return 0
+    with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        (total,) = db.execute("SELECT coalesce(sum(counter), 0) FROM keysets").fetchone()
+    return int(total)
 
 
 async def run_swaps(
@@ -90,6 +119,7 @@ async def run_swaps(
     concurrency: int,
     warmup_s: float,
     duration_s: float,
+    outputs_per_swap: int = 1,
     timeout_s: float = 30.0,
 ) -> SwapRun:
     """Closed loop: `concurrency` workers, each swapping its next unspent input at the mint.
@@ -97,7 +127,7 @@ async def run_swaps(
     No swap starts after the deadline or once `inputs` are used up (consumed from the list).
     """
     url = f"{mint_url.rstrip('/')}/v1/swap"
-    result = SwapRun(concurrency)
+    result = SwapRun(concurrency, outputs_per_swap=outputs_per_swap)
     start = time.perf_counter()
     measure_from = start + warmup_s
     deadline = measure_from + duration_s
@@ -110,7 +140,9 @@ async def run_swaps(
             # Built before the clock starts: the client's EC work is not the mint's time.
             body = {
                 "inputs": proofs,
-                "outputs": _outputs(sum(int(p["amount"]) for p in proofs), proofs[0]["id"]),
+                "outputs": _outputs(
+                    sum(int(p["amount"]) for p in proofs), proofs[0]["id"], outputs_per_swap
+                ),
             }
             t0 = time.perf_counter()
             if t0 >= deadline:

@@ -106,7 +106,8 @@ def _money(row: Row) -> str:
 def _mint(m: dict[str, Any]) -> str:
     d = m["direct"]
     text = (
-        f"direct {d['swaps_per_s']:.1f} swaps/s at c={d['concurrency']} "
+        f"direct {d['swaps_per_s']:.1f} swaps/s at c={d['concurrency']}, "
+        f"{d.get('outputs_per_swap', 1)} outputs each as the node's "
         f"(p50 {_ms(d['p50_ms'])}, p99 {_ms(d['p99_ms'])} ms, {d['errors']} errors); "
         f"the node made {m['node_swaps']} swaps for {m['node_requests']} requests"
     )

@@ -84,7 +84,7 @@ async def mint_swap_pool(wallet: TestWallet, sats: int, count: int) -> list[list
     return swap_inputs(tokens)
 
 
-async def mint_baseline(ctx: Context, scenario: Scenario) -> SwapRun:
+async def mint_baseline(ctx: Context, scenario: Scenario, outputs_per_swap: int) -> SwapRun:
     """The mint alone: swaps/s at the scenario's concurrency, straight from a client."""
     return await run_swaps(
         ctx.session,
@@ -93,7 +93,14 @@ async def mint_baseline(ctx: Context, scenario: Scenario) -> SwapRun:
         concurrency=scenario.concurrency,
         warmup_s=ctx.warmup_s,
         duration_s=ctx.duration_s,
+        outputs_per_swap=outputs_per_swap,
     )
+
+
+def outputs_per_swap(outputs: int, calls: dict[str, int]) -> int:
+    """The node's mean outputs per swap in a run (at least 1), from its counters' growth."""
+    swaps = calls.get("POST /v1/swap 200", 0)
+    return max(1, round(outputs / swaps)) if swaps else 1
 
 
 def mint_share(node: RunResult, direct: SwapRun, calls: dict[str, int]) -> dict[str, Any]:
