@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import time
 
@@ -12,6 +13,7 @@ from sqlalchemy import select
 
 from satsrouter.billing.ledger import Ledger
 from satsrouter.billing.payouts import Payout, PayoutConflict
+from satsrouter.ecash.tokens import parse_token
 from satsrouter.store.tables import accounts, instances, payouts, redemptions, reservations
 from satsrouter.testing.fake_upstream import FakeUpstream
 from satsrouter.testing.mint import TestWallet
@@ -43,6 +45,34 @@ async def test_redemption_interrupted_after_swap_is_finished_on_restart(
         assert [r[0] for r in rows] == [30_000]
         await again.check_invariants()
         await again.stop()
+
+
+async def test_a_swapped_redemption_is_credited_once_however_many_finish_it(
+    node_factory: NodeFactory, user_wallet: TestWallet
+) -> None:
+    running = await node_factory()
+    redeemer = running.node.redeemer
+    redeemer.fail_before_credit = RuntimeError("simulated crash before credit")
+    (token,) = await user_wallet.mint_tokens(20)
+    key_hash = hashlib.sha256(token.encode()).hexdigest()
+    with pytest.raises(RuntimeError, match="simulated"):
+        await redeemer.redeem(token, parse_token(token), key_hash, "token")
+    redeemer.fail_before_credit = None
+    async with running.node.engine.connect() as conn:
+        token_hash = (await conn.execute(select(redemptions.c.token_hash))).scalar_one()
+    # the request path and the sweeper's recovery both try to finish it
+    direct, recovered = await asyncio.gather(
+        redeemer._credit(token_hash), redeemer.recover(ask_mint=False), return_exceptions=True
+    )
+    credits = 0 if isinstance(direct, BaseException) else 1
+    credits += recovered if isinstance(recovered, int) else 0
+    assert credits == 1
+    assert await running.node.ledger.total_liabilities() == 20_000
+    with pytest.raises(RuntimeError, match="not swapped"):
+        await redeemer._credit(token_hash)
+    assert (await running.balance(token))["balance"] == 20_000
+    await running.check_invariants()
+    await running.stop()
 
 
 async def test_sweeper_releases_only_reservations_of_dead_instances(

@@ -34,14 +34,12 @@ _MARK_SWAPPED = (
     "UPDATE redemptions SET state = 'swapped', credited_msat = :amount, updated_at = :now "
     "WHERE token_hash = :th AND state = 'pending'"
 )
-_SWAPPED_ROW = (
-    "SELECT key_hash, kind, mint_url, unit, state, credited_msat FROM redemptions "
-    "WHERE token_hash = :th"
+_CLAIM_SWAPPED = (
+    "UPDATE redemptions SET state = 'credited', token = NULL, updated_at = :now "
+    "WHERE token_hash = :th AND state = 'swapped' "
+    "RETURNING key_hash, kind, mint_url, unit, credited_msat"
 )
-_MARK_CREDITED = (
-    "UPDATE redemptions SET state = 'credited', account_id = :account, credited_msat = :amount, "
-    "token = NULL, updated_at = :now WHERE token_hash = :th"
-)
+_SET_ACCOUNT = "UPDATE redemptions SET account_id = :account WHERE token_hash = :th"
 _MARK_STATE = "UPDATE redemptions SET state = :state, updated_at = :now WHERE token_hash = :th"
 _UNFINISHED = (
     "SELECT token_hash, state, token, updated_at FROM redemptions "
@@ -124,16 +122,15 @@ class Redeemer:
         now = time.time()
 
         def op(tx: Tx) -> Redeemed:
-            rows, _ = tx.execute(_SWAPPED_ROW, {"th": token_hash})
-            key_hash, kind, mint_url, unit, state, amount_msat = rows[0]
-            if state != "swapped":
-                raise RuntimeError(f"redemption {token_hash[:12]} is {state}, not swapped")
+            # Compare-and-set first: of two callers racing to credit (a request and the
+            # sweeper's recovery, on Postgres), only the one that moves the row credits.
+            rows, _ = tx.execute(_CLAIM_SWAPPED, {"th": token_hash, "now": now})
+            if not rows:
+                raise RuntimeError(f"redemption {token_hash[:12]} is not swapped")
+            key_hash, kind, mint_url, unit, amount_msat = rows[0]
             account_id = open_account_tx(tx, key_hash, kind, mint_url, unit, now)
             credit_tx(tx, account_id, amount_msat, "credit", token_hash[:16], now)
-            tx.execute(
-                _MARK_CREDITED,
-                {"th": token_hash, "account": account_id, "amount": amount_msat, "now": now},
-            )
+            tx.execute(_SET_ACCOUNT, {"th": token_hash, "account": account_id})
             return Redeemed(account_id, int(amount_msat), already=False)
 
         return await self.ledger.tx.run(op)

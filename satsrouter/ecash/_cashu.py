@@ -50,11 +50,7 @@ from cashu.core.crypto.secp import PrivateKey, PublicKey  # noqa: E402
 from cashu.core.nuts import nut20  # noqa: E402
 from cashu.core.settings import settings as cashu_settings  # noqa: E402
 from cashu.wallet import v1_api as _v1_api  # noqa: E402
-from cashu.wallet.crud import (  # noqa: E402
-    bump_secret_derivation,
-    get_bolt11_mint_quote,
-    invalidate_proof,
-)
+from cashu.wallet.crud import get_bolt11_mint_quote  # noqa: E402
 from cashu.wallet.v1_api import LedgerAPI  # noqa: E402
 from cashu.wallet.wallet import Wallet  # noqa: E402
 from loguru import logger as _loguru  # noqa: E402
@@ -82,10 +78,8 @@ __all__ = [
     "Unit",
     "Wallet",
     "b_dhke",
-    "bump_secret_derivation",
     "cashu_settings",
     "get_bolt11_mint_quote",
-    "invalidate_proof",
     "nut20",
     "pooled_client",
 ]

@@ -19,7 +19,6 @@ from typing import Any
 from satsrouter.ecash._cashu import (
     LedgerAPI,
     Wallet,
-    bump_secret_derivation,
     get_bolt11_mint_quote,
     nut20,
     pooled_client,
@@ -123,17 +122,12 @@ class QuoteMinter:
         """Take a fresh counter range for `amount`'s outputs; it is never handed out again."""
         slot = await self.wallet.loaded_slot(mint, unit)
         amounts = tuple(_binary_split(amount))
-        async with slot.mutating():
-            w = slot.wallet
-            allowed = set(w.get_allowed_amounts())
-            if not set(amounts) <= allowed:
-                raise EcashError("mint_error", "The mint's keyset cannot represent this amount.")
-            keyset_id = str(w.keyset_id)
-            async with w.db.get_connection(lock_table="keysets") as conn:
-                counter = await bump_secret_derivation(
-                    db=w.db, keyset_id=keyset_id, by=len(amounts), conn=conn
-                )
-        return MintOutputs(keyset_id, int(counter), amounts)
+        w = slot.wallet
+        if not set(amounts) <= set(w.get_allowed_amounts()):
+            raise EcashError("mint_error", "The mint's keyset cannot represent this amount.")
+        keyset_id = str(w.keyset_id)
+        counter = await self.wallet.reserve_counters(keyset_id, len(amounts))
+        return MintOutputs(keyset_id, counter, amounts)
 
     async def mint(
         self, quote_id: str, outputs: MintOutputs, unit: str, mint: str | None = None

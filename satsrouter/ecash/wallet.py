@@ -255,6 +255,10 @@ class NodeWallet:
                 self._file_lock.seen = counter
         return sum(int(p.amount) for p in slot.wallet.proofs if not p.reserved)
 
+    async def reserve_counters(self, keyset_id: str, n: int) -> int:
+        """Take `n` fresh derivation counters of a keyset (atomic; never handed out twice)."""
+        return await self._store.reserve_counters(keyset_id, n)
+
     async def loaded_slot(self, mint: str | None, unit: str) -> _Slot:
         """The wallet, lock and client of an accepted (mint, unit), keysets loaded."""
         slot = await self._slot(self._accepted_mint(mint), unit)
