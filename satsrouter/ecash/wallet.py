@@ -20,7 +20,7 @@ from satsrouter.ecash._cashu import (
     pooled_client,
 )
 from satsrouter.ecash.errors import EcashError, map_mint_error
-from satsrouter.ecash.receiving import swap_in
+from satsrouter.ecash.receiving import SwapBatcher
 from satsrouter.ecash.tokens import SUPPORTED_UNITS, ParsedToken, normalize_mint_url
 from satsrouter.ecash.wallet_store import WalletStore
 
@@ -102,6 +102,7 @@ class NodeWallet:
         self._accepted = frozenset(self.mints)
         self._db_dir = Path(data_dir) / "wallet"
         self._slots: dict[tuple[str, str], _Slot] = {}
+        self._receivers: dict[tuple[str, str], SwapBatcher] = {}
         self._clients: dict[str, httpx.AsyncClient | None] = {}
         self._create_lock = asyncio.Lock()
         self._file_lock = WalletLock(self._db_dir / ".lock")
@@ -125,6 +126,8 @@ class NodeWallet:
                 log.warning("mint %s not loaded at start: %s", mint, _describe(result))
 
     async def close(self) -> None:
+        for receiver in self._receivers.values():
+            await receiver.close()
         for client in self._clients.values():
             if client is not None:
                 await client.aclose()
@@ -167,12 +170,11 @@ class NodeWallet:
                 f"{fee} {token.unit} to receive it. Send a larger token.",
             )
         try:
-            kept = await swap_in(slot, self._store, proofs)
+            received = await self._receivers[(token.mint, token.unit)].receive(proofs)
         except Exception as exc:
             err = map_mint_error(exc)
             log.info("receive %s failed: %s", token.raw_hash[:12], err.code)
             raise err from None
-        received = sum(int(p.amount) for p in kept)
         log.info(
             "received %d %s (fee %d) from %s at %s",
             received,
@@ -297,6 +299,7 @@ class NodeWallet:
                 if mint not in self._clients:
                     self._clients[mint] = new_mint_client(mint)
                 slot = _Slot(wallet=wallet, client=self._clients[mint], file_lock=self._file_lock)
+                self._receivers[key] = SwapBatcher(slot, self._store)
                 self._slots[key] = slot
         return slot
 
