@@ -23,20 +23,22 @@ from satsrouter.testing.mint import LocalMint, TestWallet
 def swaps(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[int, int]]]:
     """(inputs, outputs) of every swap the node sends to a mint, in order."""
     seen: list[tuple[int, int]] = []
-    real = receiving.LedgerAPI.split
+    real = receiving.post_swap
 
-    async def counting(wallet: Any, proofs: Any, outputs: Any) -> Any:
+    async def counting(session: Any, url: str, proofs: Any, outputs: Any) -> Any:
         seen.append((len(proofs), len(outputs)))
-        return await real(wallet, proofs, outputs)
+        return await real(session, url, proofs, outputs)
 
-    monkeypatch.setattr(receiving.LedgerAPI, "split", counting)
+    monkeypatch.setattr(receiving, "post_swap", counting)
     yield seen
 
 
 def _held(node_wallet: NodeWallet) -> tuple[int, int, int]:
     """Stored proofs' count and sum, and the keyset's derivation counter."""
     with sqlite3.connect(node_wallet._db_dir / "wallet.sqlite3") as db:
-        count, total = db.execute("SELECT count(*), coalesce(sum(amount), 0) FROM proofs").fetchone()
+        count, total = db.execute(
+            "SELECT count(*), coalesce(sum(amount), 0) FROM proofs"
+        ).fetchone()
         (counter,) = db.execute("SELECT max(counter) FROM keysets").fetchone()
     return int(count), int(total), int(counter)
 

@@ -32,6 +32,7 @@ from satsrouter.ecash._cashu import (
     pooled_client,
 )
 from satsrouter.ecash.errors import EcashError, map_mint_error
+from satsrouter.ecash.mint_http import post_swap
 from satsrouter.ecash.wallet_store import WalletStore
 
 if TYPE_CHECKING:
@@ -159,15 +160,21 @@ class SwapBatcher:
         keyset_id = wallet.keyset_id
         amounts, _ = wallet.determine_output_amounts(proofs, 0, keyset_id_outputs=keyset_id)
         secrets, rs, paths = await self._secrets(keyset_id, len(amounts))
-        outputs, rs = wallet._construct_outputs(amounts, secrets, rs, keyset_id)
+        outputs, rs = await asyncio.to_thread(
+            wallet._construct_outputs, amounts, secrets, rs, keyset_id
+        )
         proofs = wallet.sign_proofs_inplace_swap(proofs, outputs)
         # The mint wants outputs sorted by amount; its signatures come back in that order.
         order = sorted(range(len(outputs)), key=lambda i: outputs[i].amount)
         async with self._mint_turn:
             at_mint.set()
             try:
-                with pooled_client(self.slot.client):
-                    signed = await LedgerAPI.split(wallet, proofs, [outputs[i] for i in order])
+                sorted_outputs = [outputs[i] for i in order]
+                if self.slot.session is not None:
+                    signed = await post_swap(self.slot.session, wallet.url, proofs, sorted_outputs)
+                else:  # through a proxy: nutshell's own client knows how
+                    with pooled_client(self.slot.client):
+                        signed = await LedgerAPI.split(wallet, proofs, sorted_outputs)
             except Exception as exc:
                 error = map_mint_error(exc)
                 if error.code == "mint_unreachable":
@@ -175,12 +182,18 @@ class SwapBatcher:
                 if error.code in _INPUT_REFUSALS and keyset_id == self._unsigned_keyset:
                     self._unsigned[:0] = zip(secrets, rs, paths, strict=True)
                 raise _Refused(error) from None
+        # Let the next batch, waiting for its turn, send its swap before we unblind ours:
+        # otherwise the mint idles for the unblinding (~0.5 ms of CPU per output).
+        await asyncio.sleep(0)
         if len(signed) != len(outputs):
-            raise EcashError("mint_error", "The mint answered the swap with the wrong outputs.")
+            # The mint took the proofs: only a restore from the seed gets their value back.
+            raise EcashError(
+                "mint_unreachable", "The mint answered the swap with the wrong outputs."
+            )
         promises: list[Any] = [None] * len(outputs)
         for position, index in enumerate(order):
             promises[index] = signed[position]
-        kept = unblind(wallet, outputs, promises, rs, secrets, paths)
+        kept = await asyncio.to_thread(unblind, wallet, outputs, promises, rs, secrets, paths)
         # (nutshell would also copy the user's spent proofs into its history table: nothing
         # reads them there.)
         async with self.slot.mutating():

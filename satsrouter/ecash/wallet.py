@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 
 from satsrouter.ecash._cashu import (
@@ -20,6 +21,7 @@ from satsrouter.ecash._cashu import (
     pooled_client,
 )
 from satsrouter.ecash.errors import EcashError, map_mint_error
+from satsrouter.ecash.mint_http import new_mint_session
 from satsrouter.ecash.receiving import SwapBatcher
 from satsrouter.ecash.tokens import SUPPORTED_UNITS, ParsedToken, normalize_mint_url
 from satsrouter.ecash.wallet_store import WalletStore
@@ -74,6 +76,7 @@ class _Slot:
     wallet: Wallet
     client: httpx.AsyncClient | None
     file_lock: WalletLock
+    session: aiohttp.ClientSession | None = None  # for swaps; None through a proxy
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     loaded: bool = False
 
@@ -104,6 +107,7 @@ class NodeWallet:
         self._slots: dict[tuple[str, str], _Slot] = {}
         self._receivers: dict[tuple[str, str], SwapBatcher] = {}
         self._clients: dict[str, httpx.AsyncClient | None] = {}
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
         self._create_lock = asyncio.Lock()
         self._file_lock = WalletLock(self._db_dir / ".lock")
         # all (mint, unit) wallets share one database file (nutshell's name for it)
@@ -132,6 +136,9 @@ class NodeWallet:
             if client is not None:
                 await client.aclose()
         self._clients.clear()
+        for session in self._sessions.values():
+            await session.close()
+        self._sessions.clear()
         for slot in self._slots.values():
             await slot.wallet.db.engine.dispose()
         self._slots.clear()
@@ -297,8 +304,15 @@ class NodeWallet:
                 wallet = await Wallet.with_db(mint, str(self._db_dir), name="wallet", unit=unit)
                 await wallet.load_proofs(reload=True)
                 if mint not in self._clients:
-                    self._clients[mint] = new_mint_client(mint)
-                slot = _Slot(wallet=wallet, client=self._clients[mint], file_lock=self._file_lock)
+                    self._clients[mint] = client = new_mint_client(mint)
+                    if client is not None:
+                        self._sessions[mint] = new_mint_session()
+                slot = _Slot(
+                    wallet=wallet,
+                    client=self._clients[mint],
+                    file_lock=self._file_lock,
+                    session=self._sessions.get(mint),
+                )
                 self._receivers[key] = SwapBatcher(slot, self._store)
                 self._slots[key] = slot
         return slot
