@@ -37,9 +37,9 @@ from bench.scenarios import (
     mint_share,
     mint_swap_pool,
     mint_token_pool,
-    outputs_per_swap,
     run_target,
     scenario_check,
+    swap_shape,
     x_cashu_sats,
 )
 from satsrouter.testing.fake_upstream import Behaviour
@@ -83,8 +83,8 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--mint-swaps",
         type=int,
-        default=1000,
-        help="proofs pre-minted per xcashu run for the mint-direct swap baseline (default 1000)",
+        default=1500,
+        help="proofs pre-minted per xcashu run for the mint-direct swap baseline (default 1500)",
     )
     p.add_argument("--quick", action="store_true", help="1 s runs, 0.2 s warm-up, 1 repetition")
     p.add_argument("--no-save", action="store_true", help=f"do not append to {RESULTS.name}")
@@ -222,11 +222,12 @@ async def _bench(stack: Stack, args: argparse.Namespace, workdir: Path) -> list[
                 if scenario.kind == "xcashu":
                     # the mint's requests caused by the node run (settled: none in flight)
                     calls = access_counts(mint_log) - calls_before
-                    outputs = outputs_per_swap(wallet_outputs(node_data) - outputs_before, calls)
+                    grown = wallet_outputs(node_data) - outputs_before
+                    shape = swap_shape(runs["node"].requests, grown, calls)
                     ctx.swap_inputs = swap_pool[: args.mint_swaps]
                     del swap_pool[: args.mint_swaps]
                     print(f"  #{rep + 1} {scenario.label:<12} {'mint':<9}", end=" ", flush=True)
-                    direct = await mint_baseline(ctx, scenario, outputs)
+                    direct = await mint_baseline(ctx, shape)
                     print(f"{direct.rps:>9.1f} swaps/s  {direct.errors} errors", flush=True)
                     row.mint = mint_share(runs["node"], direct, dict(calls))
                 rows.append(row)

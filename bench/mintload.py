@@ -36,6 +36,7 @@ class SwapRun:
     """Swaps driven straight at the mint; timings cover the measured window only."""
 
     concurrency: int
+    inputs_per_swap: int = 1
     outputs_per_swap: int = 1
     elapsed_s: float = 0.0
     latencies_s: list[float] = dataclasses.field(default_factory=list)
@@ -54,6 +55,7 @@ class SwapRun:
         p50, p99 = self.latency_ms(0.5), self.latency_ms(0.99)
         return {
             "concurrency": self.concurrency,
+            "inputs_per_swap": self.inputs_per_swap,
             "outputs_per_swap": self.outputs_per_swap,
             "swaps_per_s": round(self.rps, 1),
             "p50_ms": None if p50 is None else round(p50, 3),
@@ -121,15 +123,16 @@ async def run_swaps(
     concurrency: int,
     warmup_s: float,
     duration_s: float,
+    inputs_per_swap: int = 1,
     outputs_per_swap: int = 1,
     timeout_s: float = 30.0,
 ) -> SwapRun:
-    """Closed loop: `concurrency` workers, each swapping its next unspent input at the mint.
+    """Closed loop: `concurrency` workers, each swapping its next unspent inputs at the mint.
 
     No swap starts after the deadline or once `inputs` are used up (consumed from the list).
     """
     url = f"{mint_url.rstrip('/')}/v1/swap"
-    result = SwapRun(concurrency, outputs_per_swap=outputs_per_swap)
+    result = SwapRun(concurrency, inputs_per_swap, outputs_per_swap)
     start = time.perf_counter()
     measure_from = start + warmup_s
     deadline = measure_from + duration_s
@@ -137,8 +140,8 @@ async def run_swaps(
 
     async def worker() -> None:
         nonlocal last_done
-        while inputs:
-            proofs = inputs.pop()
+        while len(inputs) >= inputs_per_swap:
+            proofs = [p for _ in range(inputs_per_swap) for p in inputs.pop()]
             # Built before the clock starts: the client's EC work is not the mint's time.
             body = {
                 "inputs": proofs,

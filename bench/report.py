@@ -107,7 +107,8 @@ def _mint(m: dict[str, Any]) -> str:
     d = m["direct"]
     text = (
         f"direct {d['swaps_per_s']:.1f} swaps/s at c={d['concurrency']}, "
-        f"{d.get('outputs_per_swap', 1)} outputs each as the node's "
+        f"{d.get('inputs_per_swap', 1)} inputs and {d.get('outputs_per_swap', 1)} outputs "
+        "each as the node's "
         f"(p50 {_ms(d['p50_ms'])}, p99 {_ms(d['p99_ms'])} ms, {d['errors']} errors); "
         f"the node made {m['node_swaps']} swaps for {m['node_requests']} requests"
     )

@@ -84,23 +84,35 @@ async def mint_swap_pool(wallet: TestWallet, sats: int, count: int) -> list[list
     return swap_inputs(tokens)
 
 
-async def mint_baseline(ctx: Context, scenario: Scenario, outputs_per_swap: int) -> SwapRun:
-    """The mint alone: swaps/s at the scenario's concurrency, straight from a client."""
+async def mint_baseline(ctx: Context, shape: tuple[int, int]) -> SwapRun:
+    """The mint alone: swaps/s straight from a client, shaped (inputs, outputs) as the node's.
+
+    One at a time, as the node sends them: concurrent swaps only collide in nutshell's
+    database (it retries after 100 ms and more) and make it slower.
+    """
+    inputs, outputs = shape
     return await run_swaps(
         ctx.session,
         ctx.stack.mint_url,
         ctx.swap_inputs,
-        concurrency=scenario.concurrency,
+        concurrency=1,
         warmup_s=ctx.warmup_s,
         duration_s=ctx.duration_s,
-        outputs_per_swap=outputs_per_swap,
+        inputs_per_swap=inputs,
+        outputs_per_swap=outputs,
     )
 
 
-def outputs_per_swap(outputs: int, calls: dict[str, int]) -> int:
-    """The node's mean outputs per swap in a run (at least 1), from its counters' growth."""
+def swap_shape(requests: int, outputs: int, calls: dict[str, int]) -> tuple[int, int]:
+    """The node's mean inputs and outputs per swap in a run (at least 1 each).
+
+    Each X-Cashu request brings one proof, so inputs per swap are requests per swap; the
+    outputs come from the node wallet's counters' growth.
+    """
     swaps = calls.get("POST /v1/swap 200", 0)
-    return max(1, round(outputs / swaps)) if swaps else 1
+    if not swaps:
+        return 1, 1
+    return max(1, round(requests / swaps)), max(1, round(outputs / swaps))
 
 
 def mint_share(node: RunResult, direct: SwapRun, calls: dict[str, int]) -> dict[str, Any]:
