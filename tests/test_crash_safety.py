@@ -75,6 +75,39 @@ async def test_a_swapped_redemption_is_credited_once_however_many_finish_it(
     await running.stop()
 
 
+async def test_a_redemption_cancelled_during_its_swap_is_still_credited(
+    node_factory: NodeFactory, user_wallet: TestWallet
+) -> None:
+    running = await node_factory()
+    node = running.node
+    (token,) = await user_wallet.mint_tokens(20)
+    key_hash = hashlib.sha256(token.encode()).hexdigest()
+    (batcher,) = node.wallet._receivers.values()
+    request = asyncio.create_task(
+        node.redeemer.redeem(token, parse_token(token), key_hash, "token")
+    )
+    for _ in range(2000):  # until the swap is at the mint
+        if batcher._mint_turn.locked():
+            break
+        await asyncio.sleep(0.0005)
+    assert batcher._mint_turn.locked()
+    request.cancel()  # the client went away
+    with pytest.raises(asyncio.CancelledError):
+        await request
+    for _ in range(400):
+        if await node.ledger.total_liabilities() == 20_000:
+            break
+        await asyncio.sleep(0.01)
+    # the node holds the ecash, so the balance is there too, once
+    assert await node.ledger.total_liabilities() == 20_000
+    async with node.engine.connect() as conn:
+        state = (await conn.execute(select(redemptions.c.state))).scalar_one()
+    assert state == "credited"
+    assert (await running.balance(token))["balance"] == 20_000
+    await running.check_invariants()
+    await running.stop()
+
+
 async def test_sweeper_releases_only_reservations_of_dead_instances(
     node_factory: NodeFactory, user_wallet: TestWallet
 ) -> None:

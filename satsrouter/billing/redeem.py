@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -64,6 +65,7 @@ class Redeemer:
         self.wallet = wallet
         # Test hook: raise here to simulate a crash between the swap and the credit.
         self.fail_before_credit: Exception | None = None
+        self._finishing: set[asyncio.Future[Redeemed]] = set()
 
     async def redeem(self, text: str, token: ParsedToken, key_hash: str, kind: str) -> Redeemed:
         """Redeem `token` (parsed from `text`) into the account `key_hash` (created if needed).
@@ -94,7 +96,20 @@ class Redeemer:
         existing = await self.ledger.tx.run(record_intent)
         if existing is not None:
             return _already(*existing)
+        # From here the swap, its record and the credit run to the end even if this request
+        # is cancelled (client gone): the node must never hold a token's ecash without the
+        # balance for it. (A cancelled X-Cashu payer collects it with /v1/balance/refund.)
+        finishing = asyncio.ensure_future(self._swap_and_credit(token))
+        self._finishing.add(finishing)
+        finishing.add_done_callback(self._finished)
+        return await asyncio.shield(finishing)
 
+    def _finished(self, task: asyncio.Future[Redeemed]) -> None:
+        self._finishing.discard(task)
+        if not task.cancelled():
+            task.exception()  # seen here: its request may have stopped waiting
+
+    async def _swap_and_credit(self, token: ParsedToken) -> Redeemed:
         try:
             received = await self.wallet.receive(token)
         except EcashError as exc:
