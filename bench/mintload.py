@@ -24,9 +24,8 @@ from typing import Any
 import aiohttp
 
 from bench.load import percentile_ms
+from satsrouter.ecash._cashu import UNCOMPRESSED as _AS_THE_NODE_ASKS
 
-# the node asks its mints for uncompressed replies (satsrouter.ecash._cashu): so does this
-_AS_THE_NODE_ASKS = {"Accept-Encoding": "identity"}
 # uvicorn's access log line: `127.0.0.1:5678 - "POST /v1/swap HTTP/1.1" 200 OK`
 _ACCESS = re.compile(rb'"(GET|POST) (/v1/[a-z0-9_/]+)[^"]*" (\d{3})')
 

@@ -115,3 +115,18 @@ async def test_batched_receives_pay_each_their_own_fee(
         assert total == 10 * 9 - fees and count == counter
     finally:
         await node.close()
+
+
+async def test_through_a_proxy_swaps_go_through_nutshells_client(
+    user_wallet: TestWallet, node_wallet: NodeWallet, swaps: list[tuple[int, int]]
+) -> None:
+    slot = await node_wallet.loaded_slot(None, "sat")
+    slot.session = None  # as when a SOCKS/HTTP proxy or Tor is configured
+    tokens = await user_wallet.mint_tokens(8, 3)
+    received = await asyncio.gather(*(node_wallet.receive(parse_token(t)) for t in tokens))
+    assert received == [8, 8, 8]
+    assert swaps == []  # not our own client
+    _, total, _ = _held(node_wallet)
+    assert total == 24
+    for token in tokens:
+        assert await node_wallet.proof_state(parse_token(token)) == "spent"

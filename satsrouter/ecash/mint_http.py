@@ -12,12 +12,11 @@ from typing import Any
 import aiohttp
 import orjson
 
-from satsrouter.ecash._cashu import BlindedMessage, BlindedSignature, Proof
+from satsrouter.ecash._cashu import UNCOMPRESSED, BlindedMessage, BlindedSignature, Proof
 from satsrouter.ecash.errors import EcashError, map_mint_error
 
 TIMEOUT = aiohttp.ClientTimeout(total=30.0, connect=5.0)
-# nutshell's mint compresses every answer the client accepts compressed (see _cashu)
-_HEADERS = {"Content-Type": "application/json", "Accept-Encoding": "identity"}
+_HEADERS = {"Content-Type": "application/json", **UNCOMPRESSED}
 
 
 _UNREADABLE = "The mint's answer to the swap could not be read; the node will check with the mint."
