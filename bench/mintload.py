@@ -1,11 +1,11 @@
 """The mint on its own: swaps/s straight from a client, and the swaps a node run caused.
 
 The X-Cashu target says throughput is "bounded by the mint's swap time". To check that, the
-bench drives `POST /v1/swap` on the same local mint with no node in between (one fresh proof
-per swap, blinded outputs built here, nothing unblinded or stored), and counts the swaps the
-node made during its run in the mint's access log. The baseline's swaps ask for as many
-outputs as the node's did (read from the node wallet's derivation counters): a swap's cost
-at the mint grows with the signatures it makes.
+bench drives `POST /v1/swap` on the same local mint with no node in between (pre-minted
+proofs, blinded outputs built here, nothing unblinded or stored), and counts the swaps the
+node made during its run in the mint's access log. The baseline's swaps are shaped as the
+node's were: as many inputs (requests per swap) and outputs (read from the node wallet's
+derivation counters), because a swap's cost at the mint grows with both.
 """
 
 from __future__ import annotations
