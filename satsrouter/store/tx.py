@@ -15,7 +15,7 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from satsrouter.store.engine import is_sqlite
 
 T = TypeVar("T")
+J = TypeVar("J")
 
 
 class Tx(Protocol):
@@ -52,52 +53,86 @@ class _SqliteTx:
         return rows, self.cursor.rowcount
 
 
-def _resolve(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
-    if fut.cancelled():
-        return
-    if exc is not None:
-        fut.set_exception(exc)
-    else:
-        fut.set_result(result)
+Outcome = tuple[Any, BaseException | None]
+"""A job's result, or the exception it raised."""
+
+# Jobs waiting when the thread looks for work run as one batch (one transaction for the
+# SQLite runner); the cap bounds how long the first of them waits for the last.
+MAX_BATCH = 64
 
 
-class _OneThread:
-    """One worker thread that resolves asyncio futures itself.
+def _resolve_all(futures: list[asyncio.Future[Any]], outcomes: list[Outcome]) -> None:
+    for fut, (result, exc) in zip(futures, outcomes, strict=True):
+        if fut.cancelled():
+            continue
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+
+
+class _OneThread(Generic[J]):
+    """One worker thread that resolves asyncio futures itself, a batch at a time.
 
     Cheaper per call than `run_in_executor` on a ThreadPoolExecutor, which wraps a
     concurrent.futures.Future (with its Condition) in an asyncio one: on the hot path that
-    bookkeeping cost as much as the transaction's own SQL.
+    bookkeeping cost as much as the transaction's own SQL. Whatever queued while a batch
+    ran goes in the next one, resolved with one wake-up of the event loop.
     """
 
-    def __init__(self, name: str) -> None:
-        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+    def __init__(self, name: str, run_batch: Callable[[list[J]], list[Outcome]]) -> None:
+        self._jobs: queue.SimpleQueue[_Job[J] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._work, name=name, daemon=True)
+        self._run_batch = run_batch
         self._started = False
 
-    def submit(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+    def submit(self, job: J) -> asyncio.Future[Any]:
         if not self._started:
             self._started = True
             self._thread.start()
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[T] = loop.create_future()
-        self._jobs.put((fn, loop, fut))
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._jobs.put((job, loop, fut))
         return fut
 
+    def _take(self) -> tuple[list[_Job[J]], bool]:
+        """The next batch (waiting for its first job), and whether shutdown was asked."""
+        first = self._jobs.get()
+        if first is None:
+            return [], True
+        batch = [first]
+        while len(batch) < MAX_BATCH:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is None:
+                return batch, True
+            batch.append(job)
+        return batch, False
+
     def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            fn, loop, fut = job
-            if fut.cancelled():
-                continue  # the caller gave up before the job started, as with an executor
-            result: Any = None
-            error: BaseException | None = None
+        stop = False
+        while not stop:
+            batch, stop = self._take()
+            # A caller that gave up before its job started is skipped, as with an executor.
+            live = [job for job in batch if not job[2].cancelled()]
+            if not live:
+                continue
             try:
-                result = fn()
-            except BaseException as exc:
-                error = exc
-            try:
-                loop.call_soon_threadsafe(_resolve, fut, result, error)
-            except RuntimeError:
-                pass  # the loop is closed: nobody is waiting any more
+                outcomes = self._run_batch([job for job, _, _ in live])
+            except BaseException as exc:  # the batch runner itself failed: everyone hears it
+                outcomes = [(None, exc)] * len(live)
+            by_loop: dict[asyncio.AbstractEventLoop, tuple[list[Any], list[Outcome]]] = {}
+            for (_, loop, fut), outcome in zip(live, outcomes, strict=True):
+                futures, results = by_loop.setdefault(loop, ([], []))
+                futures.append(fut)
+                results.append(outcome)
+            for loop, (futures, results) in by_loop.items():
+                try:
+                    loop.call_soon_threadsafe(_resolve_all, futures, results)
+                except RuntimeError:
+                    pass  # the loop is closed: nobody is waiting any more
 
     def shutdown(self) -> None:
         if self._started:
@@ -105,11 +140,17 @@ class _OneThread:
             self._thread.join()
 
 
-_Job = tuple[Callable[[], Any], asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
+_Job = tuple[J, asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
 
 
 class SqliteTxRunner:
     """One thread, one connection: transactions queue instead of fighting over SQLite's lock.
+
+    Transactions that queued while the previous ones ran are committed together (group
+    commit): one BEGIN/COMMIT, one WAL write and one wake-up of the event loop for the lot,
+    each in its own savepoint so a function that raises undoes only its own writes. Every
+    caller hears back only after the COMMIT; if the COMMIT fails, they all get its error
+    and none of their writes stand.
 
     Between processes (`serve --workers N`) they queue on an flock of `<db>.txlock` first:
     SQLite's busy handler polls with sleeps of up to 100 ms, the kernel wakes the next
@@ -119,58 +160,77 @@ class SqliteTxRunner:
     def __init__(self, path: str, synchronous: str = "NORMAL", name: str = "sqlite-tx") -> None:
         self.path = path
         self.synchronous = synchronous
-        self._thread = _OneThread(name)
-        self._local = threading.local()
+        self._thread: _OneThread[Callable[[Tx], Any]] = _OneThread(name, self._run_batch)
+        self._conn: sqlite3.Connection | None = None
+        self._cursor: sqlite3.Cursor | None = None
         self._lock_fd: int | None = None
         self._closed = False
 
-    def _cursor(self) -> sqlite3.Cursor:
-        cursor: sqlite3.Cursor | None = getattr(self._local, "cursor", None)
-        if cursor is None:
+    def _open(self) -> sqlite3.Cursor:
+        if self._cursor is None:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute("PRAGMA busy_timeout=10000")
             conn.execute("PRAGMA foreign_keys=ON")
-            self._local.conn = conn
-            cursor = self._local.cursor = conn.cursor()
-        return cursor
-
-    def _run(self, fn: Callable[[Tx], T]) -> T:
-        cursor = self._cursor()
+            self._conn = conn
+            self._cursor = conn.cursor()
         if self._lock_fd is None:
             self._lock_fd = os.open(f"{self.path}.txlock", os.O_RDWR | os.O_CREAT, 0o600)
+        return self._cursor
+
+    def _run_batch(self, fns: list[Callable[[Tx], Any]]) -> list[Outcome]:
+        cursor = self._open()
+        assert self._lock_fd is not None
+        tx = _SqliteTx(cursor)
+        outcomes: list[Outcome] = []
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         try:
             cursor.execute("BEGIN IMMEDIATE")
             try:
-                result = fn(_SqliteTx(cursor))
-            except BaseException:
-                cursor.execute("ROLLBACK")
-                raise
-            cursor.execute("COMMIT")
-            return result
+                for fn in fns:
+                    outcomes.append(self._in_savepoint(cursor, tx, fn))
+                cursor.execute("COMMIT")
+            except BaseException as exc:
+                if cursor.connection.in_transaction:  # a failed COMMIT can leave it open
+                    cursor.execute("ROLLBACK")
+                # Nothing of the batch stands: a job that raised keeps its own error.
+                failed: list[Outcome] = [(None, own or exc) for _, own in outcomes]
+                return failed + [(None, exc)] * (len(fns) - len(outcomes))
+            return outcomes
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
-    async def run(self, fn: Callable[[Tx], T]) -> T:
-        return await self._thread.submit(lambda: self._run(fn))
+    @staticmethod
+    def _in_savepoint(cursor: sqlite3.Cursor, tx: Tx, fn: Callable[[Tx], Any]) -> Outcome:
+        cursor.execute("SAVEPOINT job")
+        try:
+            result = fn(tx)
+        except Exception as exc:
+            cursor.execute("ROLLBACK TO job")
+            cursor.execute("RELEASE job")
+            return None, exc
+        cursor.execute("RELEASE job")
+        return result, None
 
-    def _close(self) -> None:
+    async def run(self, fn: Callable[[Tx], T]) -> T:
+        result: T = await self._thread.submit(fn)
+        return result
+
+    def _shutdown(self) -> None:
+        self._thread.shutdown()  # runs what is queued first; after it nothing uses the conn
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = self._local.cursor = None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = self._cursor = None
 
     async def close(self) -> None:
         if self._closed:
             return  # a second close must not wait on a thread that has stopped
         self._closed = True
-        await self._thread.submit(self._close)
-        self._thread.shutdown()
+        await asyncio.to_thread(self._shutdown)
 
 
 class _SqlAlchemyTx:

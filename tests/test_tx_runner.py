@@ -1,0 +1,124 @@
+"""The SQLite transaction runner: queued transactions commit together, each on its own."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from satsrouter.store.tx import SqliteTxRunner, Tx
+
+
+@pytest.fixture
+async def runner(tmp_path: Path) -> AsyncIterator[SqliteTxRunner]:
+    path = tmp_path / "tx.sqlite3"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE parent (id INTEGER PRIMARY KEY)")
+        conn.execute(
+            "CREATE TABLE item (id INTEGER PRIMARY KEY, parent INTEGER"
+            " REFERENCES parent(id) DEFERRABLE INITIALLY DEFERRED)"
+        )
+    tx_runner = SqliteTxRunner(str(path))
+    yield tx_runner
+    await tx_runner.close()
+
+
+def _ids(runner: SqliteTxRunner) -> list[int]:
+    with sqlite3.connect(runner.path) as conn:
+        return [row[0] for row in conn.execute("SELECT id FROM item ORDER BY id")]
+
+
+def _insert(item: int, parent: int | None = None) -> Callable[[Tx], int]:
+    def op(tx: Tx) -> int:
+        _, count = tx.execute(
+            "INSERT INTO item (id, parent) VALUES (:id, :parent)", {"id": item, "parent": parent}
+        )
+        return count
+
+    return op
+
+
+class _Boom(Exception):
+    pass
+
+
+def _insert_then_fail(item: int) -> Callable[[Tx], int]:
+    def op(tx: Tx) -> int:
+        _insert(item)(tx)
+        raise _Boom(item)
+
+    return op
+
+
+async def _hold_thread(runner: SqliteTxRunner) -> tuple[threading.Event, asyncio.Future[None]]:
+    """Occupy the runner's thread so that what is submitted next queues into one batch."""
+    started, release = threading.Event(), threading.Event()
+
+    def wait(tx: Tx) -> None:
+        started.set()
+        release.wait(10)
+
+    holder = asyncio.ensure_future(runner.run(wait))
+    await asyncio.to_thread(started.wait, 10)
+    return release, holder
+
+
+async def test_queued_transactions_commit_together_and_a_failure_undoes_only_its_own(
+    runner: SqliteTxRunner,
+) -> None:
+    release, holder = await _hold_thread(runner)
+    jobs = [asyncio.ensure_future(runner.run(_insert(i))) for i in range(1, 11)]
+    jobs.insert(5, asyncio.ensure_future(runner.run(_insert_then_fail(99))))
+    await asyncio.sleep(0.01)
+    release.set()
+    await holder
+    results = await asyncio.gather(*jobs, return_exceptions=True)
+
+    assert results[:5] + results[6:] == [1] * 10
+    assert isinstance(results[5], _Boom)
+    # The failed job's insert is undone; everyone else's stands.
+    assert _ids(runner) == list(range(1, 11))
+
+
+async def test_a_failed_commit_fails_every_job_of_its_batch(runner: SqliteTxRunner) -> None:
+    release, holder = await _hold_thread(runner)
+    good = [asyncio.ensure_future(runner.run(_insert(i))) for i in (1, 2)]
+    # A deferred foreign key is only checked at COMMIT, so this one sinks the whole batch.
+    orphan = asyncio.ensure_future(runner.run(_insert(3, parent=42)))
+    await asyncio.sleep(0.01)
+    release.set()
+    await holder
+    results = await asyncio.gather(*good, orphan, return_exceptions=True)
+
+    assert all(isinstance(r, sqlite3.IntegrityError) for r in results)
+    assert _ids(runner) == []
+    # The runner is usable afterwards.
+    assert await runner.run(_insert(4)) == 1
+    assert _ids(runner) == [4]
+
+
+async def test_a_caller_that_gave_up_before_its_batch_started_is_skipped(
+    runner: SqliteTxRunner,
+) -> None:
+    release, holder = await _hold_thread(runner)
+    gave_up = asyncio.ensure_future(runner.run(_insert(1)))
+    kept = asyncio.ensure_future(runner.run(_insert(2)))
+    await asyncio.sleep(0.01)
+    gave_up.cancel()
+    release.set()
+    await holder
+    assert await kept == 1
+    assert _ids(runner) == [2]
+
+
+async def test_close_runs_what_is_queued_first(tmp_path: Path, runner: SqliteTxRunner) -> None:
+    jobs = [asyncio.ensure_future(runner.run(_insert(i))) for i in range(1, 4)]
+    await asyncio.sleep(0)
+    await runner.close()
+    assert await asyncio.gather(*jobs) == [1, 1, 1]
+    assert _ids(runner) == [1, 2, 3]
+    await runner.close()  # a second close returns at once
