@@ -72,6 +72,8 @@ def sse_event(obj: Any, event: str | None = None) -> bytes:
 
 def event_data(event: bytes) -> bytes:
     """The `data:` payload of one SSE event (multi-line data joined, comments ignored)."""
+    if event.startswith(b"data:") and event.find(b"\n", 5) == len(event) - 2:
+        return event[5:-2].lstrip(b" ")  # the usual one-line event, not split into lines
     lines = [line[5:].lstrip(b" ") for line in event.splitlines() if line.startswith(b"data:")]
     return b"\n".join(lines)
 

@@ -89,9 +89,11 @@ class MeteredStream(Response):
                 # Everything complete in this read goes out in one write: the upstream's
                 # pacing is kept, and a burst of events costs one send, not one per event.
                 ready: list[bytes] = []
+                start = 0
                 try:
-                    while (end := buf.find(b"\n\n")) >= 0:
-                        event, buf = buf[: end + 2], buf[end + 2 :]
+                    while (end := buf.find(b"\n\n", start)) >= 0:
+                        event = buf[start : end + 2]
+                        start = end + 2
                         payload = event_data(event)
                         if not payload:
                             # Comments (": PROCESSING") keep idle clients and proxies patient.
@@ -99,6 +101,7 @@ class MeteredStream(Response):
                             continue
                         ready.extend(meter.feed(event, payload))
                 finally:
+                    buf = buf[start:]
                     if ready:  # what came before a failure still reaches the client
                         await self._send(send, b"".join(ready))
                 if self.disconnected.is_set() and drain_deadline is None:
@@ -153,6 +156,4 @@ class MeteredStream(Response):
         return payout if payout is not None and payout.token else None
 
     async def _finish(self, send: Send, events: list[bytes]) -> None:
-        for out in events:
-            await self._send(send, out)
-        await self._send(send, b"", more=False)
+        await self._send(send, b"".join(events), more=False)  # one write, end of body included
