@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 from collections.abc import AsyncIterator
@@ -56,9 +57,15 @@ def create_app(settings: Settings | None = None, node: Node | None = None) -> Fa
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await the_node.start()
+        # What exists now lives as long as the node. Frozen, the cycle collector stops
+        # walking it on every full collection: those walks were the p99 of paid requests
+        # (73 ms at c=32, 14 ms frozen).
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
+            gc.unfreeze()
             await the_node.stop()
 
     app = FastAPI(
