@@ -49,23 +49,30 @@ class RequestIdMiddleware:
         await self.app(scope, receive, send_with_id)
 
 
-def create_app(settings: Settings | None = None, node: Node | None = None) -> FastAPI:
-    """The node's ASGI app; `node` lets tests build and inspect the components themselves."""
+def create_app(
+    settings: Settings | None = None, node: Node | None = None, freeze_heap: bool = False
+) -> FastAPI:
+    """The node's ASGI app; `node` lets tests build and inspect the components themselves.
+
+    `freeze_heap` (for a process that serves one node for its life) freezes what start-up
+    built for the cycle collector.
+    """
     settings = settings or (node.settings if node else Settings.from_env())
     the_node = node or Node(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await the_node.start()
-        # What exists now lives as long as the node. Frozen, the cycle collector stops
-        # walking it on every full collection: those walks were the p99 of paid requests
-        # (73 ms at c=32, 14 ms frozen).
-        gc.collect()
-        gc.freeze()
+        if freeze_heap:
+            # What exists now lives as long as the process. Frozen, the cycle collector
+            # stops walking it on every full collection: those walks were the p99 of paid
+            # requests (73 ms at c=32, 14 ms frozen). Not for tests: they start hundreds of
+            # nodes in one process, and a full collection each costs more than it saves.
+            gc.collect()
+            gc.freeze()
         try:
             yield
         finally:
-            gc.unfreeze()
             await the_node.stop()
 
     app = FastAPI(

@@ -22,7 +22,12 @@ def _serve(args: argparse.Namespace) -> int:
 
         from satsrouter.app import create_app
 
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, **_uvicorn_options(args))
+        uvicorn.run(
+            create_app(settings, freeze_heap=True),
+            host=args.host,
+            port=args.port,
+            **_uvicorn_options(args),
+        )
         return 0
     from satsrouter.workers import serve_workers
 

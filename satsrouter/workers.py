@@ -43,7 +43,7 @@ def _worker(host: str, port: int, options: dict[str, Any], ready: Event) -> None
     settings = Settings.from_env()
     setup_logging(settings.log_level)
     sock = _bind(host, port)
-    config = uvicorn.Config(create_app(settings), **options)
+    config = uvicorn.Config(create_app(settings, freeze_heap=True), **options)
     server = uvicorn.Server(config)
 
     async def serve() -> None:
