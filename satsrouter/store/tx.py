@@ -90,9 +90,8 @@ class _OneThread(Generic[J]):
         if not self._started:
             self._started = True
             self._thread.start()
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
-        self._jobs.put((job, loop, fut))
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._jobs.put((job, fut))
         return fut
 
     def _take(self) -> tuple[list[_Job[J]], bool]:
@@ -116,16 +115,17 @@ class _OneThread(Generic[J]):
         while not stop:
             batch, stop = self._take()
             # A caller that gave up before its job started is skipped, as with an executor.
-            live = [job for job in batch if not job[2].cancelled()]
+            live = [(job, fut) for job, fut in batch if not fut.cancelled()]
             if not live:
                 continue
             try:
-                outcomes = self._run_batch([job for job, _, _ in live])
+                outcomes = self._run_batch([job for job, _ in live])
             except BaseException as exc:  # the batch runner itself failed: everyone hears it
                 outcomes = [(None, exc)] * len(live)
+            # Each event loop with callers in the batch gets one wake-up.
             by_loop: dict[asyncio.AbstractEventLoop, tuple[list[Any], list[Outcome]]] = {}
-            for (_, loop, fut), outcome in zip(live, outcomes, strict=True):
-                futures, results = by_loop.setdefault(loop, ([], []))
+            for (_, fut), outcome in zip(live, outcomes, strict=True):
+                futures, results = by_loop.setdefault(fut.get_loop(), ([], []))
                 futures.append(fut)
                 results.append(outcome)
             for loop, (futures, results) in by_loop.items():
@@ -140,7 +140,20 @@ class _OneThread(Generic[J]):
             self._thread.join()
 
 
-_Job = tuple[J, asyncio.AbstractEventLoop, "asyncio.Future[Any]"]
+_Job = tuple[J, "asyncio.Future[Any]"]
+
+
+def _in_savepoint(tx: _SqliteTx, fn: Callable[[Tx], Any]) -> Outcome:
+    """Run one transaction function of a batch; if it raises, only its writes are undone."""
+    tx.cursor.execute("SAVEPOINT job")
+    try:
+        result = fn(tx)
+    except Exception as exc:
+        tx.cursor.execute("ROLLBACK TO job")
+        tx.cursor.execute("RELEASE job")
+        return None, exc
+    tx.cursor.execute("RELEASE job")
+    return result, None
 
 
 class SqliteTxRunner:
@@ -189,7 +202,7 @@ class SqliteTxRunner:
             cursor.execute("BEGIN IMMEDIATE")
             try:
                 for fn in fns:
-                    outcomes.append(self._in_savepoint(cursor, tx, fn))
+                    outcomes.append(_in_savepoint(tx, fn))
                 cursor.execute("COMMIT")
             except BaseException as exc:
                 if cursor.connection.in_transaction:  # a failed COMMIT can leave it open
@@ -200,18 +213,6 @@ class SqliteTxRunner:
             return outcomes
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
-
-    @staticmethod
-    def _in_savepoint(cursor: sqlite3.Cursor, tx: Tx, fn: Callable[[Tx], Any]) -> Outcome:
-        cursor.execute("SAVEPOINT job")
-        try:
-            result = fn(tx)
-        except Exception as exc:
-            cursor.execute("ROLLBACK TO job")
-            cursor.execute("RELEASE job")
-            return None, exc
-        cursor.execute("RELEASE job")
-        return result, None
 
     async def run(self, fn: Callable[[Tx], T]) -> T:
         result: T = await self._thread.submit(fn)
