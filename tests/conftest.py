@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from decimal import Decimal
@@ -117,6 +118,16 @@ TEST_MODELS: list[dict[str, Any]] = [
         image_pricing={"1024x1024/hd": "0.08", "1024x1024": "0.04", "1792x1024": "0.12"},
     ),
 ]
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]], within: float = 20.0, every: float = 0.1
+) -> None:
+    """Poll `check` every `every` seconds until it holds; fail the test after `within`."""
+    deadline = time.monotonic() + within
+    while not await check():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        await asyncio.sleep(every)
 
 
 def msat_per_token(usd: str) -> Decimal:

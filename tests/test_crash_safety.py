@@ -8,7 +8,7 @@ import time
 
 import openai
 import pytest
-from conftest import NodeFactory
+from conftest import NodeFactory, eventually
 from sqlalchemy import select
 
 from satsrouter.billing.ledger import Ledger
@@ -86,20 +86,19 @@ async def test_a_redemption_cancelled_during_its_swap_is_still_credited(
     request = asyncio.create_task(
         node.redeemer.redeem(token, parse_token(token), key_hash, "token")
     )
-    for _ in range(2000):  # until the swap is at the mint
-        if batcher._mint_turn.locked():
-            break
-        await asyncio.sleep(0.0005)
-    assert batcher._mint_turn.locked()
+
+    async def at_mint() -> bool:
+        return batcher._mint_turn.locked()
+
+    async def credited() -> bool:
+        return await node.ledger.total_liabilities() == 20_000
+
+    await eventually(at_mint, within=5, every=0.0005)  # the swap takes ~35 ms: look often
     request.cancel()  # the client went away
     with pytest.raises(asyncio.CancelledError):
         await request
-    for _ in range(400):
-        if await node.ledger.total_liabilities() == 20_000:
-            break
-        await asyncio.sleep(0.01)
     # the node holds the ecash, so the balance is there too, once
-    assert await node.ledger.total_liabilities() == 20_000
+    await eventually(credited, within=5, every=0.01)
     async with node.engine.connect() as conn:
         state = (await conn.execute(select(redemptions.c.state))).scalar_one()
     assert state == "credited"

@@ -5,13 +5,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from conftest import NodeFactory, RunningNode
+from conftest import NodeFactory, RunningNode, eventually
 from sqlalchemy import func, select
 
 from satsrouter.billing.lightning import LightningFunding
@@ -73,13 +73,6 @@ async def status(node: RunningNode, invoice_id: str) -> dict[str, Any]:
     assert resp.status_code == 200, resp.text
     result: dict[str, Any] = resp.json()
     return result
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], within: float = 20.0) -> None:
-    deadline = time.monotonic() + within
-    while not await check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.1)
 
 
 async def poll_until_paid(node: RunningNode, invoice_id: str) -> dict[str, Any]:
