@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from satsrouter import faults
 from satsrouter.billing.keys import Keys
 from satsrouter.billing.ledger import Ledger
 from satsrouter.billing.lightning import LightningFunding
@@ -27,7 +28,8 @@ from satsrouter.market.health import ProviderHealth
 from satsrouter.market.rates import LiveRate, PinnedRate, RateSource, select_feeds
 from satsrouter.market.sync import CatalogueSync
 from satsrouter.settings import Settings
-from satsrouter.store.engine import make_engine, migrate
+from satsrouter.store.engine import instance_lock_dir, make_engine, migrate
+from satsrouter.store.liveness import InstanceLocks
 from satsrouter.store.tx import make_tx_runner
 from satsrouter.upstream.client import Upstream
 
@@ -42,8 +44,14 @@ class Node:
         self.instance_id = os.urandom(12).hex()
         self.engine: AsyncEngine = make_engine(settings.effective_database_url)
         self.tx = make_tx_runner(settings.effective_database_url, self.engine)
-        self.ledger = Ledger(self.engine, self.instance_id, self.tx)
-        self.wallet = NodeWallet(settings.cashu_mints, settings.data_dir)
+        self.locks = InstanceLocks(instance_lock_dir(settings.effective_database_url))
+        self.ledger = Ledger(
+            self.engine, self.instance_id, self.tx, self.locks, settings.instance_dead_after
+        )
+        self.wallet = NodeWallet(
+            settings.cashu_mints, self.tx, self.instance_id, self.ledger.is_dead
+        )
+        faults.configure(settings.fault_crash_at)
         self.redeemer = Redeemer(self.ledger, self.wallet)
         self.payouts = Payouts(self.ledger, self.wallet)
         self.billing = Billing(self.ledger, self.redeemer, self.payouts)
@@ -85,21 +93,16 @@ class Node:
         """Migrate, open the wallet, finish interrupted redemptions, load models, start loops."""
         install_secret_masking()
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.locks.hold(self.instance_id)
         await migrate(self.engine)
         await self.wallet.start()
         await self.ledger.heartbeat()
         try:
-            # A sibling worker may be mid-redemption: then leave young rows to the sweeper.
-            busy = await self.ledger.others_alive(self.settings.instance_dead_after)
-            min_age = self.settings.instance_dead_after if busy else 0.0
-            recovered = await self.redeemer.recover(min_age=min_age)
-            if recovered:
-                log.info("finished %d interrupted redemptions", recovered)
-            undone = await self.payouts.recover_cashu(older_than=self.settings.instance_dead_after)
-            if undone:
-                log.warning("credited back %d Cashu payouts interrupted before issue", undone)
+            # What a dead predecessor (or sibling) left half done is taken over now: its
+            # lock is free, so none of it is in flight anywhere.
+            await self.billing.recover()
         except Exception:
-            log.exception("recovery failed; will retry at next start")
+            log.exception("recovery failed; the sweeper retries")
         try:
             settled = await self.lightning_refunds.reconcile()
             if settled:
@@ -123,11 +126,7 @@ class Node:
         )
         self._tasks.append(asyncio.create_task(self.health.run()))  # first check right away
         self._tasks.append(
-            asyncio.create_task(
-                self.billing.run_sweeper(
-                    self.settings.sweep_interval, self.settings.instance_dead_after
-                )
-            )
+            asyncio.create_task(self.billing.run_sweeper(self.settings.sweep_interval))
         )
         self._tasks.append(
             asyncio.create_task(self.lightning.run_watcher(self.settings.invoice_poll_interval))
@@ -162,6 +161,7 @@ class Node:
         await self.wallet.close()
         with contextlib.suppress(Exception):
             await self.ledger.retire()  # siblings need not wait for our heartbeat to age
+        self.locks.release()
         await self.tx.close()
         await self.engine.dispose()
 

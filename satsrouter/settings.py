@@ -72,9 +72,13 @@ class Settings:
     cors_origins: list[str] = field(default_factory=lambda: ["*"])
     # How long a disconnected stream may keep reading the upstream to learn its usage (I5).
     drain_timeout: float = 30.0
-    # A node instance whose heartbeat is older than this is considered dead (sweeper).
+    # A node instance whose heartbeat is older than this is considered dead, where its
+    # process lock cannot be seen (another machine on a shared Postgres).
     instance_dead_after: float = 30.0
+    # How often the sweeper looks for work of dead instances (reservations, swaps, payouts).
     sweep_interval: float = 10.0
+    # Fault injection for crash tests: exit abruptly at this money step (satsrouter.faults).
+    fault_crash_at: str = ""
     max_body_bytes: int = 8 * 1024 * 1024
     # Lightning: how often unpaid funding invoices and expired keys are checked.
     invoice_poll_interval: float = 2.0
@@ -149,6 +153,12 @@ class Settings:
                     kw[name.lower()] = v
             if (v := get("LNURL_ALLOW_HTTP")) is not None:
                 kw["lnurl_allow_http"] = v.lower() in ("1", "true", "yes")
+            if (v := get("INSTANCE_DEAD_AFTER")) is not None:
+                kw["instance_dead_after"] = float(v)
+            if (v := get("SWEEP_INTERVAL")) is not None:
+                kw["sweep_interval"] = float(v)
+            if (v := get("FAULT_CRASH_AT")) is not None:
+                kw["fault_crash_at"] = v
             if (v := get("CORS_ORIGINS")) is not None:
                 kw["cors_origins"] = _split_list(v)
         except (ArithmeticError, ValueError) as exc:
@@ -179,5 +189,7 @@ class Settings:
             raise SettingsError("UPSTREAM_TIMEOUT must be positive")
         if self.upstream_dialect not in ("openai", "anthropic"):
             raise SettingsError("UPSTREAM_DIALECT must be `openai` or `anthropic`")
+        if not (self.sweep_interval > 0 and self.instance_dead_after > 0):
+            raise SettingsError("SWEEP_INTERVAL and INSTANCE_DEAD_AFTER must be positive")
         if not self.health_check_interval > 0:
             raise SettingsError("HEALTH_CHECK_INTERVAL must be positive")

@@ -13,6 +13,8 @@ import pytest
 import pytest_asyncio
 
 from satsrouter.ecash.wallet import NodeWallet
+from satsrouter.store.engine import make_engine, migrate
+from satsrouter.store.tx import make_tx_runner
 from satsrouter.testing.mint import LocalMint, TestWallet
 
 
@@ -38,15 +40,33 @@ async def user_wallet(
     return await TestWallet.create(local_mint.url, tmp_path_factory.mktemp("user-wallet"))
 
 
+async def _never_dead(instance_id: str) -> bool:
+    return False
+
+
+async def wallet_at(mints: list[str], directory: Path) -> NodeWallet:
+    """A node wallet on its own (migrated) SQLite database in `directory`, not started.
+
+    Opened twice on the same directory it is the same wallet (seed, proofs, counters), as a
+    restarted node's would be.
+    """
+    url = f"sqlite+aiosqlite:///{directory / 'satsrouter.sqlite'}"
+    engine = make_engine(url)
+    await migrate(engine)
+    await engine.dispose()
+    return NodeWallet(mints, make_tx_runner(url, engine), "test-" + directory.name, _never_dead)
+
+
 @pytest_asyncio.fixture
 async def node_wallet(local_mint: LocalMint, tmp_path: Path) -> AsyncIterator[NodeWallet]:
     """A fresh node wallet accepting only `local_mint`."""
-    wallet = NodeWallet([local_mint.url], tmp_path / "node")
+    wallet = await wallet_at([local_mint.url], tmp_path / "node")
     await wallet.start()
     try:
         yield wallet
     finally:
         await wallet.close()
+        await wallet.tx.close()
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import time
 
-import openai
 import pytest
 from conftest import NodeFactory, eventually
 from sqlalchemy import select
@@ -14,65 +13,10 @@ from sqlalchemy import select
 from satsrouter.billing.ledger import Ledger
 from satsrouter.billing.payouts import Payout, PayoutConflict
 from satsrouter.ecash.tokens import parse_token
-from satsrouter.store.tables import accounts, instances, payouts, redemptions, reservations
-from satsrouter.testing.fake_upstream import FakeUpstream
+from satsrouter.store.tables import instances, payouts, redemptions, reservations
 from satsrouter.testing.mint import TestWallet
 
 MESSAGES = [{"role": "user", "content": "hi"}]
-
-
-async def test_redemption_interrupted_after_swap_is_finished_on_restart(
-    node_factory: NodeFactory, user_wallet: TestWallet, upstream: FakeUpstream
-) -> None:
-    upstream.reset()
-    first = await node_factory()
-    first.node.redeemer.fail_before_credit = RuntimeError("simulated crash before credit")
-    (token,) = await user_wallet.mint_tokens(30)
-    api = openai.AsyncOpenAI(base_url=first.api, api_key=token, max_retries=0)
-    with pytest.raises(openai.InternalServerError):
-        await api.chat.completions.create(model="test/priced", messages=MESSAGES)
-    async with first.node.engine.connect() as conn:
-        state = (await conn.execute(select(redemptions.c.state))).scalar_one()
-    assert state == "swapped"  # the mint has the proofs spent, the node holds the ecash
-    assert await first.node.ledger.total_liabilities() == 0
-    await first.stop()
-
-    for _ in range(2):  # restarting again must not credit twice
-        again = await node_factory()
-        assert (await again.balance(token))["balance"] == 30_000
-        async with again.node.engine.connect() as conn:
-            rows = (await conn.execute(select(accounts.c.balance_msat))).all()
-        assert [r[0] for r in rows] == [30_000]
-        await again.check_invariants()
-        await again.stop()
-
-
-async def test_a_swapped_redemption_is_credited_once_however_many_finish_it(
-    node_factory: NodeFactory, user_wallet: TestWallet
-) -> None:
-    running = await node_factory()
-    redeemer = running.node.redeemer
-    redeemer.fail_before_credit = RuntimeError("simulated crash before credit")
-    (token,) = await user_wallet.mint_tokens(20)
-    key_hash = hashlib.sha256(token.encode()).hexdigest()
-    with pytest.raises(RuntimeError, match="simulated"):
-        await redeemer.redeem(token, parse_token(token), key_hash, "token")
-    redeemer.fail_before_credit = None
-    async with running.node.engine.connect() as conn:
-        token_hash = (await conn.execute(select(redemptions.c.token_hash))).scalar_one()
-    # the request path and the sweeper's recovery both try to finish it
-    direct, recovered = await asyncio.gather(
-        redeemer._credit(token_hash), redeemer.recover(ask_mint=False), return_exceptions=True
-    )
-    credits = 0 if isinstance(direct, BaseException) else 1
-    credits += recovered if isinstance(recovered, int) else 0
-    assert credits == 1
-    assert await running.node.ledger.total_liabilities() == 20_000
-    with pytest.raises(RuntimeError, match="not swapped"):
-        await redeemer._credit(token_hash)
-    assert (await running.balance(token))["balance"] == 20_000
-    await running.check_invariants()
-    await running.stop()
 
 
 async def test_a_redemption_cancelled_during_its_swap_is_still_credited(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest_ecash import wallet_at
 
 from satsrouter.ecash._cashu import TokenV4
 from satsrouter.ecash.errors import EcashError, map_mint_error
@@ -263,7 +264,7 @@ async def test_issued_proofs_are_not_reused(
 
 async def test_dust_token_refused_on_fee_mint(fee_mint: LocalMint, tmp_path: Path) -> None:
     user = await TestWallet.create(fee_mint.url, tmp_path / "user")
-    node = NodeWallet([fee_mint.url], tmp_path / "node")
+    node = await wallet_at([fee_mint.url], tmp_path / "node")
     await node.start()
     try:
         [dust] = await user.mint_tokens(1)
@@ -283,14 +284,14 @@ async def test_dust_token_refused_on_fee_mint(fee_mint: LocalMint, tmp_path: Pat
 async def test_restart_keeps_balance_and_seed(
     local_mint: LocalMint, user_wallet: TestWallet, tmp_path: Path
 ) -> None:
-    node = NodeWallet([local_mint.url], tmp_path / "node")
+    node = await wallet_at([local_mint.url], tmp_path / "node")
     await node.start()
     [token] = await user_wallet.mint_tokens(42)
     await node.receive(parse_token(token))
     mnemonic = node._slots[(local_mint.url, "sat")].wallet.mnemonic
     await node.close()
 
-    again = NodeWallet([local_mint.url], tmp_path / "node")
+    again = await wallet_at([local_mint.url], tmp_path / "node")
     await again.start()
     try:
         assert await again.balance() == 42
@@ -305,7 +306,7 @@ async def test_mint_down(user_wallet: TestWallet, tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         dead = f"http://127.0.0.1:{s.getsockname()[1]}"
-    node = NodeWallet([dead], tmp_path / "node")
+    node = await wallet_at([dead], tmp_path / "node")
     await node.start()  # must not raise
     try:
         [token] = await user_wallet.mint_tokens(4)
@@ -344,7 +345,7 @@ def test_map_mint_error(exc: BaseException, code: str) -> None:
 
 async def test_msat_tokens(msat_mint: LocalMint, tmp_path: Path) -> None:
     user = await TestWallet.create(msat_mint.url, tmp_path / "user", unit="msat")
-    node = NodeWallet([msat_mint.url], tmp_path / "node")
+    node = await wallet_at([msat_mint.url], tmp_path / "node")
     await node.start()
     try:
         [token] = await user.mint_tokens(5000)

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest_ecash import wallet_at
 
-from satsrouter.ecash import receiving
+from satsrouter.ecash import swap as receiving
 from satsrouter.ecash.errors import EcashError
 from satsrouter.ecash.tokens import parse_token
 from satsrouter.ecash.wallet import NodeWallet
@@ -35,11 +36,11 @@ def swaps(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[int, int]]]:
 
 def _held(node_wallet: NodeWallet) -> tuple[int, int, int]:
     """Stored proofs' count and sum, and the keyset's derivation counter."""
-    with sqlite3.connect(node_wallet._db_dir / "wallet.sqlite3") as db:
+    with sqlite3.connect(node_wallet.tx.path) as db:  # type: ignore[attr-defined]
         count, total = db.execute(
-            "SELECT count(*), coalesce(sum(amount), 0) FROM proofs"
+            "SELECT count(*), coalesce(sum(amount), 0) FROM wallet_proofs WHERE state = 'unspent'"
         ).fetchone()
-        (counter,) = db.execute("SELECT max(counter) FROM keysets").fetchone()
+        (counter,) = db.execute("SELECT max(counter) FROM wallet_keysets").fetchone()
     return int(count), int(total), int(counter)
 
 
@@ -101,7 +102,7 @@ async def test_batched_receives_pay_each_their_own_fee(
 ) -> None:
     user = await TestWallet.create(fee_mint.url, tmp_path / "user")
     tokens = await user.mint_tokens(10, 9)
-    node = NodeWallet([fee_mint.url], tmp_path / "node")
+    node = await wallet_at([fee_mint.url], tmp_path / "node")
     await node.start()
     try:
         received = await asyncio.gather(*(node.receive(parse_token(t)) for t in tokens))

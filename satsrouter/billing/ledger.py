@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from satsrouter.billing.balances import credit_tx, debit_available_tx, journal_tx, open_account_tx
+from satsrouter.store.liveness import InstanceLocks
 from satsrouter.store.tables import accounts, journal
 from satsrouter.store.tx import Tx, TxRunner, run_on
 
@@ -71,6 +72,8 @@ _ACTIVE_RESERVATIONS = (
     "WHERE state = 'active'"
 )
 _RETIRE_INSTANCE = "DELETE FROM instances WHERE id = :id"
+_HEARTBEAT_OF = "SELECT heartbeat_at FROM instances WHERE id = :id"
+_ACTIVE_INSTANCES = "SELECT DISTINCT instance_id FROM reservations WHERE state = 'active'"
 _FORGET_INSTANCES = "DELETE FROM instances WHERE heartbeat_at < :before"
 
 
@@ -224,10 +227,19 @@ _ACCOUNT_COLUMNS = (
 class Ledger:
     """All reads and writes of balances. Amounts are integer millisatoshis."""
 
-    def __init__(self, engine: AsyncEngine, instance_id: str, tx: TxRunner) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        instance_id: str,
+        tx: TxRunner,
+        locks: InstanceLocks | None = None,
+        dead_after: float = 30.0,
+    ) -> None:
         self.engine = engine
         self.instance_id = instance_id
         self.tx = tx
+        self.locks = locks or InstanceLocks(None)
+        self.dead_after = dead_after
 
     # -- accounts -------------------------------------------------------------------------
 
@@ -373,15 +385,16 @@ class Ledger:
 
     # -- liveness and the sweeper ---------------------------------------------------------
 
-    async def others_alive(self, dead_after: float) -> bool:
-        """Whether another instance (e.g. a sibling worker) has beaten its heart recently."""
-        since = time.time() - dead_after
-
-        def op(tx: Tx) -> bool:
-            rows, _ = tx.execute(_ALIVE_INSTANCES, {"since": since})
-            return any(row[0] != self.instance_id for row in rows)
-
-        return await self.tx.run(op)
+    async def is_dead(self, instance_id: str) -> bool:
+        """Whether an instance's process is provably gone (its lock is free), or, where that
+        cannot be known, has not beaten its heart for `dead_after` seconds."""
+        if instance_id == self.instance_id:
+            return False
+        verdict = self.locks.is_dead(instance_id)
+        if verdict is not None:
+            return verdict
+        rows, _ = await self.tx.run(lambda tx: tx.execute(_HEARTBEAT_OF, {"id": instance_id}))
+        return not rows or float(rows[0][0]) < time.time() - self.dead_after
 
     async def retire(self) -> None:
         """Forget this instance at a clean stop (its requests are over)."""
@@ -402,10 +415,15 @@ class Ledger:
     async def sweep(self, dead_after: float, live_ids: set[str], min_age: float) -> int:
         """Release reservations whose request is provably gone; returns how many.
 
-        Gone means: its instance stopped heartbeating `dead_after` seconds ago, or it belongs
+        Gone means: its instance's process is provably dead (its lock is free), or, where
+        that cannot be known, it stopped heartbeating `dead_after` seconds ago; or it belongs
         to this instance but no live request holds it (and it is older than `min_age`).
         """
         now = time.time()
+        holders = await self.tx.run(lambda tx: tx.execute(_ACTIVE_INSTANCES, {})[0])
+        verdicts = {
+            row[0]: self.locks.is_dead(row[0]) for row in holders if row[0] != self.instance_id
+        }
 
         def op(tx: Tx) -> int:
             alive_rows, _ = tx.execute(_ALIVE_INSTANCES, {"since": now - dead_after})
@@ -413,7 +431,9 @@ class Ledger:
             active, _ = tx.execute(_ACTIVE_RESERVATIONS, {})
             released = 0
             for rid, account_id, child_id, amount, instance_id, created_at in active:
-                orphan = instance_id not in alive or (
+                verdict = verdicts.get(instance_id)
+                gone = verdict if verdict is not None else instance_id not in alive
+                orphan = gone or (
                     instance_id == self.instance_id
                     and rid not in live_ids
                     and created_at < now - min_age

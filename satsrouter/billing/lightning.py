@@ -27,6 +27,7 @@ from typing import Any
 
 from sqlalchemy import and_, func, insert, select, update
 
+from satsrouter import faults
 from satsrouter.billing.ledger import Ledger
 from satsrouter.billing.payments import sha256_hex
 from satsrouter.billing.redeem import UNIT_MSAT
@@ -105,6 +106,7 @@ class _Row:
     expires_at: float
     created_at: float
     outputs: MintOutputs | None
+    quote_key: str | None = None
 
     @classmethod
     def of(cls, r: Any) -> _Row:
@@ -126,6 +128,7 @@ class _Row:
             expires_at=float(r.expires_at or 0.0),
             created_at=float(r.created_at),
             outputs=outputs,
+            quote_key=r.quote_key,
         )
 
 
@@ -184,6 +187,7 @@ class LightningFunding:
                     unit=UNIT,
                     amount=amount_sats,
                     bolt11=quote.bolt11,
+                    quote_key=quote.quote_key,
                     purpose=purpose,
                     account_id=account_id,
                     key_hash=key_hash,
@@ -277,8 +281,8 @@ class LightningFunding:
             row = await self._get(row_id)
             if row is None or row.state not in ACTIVE:
                 return False
-            if not await self.minter.knows_quote(row.quote_id, row.unit, row.mint_url):
-                return False  # another node's quote (shared database): only it can mint it
+            if row.quote_key is None:
+                return False  # written before quote keys were kept here: not mintable by us
             quote = await self.minter.quote_state(row.quote_id, row.unit, row.mint_url)
             if quote.state not in ("paid", "issued"):
                 expired = time.time() >= row.expires_at + self.expiry_grace
@@ -291,7 +295,10 @@ class LightningFunding:
             outputs = row.outputs or await self._reserve_outputs(row)
             if outputs is None:
                 return False
-            minted = await self.minter.mint(row.quote_id, outputs, row.unit, row.mint_url)
+            faults.reach("mint.after_outputs")
+            minted = await self.minter.mint(
+                row.quote_id, row.quote_key, outputs, row.unit, row.mint_url
+            )
             if self.fail_before_credit is not None:
                 raise self.fail_before_credit
             return await self._credit(row, minted)

@@ -23,7 +23,7 @@ from satsrouter.billing.redeem import UNIT_MSAT
 from satsrouter.ecash.melting import Melter, MeltFailed, MeltQuote, MeltResult, MeltTicket
 from satsrouter.ecash.wallet import NodeWallet
 from satsrouter.errors import ApiError
-from satsrouter.store.tables import accounts, payouts
+from satsrouter.store.tables import accounts, payouts, wallet_ops
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +211,15 @@ class LightningRefunds:
                 .values(amount_msat=sent_msat, fee_msat=fee_msat, updated_at=time.time())
             )
             if moved.rowcount == 1:
+                # The melt's operation charged its whole cost to the node; what the user
+                # paid for it moves over, so ecash held == liabilities + revenue exactly.
+                await conn.execute(
+                    update(wallet_ops)
+                    .where(wallet_ops.c.id == ticket.op_id)
+                    .values(
+                        node_delta_msat=wallet_ops.c.node_delta_msat + max(cost_msat, sent_msat)
+                    )
+                )
                 if fee_return > 0:
                     await self.ledger.credit(
                         conn, step.account_id, fee_return, "fee_return", step.id

@@ -247,16 +247,28 @@ class Billing:
             )
         return await self.payouts.pay_out_all(account.id, change_payout_id(token))
 
-    async def run_sweeper(self, interval: float, dead_after: float) -> None:
-        """Heartbeat and release reservations of requests that are provably gone, forever."""
+    async def recover(self) -> None:
+        """Take over what dead instances left half done: reservations, swaps, payouts."""
+        dead_after = self.ledger.dead_after
+        released = await self.ledger.sweep(dead_after, set(self.live), min_age=dead_after)
+        if released:
+            log.warning("released %d reservations of requests that are gone", released)
+        split = await self.redeemer.wallet.recover()
+        if split:
+            log.info("finished %d interrupted splits of the node's ecash", split)
+        credited = await self.redeemer.recover()
+        if credited:
+            log.info("finished %d interrupted redemptions", credited)
+        undone = await self.payouts.recover_cashu()
+        if undone:
+            log.warning("credited back %d Cashu payouts interrupted before issue", undone)
+
+    async def run_sweeper(self, interval: float) -> None:
+        """Heartbeat and take over the work of instances that are provably gone, forever."""
         while True:
+            await asyncio.sleep(interval)
             try:
                 await self.ledger.heartbeat()
-                await self.redeemer.recover(ask_mint=True, min_age=dead_after)
-                await self.payouts.recover_cashu(older_than=dead_after)
-                released = await self.ledger.sweep(dead_after, set(self.live), min_age=dead_after)
-                if released:
-                    log.warning("sweeper released %d orphaned reservations", released)
+                await self.recover()
             except Exception:
                 log.exception("sweeper pass failed")
-            await asyncio.sleep(interval)

@@ -6,11 +6,11 @@ import logging
 import time
 from dataclasses import dataclass
 
+from satsrouter import faults
 from satsrouter.billing.balances import credit_tx, debit_available_tx
 from satsrouter.billing.ledger import Ledger
 from satsrouter.billing.redeem import UNIT_MSAT
 from satsrouter.ecash.errors import EcashError
-from satsrouter.ecash.tokens import parse_token
 from satsrouter.ecash.wallet import NodeWallet
 from satsrouter.store.tx import Tx
 
@@ -20,17 +20,18 @@ _ISSUED = "SELECT amount_msat, token, state, method, detail, fee_msat FROM payou
 _ACCOUNT = "SELECT balance_msat, reserved_msat, unit, mint_url FROM accounts WHERE id = :id"
 _INSERT_PAYOUT = (
     "INSERT INTO payouts (id, account_id, amount_msat, unit, mint_url, token, state, method, "
-    "destination, fee_msat, created_at, updated_at) VALUES (:id, :account, :amount, :unit, "
-    ":mint, NULL, :state, :method, :destination, 0, :now, :now) ON CONFLICT (id) DO NOTHING"
+    "destination, fee_msat, instance_id, created_at, updated_at) VALUES (:id, :account, "
+    ":amount, :unit, :mint, NULL, :state, :method, :destination, 0, :instance, :now, :now) "
+    "ON CONFLICT (id) DO NOTHING"
 )
 _COMPLETE = (
     "UPDATE payouts SET state = 'issued', token = :token, detail = :detail, fee_msat = :fee, "
     "updated_at = :now WHERE id = :id AND state = 'pending' RETURNING method"
 )
 _FORGET_PENDING = "DELETE FROM payouts WHERE id = :id AND state = 'pending'"
-_STALE_CASHU = (
-    "SELECT id, account_id, amount_msat, unit, mint_url FROM payouts "
-    "WHERE state = 'pending' AND method = 'cashu' AND updated_at < :before"
+_PENDING_CASHU = (
+    "SELECT id, account_id, amount_msat, unit, mint_url, instance_id, updated_at FROM payouts "
+    "WHERE state = 'pending' AND method = 'cashu'"
 )
 
 
@@ -108,21 +109,25 @@ class Payouts:
         step = await self.begin(account_id, payout_id, amount_msat)
         if isinstance(step, Payout):
             return step
+        faults.reach("payout.after_begin")
         try:
-            token = await self.wallet.issue(step.amount, step.unit, step.mint_url)
+            # The token's proofs leave the wallet in the transaction that completes the
+            # payout: a token is never out without its payout recorded, nor the reverse.
+            return await self.wallet.issue(
+                step.amount,
+                step.unit,
+                step.mint_url,
+                step.id,
+                lambda tx, token: _complete_tx(tx, step, token, None, 0, time.time()),
+            )
+        except PayoutCancelled:
+            raise  # recovery undid it first; nothing was handed over
         except Exception as exc:
             # Nothing left the node: undo the debit so the balance is whole again.
             await self.undo(step)
             if isinstance(exc, EcashError):
                 raise
             raise EcashError("mint_error", "Could not issue the token; try again.") from exc
-        try:
-            return await self.complete(step, token=token)
-        except PayoutCancelled:
-            # Recovery already credited the balance back: take the token back into the wallet
-            # so the value is neither lost nor paid twice.
-            await self.wallet.receive(parse_token(token))
-            raise
 
     async def begin(
         self,
@@ -175,6 +180,7 @@ class Payouts:
                     "state": "pending" if payout_msat else "issued",
                     "method": method,
                     "destination": destination,
+                    "instance": self.ledger.instance_id,
                     "now": now,
                 },
             )
@@ -201,22 +207,10 @@ class Payouts:
         fee_msat: int = 0,
     ) -> Payout:
         """Record what was sent; from now on the same id returns this payout."""
-        params = {
-            "id": step.id,
-            "token": token,
-            "detail": detail,
-            "fee": fee_msat,
-            "now": time.time(),
-        }
-
-        def op(tx: Tx) -> str:
-            rows, _ = tx.execute(_COMPLETE, params)
-            if not rows:
-                raise PayoutCancelled(f"payout {step.id} was undone before it completed")
-            return str(rows[0][0])
-
-        method = await self.ledger.tx.run(op)
-        return Payout(step.id, step.amount_msat, token, method, detail, fee_msat)
+        now = time.time()
+        return await self.ledger.tx.run(
+            lambda tx: _complete_tx(tx, step, token, detail, fee_msat, now)
+        )
 
     async def undo(self, step: PendingPayout) -> bool:
         """Nothing was sent: credit the debit back and forget the attempt (retry allowed).
@@ -235,17 +229,28 @@ class Payouts:
 
         return await self.ledger.tx.run(op)
 
-    async def recover_cashu(self, older_than: float) -> int:
-        """Undo Cashu payouts a crash left `pending`; returns how many.
+    async def recover_cashu(self) -> int:
+        """Undo Cashu payouts whose process died `pending`; returns how many.
 
-        Such a payout's token was never stored, so it never reached anyone: the response
-        that would have carried it comes only after `complete`. Crediting the debit back is
-        therefore safe; the proofs the wallet set aside stay in the node's ecash.
+        A pending payout's token never left: its proofs are handed over only in the
+        transaction that completes it. Crediting the debit back is therefore safe, and the
+        proofs are still the node's.
         """
-        before = time.time() - older_than
-        rows, _ = await self.ledger.tx.run(lambda tx: tx.execute(_STALE_CASHU, {"before": before}))
+        rows, _ = await self.ledger.tx.run(lambda tx: tx.execute(_PENDING_CASHU, {}))
         undone = 0
-        for payout_id, account_id, amount, unit, mint_url in rows:
+        for payout_id, account_id, amount, unit, mint_url, instance_id, _ in rows:
+            if instance_id is not None and not await self.ledger.is_dead(instance_id):
+                continue
             step = PendingPayout(payout_id, account_id, int(amount), unit, mint_url)
             undone += await self.undo(step)
         return undone
+
+
+def _complete_tx(
+    tx: Tx, step: PendingPayout, token: str | None, detail: str | None, fee_msat: int, now: float
+) -> Payout:
+    params = {"id": step.id, "token": token, "detail": detail, "fee": fee_msat, "now": now}
+    rows, _ = tx.execute(_COMPLETE, params)
+    if not rows:
+        raise PayoutCancelled(f"payout {step.id} was undone before it completed")
+    return Payout(step.id, step.amount_msat, token, str(rows[0][0]), detail, fee_msat)

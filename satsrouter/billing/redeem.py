@@ -1,17 +1,28 @@
-"""Turning a Cashu token into a balance, exactly once and never lost (I6)."""
+"""Turning a Cashu token into a balance, exactly once and never lost (I6).
+
+A redemption is a row keyed by the token's hash: `pending` from before the token goes to the
+mint, `credited` in the same transaction that stores the proofs the swap brought in, or
+`failed` when the mint said the token was spent. A crash leaves it `pending`; recovery asks
+the mint about the swap it was part of and finishes or forgets it, so the user is credited
+once or their token is theirs to use again.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from satsrouter import faults
 from satsrouter.billing.balances import credit_tx, open_account_tx
 from satsrouter.billing.ledger import Ledger
 from satsrouter.ecash.errors import EcashError
-from satsrouter.ecash.tokens import ParsedToken, parse_token
+from satsrouter.ecash.recovery import recover_swap
+from satsrouter.ecash.store import Op, finish_op_tx, pending_ops_tx, store_proofs_tx
+from satsrouter.ecash.tokens import ParsedToken
 from satsrouter.ecash.wallet import NodeWallet
 from satsrouter.errors import ApiError
 from satsrouter.store.tx import Tx
@@ -19,32 +30,34 @@ from satsrouter.store.tx import Tx
 log = logging.getLogger(__name__)
 
 UNIT_MSAT = {"sat": 1000, "msat": 1}
-PENDING_STALE_SECONDS = 60.0
 
 _INSERT_INTENT = (
     "INSERT INTO redemptions (token_hash, key_hash, kind, mint_url, unit, amount, token, state, "
-    "created_at, updated_at) VALUES (:th, :kh, :kind, :mint, :unit, :amount, :token, 'pending', "
-    ":now, :now) ON CONFLICT (token_hash) DO NOTHING"
+    "instance_id, created_at, updated_at) VALUES (:th, :kh, :kind, :mint, :unit, :amount, "
+    "NULL, 'pending', :instance, :now, :now) ON CONFLICT (token_hash) DO NOTHING"
 )
-_EXISTING = "SELECT state, account_id, credited_msat FROM redemptions WHERE token_hash = :th"
+_EXISTING = "SELECT state, account_id, credited_msat, error FROM redemptions WHERE token_hash = :th"
 _MARK_FAILED = (
-    "UPDATE redemptions SET state = 'failed', token = NULL, error = :error, updated_at = :now "
+    "UPDATE redemptions SET state = 'failed', error = :error, updated_at = :now "
     "WHERE token_hash = :th AND state = 'pending'"
 )
-_MARK_SWAPPED = (
-    "UPDATE redemptions SET state = 'swapped', credited_msat = :amount, updated_at = :now "
+_FORGET = "DELETE FROM redemptions WHERE token_hash = :th AND state = 'pending'"
+_LINK = (
+    "UPDATE redemptions SET op_id = :op, credited_msat = :owed, updated_at = :now "
     "WHERE token_hash = :th AND state = 'pending'"
 )
-_CLAIM_SWAPPED = (
-    "UPDATE redemptions SET state = 'credited', token = NULL, updated_at = :now "
-    "WHERE token_hash = :th AND state = 'swapped' "
+_CLAIM = (
+    "UPDATE redemptions SET state = 'credited', updated_at = :now "
+    "WHERE token_hash = :th AND state = :state "
     "RETURNING key_hash, kind, mint_url, unit, credited_msat"
 )
 _SET_ACCOUNT = "UPDATE redemptions SET account_id = :account WHERE token_hash = :th"
-_MARK_STATE = "UPDATE redemptions SET state = :state, updated_at = :now WHERE token_hash = :th"
-_UNFINISHED = (
-    "SELECT token_hash, state, token, updated_at FROM redemptions "
-    "WHERE state IN ('pending', 'swapped')"
+_OF_OP = "SELECT token_hash FROM redemptions WHERE op_id = :op AND state = 'pending'"
+_FORGET_OF_OP = "DELETE FROM redemptions WHERE op_id = :op AND state = 'pending'"
+_UNSENT = (
+    "SELECT token_hash, instance_id, state, updated_at FROM redemptions "
+    "WHERE (state = 'pending' AND (op_id IS NULL OR op_id IN "
+    "(SELECT id FROM wallet_ops WHERE state <> 'pending'))) OR state = 'swapped'"
 )
 
 
@@ -57,14 +70,27 @@ class Redeemed:
     already: bool  # True when this token had been redeemed before (no new credit)
 
 
+def credit_redemption_tx(tx: Tx, token_hash: str, now: float, state: str = "pending") -> Redeemed:
+    """Move a redemption to `credited` and credit its account, in the caller's transaction.
+
+    Compare-and-set first: of two callers racing to finish it, only one credits.
+    """
+    rows, _ = tx.execute(_CLAIM, {"th": token_hash, "now": now, "state": state})
+    if not rows:
+        raise RuntimeError(f"redemption {token_hash[:12]} is not {state}")
+    key_hash, kind, mint_url, unit, amount_msat = rows[0]
+    account_id = open_account_tx(tx, key_hash, kind, mint_url, unit, now)
+    credit_tx(tx, account_id, int(amount_msat), "credit", token_hash[:16], now)
+    tx.execute(_SET_ACCOUNT, {"th": token_hash, "account": account_id})
+    return Redeemed(account_id, int(amount_msat), already=False)
+
+
 class Redeemer:
     """Swaps tokens at the mint and credits accounts, recording intent first."""
 
     def __init__(self, ledger: Ledger, wallet: NodeWallet) -> None:
         self.ledger = ledger
         self.wallet = wallet
-        # Test hook: raise here to simulate a crash between the swap and the credit.
-        self.fail_before_credit: Exception | None = None
         self._finishing: set[asyncio.Future[Redeemed]] = set()
 
     async def redeem(self, text: str, token: ParsedToken, key_hash: str, kind: str) -> Redeemed:
@@ -82,7 +108,7 @@ class Redeemer:
             "mint": token.mint,
             "unit": token.unit,
             "amount": token.amount,
-            "token": text.strip(),
+            "instance": self.ledger.instance_id,
             "now": now,
         }
 
@@ -96,6 +122,7 @@ class Redeemer:
         existing = await self.ledger.tx.run(record_intent)
         if existing is not None:
             return _already(*existing)
+        faults.reach("redeem.after_intent")
         # From here the swap, its record and the credit run to the end even if this request
         # is cancelled (client gone): the node must never hold a token's ecash without the
         # balance for it. (A cancelled X-Cashu payer collects it with /v1/balance/refund.)
@@ -110,93 +137,111 @@ class Redeemer:
             task.exception()  # seen here: its request may have stopped waiting
 
     async def _swap_and_credit(self, token: ParsedToken) -> Redeemed:
+        th = token.raw_hash
+        per_unit = UNIT_MSAT[token.unit]
+
+        def link(tx: Tx, op_id: str, owed: int) -> None:
+            tx.execute(_LINK, {"th": th, "op": op_id, "owed": owed * per_unit, "now": time.time()})
+
+        def finish(tx: Tx, owed: int) -> Redeemed:
+            return credit_redemption_tx(tx, th, time.time())
+
         try:
-            received = await self.wallet.receive(token)
+            return await self.wallet.receive(token, link, finish)
         except EcashError as exc:
-            if exc.code in ("mint_unreachable",):
+            if exc.code == "mint_unreachable":
                 # The swap may or may not have reached the mint: recovery asks it later.
-                log.warning("redemption %s outcome unknown: %s", token.raw_hash[:12], exc.code)
+                log.warning("redemption %s outcome unknown: %s", th[:12], exc.code)
+            elif exc.code == "cashu_token_already_spent":
+                await self._mark_failed(th, exc.code)
             else:
-                await self._mark_failed(token.raw_hash, exc.code)
+                # Nothing happened at the mint: the token stays its owner's, to use again.
+                await self.ledger.tx.run(lambda tx: tx.execute(_FORGET, {"th": th}))
             raise
-        await self._mark_swapped(token.raw_hash, received * UNIT_MSAT[token.unit])
-        return await self._credit(token.raw_hash)
+        except BaseException:
+            # not sent, or sent and unknown: recovery decides with the mint's answer
+            raise
 
     async def _mark_failed(self, token_hash: str, reason: str) -> None:
         params = {"th": token_hash, "error": reason[:200], "now": time.time()}
         await self.ledger.tx.run(lambda tx: tx.execute(_MARK_FAILED, params))
 
-    async def _mark_swapped(self, token_hash: str, amount_msat: int) -> None:
-        # Its own commit: from here on a restart knows the node holds the ecash for it.
-        params = {"th": token_hash, "amount": amount_msat, "now": time.time()}
-        await self.ledger.tx.run(lambda tx: tx.execute(_MARK_SWAPPED, params))
+    # ---- recovery ----
 
-    async def _credit(self, token_hash: str) -> Redeemed:
-        if self.fail_before_credit is not None:
-            raise self.fail_before_credit
-        now = time.time()
+    async def recover(self, ask_mint: bool = True) -> int:
+        """Finish or undo redemptions and swaps whose process died; returns how many credited.
 
-        def op(tx: Tx) -> Redeemed:
-            # Compare-and-set first: of two callers racing to credit (a request and the
-            # sweeper's recovery, on Postgres), only the one that moves the row credits.
-            rows, _ = tx.execute(_CLAIM_SWAPPED, {"th": token_hash, "now": now})
-            if not rows:
-                raise RuntimeError(f"redemption {token_hash[:12]} is not swapped")
-            key_hash, kind, mint_url, unit, amount_msat = rows[0]
-            account_id = open_account_tx(tx, key_hash, kind, mint_url, unit, now)
-            credit_tx(tx, account_id, amount_msat, "credit", token_hash[:16], now)
-            tx.execute(_SET_ACCOUNT, {"th": token_hash, "account": account_id})
-            return Redeemed(account_id, int(amount_msat), already=False)
-
-        return await self.ledger.tx.run(op)
-
-    async def recover(self, ask_mint: bool = True, min_age: float = 0.0) -> int:
-        """Finish redemptions that were interrupted; returns how many were credited.
-
-        `swapped` rows (the node holds the ecash) are credited. With `ask_mint`, `pending` rows
-        are checked at the mint (NUT-07): untouched proofs are released to their owner; proofs
-        spent without a recorded swap result need a wallet restore (NUT-09) and are flagged,
-        never credited blind. Safe to run any number of times.
+        A swap recorded but never answered is asked about at the mint (NUT-09 restore of its
+        exact outputs): signed means credit each linked redemption once; not signed means
+        the tokens were not taken, and their rows are forgotten so they can be used again.
+        Safe to run any number of times, from any node.
         """
-        rows = await self.ledger.tx.run(lambda tx: tx.execute(_UNFINISHED, {})[0])
         credited = 0
-        now = time.time()
-        for token_hash, state, text, updated_at in rows:
-            if updated_at > now - min_age:
-                continue  # possibly still in flight in a live request
-            if state == "swapped":
+        if ask_mint:
+            ops = await self.ledger.tx.run(pending_ops_tx)
+            for op in ops:
+                if op.kind != "receive" or not await self.ledger.is_dead(op.instance_id):
+                    continue
                 try:
-                    await self._credit(token_hash)
-                except RuntimeError:
-                    continue  # finished concurrently
-                credited += 1
-                log.info("recovered redemption %s", token_hash[:12])
-                continue
-            # A swap takes milliseconds: a pending row this old is not in flight anywhere.
-            if not ask_mint or updated_at > now - PENDING_STALE_SECONDS:
-                continue
-            try:
-                proofs = await self.wallet.proof_state(parse_token(text))
-            except EcashError as exc:
-                log.warning("recovery of %s postponed: %s", token_hash[:12], exc.code)
-                continue
-            if proofs == "unspent":
-                await self._mark_failed(token_hash, "not swapped before restart")
-            elif proofs == "spent":
-                await self._mark_state(token_hash, "needs_restore")
-                log.error(
-                    "redemption %s: proofs spent but the swap result was lost; "
-                    "restore the wallet from its seed (NUT-09)",
-                    token_hash[:12],
-                )
+                    credited += await self._recover_op(op)
+                except EcashError as exc:
+                    log.warning("recovery of swap %s postponed: %s", op.id[:20], exc.code)
+        rows = await self.ledger.tx.run(lambda tx: tx.execute(_UNSENT, {})[0])
+        for token_hash, instance_id, state, _ in rows:
+            if state == "swapped":  # written by a version that kept ecash elsewhere
+                credited += await self._credit_legacy(token_hash)
+            elif instance_id is None or await self.ledger.is_dead(instance_id):
+                await self.ledger.tx.run(_forget(token_hash))
+                log.info("redemption %s never reached the mint; forgotten", token_hash[:12])
         return credited
 
-    async def _mark_state(self, token_hash: str, state: str) -> None:
-        params = {"th": token_hash, "state": state, "now": time.time()}
-        await self.ledger.tx.run(lambda tx: tx.execute(_MARK_STATE, params))
+    async def _recover_op(self, op: Op) -> int:
+        slot = await self.wallet.loaded_slot(op.mint_url, op.unit)
+        proofs = await recover_swap(slot, op)
+        now = time.time()
+        if proofs is None:
+
+            def undo(tx: Tx) -> None:
+                if finish_op_tx(tx, op.id, "undone"):
+                    tx.execute(_FORGET_OF_OP, {"op": op.id})
+
+            await self.ledger.tx.run(undo)
+            log.info("swap %s never happened; its tokens are usable again", op.id[:20])
+            return 0
+        received = sum(int(p.amount) for p in proofs) * slot.per_unit_msat
+
+        def complete(tx: Tx) -> int:
+            rows, _ = tx.execute(_OF_OP, {"op": op.id})
+            owed = 0
+            for (token_hash,) in rows:
+                owed += credit_redemption_tx(tx, token_hash, now).credited_msat
+            if not finish_op_tx(tx, op.id, "done", received - owed):
+                raise RuntimeError(f"swap {op.id} was finished elsewhere")
+            store_proofs_tx(tx, proofs, op.mint_url, op.unit, op.id)
+            return len(rows)
+
+        count = await self.ledger.tx.run(complete)
+        slot.add(proofs)
+        log.info("swap %s restored from the mint: %d redemptions credited", op.id[:20], count)
+        return count
+
+    async def _credit_legacy(self, token_hash: str) -> int:
+        try:
+            await self.ledger.tx.run(
+                lambda tx: credit_redemption_tx(tx, token_hash, time.time(), state="swapped")
+            )
+        except RuntimeError:
+            return 0  # finished concurrently
+        return 1
 
 
-def _already(state: str, account_id: int | None, credited: int | None) -> Redeemed:
+def _forget(token_hash: str) -> Callable[[Tx], object]:
+    return lambda tx: tx.execute(_FORGET, {"th": token_hash})
+
+
+def _already(
+    state: str, account_id: int | None, credited: int | None, error: str | None
+) -> Redeemed:
     """What a second redemption of the same token gets: the first's credit, or an error."""
     if state == "credited":
         return Redeemed(int(account_id or 0), int(credited or 0), already=True)
@@ -206,4 +251,7 @@ def _already(state: str, account_id: int | None, credited: int | None) -> Redeem
             "redemption_in_progress",
             "This token is being redeemed by another request; retry in a moment.",
         )
-    raise EcashError("cashu_token_already_spent")
+    try:
+        raise EcashError(error or "cashu_token_already_spent")
+    except ValueError:
+        raise EcashError("cashu_token_already_spent") from None

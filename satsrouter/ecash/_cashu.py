@@ -36,6 +36,7 @@ def _import_nutshell() -> None:
 
 _import_nutshell()
 
+from bip32 import BIP32  # noqa: E402
 from cashu.core.base import (  # noqa: E402
     BlindedMessage,
     BlindedSignature,
@@ -54,6 +55,7 @@ from cashu.wallet.crud import get_bolt11_mint_quote  # noqa: E402
 from cashu.wallet.v1_api import LedgerAPI  # noqa: E402
 from cashu.wallet.wallet import Wallet  # noqa: E402
 from loguru import logger as _loguru  # noqa: E402
+from mnemonic import Mnemonic  # noqa: E402
 
 # DEBUG=true would switch off TLS verification in nutshell's HTTP client, and Tor
 # would spawn a daemon; an .env file in the cwd must not be able to turn either on.
@@ -81,9 +83,27 @@ __all__ = [
     "b_dhke",
     "cashu_settings",
     "get_bolt11_mint_quote",
+    "new_mnemonic",
     "nut20",
     "pooled_client",
+    "use_seed",
 ]
+
+
+def new_mnemonic() -> str:
+    """A fresh BIP39 mnemonic for a new wallet."""
+    return str(Mnemonic("english").generate())
+
+
+def use_seed(wallet: Wallet, mnemonic: str) -> None:
+    """Give a nutshell wallet our seed without letting it store the seed anywhere."""
+    words = Mnemonic("english")
+    if not words.check(mnemonic):
+        raise ValueError("the wallet mnemonic is not valid BIP39")
+    seed = words.to_seed(mnemonic)
+    wallet.seed = seed
+    wallet.mnemonic = mnemonic
+    wallet.bip32 = BIP32.from_seed(seed)
 
 
 # Nutshell builds a fresh httpx.AsyncClient (loading the CA bundle, ~27 ms of CPU)

@@ -16,9 +16,22 @@ from typing import Any
 
 import httpx
 
+from satsrouter import faults
 from satsrouter.ecash._cashu import Wallet, pooled_client
 from satsrouter.ecash.errors import EcashError, map_mint_error
-from satsrouter.ecash.wallet import NodeWallet, _Slot
+from satsrouter.ecash.slot import Slot
+from satsrouter.ecash.store import (
+    Output,
+    finish_op_tx,
+    insert_op_tx,
+    move_op_proofs_tx,
+    move_proofs_tx,
+    op_proofs_tx,
+    store_proofs_tx,
+)
+from satsrouter.ecash.swap import blind, unblind_answered
+from satsrouter.ecash.wallet import NodeWallet
+from satsrouter.store.tx import Tx
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +72,10 @@ class MeltTicket:
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
 
-    @classmethod
-    def from_json(cls, text: str) -> MeltTicket:
-        return cls(**json.loads(text))
+    @property
+    def op_id(self) -> str:
+        """The wallet operation that holds this melt's proofs."""
+        return melt_op_id(self.quote)
 
 
 @dataclass(frozen=True)
@@ -103,11 +117,8 @@ def _api(wallet: Wallet) -> Any:
     return super(Wallet, wallet)
 
 
-def _counter_of(derivation_path: str) -> int:
-    # BIP32 "m/129372'/0'/<keyset>'/<counter>'" or NUT-13 v2 "HMAC-SHA256:<keyset>:<counter>"
-    if derivation_path.startswith("m/"):
-        return int(derivation_path.split("/")[4].rstrip("'"))
-    return int(derivation_path.rsplit(":", 1)[1])
+def melt_op_id(quote: str) -> str:
+    return "melt:" + quote
 
 
 def _change_outputs_for(fee_reserve: int) -> int:
@@ -144,7 +155,7 @@ class Melter:
         """The mint's input fee for spending about `amount` of the node's proofs (estimate)."""
         slot = await self._ready_slot(mint, unit)
         wallet = slot.wallet
-        chosen = wallet.coinselect(wallet.active_proofs(wallet.proofs), amount, include_fees=True)
+        chosen = wallet.coinselect(slot.proofs, amount, include_fees=True)
         return int(wallet.get_fees_for_proofs(chosen)) if chosen else 0
 
     async def melt(self, quote: MeltQuote, record: TicketRecorder) -> MeltResult:
@@ -157,24 +168,13 @@ class Melter:
         slot = await self._ready_slot(quote.mint_url, quote.unit)
         wallet = slot.wallet
         total = quote.amount + quote.fee_reserve
-        async with slot.mutating():
-            try:
-                with pooled_client(slot.client):
-                    proofs, _ = await wallet.select_to_send(
-                        wallet.proofs, total, include_fees=True, set_reserved=False
-                    )
-            except Exception as exc:
-                # nothing was sent; nutshell asserts (rather than raises) on some shortfalls
-                err = map_mint_error(exc)
-                if isinstance(exc, AssertionError) or err.code == "insufficient_node_funds":
-                    err = EcashError(
-                        "insufficient_node_funds",
-                        "The node cannot pay that out right now. Try again later.",
-                    )
-                raise MeltFailed(err) from None
-            n_change = _change_outputs_for(quote.fee_reserve)
-            secrets, rs, paths = await wallet.generate_n_secrets(n_change)
-            outputs, _ = wallet._construct_outputs(n_change * [1], secrets, rs)
+        op_id = melt_op_id(quote.quote)
+        n_change = _change_outputs_for(quote.fee_reserve)
+        keyset_id = str(wallet.keyset_id)
+        async with slot.lock:
+            proofs = await self._select(slot, total)
+            first = await self.wallet.take_counters(keyset_id, n_change) if n_change else 0
+            change = [Output(1, first + i) for i in range(n_change)]
             ticket = MeltTicket(
                 quote=quote.quote,
                 mint_url=quote.mint_url,
@@ -182,20 +182,39 @@ class Melter:
                 amount=quote.amount,
                 fee_reserve=quote.fee_reserve,
                 inputs=sum(int(p.amount) for p in proofs),
-                change_keyset=str(outputs[0].id) if outputs else None,
-                change_counter=_counter_of(paths[0]) if paths else None,
+                change_keyset=keyset_id if n_change else None,
+                change_counter=first if n_change else None,
                 change_outputs=n_change,
             )
             # Persist first: from the moment the proofs are sent, only the ticket can finish it.
             await record(ticket)
-            await wallet.set_reserved_for_melt(proofs, reserved=True, quote_id=quote.quote)
-            proofs = wallet.sign_proofs_inplace_melt(proofs, outputs, quote.quote)
+            secrets = [str(p.secret) for p in proofs]
+
+            def intent(tx: Tx) -> None:
+                move_proofs_tx(tx, secrets, op_id, "unspent", "reserved")
+                insert_op_tx(
+                    tx,
+                    op_id,
+                    "melt",
+                    slot.mint,
+                    slot.unit,
+                    self.wallet.instance_id,
+                    keyset_id,
+                    change,
+                    detail=ticket.to_json(),
+                )
+
+            await self.wallet.tx.run(intent)
+            slot.take(proofs)
+        faults.reach("melt.after_intent")
+        blinded = await blind(wallet, keyset_id, change)
+        proofs = wallet.sign_proofs_inplace_melt(proofs, blinded.messages, quote.quote)
         # The mint call runs outside the lock: a payment may take long, and these proofs are
         # already reserved, so receives and issues at this mint carry on meanwhile.
         try:
             with pooled_client(slot.client):
                 resp = await asyncio.wait_for(
-                    _api(wallet).melt(quote.quote, proofs, outputs), self.timeout
+                    _api(wallet).melt(quote.quote, proofs, blinded.messages), self.timeout
                 )
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             # no connection was made: nothing reached the mint
@@ -215,6 +234,7 @@ class Melter:
             if answer.result is not None:
                 return answer.result
             return MeltResult("pending", ticket)
+        faults.reach("melt.after_melt")
         state = str(resp.state or ("PAID" if resp.paid else "UNPAID")).upper()
         if state == "PAID":
             return await self._settle_paid(slot, ticket, resp)
@@ -222,6 +242,22 @@ class Melter:
             await self.release(ticket)
             raise MeltFailed(EcashError("mint_error", "The Lightning payment failed."))
         return MeltResult("pending", ticket)
+
+    async def _select(self, slot: Slot, total: int) -> list[Any]:
+        """Proofs worth at least `total` plus their input fee (slot locked)."""
+        for attempt in range(2):
+            chosen = slot.wallet.coinselect(slot.proofs, total, include_fees=True)
+            fee = int(slot.wallet.get_fees_for_proofs(chosen)) if chosen else 0
+            if chosen and sum(int(p.amount) for p in chosen) >= total + fee:
+                return list(chosen)
+            if attempt == 0:
+                await self.wallet.refresh(slot)
+        raise MeltFailed(
+            EcashError(
+                "insufficient_node_funds",
+                "The node cannot pay that out right now. Try again later.",
+            )
+        )
 
     async def check(self, ticket: MeltTicket) -> QuoteState:
         """NUT-05 quote state; a paid melt is settled into the wallet (spent proofs, change).
@@ -243,24 +279,25 @@ class Melter:
         return QuoteState("pending", MeltResult("pending", ticket))
 
     async def release(self, ticket: MeltTicket) -> None:
-        """The melt did not happen: make its proofs spendable again."""
+        """The melt did not happen: make its proofs spendable again (once)."""
         slot = await self._ready_slot(ticket.mint_url, ticket.unit)
-        wallet = slot.wallet
-        async with slot.mutating():
-            await wallet.load_proofs(reload=True)
-            mine = [p for p in wallet.proofs if p.melt_id == ticket.quote]
-            if mine:
-                await wallet.set_reserved_for_melt(mine, reserved=False, quote_id=None)
-        log.info("melt %s released %d proofs", ticket.quote[:12], len(mine))
+        op_id = ticket.op_id
+
+        def undo(tx: Tx) -> list[Any]:
+            proofs = op_proofs_tx(tx, op_id, "reserved")
+            if finish_op_tx(tx, op_id, "undone"):
+                move_op_proofs_tx(tx, op_id, "reserved", "unspent")
+                return proofs
+            return []
+
+        released = await self.wallet.tx.run(undo)
+        slot.add(released)
+        log.info("melt %s released %d proofs", ticket.quote[:12], len(released))
 
     # ---- internals ----
 
-    async def _ready_slot(self, mint: str | None, unit: str) -> _Slot:
-        slot = await self.wallet._slot(self.wallet._accepted_mint(mint), unit)
-        if not slot.loaded:
-            async with slot.lock:
-                await self.wallet._load(slot)
-        return slot
+    async def _ready_slot(self, mint: str | None, unit: str) -> Slot:
+        return await self.wallet.loaded_slot(mint, unit)
 
     async def _confirm(self, ticket: MeltTicket) -> QuoteState:
         try:
@@ -268,45 +305,46 @@ class Melter:
         except EcashError:
             return QuoteState("pending", MeltResult("pending", ticket))
 
-    async def _settle_paid(self, slot: _Slot, ticket: MeltTicket, resp: Any) -> MeltResult:
-        """Drop the spent inputs and keep the change; idempotent (inputs go only once)."""
-        wallet = slot.wallet
-        change = 0
-        async with slot.mutating():
-            await wallet.load_proofs(reload=True)
-            inputs = [p for p in wallet.proofs if p.melt_id == ticket.quote]
-            # Inputs first, change second: a crash in between loses the change (the node's
-            # fee overpayment) rather than ever counting it twice.
-            if inputs:
-                await wallet.invalidate(inputs)
-                change = await self._take_change(wallet, ticket, list(resp.change or []))
+    async def _settle_paid(self, slot: Slot, ticket: MeltTicket, resp: Any) -> MeltResult:
+        """Spend the inputs and keep the change, in one transaction; idempotent."""
+        change = await self._change(slot, ticket, list(resp.change or []))
+        change_amount = sum(int(p.amount) for p in change)
+        cost = ticket.inputs - change_amount
+        op_id = ticket.op_id
+
+        def settle(tx: Tx) -> bool:
+            # The node pays the whole cost here; the payout's own settlement moves what the
+            # user was charged for it over (`node_delta_msat`), so the audit stays exact.
+            if not finish_op_tx(tx, op_id, "done", -cost * slot.per_unit_msat):
+                return False
+            move_op_proofs_tx(tx, op_id, "reserved", "spent")
+            store_proofs_tx(tx, change, slot.mint, slot.unit, op_id)
+            return True
+
+        if await self.wallet.tx.run(settle):
+            slot.add(change)
         preimage = str(resp.payment_preimage) if resp.payment_preimage else None
         log.info(
             "melt %s paid: %d %s + fee, %d change",
             ticket.quote[:12],
             ticket.amount,
             ticket.unit,
-            change,
+            change_amount,
         )
-        return MeltResult("paid", ticket, cost=ticket.inputs - change, preimage=preimage)
+        return MeltResult("paid", ticket, cost=cost, preimage=preimage)
 
-    async def _take_change(self, wallet: Wallet, ticket: MeltTicket, promises: list[Any]) -> int:
+    async def _change(self, slot: Slot, ticket: MeltTicket, promises: list[Any]) -> list[Any]:
         if not promises or ticket.change_counter is None or ticket.change_keyset is None:
-            return 0
+            return []
         promises = promises[: ticket.change_outputs]
-        first = ticket.change_counter
+        outputs = [Output(1, ticket.change_counter + i) for i in range(len(promises))]
         try:
-            secrets, rs, paths = await wallet.generate_secrets_from_to(
-                first, first + ticket.change_outputs - 1, ticket.change_keyset
-            )
-            proofs = await wallet._construct_proofs(
-                promises, secrets[: len(promises)], rs[: len(promises)], paths[: len(promises)]
-            )
+            blinded = await blind(slot.wallet, ticket.change_keyset, outputs)
+            return await unblind_answered(slot.wallet, blinded, promises)
         except Exception as exc:
             # the fee overpayment is lost to the node, never to a user: log and carry on
             log.error("melt %s: change not recovered (%s)", ticket.quote[:12], type(exc).__name__)
-            return 0
-        return sum(int(p.amount) for p in proofs)
+            return []
 
 
 def _failed(exc: BaseException) -> EcashError:

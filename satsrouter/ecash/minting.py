@@ -16,14 +16,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from satsrouter.ecash._cashu import (
-    LedgerAPI,
-    Wallet,
-    get_bolt11_mint_quote,
-    nut20,
-    pooled_client,
-)
+from satsrouter import faults
+from satsrouter.ecash._cashu import LedgerAPI, nut20, pooled_client
 from satsrouter.ecash.errors import EcashError, map_mint_error
+from satsrouter.ecash.slot import Slot
+from satsrouter.ecash.store import Output, held_secrets_tx, store_proofs_tx
+from satsrouter.ecash.swap import blind, restore, unblind_signed
 from satsrouter.ecash.wallet import NodeWallet
 
 log = logging.getLogger(__name__)
@@ -45,6 +43,7 @@ class QuoteInfo:
     unit: str
     state: str
     expires_at: float
+    quote_key: str | None = None  # NUT-20 private key (hex); only when this node asked
 
 
 @dataclass(frozen=True)
@@ -68,7 +67,7 @@ class MintOutputs:
 
 
 class QuoteMinter:
-    """Mint quotes at accepted mints, using the node wallet's slots, locks and clients."""
+    """Mint quotes at accepted mints, using the node wallet's slots and clients."""
 
     def __init__(self, wallet: NodeWallet) -> None:
         self.wallet = wallet
@@ -76,14 +75,17 @@ class QuoteMinter:
         self.fail_after_mint: Exception | None = None
 
     async def request_quote(self, amount: int, unit: str, mint: str | None = None) -> QuoteInfo:
-        """Ask the mint for a bolt11 invoice of `amount` `unit`; the quote's key stays local."""
+        """Ask the mint for a bolt11 invoice of `amount` `unit`, locked to a key of ours
+        (NUT-20) that the caller stores with the invoice: only it can mint the quote."""
         if amount <= 0:
             raise ValueError("amount must be positive")
         slot = await self.wallet.loaded_slot(mint, unit)
+        privkey, pubkey = nut20.generate_keypair()
         try:
             with pooled_client(slot.client):
-                # nutshell stores the quote and its NUT-20 signing key in the wallet database
-                quote = await slot.wallet.request_mint(amount)
+                quote = await LedgerAPI.mint_quote(
+                    slot.wallet, amount, slot.wallet.unit, None, pubkey
+                )
         except Exception as exc:
             raise map_mint_error(exc) from None
         expiry = getattr(quote, "expiry", None)
@@ -94,6 +96,7 @@ class QuoteMinter:
             unit=unit,
             state=_state(getattr(quote, "state", None)),
             expires_at=float(expiry) if expiry else time.time() + DEFAULT_QUOTE_TTL,
+            quote_key=str(privkey),
         )
 
     async def quote_state(self, quote_id: str, unit: str, mint: str | None = None) -> QuoteInfo:
@@ -113,11 +116,6 @@ class QuoteMinter:
             expires_at=float(resp.expiry) if resp.expiry else 0.0,
         )
 
-    async def knows_quote(self, quote_id: str, unit: str, mint: str | None = None) -> bool:
-        """True if this node's wallet requested the quote (only it holds the NUT-20 key)."""
-        slot = await self.wallet.loaded_slot(mint, unit)
-        return await get_bolt11_mint_quote(db=slot.wallet.db, quote=quote_id) is not None
-
     async def reserve_outputs(self, amount: int, unit: str, mint: str | None = None) -> MintOutputs:
         """Take a fresh counter range for `amount`'s outputs; it is never handed out again."""
         slot = await self.wallet.loaded_slot(mint, unit)
@@ -126,11 +124,16 @@ class QuoteMinter:
         if not set(amounts) <= set(w.get_allowed_amounts()):
             raise EcashError("mint_error", "The mint's keyset cannot represent this amount.")
         keyset_id = str(w.keyset_id)
-        counter = await self.wallet.reserve_counters(keyset_id, len(amounts))
+        counter = await self.wallet.take_counters(keyset_id, len(amounts))
         return MintOutputs(keyset_id, counter, amounts)
 
     async def mint(
-        self, quote_id: str, outputs: MintOutputs, unit: str, mint: str | None = None
+        self,
+        quote_id: str,
+        quote_key: str | None,
+        outputs: MintOutputs,
+        unit: str,
+        mint: str | None = None,
     ) -> int:
         """Have the quote's proofs in the wallet (minting or restoring them); the amount held.
 
@@ -138,79 +141,51 @@ class QuoteMinter:
         signed are restored (NUT-09), never signed twice.
         """
         slot = await self.wallet.loaded_slot(mint, unit)
-        n = len(outputs.amounts)
-        async with slot.mutating():
-            w = slot.wallet
-            secrets, rs, paths = await w.generate_secrets_from_to(
-                outputs.counter, outputs.counter + n - 1, keyset_id=outputs.keyset_id
-            )
-            held = [await _holds(w, s) for s in secrets]
-            if all(held):
-                return outputs.amount
-            blinded, rs = w._construct_outputs(
-                list(outputs.amounts), secrets, rs, keyset_id=outputs.keyset_id
-            )
-            if not any(held):
-                try:
-                    return await self._mint(slot.client, w, quote_id, blinded, secrets, rs, paths)
-                except Exception as exc:
-                    code = _mint_code(exc)
-                    if code not in _ALREADY_SIGNED:
-                        raise map_mint_error(exc) from None
-                    log.info("quote %s already signed (%s): restoring", quote_id, code)
-            missing = [i for i, h in enumerate(held) if not h]
+        wanted = [Output(a, outputs.counter + i) for i, a in enumerate(outputs.amounts)]
+        blinded = await blind(slot.wallet, outputs.keyset_id, wanted)
+        held = await self.wallet.tx.run(lambda tx: held_secrets_tx(tx, blinded.secrets))
+        if len(held) == len(wanted):
+            return outputs.amount
+        promises: list[Any] | None = None
+        if not held:
             try:
-                with pooled_client(slot.client):
-                    _, restored = await w.restore_promises(
-                        [blinded[i] for i in missing],
-                        [secrets[i] for i in missing],
-                        [rs[i] for i in missing],
-                        [paths[i] for i in missing],
-                    )
+                promises = await self._mint(slot, quote_id, quote_key, blinded.messages)
             except Exception as exc:
-                raise map_mint_error(exc) from None
-        if len(restored) != len(missing):
-            raise EcashError(
-                "mint_error",
-                f"The mint issued quote {quote_id} but returned {len(restored)} of "
-                f"{len(missing)} signatures on restore.",
+                code = _mint_code(exc)
+                if code not in _ALREADY_SIGNED:
+                    raise map_mint_error(exc) from None
+                log.info("quote %s already signed (%s): restoring", quote_id, code)
+        if promises is None:
+            restored = await restore(slot, blinded)
+            promises = [
+                None if s in held else p for s, p in zip(blinded.secrets, restored, strict=True)
+            ]
+            missing = sum(
+                p is None for s, p in zip(blinded.secrets, promises, strict=True) if s not in held
             )
-        got = sum(outputs.amounts[i] for i, h in enumerate(held) if h)
-        return got + sum(int(p.amount) for p in restored)
-
-    async def _mint(
-        self,
-        client: Any,
-        w: Wallet,
-        quote_id: str,
-        blinded: list[Any],
-        secrets: list[str],
-        rs: list[Any],
-        paths: list[str],
-    ) -> int:
-        local = await get_bolt11_mint_quote(db=w.db, quote=quote_id)
-        if local is None:
-            raise EcashError("mint_error", f"Quote {quote_id} is not this wallet's.")
-        signature = (
-            nut20.sign_mint_quote(quote_id, blinded, local.privkey) if local.privkey else None
-        )
-        with pooled_client(client):
-            promises = await LedgerAPI.mint(w, blinded, quote_id, signature)
+            if missing:
+                raise EcashError(
+                    "mint_error",
+                    f"The mint issued quote {quote_id} but {missing} of its signatures "
+                    "could not be restored.",
+                )
+        faults.reach("mint.after_mint")
         if self.fail_after_mint is not None:
             raise self.fail_after_mint
-        # verifies the DLEQ proofs and stores the proofs in the wallet database
-        proofs = await w._construct_proofs(promises, secrets, rs, paths)
-        return sum(int(p.amount) for p in proofs)
+        proofs = await unblind_signed(slot.wallet, blinded, promises)
+        await self.wallet.tx.run(lambda tx: store_proofs_tx(tx, proofs, slot.mint, slot.unit))
+        slot.add(proofs)
+        return outputs.amount
 
-
-async def _holds(w: Wallet, secret: str) -> bool:
-    """Whether the wallet has (or had, and spent) the proof with this secret."""
-    row = await w.db.fetchone(
-        "SELECT secret FROM proofs WHERE secret = :s "
-        "UNION ALL SELECT secret FROM proofs_used WHERE secret = :s",
-        {"s": secret},
-    )
-    return row is not None
+    async def _mint(
+        self, slot: Slot, quote_id: str, quote_key: str | None, messages: list[Any]
+    ) -> list[Any]:
+        if quote_key is None:
+            raise EcashError("mint_error", f"Quote {quote_id} is not this wallet's.")
+        signature = nut20.sign_mint_quote(quote_id, messages, quote_key)
+        with pooled_client(slot.client):
+            promises: list[Any] = await LedgerAPI.mint(slot.wallet, messages, quote_id, signature)
+        return promises
 
 
 def _state(value: object) -> str:

@@ -1,100 +1,90 @@
-"""Swapping users' proofs for new ones of the node's: nutshell's `redeem`, split apart.
+"""Swapping users' proofs for new ones of the node's, recorded so a crash loses nothing.
+
+Each swap is an operation row (`wallet_ops`) written before it leaves for the mint, with
+its outputs (keyset, counters, amounts) and the users' proofs; the callers link their
+own rows to it in that transaction. The new proofs, the operation's end and the callers'
+credits are written in one transaction after the mint answers. A crash in between leaves
+the operation pending, and recovery restores exactly those outputs from the mint (NUT-09).
 
 Receives at one wallet are coalesced: those that arrive while a swap is at the mint go to
 the mint together in the next one. A swap costs nutshell's mint about 10 ms plus about 2 ms
-per signature, and it runs them one at a time (concurrent ones collide on its database and
-retry after 100 ms or more), so eight receives in one swap cost it about half of eight
-swaps, and the mint never sees two of ours at once.
-
-Only the writes that other requests must see in order hold the wallet locks; the mint round
-trip and the cryptography run concurrently with other requests'. New secrets come from
-derivation counters taken in one atomic database update (never shared, restorable from the
-seed), and the new proofs become spendable only once stored, under the same locks `issue`
-and reloads take.
+per signature, and it runs them one at a time, so eight receives in one swap cost it about
+half of eight swaps, and the mint never sees two of ours at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, TypeVar
 
-from satsrouter.ecash._cashu import (
-    BlindedMessage,
-    BlindedSignature,
-    DLEQWallet,
-    LedgerAPI,
-    PrivateKey,
-    Proof,
-    PublicKey,
-    Wallet,
-    b_dhke,
-    pooled_client,
+from satsrouter import faults
+from satsrouter.ecash._cashu import Proof
+from satsrouter.ecash.slot import Slot
+from satsrouter.ecash.store import (
+    Output,
+    encode_proofs,
+    finish_op_tx,
+    give_back_counters_tx,
+    insert_op_tx,
+    store_proofs_tx,
+    take_counters_tx,
 )
-from satsrouter.ecash.errors import EcashError, map_mint_error
-from satsrouter.ecash.mint_http import post_swap
-from satsrouter.ecash.wallet_store import WalletStore
+from satsrouter.ecash.swap import Refused, blind, swap, unblind_signed
+from satsrouter.store.tx import Tx, TxRunner
 
-if TYPE_CHECKING:
-    from satsrouter.ecash.wallet import _Slot
+T = TypeVar("T")
 
 # Well under nutshell's default limit of 1000 entries per request array.
 MAX_BATCH_INPUTS = 50
 
-# Refusals that are about the inputs: the mint looked at none of the outputs' secrets, so
-# they can be used in the next swap (no counter wasted, no gap for a seed restore).
-_INPUT_REFUSALS = frozenset(
-    {"cashu_token_already_spent", "cashu_token_pending", "invalid_cashu_token"}
-)
+Link = Callable[[Tx, str, int], None]
+"""Called in the swap's intent transaction with the operation id and what is owed."""
 
 
 @dataclass
 class _Receive:
-    """One caller's proofs waiting for a swap, and the amount it is owed once swapped."""
+    """One caller's proofs waiting for a swap, what it is owed, and its two hooks."""
 
     proofs: list[Proof]
     owed: int
-    done: asyncio.Future[int]
-
-
-class _Refused(Exception):
-    """The mint answered the swap with an error: nothing was spent."""
-
-    def __init__(self, error: EcashError) -> None:
-        super().__init__(error.message)
-        self.error = error
+    link: Link
+    finish: Callable[[Tx, int], Any]
+    done: asyncio.Future[Any]
 
 
 @dataclass
 class SwapBatcher:
     """One (mint, unit) wallet's receives, swapped in batches, one batch at the mint at a time.
 
-    A receive arriving at an idle batcher goes to the mint at once; the next batch is
-    prepared (counters, secrets, blinding) while one is at the mint. A batch's outputs are
-    split as one amount (fewer coins than per receive); each receive is owed its own
-    proofs less the fee they would have cost alone, and the mint charges the batch's inputs
-    together, rounding up once, so what rounding saves is the node's. A mint's refusal fails
-    the whole swap, so then each receive of the batch is swapped alone: one bad token
-    cannot fail the others.
+    A batch's outputs are split as one amount; each receive is owed its own proofs less the
+    fee they would have cost alone, and the mint charges the batch's inputs together,
+    rounding up once, so what rounding saves is the node's (recorded on the operation). A
+    mint's refusal fails the whole swap, so then each receive of the batch is swapped
+    alone: one bad token cannot fail the others.
     """
 
-    slot: _Slot
-    store: WalletStore
+    slot: Slot
+    tx: TxRunner
+    instance_id: str
     _waiting: list[_Receive] = field(default_factory=list)
     _feeder: asyncio.Task[None] | None = None
     _running: set[asyncio.Task[None]] = field(default_factory=set)
     _mint_turn: asyncio.Lock = field(default_factory=asyncio.Lock)
-    # secrets (secret, r, path) of outputs a mint refused to sign: the next swaps take them
-    _unsigned: list[tuple[str, PrivateKey, str]] = field(default_factory=list)
+    # Counters of outputs a mint refused to sign (it signed nothing): the next swaps take
+    # them first, so forged tokens cannot burn counters (a gap defeats a seed restore).
+    _unsigned: list[int] = field(default_factory=list)
     _unsigned_keyset: str = ""
 
-    async def receive(self, proofs: list[Proof]) -> int:
-        """Swap a user's proofs into the node's wallet; returns what they are worth less fees."""
+    async def receive(self, proofs: list[Proof], link: Link, finish: Callable[[Tx, int], T]) -> T:
+        """Swap a user's proofs into the node's wallet; returns `finish`'s result."""
         wallet = self.slot.wallet
         wallet.verify_proofs_dleq(proofs)
         owed = _total(proofs) - wallet.get_fees_for_proofs(proofs)
-        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Receive(proofs, owed, done))
+        done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._waiting.append(_Receive(proofs, owed, link, finish, done))
         if self._feeder is None:
             self._feeder = asyncio.create_task(self._feed())
         # shielded: a caller that gives up does not cancel a swap others share
@@ -134,16 +124,16 @@ class SwapBatcher:
     async def _run(self, batch: list[_Receive], at_mint: asyncio.Event) -> None:
         try:
             try:
-                await self._swap([p for receive in batch for p in receive.proofs], at_mint)
-            except _Refused as refused:
+                results = await self._swap(batch, at_mint)
+            except Refused as refused:
                 if len(batch) == 1:
                     raise refused.error from None
                 for receive in batch:  # someone's proofs spoiled the swap: each alone
                     await self._run([receive], at_mint)
                 return
-            for receive in batch:
+            for receive, result in zip(batch, results, strict=True):
                 if not receive.done.done():
-                    receive.done.set_result(receive.owed)
+                    receive.done.set_result(result)
         except BaseException as exc:
             for receive in batch:
                 if not receive.done.done():
@@ -154,74 +144,86 @@ class SwapBatcher:
         finally:
             at_mint.set()
 
-    async def _swap(self, proofs: list[Proof], at_mint: asyncio.Event) -> None:
-        """Swap `proofs` for new ones of the node's, stored before returning."""
-        wallet = self.slot.wallet
-        keyset_id = wallet.keyset_id
+    async def _swap(self, batch: list[_Receive], at_mint: asyncio.Event) -> list[Any]:
+        """Record, send and finish one swap of `batch`'s proofs; the callers' results."""
+        slot = self.slot
+        wallet = slot.wallet
+        proofs = [p for receive in batch for p in receive.proofs]
+        keyset_id = str(wallet.keyset_id)
         amounts, _ = wallet.determine_output_amounts(proofs, 0, keyset_id_outputs=keyset_id)
-        secrets, rs, paths = await self._secrets(keyset_id, len(amounts))
-        outputs, rs = await asyncio.to_thread(
-            wallet._construct_outputs, amounts, secrets, rs, keyset_id
-        )
-        proofs = wallet.sign_proofs_inplace_swap(proofs, outputs)
-        # The mint wants outputs sorted by amount; its signatures come back in that order.
-        order = sorted(range(len(outputs)), key=lambda i: outputs[i].amount)
+        if keyset_id != self._unsigned_keyset:  # counters are per keyset (NUT-13)
+            self._unsigned, self._unsigned_keyset = [], keyset_id
+        reused, self._unsigned = self._unsigned[: len(amounts)], self._unsigned[len(amounts) :]
+        fresh = len(amounts) - len(reused)
+        op_id = "receive:" + os.urandom(12).hex()
+        inputs = encode_proofs(proofs)
+
+        def intent(tx: Tx) -> tuple[list[Output], int]:
+            first = take_counters_tx(tx, keyset_id, fresh) if fresh else 0
+            counters = reused + list(range(first, first + fresh))
+            outputs = [Output(a, c) for a, c in zip(amounts, counters, strict=True)]
+            insert_op_tx(
+                tx,
+                op_id,
+                "receive",
+                slot.mint,
+                slot.unit,
+                self.instance_id,
+                keyset_id,
+                outputs,
+                inputs=inputs,
+            )
+            for receive in batch:
+                receive.link(tx, op_id, receive.owed)
+            return outputs, first
+
+        try:
+            outputs, first = await self.tx.run(intent)
+        except BaseException:
+            self._unsigned[:0] = reused
+            raise
+        faults.reach("receive.after_intent")
+        blinded = await blind(wallet, keyset_id, outputs)
+        signed_inputs = wallet.sign_proofs_inplace_swap(proofs, blinded.messages)
         async with self._mint_turn:
             at_mint.set()
             try:
-                sorted_outputs = [outputs[i] for i in order]
-                if self.slot.session is not None:
-                    signed = await post_swap(self.slot.session, wallet.url, proofs, sorted_outputs)
-                else:  # through a proxy: nutshell's own client knows how
-                    with pooled_client(self.slot.client):
-                        signed = await LedgerAPI.split(wallet, proofs, sorted_outputs)
-            except Exception as exc:
-                error = map_mint_error(exc)
-                if error.code == "mint_unreachable":
-                    raise error from None  # the swap may have happened: recovery asks the mint
-                if error.code in _INPUT_REFUSALS and keyset_id == self._unsigned_keyset:
-                    self._unsigned[:0] = zip(secrets, rs, paths, strict=True)
-                raise _Refused(error) from None
+                promises = await swap(slot, signed_inputs, blinded)
+            except Refused:
+                await self._refused(op_id, keyset_id, reused, first, fresh)
+                raise
+        faults.reach("receive.after_swap")
         # Let the next batch, waiting for its turn, send its swap before we unblind ours:
         # otherwise the mint idles for the unblinding (~0.5 ms of CPU per output).
         await asyncio.sleep(0)
-        if len(signed) != len(outputs):
-            # The mint took the proofs: only a restore from the seed gets their value back.
-            raise EcashError(
-                "mint_unreachable", "The mint answered the swap with the wrong outputs."
-            )
-        promises: list[Any] = [None] * len(outputs)
-        for position, index in enumerate(order):
-            promises[index] = signed[position]
-        kept = await asyncio.to_thread(unblind, wallet, outputs, promises, rs, secrets, paths)
-        # (nutshell would also copy the user's spent proofs into its history table: nothing
-        # reads them there.)
-        async with self.slot.mutating():
-            await self.store.store(kept)
-            wallet.proofs += kept
+        kept = await unblind_signed(wallet, blinded, promises)
+        received = _total(kept)
+        owed = sum(receive.owed for receive in batch)
+        per_unit = slot.per_unit_msat
 
-    async def _secrets(
-        self, keyset_id: str, count: int
-    ) -> tuple[list[str], list[PrivateKey], list[str]]:
-        """`count` secrets never signed: refused ones first, then from fresh counters."""
-        if keyset_id != self._unsigned_keyset:  # derived per keyset (NUT-13)
-            self._unsigned, self._unsigned_keyset = [], keyset_id
-        taken, self._unsigned = self._unsigned[:count], self._unsigned[count:]
-        secrets = [s for s, _, _ in taken]
-        rs = [r for _, r, _ in taken]
-        paths = [p for _, _, p in taken]
-        if fresh := count - len(taken):
-            first = await self.store.reserve_counters(keyset_id, fresh)
-            new, new_rs, new_paths = await self.slot.wallet.generate_secrets_from_to(
-                first, first + fresh - 1
-            )
-            if await self.store.any_stored(new):
-                # A counter behind proofs we hold (e.g. a restore went wrong): never reuse one.
-                raise EcashError(
-                    "mint_error", "The node's wallet needs attention; try again later."
-                )
-            secrets, rs, paths = secrets + new, rs + new_rs, paths + new_paths
-        return secrets, rs, paths
+        def complete(tx: Tx) -> list[Any]:
+            if not finish_op_tx(tx, op_id, "done", (received - owed) * per_unit):
+                raise RuntimeError(f"swap {op_id} was finished elsewhere")
+            store_proofs_tx(tx, kept, slot.mint, slot.unit, op_id)
+            return [receive.finish(tx, receive.owed) for receive in batch]
+
+        results = await self.tx.run(complete)
+        slot.add(kept)
+        faults.reach("receive.after_store")
+        return results
+
+    async def _refused(
+        self, op_id: str, keyset_id: str, reused: list[int], first: int, fresh: int
+    ) -> None:
+        """The mint signed nothing: end the operation and keep its counters for reuse."""
+
+        def undo(tx: Tx) -> bool:
+            finish_op_tx(tx, op_id, "undone")
+            return give_back_counters_tx(tx, keyset_id, first, fresh) if fresh else True
+
+        given_back = await self.tx.run(undo)
+        if keyset_id == self._unsigned_keyset:
+            self._unsigned[:0] = reused + ([] if given_back else list(range(first, first + fresh)))
 
 
 def _total(proofs: list[Proof]) -> int:
@@ -231,45 +233,3 @@ def _total(proofs: list[Proof]) -> int:
 def _batchable(proofs: list[Proof]) -> bool:
     """Plain proofs only: spending conditions (NUT-10) may sign over the whole swap."""
     return all(not str(p.secret).startswith("[") and not p.witness for p in proofs)
-
-
-def unblind(
-    wallet: Wallet,
-    outputs: list[BlindedMessage],
-    promises: list[BlindedSignature],
-    rs: list[PrivateKey],
-    secrets: list[str],
-    paths: list[str],
-) -> list[Proof]:
-    """Proofs from the mint's blind signatures, each one's DLEQ proof checked.
-
-    The blinded messages are at hand, so the check needs neither hash-to-curve nor
-    re-blinding (nutshell recomputes both per proof).
-    """
-    proofs: list[Proof] = []
-    for output, promise, r, secret, path in zip(outputs, promises, rs, secrets, paths, strict=True):
-        keyset = wallet.keysets.get(promise.id)
-        if keyset is None or promise.amount != output.amount or promise.id != output.id:
-            raise EcashError("mint_error", "The mint signed something other than was asked.")
-        mint_key: PublicKey = keyset.public_keys[promise.amount]
-        signature = PublicKey(bytes.fromhex(promise.C_))
-        dleq = None
-        if promise.dleq is not None:
-            e = PrivateKey(bytes.fromhex(promise.dleq.e))
-            s = PrivateKey(bytes.fromhex(promise.dleq.s))
-            blinded = PublicKey(bytes.fromhex(output.B_))
-            if not b_dhke.alice_verify_dleq(blinded, signature, e, s, mint_key):
-                raise EcashError("mint_error", "The mint's signature did not verify.")
-            dleq = DLEQWallet(e=promise.dleq.e, s=promise.dleq.s, r=r.to_hex())
-        unblinded = b_dhke.step3_alice(signature, r, mint_key)
-        proofs.append(
-            Proof(
-                id=promise.id,
-                amount=promise.amount,
-                C=unblinded.format().hex(),
-                secret=secret,
-                derivation_path=path,
-                dleq=dleq,
-            )
-        )
-    return proofs

@@ -1,124 +1,99 @@
-"""The node's own Cashu wallet: receive (swap) users' tokens, issue change, check state."""
+"""The node's own Cashu wallet: receive (swap) users' tokens, issue tokens, check state.
+
+The proofs, the seed and the derivation counters live in the node's database
+(`ecash/store.py`), so every operation can write its ecash in the same transaction as the
+ledger rows it pays for: `receive` and `issue` take the caller's transaction function and
+run it there. nutshell provides the cryptography and the mint's protocol only.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
 import os
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+import shutil
+import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, overload
 
-import aiohttp
 import httpx
 
+from satsrouter import faults
 from satsrouter.ecash._cashu import (
+    Proof,
     Wallet,
     new_mint_client,
+    new_mnemonic,
     pooled_client,
+    use_seed,
 )
 from satsrouter.ecash.errors import EcashError, map_mint_error
 from satsrouter.ecash.mint_http import new_mint_session
-from satsrouter.ecash.receiving import SwapBatcher
+from satsrouter.ecash.receiving import Link, SwapBatcher
+from satsrouter.ecash.recovery import recover_split
+from satsrouter.ecash.slot import Slot
+from satsrouter.ecash.store import (
+    Output,
+    WalletConflict,
+    ensure_keyset_tx,
+    finish_op_tx,
+    finish_split_tx,
+    insert_op_tx,
+    move_op_proofs_tx,
+    move_proofs_tx,
+    op_proofs_tx,
+    pending_ops_tx,
+    seed_tx,
+    take_counters_tx,
+    unspent_tx,
+)
+from satsrouter.ecash.swap import Refused, blind, swap, unblind_signed
 from satsrouter.ecash.tokens import SUPPORTED_UNITS, ParsedToken, normalize_mint_url
-from satsrouter.ecash.wallet_store import WalletStore
+from satsrouter.store.tx import Tx, TxRunner
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 
-class WalletLock:
-    """Serialises wallet mutations across the node's processes (`serve --workers N`).
-
-    nutshell keeps proofs in memory: a worker that chose proofs from a stale list could hand
-    the same ecash to two users. So every mutation holds an exclusive `flock` on one file for
-    the whole wallet database, and reloads the proofs first when another process changed them
-    (a counter in the lock file says so; a single process never reloads).
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.seen = -1
-
-    def acquire(self) -> tuple[int, int]:
-        """Block until held; returns the open descriptor and the current change counter."""
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        raw = os.pread(fd, 32, 0)
-        return fd, int(raw) if raw.strip() else 0
-
-    def peek(self) -> int:
-        """The change counter, read without locking (for reads that may be a moment late)."""
-        try:
-            with open(self.path, "rb") as f:
-                raw = f.read(32)
-        except FileNotFoundError:
-            return 0
-        return int(raw) if raw.strip() else 0
-
-    def release(self, fd: int, counter: int) -> None:
-        """Record this process's change (counter + 1) and let the next process in."""
-        try:
-            data = str(counter + 1).encode()
-            os.pwrite(fd, data.ljust(32), 0)
-            self.seen = counter + 1
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-            os.close(fd)
-
-
-@dataclass
-class _Slot:
-    """One nutshell Wallet for one (mint, unit), and the locks that serialise its mutations."""
-
-    wallet: Wallet
-    client: httpx.AsyncClient | None
-    file_lock: WalletLock
-    session: aiohttp.ClientSession | None = None  # for swaps; None through a proxy
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    loaded: bool = False
-
-    @asynccontextmanager
-    async def mutating(self) -> AsyncIterator[None]:
-        """Hold this slot (in-process) and the wallet (across processes), proofs fresh."""
-        async with self.lock:
-            fd, counter = await asyncio.to_thread(self.file_lock.acquire)
-            try:
-                if counter != self.file_lock.seen:
-                    await self.wallet.load_proofs(reload=True)
-                yield
-            finally:
-                self.file_lock.release(fd, counter)
+# A proof chosen here may be taken by another process first: choose again this often.
+_ISSUE_ATTEMPTS = 4
 
 
 class NodeWallet:
-    """All ecash the node holds, one nutshell wallet per accepted (mint, unit)."""
+    """All ecash the node holds, per accepted (mint, unit), in the node's database."""
 
-    def __init__(self, mints: list[str], data_dir: Path) -> None:
+    def __init__(
+        self,
+        mints: list[str],
+        tx: TxRunner,
+        instance_id: str,
+        is_dead: Callable[[str], Awaitable[bool]],
+    ) -> None:
         if not mints:
             raise ValueError("at least one mint URL is required")
         normalised = [normalize_mint_url(m) for m in mints]
         self.mints: list[str] = list(dict.fromkeys(normalised))
         self.primary_mint = self.mints[0]
         self._accepted = frozenset(self.mints)
-        self._db_dir = Path(data_dir) / "wallet"
-        self._slots: dict[tuple[str, str], _Slot] = {}
+        self.tx = tx
+        self.instance_id = instance_id
+        self.is_dead = is_dead  # whether another instance's process is provably gone
+        self._mnemonic = ""
+        self._slots: dict[tuple[str, str], Slot] = {}
         self._receivers: dict[tuple[str, str], SwapBatcher] = {}
         self._clients: dict[str, httpx.AsyncClient | None] = {}
-        self._sessions: dict[str, aiohttp.ClientSession] = {}
+        self._sessions: dict[str, Any] = {}
         self._create_lock = asyncio.Lock()
-        self._file_lock = WalletLock(self._db_dir / ".lock")
-        # all (mint, unit) wallets share one database file (nutshell's name for it)
-        self._store = WalletStore(self._db_dir / "wallet.sqlite3")
+        # nutshell wants a database for the mint's public keysets; ours holds everything else
+        self._keyset_cache = Path(tempfile.mkdtemp(prefix="satsrouter-keysets-"))
 
     # ---- lifecycle ----
 
     async def start(self) -> None:
-        """Open the wallet database (creating the seed once) and try to reach each mint."""
-        self._db_dir.mkdir(parents=True, exist_ok=True)
-        # Sequential and offline: the first Wallet creates the seed that all later ones share.
+        """Load (or create, once) the seed and try to reach each mint."""
+        fresh = new_mnemonic()
+        self._mnemonic = await self.tx.run(lambda tx: seed_tx(tx, fresh))
         for mint in self.mints:
             await self._slot(mint, "sat")
         results = await asyncio.gather(
@@ -142,7 +117,7 @@ class NodeWallet:
         for slot in self._slots.values():
             await slot.wallet.db.engine.dispose()
         self._slots.clear()
-        await self._store.close()
+        shutil.rmtree(self._keyset_cache, ignore_errors=True)
 
     # ---- checks ----
 
@@ -158,8 +133,27 @@ class NodeWallet:
 
     # ---- money in ----
 
-    async def receive(self, token: ParsedToken) -> int:
-        """Swap the token into the node's wallet; returns the amount received, in token.unit."""
+    @overload
+    async def receive(self, token: ParsedToken) -> int: ...
+
+    @overload
+    async def receive(
+        self, token: ParsedToken, link: Link, finish: Callable[[Tx, int], T]
+    ) -> T: ...
+
+    async def receive(
+        self,
+        token: ParsedToken,
+        link: Link | None = None,
+        finish: Callable[[Tx, int], Any] | None = None,
+    ) -> Any:
+        """Swap the token into the node's wallet.
+
+        `link(tx, op_id, owed)` runs in the transaction that records the swap before it is
+        sent; `finish(tx, owed)` in the one that stores the new proofs, and its result is
+        returned (without one, `owed`). `owed` is the token's value less the mint's fee, in
+        the token's unit.
+        """
         self.check_accepted(token)
         slot = await self._slot(token.mint, token.unit)
         wallet = slot.wallet
@@ -177,36 +171,38 @@ class NodeWallet:
                 f"{fee} {token.unit} to receive it. Send a larger token.",
             )
         try:
-            received = await self._receivers[(token.mint, token.unit)].receive(proofs)
+            result = await self._receivers[(token.mint, token.unit)].receive(
+                proofs, link or _no_link, finish or _owed
+            )
         except Exception as exc:
             err = map_mint_error(exc)
             log.info("receive %s failed: %s", token.raw_hash[:12], err.code)
             raise err from None
         log.info(
-            "received %d %s (fee %d) from %s at %s",
-            received,
-            token.unit,
-            fee,
-            token.raw_hash[:12],
-            token.mint,
+            "received %d %s (fee %d) from %s", token.amount, token.unit, fee, token.raw_hash[:12]
         )
-        return received
+        return result
 
     async def proof_state(self, token: ParsedToken) -> str:
         """NUT-07: "spent", "pending", "unspent", or "mixed" for the token's proofs."""
         self.check_accepted(token)
-        slot = await self._slot(token.mint, token.unit)
-        if not slot.loaded:
-            async with slot.lock:
-                await self._load(slot)
+        slot = await self.loaded_slot(token.mint, token.unit)
+        return await self.proofs_state(slot, token.proofs)
+
+    async def proof_states(self, slot: Slot, proofs: list[Proof]) -> list[str]:
+        """NUT-07, proof by proof: "UNSPENT", "PENDING" or "SPENT"."""
         try:
             with pooled_client(slot.client):
-                response = await slot.wallet.check_proof_state(token.proofs)
+                response = await slot.wallet.check_proof_state(proofs)
         except Exception as exc:
             raise map_mint_error(exc) from None
-        states = {str(s.state.value) for s in response.states}
-        if len(response.states) != len(token.proofs):
+        if len(response.states) != len(proofs):
             raise EcashError("mint_error")
+        return [str(s.state.value) for s in response.states]
+
+    async def proofs_state(self, slot: Slot, proofs: list[Proof]) -> str:
+        """NUT-07 for any proofs of one slot's mint, summed up as one word."""
+        states = set(await self.proof_states(slot, proofs))
         if states == {"SPENT"}:
             return "spent"
         if "PENDING" in states:
@@ -217,66 +213,169 @@ class NodeWallet:
 
     # ---- money out ----
 
+    @overload
     async def issue(
         self, amount: int, unit: str = "sat", mint: str | None = None, *, legacy: bool = False
-    ) -> str:
-        """A new token worth exactly `amount` from the node's proofs (cashuB; cashuA if legacy)."""
+    ) -> str: ...
+
+    @overload
+    async def issue(
+        self,
+        amount: int,
+        unit: str,
+        mint: str | None,
+        ref: str,
+        record: Callable[[Tx, str], T],
+        *,
+        legacy: bool = False,
+    ) -> T: ...
+
+    async def issue(
+        self,
+        amount: int,
+        unit: str = "sat",
+        mint: str | None = None,
+        ref: str | None = None,
+        record: Callable[[Tx, str], Any] | None = None,
+        *,
+        legacy: bool = False,
+    ) -> Any:
+        """A token worth exactly `amount`, handed over in one transaction with `record`.
+
+        The proofs become `spent` (under `ref`) in the same transaction that `record(tx,
+        token)` writes the payout: either both stand or neither does, so a token is never
+        out without its payout, nor a payout recorded without its proofs gone. Without
+        `record`, the token is returned (the caller keeps it safe).
+        """
         if amount <= 0:
             raise ValueError("amount must be positive")
-        mint_url = self._accepted_mint(mint)
-        slot = await self._slot(mint_url, unit)
-        wallet = slot.wallet
-        async with slot.mutating():
-            await self._load(slot)
-            available = wallet.active_proofs(wallet.proofs)
-            if sum(int(p.amount) for p in available) < amount:
-                raise _insufficient(amount, unit)
+        ref = ref or "issue:" + os.urandom(12).hex()
+        record = record or _token
+        slot = await self.loaded_slot(mint, unit)
+        for _ in range(_ISSUE_ATTEMPTS):
+            async with slot.lock:
+                chosen = await self._exact(slot, amount)
+                slot.take(chosen)
             try:
-                chosen = wallet.coinselect(available, amount)
-                if sum(int(p.amount) for p in chosen) != amount:
-                    # no exact coins: swap for them (the swap fee comes from our side)
-                    with pooled_client(slot.client):
-                        _, chosen = await wallet.swap_to_send(available, amount)
-                token = str(await wallet.serialize_proofs(chosen, legacy=legacy))
-                # from here the proofs are the user's: drop them from our spendable set
-                await self._store.give_away(chosen)
-                given = {proof.secret for proof in chosen}
-                wallet.proofs = [p for p in wallet.proofs if p.secret not in given]
-            except EcashError:
+                token = str(await slot.wallet.serialize_proofs(chosen, legacy=legacy))
+                secrets = [str(p.secret) for p in chosen]
+
+                def hand_over(tx: Tx, token: str = token, secrets: list[str] = secrets) -> Any:
+                    move_proofs_tx(tx, secrets, ref, "unspent", "spent")
+                    return record(tx, token)
+
+                result = await self.tx.run(hand_over)
+            except WalletConflict:
+                await self.refresh(slot)  # another process spent some of them: look again
+                continue
+            except BaseException:
+                slot.add(chosen)  # nothing was written: they are still ours
                 raise
-            except AssertionError:
-                raise _insufficient(amount, unit) from None
-            except Exception as exc:
-                err = map_mint_error(exc)
-                raise (
-                    _insufficient(amount, unit) if err.code == "insufficient_node_funds" else err
-                ) from None
-        log.info("issued %d %s at %s", amount, unit, mint_url)
-        return token
+            faults.reach("issue.after_record")
+            log.info("issued %d %s at %s", amount, unit, slot.mint)
+            return result
+        raise EcashError("mint_error", "The node's wallet is busy; try again.")
 
     async def balance(self, mint: str | None = None, unit: str = "sat") -> int:
         """Spendable amount (in `unit`) held at `mint` (default: the primary mint)."""
-        slot = await self._slot(self._accepted_mint(mint), unit)
-        async with slot.lock:
-            counter = self._file_lock.peek()
-            if counter != self._file_lock.seen:  # another process changed the proofs
-                await slot.wallet.load_proofs(reload=True)
-                self._file_lock.seen = counter
-        return sum(int(p.amount) for p in slot.wallet.proofs if not p.reserved)
+        url = self._accepted_mint(mint)
+        proofs = await self.tx.run(lambda tx: unspent_tx(tx, url, unit))
+        return sum(int(p.amount) for p in proofs)
 
-    async def reserve_counters(self, keyset_id: str, n: int) -> int:
+    async def take_counters(self, keyset_id: str, n: int) -> int:
         """Take `n` fresh derivation counters of a keyset (atomic; never handed out twice)."""
-        return await self._store.reserve_counters(keyset_id, n)
+        return await self.tx.run(lambda tx: take_counters_tx(tx, keyset_id, n))
 
-    async def loaded_slot(self, mint: str | None, unit: str) -> _Slot:
-        """The wallet, lock and client of an accepted (mint, unit), keysets loaded."""
+    async def loaded_slot(self, mint: str | None, unit: str) -> Slot:
+        """The (mint, unit) slot, keysets loaded."""
         slot = await self._slot(self._accepted_mint(mint), unit)
         if not slot.loaded:
             async with slot.lock:
                 await self._load(slot)
         return slot
 
+    async def recover(self) -> int:
+        """Finish the node's own splits whose process died (from the mint's answers)."""
+        finished = 0
+        for op in await self.tx.run(pending_ops_tx):
+            if op.kind != "split" or not await self.is_dead(op.instance_id):
+                continue
+            try:
+                slot = await self.loaded_slot(op.mint_url, op.unit)
+                inputs = await self.tx.run(_reserved_of(op.id))
+                state = await self.proofs_state(slot, inputs) if inputs else "unspent"
+                await recover_split(self.tx, slot, op, is_spent=state == "spent")
+                finished += 1
+            except EcashError as exc:
+                log.warning("recovery of split %s postponed: %s", op.id[:20], exc.code)
+        return finished
+
+    async def refresh(self, slot: Slot) -> None:
+        """Reload the slot's unspent proofs from the database (the cache proved stale)."""
+        slot.replace(await self.tx.run(lambda tx: unspent_tx(tx, slot.mint, slot.unit)))
+
     # ---- internals ----
+
+    async def _exact(self, slot: Slot, amount: int) -> list[Proof]:
+        """Proofs summing to exactly `amount`, swapping for them if none do (slot locked)."""
+        for attempt in range(2):
+            available = slot.proofs
+            if sum(int(p.amount) for p in available) >= amount:
+                chosen = slot.wallet.coinselect(available, amount)
+                if sum(int(p.amount) for p in chosen) == amount:
+                    return list(chosen)
+                await self._split(slot, amount)
+                chosen = slot.wallet.coinselect(slot.proofs, amount)
+                if sum(int(p.amount) for p in chosen) == amount:
+                    return list(chosen)
+            if attempt == 0:
+                await self.refresh(slot)  # others may have received more than we know of
+        raise _insufficient(amount, slot.unit)
+
+    async def _split(self, slot: Slot, amount: int) -> None:
+        """Swap some of our proofs for ones that include exactly `amount` (the fee is ours)."""
+        wallet = slot.wallet
+        inputs = list(wallet.coinselect(slot.proofs, amount, include_fees=True))
+        fee = int(wallet.get_fees_for_proofs(inputs))
+        if sum(int(p.amount) for p in inputs) < amount + fee:
+            raise _insufficient(amount, slot.unit)
+        keyset_id = str(wallet.keyset_id)
+        keep, send = wallet.determine_output_amounts(inputs, amount, keyset_id_outputs=keyset_id)
+        amounts = list(keep) + list(send)
+        op_id = "split:" + os.urandom(12).hex()
+        secrets = [str(p.secret) for p in inputs]
+
+        def intent(tx: Tx) -> list[Output]:
+            move_proofs_tx(tx, secrets, op_id, "unspent", "reserved")
+            first = take_counters_tx(tx, keyset_id, len(amounts))
+            outputs = [Output(a, first + i) for i, a in enumerate(amounts)]
+            insert_op_tx(
+                tx, op_id, "split", slot.mint, slot.unit, self.instance_id, keyset_id, outputs
+            )
+            return outputs
+
+        try:
+            outputs = await self.tx.run(intent)
+        except WalletConflict:
+            await self.refresh(slot)
+            raise _insufficient(amount, slot.unit) from None
+        slot.take(inputs)
+        faults.reach("split.after_intent")
+        blinded = await blind(wallet, keyset_id, outputs)
+        signed_inputs = wallet.sign_proofs_inplace_swap(inputs, blinded.messages)
+        try:
+            promises = await swap(slot, signed_inputs, blinded)
+        except Refused as refused:
+            await self.tx.run(lambda tx: _undo_split(tx, op_id))
+            slot.add(inputs)
+            raise refused.error from None
+        faults.reach("split.after_swap")
+        new = await unblind_signed(wallet, blinded, promises)
+        fee_msat = fee * slot.per_unit_msat
+        await self.tx.run(
+            lambda tx: finish_split_tx(tx, op_id, slot.mint, slot.unit, new, fee_msat)
+        )
+        slot.add(new)
 
     def _accepted_mint(self, mint: str | None) -> str:
         if mint is None:
@@ -289,7 +388,7 @@ class NodeWallet:
             )
         return url
 
-    async def _slot(self, mint: str, unit: str) -> _Slot:
+    async def _slot(self, mint: str, unit: str) -> Slot:
         key = (mint, unit)
         slot = self._slots.get(key)
         if slot is not None:
@@ -299,25 +398,33 @@ class NodeWallet:
         async with self._create_lock:
             slot = self._slots.get(key)
             if slot is None:
-                self._db_dir.mkdir(parents=True, exist_ok=True)
-                # all (mint, unit) wallets share one database, hence one seed
-                wallet = await Wallet.with_db(mint, str(self._db_dir), name="wallet", unit=unit)
-                await wallet.load_proofs(reload=True)
+                # nutshell's database here holds only the mint's public keysets
+                wallet = await Wallet.with_db(
+                    mint,
+                    str(self._keyset_cache),
+                    name=f"keysets-{len(self._slots)}",
+                    unit=unit,
+                    skip_db_read=True,
+                )
+                use_seed(wallet, self._mnemonic)
+                wallet.keysets = {}
+                wallet.proofs = []
                 if mint not in self._clients:
                     self._clients[mint] = client = new_mint_client(mint)
                     if client is not None:
                         self._sessions[mint] = new_mint_session()
-                slot = _Slot(
+                slot = Slot(
+                    mint=mint,
+                    unit=unit,
                     wallet=wallet,
                     client=self._clients[mint],
-                    file_lock=self._file_lock,
                     session=self._sessions.get(mint),
                 )
-                self._receivers[key] = SwapBatcher(slot, self._store)
+                self._receivers[key] = SwapBatcher(slot, self.tx, self.instance_id)
                 self._slots[key] = slot
         return slot
 
-    async def _load(self, slot: _Slot) -> None:
+    async def _load(self, slot: Slot) -> None:
         """Fetch the mint's keysets and info once (nutshell's load_mint hides errors)."""
         if slot.loaded:
             return
@@ -335,10 +442,15 @@ class NodeWallet:
                 "unit_not_supported",
                 f"The mint {wallet.url} has no active keyset for unit {wallet.unit.name}.",
             ) from None
-        await wallet.load_proofs(reload=True)
+
+        def register(tx: Tx) -> list[Proof]:
+            _register_keysets(tx, slot)
+            return unspent_tx(tx, slot.mint, slot.unit)
+
+        slot.replace(await self.tx.run(register))
         slot.loaded = True
 
-    async def _resolve_keysets(self, slot: _Slot, proofs: list[Any]) -> None:
+    async def _resolve_keysets(self, slot: Slot, proofs: list[Any]) -> None:
         """Expand V4 short keyset ids and make sure every keyset is one of this mint/unit's."""
         wallet = slot.wallet
         for attempt in range(2):
@@ -351,11 +463,40 @@ class NodeWallet:
                         await wallet.load_mint_keysets()
                 except Exception as exc:
                     raise map_mint_error(exc) from None
+                await self.tx.run(lambda tx: _register_keysets(tx, slot))
         raise EcashError(
             "invalid_cashu_token",
             f"The token's keyset is not one of {wallet.url}'s {wallet.unit.name} keysets. "
             "Check that the token's mint and unit are right.",
         )
+
+
+def _no_link(tx: Tx, op_id: str, owed: int) -> None:
+    return None
+
+
+def _owed(tx: Tx, owed: int) -> int:
+    return owed
+
+
+def _token(tx: Tx, token: str) -> str:
+    return token
+
+
+def _reserved_of(op_id: str) -> Callable[[Tx], list[Proof]]:
+    return lambda tx: op_proofs_tx(tx, op_id, "reserved")
+
+
+def _register_keysets(tx: Tx, slot: Slot) -> None:
+    """Counters start for each of the mint's keysets in this unit (once)."""
+    for keyset_id in list(slot.wallet.keysets):
+        ensure_keyset_tx(tx, keyset_id, slot.mint, slot.unit)
+
+
+def _undo_split(tx: Tx, op_id: str) -> None:
+    """The mint refused the split: its inputs are spendable again."""
+    if finish_op_tx(tx, op_id, "undone"):
+        move_op_proofs_tx(tx, op_id, "reserved", "unspent")
 
 
 def _expand_keyset_ids(wallet: Wallet, proofs: list[Any]) -> bool:

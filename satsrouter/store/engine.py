@@ -16,6 +16,14 @@ def is_sqlite(url: str) -> bool:
     return url.startswith("sqlite")
 
 
+def instance_lock_dir(url: str) -> Path | None:
+    """Where instances sharing a SQLite file keep their liveness locks (beside the file)."""
+    prefix = "sqlite+aiosqlite:///"
+    if not url.startswith(prefix) or ":memory:" in url:
+        return None
+    return Path(url.removeprefix(prefix) + ".instances")
+
+
 def make_engine(url: str) -> AsyncEngine:
     """Create the async engine; SQLite gets WAL, a busy timeout and IMMEDIATE transactions."""
     if not is_sqlite(url):

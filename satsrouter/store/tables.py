@@ -96,6 +96,10 @@ redemptions = Table(
     Column("error", Text, nullable=True),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    # The node process that wrote the intent (recovery waits until it is provably dead) and
+    # the wallet operation (swap) that carries the token's proofs to the mint.
+    Column("instance_id", String(40), nullable=True),
+    Column("op_id", String(80), nullable=True),
     Index("ix_redemptions_state", "state"),
 )
 
@@ -116,6 +120,7 @@ payouts = Table(
     Column("destination", Text, nullable=True),  # Lightning address / LNURL
     Column("detail", Text, nullable=True),  # melt quote id, preimage
     Column("fee_msat", BigInteger, nullable=False, default=0),
+    Column("instance_id", String(40), nullable=True),  # who is sending it
 )
 
 # Lightning invoices that fund a key: each is a mint quote at the primary mint.
@@ -140,6 +145,76 @@ lightning_invoices = Table(
     Column("mint_counter", BigInteger, nullable=True),
     Column("mint_amounts", Text, nullable=True),
     Column("credited_msat", BigInteger, nullable=True),
+    # The NUT-20 key the mint quote is locked to: only this node can mint the paid quote.
+    Column("quote_key", Text, nullable=True),
+)
+
+# The node's ecash (I6). It lives here, beside the ledger, so that the proofs a swap brings
+# in and the balance they pay for are written in one transaction. nutshell is used for the
+# cryptography and the mint's protocol only, never for storage.
+
+# The wallet's BIP39 mnemonic: every secret and blinding factor derives from it (NUT-13).
+wallet_seed = Table(
+    "wallet_seed",
+    metadata,
+    Column("id", Integer, primary_key=True),  # always 1
+    Column("mnemonic", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+# Derivation counters per keyset: a counter is taken once, in the transaction that records
+# what it is for, and never handed out again.
+wallet_keysets = Table(
+    "wallet_keysets",
+    metadata,
+    Column("id", String(66), primary_key=True),
+    Column("mint_url", Text, nullable=False),
+    Column("unit", String(8), nullable=False),
+    Column("counter", BigInteger, nullable=False, default=0),
+)
+
+# Every proof the node ever held: unspent -> reserved (inputs of a pending operation) ->
+# spent (given to a user in a payout, or sent to the mint). Rows are never deleted.
+wallet_proofs = Table(
+    "wallet_proofs",
+    metadata,
+    Column("secret", Text, primary_key=True),
+    Column("keyset_id", String(66), nullable=False),
+    Column("amount", BigInteger, nullable=False),
+    Column("C", Text, nullable=False),
+    Column("dleq", Text, nullable=True),
+    Column("mint_url", Text, nullable=False),
+    Column("unit", String(8), nullable=False),
+    Column("state", String(10), nullable=False),
+    Column("op_id", String(100), nullable=True),  # what reserved or spent it
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_wallet_proofs_holding", "mint_url", "unit", "state"),
+    Index("ix_wallet_proofs_op", "op_id"),
+)
+
+# One row per request to a mint that moves value (swap in, swap out, mint, melt), written
+# before the request leaves: the outputs it asked for (keyset, first counter, amounts) are
+# enough to finish it from either outcome (NUT-09 restore) or to undo it.
+wallet_ops = Table(
+    "wallet_ops",
+    metadata,
+    Column("id", String(80), primary_key=True),
+    Column("kind", String(12), nullable=False),  # receive | split | melt
+    Column("mint_url", Text, nullable=False),
+    Column("unit", String(8), nullable=False),
+    Column("state", String(10), nullable=False),  # pending | done | undone
+    Column("instance_id", String(40), nullable=False),
+    Column("keyset_id", String(66), nullable=True),
+    Column("outputs", Text, nullable=True),  # JSON [[amount, counter], ...] in output order
+    Column("inputs", Text, nullable=True),  # users' proofs (receive), JSON, until done
+    Column("detail", Text, nullable=True),  # melt: the quote and what was sent
+    # What the operation did to the operator's share of the ecash: the fee it paid (< 0),
+    # or what batching left over (> 0). The audit adds these to the revenue.
+    Column("node_delta_msat", BigInteger, nullable=False, default=0),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_wallet_ops_state", "state"),
 )
 
 # Live node processes; a reservation whose instance stopped heartbeating is provably orphaned.
