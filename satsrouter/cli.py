@@ -1,4 +1,4 @@
-"""The `satsrouter` command: serve, demo, migrate."""
+"""The `satsrouter` command: serve, demo, migrate, wallet audit/restore."""
 
 from __future__ import annotations
 
@@ -71,6 +71,52 @@ def _migrate(_: argparse.Namespace) -> int:
     return 0
 
 
+def _wallet(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    setup_logging(settings.log_level)
+    return asyncio.run(_wallet_command(settings, args.action))
+
+
+async def _wallet_command(settings: Settings, action: str) -> int:
+    import os
+
+    from satsrouter.billing.audit import audit
+    from satsrouter.ecash.restore import PendingOperations, restore_wallet
+    from satsrouter.ecash.wallet import NodeWallet
+    from satsrouter.store.engine import make_engine, migrate
+    from satsrouter.store.tx import make_tx_runner
+
+    async def never_dead(instance_id: str) -> bool:
+        return False  # the tools finish nobody's operations: a starting node does that
+
+    url = settings.effective_database_url
+    engine = make_engine(url)
+    tx = make_tx_runner(url, engine)
+    wallet = NodeWallet(settings.cashu_mints, tx, "cli-" + os.urandom(6).hex(), never_dead)
+    try:
+        await migrate(engine)
+        await wallet.start()
+        if action == "audit":
+            result = await audit(tx, wallet)
+            print(result.report())
+            return 0 if result.ok else 1
+        try:
+            restored = await restore_wallet(wallet)
+        except PendingOperations as exc:
+            print(f"satsrouter: {exc}", file=sys.stderr)
+            return 1
+        for r in restored:
+            print(
+                f"{r.mint} [{r.unit}] keyset {r.keyset_id}: {r.found} proofs found at the "
+                f"mint, {r.restored} taken back ({r.amount} {r.unit})"
+            )
+        return 0
+    finally:
+        await wallet.close()
+        await tx.close()
+        await engine.dispose()
+
+
 def _demo(_: argparse.Namespace) -> int:
     from satsrouter.demo import run_demo
 
@@ -98,6 +144,16 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser(
         "demo", help="local mint + fake upstream + node + one paid request"
     ).set_defaults(func=_demo)
+    wallet = sub.add_parser(
+        "wallet", help="the node's ecash: audit it, or restore it from the seed"
+    )
+    wallet.add_argument(
+        "action",
+        choices=("audit", "restore"),
+        help="audit: ecash held at each mint (asked) against balances and revenue, exit 1 on "
+        "any difference; restore: take back unspent ecash the database lost (NUT-09)",
+    )
+    wallet.set_defaults(func=_wallet)
     args = parser.parse_args(argv)
     try:
         code = int(args.func(args))
