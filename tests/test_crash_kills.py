@@ -18,6 +18,7 @@ import httpx
 import pytest
 import pytest_asyncio
 from killable import KillableNode
+from test_lightning_refund import LnurlServer
 
 from satsrouter.testing.fake_upstream import FakeUpstream
 from satsrouter.testing.mint import LocalMint, TestWallet
@@ -193,4 +194,59 @@ async def test_lightning_funding_and_withdraw_killed_at_each_step(
         balance = (await http.get("/v1/balance/info", headers=_bearer(key))).json()
     assert await user_wallet.redeem(token) == 1000
     assert balance["balance"] == 24_000
+    await _audit_ok(killable)
+
+
+@pytest_asyncio.fixture(scope="module")
+async def payee() -> AsyncIterator[LnurlServer]:
+    """A Lightning address whose invoices are quotes at a second mint (external payments)."""
+    with LocalMint() as mint:
+        server = LnurlServer(mint.url)
+        await server.start()
+        try:
+            yield server
+        finally:
+            await server.stop()
+
+
+@pytest.mark.parametrize(
+    ("step", "paid"), [("melt.after_intent", False), ("melt.after_melt", True)]
+)
+async def test_lightning_refund_killed_during_the_melt(
+    killable: KillableNode,
+    user_wallet: TestWallet,
+    payee: LnurlServer,
+    step: str,
+    paid: bool,
+) -> None:
+    (token,) = await user_wallet.mint_tokens(200)
+    await killable.start()
+    async with httpx.AsyncClient(base_url=killable.url, timeout=30) as http:
+        made = await http.post(
+            "/v1/wallet/create",
+            json={"cashu_token": token},
+            headers={"Refund-LNURL": payee.address()},
+        )
+        assert made.status_code == 200, made.text
+        key = made.json()["api_key"]
+        await killable.stop()
+
+        async def withdraw() -> httpx.Response:
+            return await http.post(
+                "/v1/wallet/withdraw",
+                json={"amount": 100},
+                headers={**_bearer(key), "Idempotency-Key": "ln-1"},
+            )
+
+        await _crash(killable, step, withdraw)
+        # The dead predecessor's payout was settled at start from the mint's answer.
+        info = (await http.get("/v1/balance/info", headers=_bearer(key))).json()
+    if paid:
+        (state, sent, fee) = killable.query("SELECT state, amount_msat, fee_msat FROM payouts")[0]
+        assert state == "issued"
+        assert 0 < sent and sent + fee <= 100_000  # the mint's fee comes out of the debit
+        assert info["balance"] == 200_000 - sent - fee
+    else:
+        assert killable.query("SELECT state FROM payouts") == []  # undone: may be retried
+        assert info["balance"] == 200_000
     await _audit_ok(killable)

@@ -56,6 +56,7 @@ class _PendingRow:
     mint_url: str
     detail: str | None
     updated_at: float
+    instance_id: str | None = None
 
 
 class LightningRefunds:
@@ -247,15 +248,15 @@ class LightningRefunds:
     async def reconcile(self, min_age: float | None = None) -> int:
         """Finish pending Lightning payouts from the mint's answer; returns how many finished.
 
-        Only payouts left alone for `min_age` seconds (default: `reconcile_after`) are
-        looked at; each is claimed by compare-and-set on `updated_at`, so two node
-        processes do not finish the same payout.
+        Payouts whose sending process is provably dead are looked at at once, others once
+        left alone for `min_age` seconds (default: `reconcile_after`); each is claimed by
+        compare-and-set on `updated_at`, so two node processes do not finish the same payout.
         """
         age = self.reconcile_after if min_age is None else min_age
         now = time.time()
         async with self.ledger.engine.connect() as conn:
             rows = [
-                _PendingRow(r[0], int(r[1]), int(r[2]), r[3], r[4], r[5], float(r[6]))
+                _PendingRow(r[0], int(r[1]), int(r[2]), r[3], r[4], r[5], float(r[6]), r[7])
                 for r in (
                     await conn.execute(
                         select(
@@ -266,19 +267,19 @@ class LightningRefunds:
                             payouts.c.mint_url,
                             payouts.c.detail,
                             payouts.c.updated_at,
+                            payouts.c.instance_id,
                         ).where(
-                            and_(
-                                payouts.c.method == "lightning",
-                                payouts.c.state == "pending",
-                                payouts.c.updated_at <= now - age,
-                            )
+                            and_(payouts.c.method == "lightning", payouts.c.state == "pending")
                         )
                     )
                 ).all()
             ]
         finished = 0
         for row in rows:
-            if row.id in self._busy or not await self._claim(row):
+            if row.id in self._busy:
+                continue
+            orphaned = row.instance_id is not None and await self.ledger.is_dead(row.instance_id)
+            if not (orphaned or row.updated_at <= now - age) or not await self._claim(row):
                 continue
             self._busy.add(row.id)
             try:
