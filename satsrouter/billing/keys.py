@@ -11,8 +11,8 @@ from typing import Any, Protocol
 from sqlalchemy import desc, func, select, update
 
 from satsrouter.billing.ledger import PERIODS, Account, Ledger
-from satsrouter.billing.payments import Billing, ecash_api_error, sha256_hex
-from satsrouter.billing.payouts import Payout, PayoutConflict, Payouts
+from satsrouter.billing.payments import Billing, ecash_api_error, nothing_to_refund, sha256_hex
+from satsrouter.billing.payouts import NothingToPayOut, Payout, PayoutConflict, Payouts
 from satsrouter.billing.redeem import UNIT_MSAT
 from satsrouter.ecash.errors import EcashError
 from satsrouter.errors import ApiError
@@ -141,13 +141,20 @@ class Keys:
             raise PayoutConflict(
                 "a paid request on this key is still running; withdraw when it has finished"
             )
-        if account.refund_lnurl:
-            if self.lightning is None:
-                raise ApiError(503, "lightning_unavailable", "Lightning refunds are not enabled.")
-            return await self.lightning.refund(
-                account.id, payout_id, amount_msat, account.refund_lnurl
-            )
-        return await self.payouts.pay_out(account.id, payout_id, amount_msat)
+        try:
+            if account.refund_lnurl:
+                if self.lightning is None:
+                    raise ApiError(
+                        503, "lightning_unavailable", "Lightning refunds are not enabled."
+                    )
+                return await self.lightning.refund(
+                    account.id, payout_id, amount_msat, account.refund_lnurl
+                )
+            return await self.payouts.pay_out(account.id, payout_id, amount_msat)
+        except NothingToPayOut as exc:
+            raise nothing_to_refund(
+                exc, "this key", "They stay on the key and still pay for requests."
+            ) from None
 
     async def _debited(self, account_id: int, payout_id: str) -> int:
         """What a payout took from the balance (a Lightning payout sends less: the fee)."""

@@ -138,11 +138,13 @@ async def withdraw(request: Request) -> dict[str, Any]:
     node: Node = request.app.state.node
     creds = credentials(request.headers)
     if creds.x_cashu:
-        payout = await node.billing.refund_x_cashu(creds.x_cashu)
+        payout, rest = await node.billing.refund_x_cashu(creds.x_cashu)
         return {
             "token": payout.token,
             "amount_msat": payout.amount_msat,
             "msats": payout.amount_msat,
+            # what stays against the token: less than one unit, which no token can carry
+            "balance": rest.balance_msat,
         }
     if not creds.bearer:
         raise ApiError(

@@ -1,0 +1,158 @@
+"""Refunds that tell the truth: sub-sat remainders stay, concurrent refunds agree (issue 13).
+
+Every test checks conservation per key, to the msat: what was paid in equals what was
+charged, plus what was refunded, plus what is left on the key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import openai
+from conftest import RunningNode, expected_cost, model_entry
+from sqlalchemy import func, select
+
+from satsrouter.store.tables import accounts, journal, payouts
+from satsrouter.testing.mint import TestWallet
+
+MESSAGES = [{"role": "user", "content": "refund test"}]
+
+
+def auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+async def new_key(http: httpx.AsyncClient, token: str) -> str:
+    resp = await http.post("/v1/balance/create", json={"initial_balance_token": token})
+    assert resp.status_code == 200, resp.text
+    key: str = resp.json()["api_key"]
+    return key
+
+
+async def spend(node: RunningNode, key: str, model: str = "test/priced") -> int:
+    """One paid request on `key`; returns its exact cost in msat."""
+    reply = await openai.AsyncOpenAI(
+        base_url=node.api, api_key=key, max_retries=0
+    ).chat.completions.create(model=model, messages=MESSAGES, max_tokens=1)
+    assert reply.usage is not None
+    return expected_cost(
+        model_entry(model), reply.usage.prompt_tokens, reply.usage.completion_tokens
+    )
+
+
+async def journal_kinds(node: RunningNode) -> set[str]:
+    async with node.node.engine.connect() as conn:
+        return set((await conn.execute(select(journal.c.kind).distinct())).scalars())
+
+
+async def assert_conserved(
+    node: RunningNode, key: str, paid_in_msat: int, refunded_msat: int
+) -> dict[str, Any]:
+    """Paid in == charged + refunded + left, to the msat; returns the key's info."""
+    info = await node.balance(key)
+    assert paid_in_msat == info["total_spent"] + refunded_msat + info["balance"]
+    assert "rounding" not in await journal_kinds(node)
+    await node.check_invariants()
+    return info
+
+
+async def test_refund_below_one_sat_is_refused_and_the_msat_stay_spendable(
+    node: RunningNode, user_wallet: TestWallet
+) -> None:
+    (token,) = await user_wallet.mint_tokens(1)
+    async with httpx.AsyncClient(base_url=node.url) as http:
+        key = await new_key(http, token)
+        cost = await spend(node, key)
+        left = 1000 - cost
+        assert 0 < left < 1000
+        for path in ("/v1/balance/refund", "/v1/wallet/withdraw"):
+            resp = await http.post(path, headers=auth(key))
+            assert resp.status_code == 400, resp.text
+            error = resp.json()["error"]
+            assert error["type"] == "nothing_to_refund" and error["code"] == 400
+            assert f"{left} msat" in error["message"] and "1 sat" in error["message"]
+        assert (await node.balance(key))["balance"] == left
+        # Still the user's: it pays for another request (one that fits in less than a sat).
+        cost += await spend(node, key, model="test/flat")
+    info = await assert_conserved(node, key, 1000, 0)
+    assert info["total_spent"] == cost
+    async with node.node.engine.connect() as conn:
+        assert (await conn.execute(select(func.count()).select_from(payouts))).scalar_one() == 0
+
+
+async def test_refund_pays_whole_sats_and_leaves_the_rest_on_the_key(
+    node: RunningNode, user_wallet: TestWallet
+) -> None:
+    (token,) = await user_wallet.mint_tokens(10)
+    async with httpx.AsyncClient(base_url=node.url) as http:
+        key = await new_key(http, token)
+        cost = await spend(node, key)
+        left = 10_000 - cost
+        assert left % 1000, "the test needs a sub-sat remainder"
+        resp = await http.post("/v1/balance/refund", headers=auth(key))
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert body["amount_msat"] == left - left % 1000
+        assert body["balance"] == left % 1000
+        refunded = await user_wallet.redeem(body["token"]) * 1000
+        assert refunded == body["amount_msat"]
+        # Asked again: the same token (a replay), and the remainder is still there.
+        again = await http.post("/v1/balance/refund", headers=auth(key))
+        assert again.status_code == 200 and again.json()["token"] == body["token"]
+    info = await assert_conserved(node, key, 10_000, refunded)
+    assert info["balance"] == left % 1000
+
+
+async def test_x_cashu_change_below_one_sat_stays_and_the_refund_says_so(
+    node: RunningNode, user_wallet: TestWallet
+) -> None:
+    (token,) = await user_wallet.mint_tokens(1)
+    raw = await openai.AsyncOpenAI(
+        base_url=node.api, api_key="unused", max_retries=0, default_headers={"X-Cashu": token}
+    ).chat.completions.with_raw_response.create(
+        model="test/priced",
+        messages=MESSAGES,
+        max_tokens=1,  # type: ignore[arg-type]
+    )
+    cost = int(raw.headers["X-Routstr-Cost-Msats"])
+    assert "X-Cashu" not in raw.headers  # no change token below 1 sat
+    async with httpx.AsyncClient(base_url=node.url) as http:
+        resp = await http.post("/v1/balance/refund", headers={"X-Cashu": token})
+    assert resp.status_code == 400, resp.text
+    error = resp.json()["error"]
+    assert error["type"] == "nothing_to_refund"
+    assert f"{1000 - cost} msat" in error["message"]
+    # The remainder stays recorded against the token (a liability), not the node's revenue.
+    async with node.node.engine.connect() as conn:
+        balance = (
+            await conn.execute(select(accounts.c.balance_msat).where(accounts.c.kind == "xcashu"))
+        ).scalar_one()
+    assert balance == 1000 - cost
+    assert "rounding" not in await journal_kinds(node)
+    await node.check_invariants()
+
+
+async def test_x_cashu_refund_tells_what_stays_behind(
+    node: RunningNode, user_wallet: TestWallet
+) -> None:
+    (token,) = await user_wallet.mint_tokens(30)
+    raw = await openai.AsyncOpenAI(
+        base_url=node.api, api_key="unused", max_retries=0, default_headers={"X-Cashu": token}
+    ).chat.completions.with_raw_response.create(
+        model="test/priced",
+        messages=MESSAGES,
+        max_tokens=2,  # type: ignore[arg-type]
+    )
+    cost = int(raw.headers["X-Routstr-Cost-Msats"])
+    change = raw.headers["X-Cashu"]
+    left = 30_000 - cost
+    async with httpx.AsyncClient(base_url=node.url) as http:
+        resp = await http.post("/v1/balance/refund", headers={"X-Cashu": token})
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["token"] == change and body["amount_msat"] == left - left % 1000
+    assert body["balance"] == left % 1000
+    refunded = await user_wallet.redeem(change) * 1000
+    assert 30_000 == cost + refunded + body["balance"]
+    await node.check_invariants()
