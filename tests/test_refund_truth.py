@@ -6,6 +6,7 @@ charged, plus what was refunded, plus what is left on the key.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -102,6 +103,35 @@ async def test_refund_pays_whole_sats_and_leaves_the_rest_on_the_key(
         assert again.status_code == 200 and again.json()["token"] == body["token"]
     info = await assert_conserved(node, key, 10_000, refunded)
     assert info["balance"] == left % 1000
+
+
+async def test_ten_concurrent_refunds_issue_one_token(
+    node: RunningNode, user_wallet: TestWallet
+) -> None:
+    (token,) = await user_wallet.mint_tokens(20)
+    async with httpx.AsyncClient(base_url=node.url, timeout=30) as http:
+        key = await new_key(http, token)
+        await spend(node, key)  # leaves a sub-sat remainder: late refunds see < 1 sat
+
+        async def refund() -> httpx.Response:
+            return await http.post("/v1/balance/refund", headers=auth(key))
+
+        answers = await asyncio.gather(*(refund() for _ in range(10)))
+        # Once it has settled, every repeat answers with the one token too.
+        answers += await asyncio.gather(*(refund() for _ in range(10)))
+    tokens = {a.json()["token"] for a in answers if a.status_code == 200}
+    assert len(tokens) == 1, [a.json() for a in answers]
+    for answer in answers:
+        assert answer.status_code in (200, 409), answer.text
+        if answer.status_code == 409:
+            assert answer.json()["error"]["type"] == "conflict"
+    assert all(a.status_code == 200 for a in answers[10:])
+    async with node.node.engine.connect() as conn:
+        rows = (await conn.execute(select(payouts.c.amount_msat, payouts.c.state))).all()
+    assert len(rows) == 1 and rows[0][1] == "issued"
+    refunded = await user_wallet.redeem(tokens.pop()) * 1000
+    assert refunded == rows[0][0]
+    await assert_conserved(node, key, 20_000, refunded)
 
 
 async def test_x_cashu_change_below_one_sat_stays_and_the_refund_says_so(
