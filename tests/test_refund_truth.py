@@ -14,6 +14,7 @@ import openai
 from conftest import RunningNode, expected_cost, model_entry
 from sqlalchemy import func, select
 
+from satsrouter.billing.payments import Credentials
 from satsrouter.store.tables import accounts, journal, payouts
 from satsrouter.testing.mint import TestWallet
 
@@ -185,4 +186,28 @@ async def test_x_cashu_refund_tells_what_stays_behind(
     assert body["balance"] == left % 1000
     refunded = await user_wallet.redeem(change) * 1000
     assert 30_000 == cost + refunded + body["balance"]
+    await node.check_invariants()
+
+
+async def test_ten_concurrent_x_cashu_refunds_issue_one_token(
+    node: RunningNode, user_wallet: TestWallet
+) -> None:
+    (token,) = await user_wallet.mint_tokens(10)
+    # A paid request whose change was not issued (as when issuing it failed): settled only.
+    charge = await node.node.billing.begin(Credentials(x_cashu=token), 3000, "test/priced", "r1")
+    await charge.settle(2345)
+    async with httpx.AsyncClient(base_url=node.url, timeout=30) as http:
+
+        async def refund() -> httpx.Response:
+            return await http.post("/v1/balance/refund", headers={"X-Cashu": token})
+
+        answers = await asyncio.gather(*(refund() for _ in range(10)))
+        answers.append(await refund())
+    tokens = {a.json()["token"] for a in answers if a.status_code == 200}
+    assert len(tokens) == 1 and answers[-1].status_code == 200, [a.json() for a in answers]
+    assert all(a.status_code in (200, 409) for a in answers), [a.json() for a in answers]
+    assert answers[-1].json()["balance"] == 655  # (10_000 - 2345) % 1000 stays
+    async with node.node.engine.connect() as conn:
+        assert (await conn.execute(select(func.count()).select_from(payouts))).scalar_one() == 1
+    assert await user_wallet.redeem(tokens.pop()) == 7
     await node.check_invariants()
