@@ -7,12 +7,13 @@ charged, plus what was refunded, plus what is left on the key.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import httpx
 import openai
 from conftest import RunningNode, expected_cost, model_entry
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from satsrouter.billing.payments import Credentials
 from satsrouter.store.tables import accounts, journal, payouts
@@ -211,3 +212,24 @@ async def test_ten_concurrent_x_cashu_refunds_issue_one_token(
         assert (await conn.execute(select(func.count()).select_from(payouts))).scalar_one() == 1
     assert await user_wallet.redeem(tokens.pop()) == 7
     await node.check_invariants()
+
+
+async def test_expired_key_below_one_sat_is_not_refunded_and_keeps_its_msat(
+    node: RunningNode, user_wallet: TestWallet
+) -> None:
+    (token,) = await user_wallet.mint_tokens(1)
+    async with httpx.AsyncClient(base_url=node.url) as http:
+        key = await new_key(http, token)
+    left = 1000 - await spend(node, key)
+    async with node.node.engine.begin() as conn:
+        await conn.execute(
+            update(accounts)
+            .where(accounts.c.kind == "key")
+            .values(refund_lnurl="user@example.invalid", expires_at=time.time() - 1)
+        )
+    # Not due: no Lightning payment can carry it (and nothing is written off).
+    assert await node.node.lightning_refunds.expire_once() == 0
+    assert (await node.balance(key))["balance"] == left
+    async with node.node.engine.connect() as conn:
+        assert (await conn.execute(select(func.count()).select_from(payouts))).scalar_one() == 0
+    await assert_conserved(node, key, 1000, 0)
