@@ -44,6 +44,25 @@ async def spend(node: RunningNode, key: str, model: str = "test/priced") -> int:
     )
 
 
+async def pay_with_x_cashu(
+    node: RunningNode, token: str, max_tokens: int
+) -> tuple[int, str | None]:
+    """One request paid with `token` in X-Cashu: its cost in msat, and the change token."""
+    raw = await openai.AsyncOpenAI(
+        base_url=node.api, api_key="unused", max_retries=0, default_headers={"X-Cashu": token}
+    ).chat.completions.with_raw_response.create(
+        model="test/priced",
+        messages=MESSAGES,
+        max_tokens=max_tokens,  # type: ignore[arg-type]
+    )
+    return int(raw.headers["X-Routstr-Cost-Msats"]), raw.headers.get("X-Cashu")
+
+
+async def payout_rows(node: RunningNode) -> int:
+    async with node.node.engine.connect() as conn:
+        return int((await conn.execute(select(func.count()).select_from(payouts))).scalar_one())
+
+
 async def journal_kinds(node: RunningNode) -> set[str]:
     async with node.node.engine.connect() as conn:
         return set((await conn.execute(select(journal.c.kind).distinct())).scalars())
@@ -80,8 +99,7 @@ async def test_refund_below_one_sat_is_refused_and_the_msat_stay_spendable(
         cost += await spend(node, key, model="test/flat")
     info = await assert_conserved(node, key, 1000, 0)
     assert info["total_spent"] == cost
-    async with node.node.engine.connect() as conn:
-        assert (await conn.execute(select(func.count()).select_from(payouts))).scalar_one() == 0
+    assert await payout_rows(node) == 0
 
 
 async def test_refund_pays_whole_sats_and_leaves_the_rest_on_the_key(
@@ -140,15 +158,8 @@ async def test_x_cashu_change_below_one_sat_stays_and_the_refund_says_so(
     node: RunningNode, user_wallet: TestWallet
 ) -> None:
     (token,) = await user_wallet.mint_tokens(1)
-    raw = await openai.AsyncOpenAI(
-        base_url=node.api, api_key="unused", max_retries=0, default_headers={"X-Cashu": token}
-    ).chat.completions.with_raw_response.create(
-        model="test/priced",
-        messages=MESSAGES,
-        max_tokens=1,  # type: ignore[arg-type]
-    )
-    cost = int(raw.headers["X-Routstr-Cost-Msats"])
-    assert "X-Cashu" not in raw.headers  # no change token below 1 sat
+    cost, change = await pay_with_x_cashu(node, token, max_tokens=1)
+    assert change is None  # no change token below 1 sat
     async with httpx.AsyncClient(base_url=node.url) as http:
         resp = await http.post("/v1/balance/refund", headers={"X-Cashu": token})
     assert resp.status_code == 400, resp.text
@@ -169,15 +180,8 @@ async def test_x_cashu_refund_tells_what_stays_behind(
     node: RunningNode, user_wallet: TestWallet
 ) -> None:
     (token,) = await user_wallet.mint_tokens(30)
-    raw = await openai.AsyncOpenAI(
-        base_url=node.api, api_key="unused", max_retries=0, default_headers={"X-Cashu": token}
-    ).chat.completions.with_raw_response.create(
-        model="test/priced",
-        messages=MESSAGES,
-        max_tokens=2,  # type: ignore[arg-type]
-    )
-    cost = int(raw.headers["X-Routstr-Cost-Msats"])
-    change = raw.headers["X-Cashu"]
+    cost, change = await pay_with_x_cashu(node, token, max_tokens=2)
+    assert change is not None
     left = 30_000 - cost
     async with httpx.AsyncClient(base_url=node.url) as http:
         resp = await http.post("/v1/balance/refund", headers={"X-Cashu": token})
@@ -208,8 +212,7 @@ async def test_ten_concurrent_x_cashu_refunds_issue_one_token(
     assert len(tokens) == 1 and answers[-1].status_code == 200, [a.json() for a in answers]
     assert all(a.status_code in (200, 409) for a in answers), [a.json() for a in answers]
     assert answers[-1].json()["balance"] == 655  # (10_000 - 2345) % 1000 stays
-    async with node.node.engine.connect() as conn:
-        assert (await conn.execute(select(func.count()).select_from(payouts))).scalar_one() == 1
+    assert await payout_rows(node) == 1
     assert await user_wallet.redeem(tokens.pop()) == 7
     await node.check_invariants()
 
@@ -230,6 +233,5 @@ async def test_expired_key_below_one_sat_is_not_refunded_and_keeps_its_msat(
     # Not due: no Lightning payment can carry it (and nothing is written off).
     assert await node.node.lightning_refunds.expire_once() == 0
     assert (await node.balance(key))["balance"] == left
-    async with node.node.engine.connect() as conn:
-        assert (await conn.execute(select(func.count()).select_from(payouts))).scalar_one() == 0
+    assert await payout_rows(node) == 0
     await assert_conserved(node, key, 1000, 0)
