@@ -42,7 +42,7 @@ async def test_sk_key_from_token_pays_and_reports_balance(
         for path in ("/v1/balance/info", "/v1/wallet/balance"):
             for header in ({"Authorization": f"Bearer {key}"}, {"x-api-key": key}):
                 info = (await http.get(path, headers=header)).json()
-                assert info["balance"] == 40_000 - cost
+                assert info["balance_msat"] == 40_000 - cost
                 assert info["reserved"] == 0 and info["total_requests"] == 1
         # The token itself cannot be used again: it became the key's balance.
         again = await http.post("/v1/wallet/create", json={"cashu_token": token})

@@ -63,21 +63,22 @@ async def test_create_topup_spend_withdraw(
     node: RunningNode, user_wallet: TestWallet, family: str
 ) -> None:
     paths = FAMILIES[family]
+    per = 1000 if family == "seed" else 1  # msat per unit of plain amounts (the seed's sats)
     first, second = await user_wallet.mint_tokens(30, count=2)
     async with httpx.AsyncClient(base_url=node.url) as http:
         created = (await http.post(paths["create"], json={paths["token_field"]: first})).json()
         key = created["api_key"]
-        assert key.startswith("sk-") and created["balance"] == 30_000
+        assert key.startswith("sk-") and created["balance"] == 30_000 // per
         assert created["mint"] == node.node.settings.cashu_mints[0] and created["unit"] == "sat"
 
         top = await http.post(paths["topup"], json={"cashu_token": second}, headers=auth(key))
         assert top.status_code == 200, top.text
-        assert top.json()["balance"] == 60_000 and top.json()["added"] == 30_000
+        assert top.json()["balance"] == 60_000 // per and top.json()["added"] == 30_000 // per
 
         cost = await chat(node, key)
         info = (await http.get(paths["info"], headers=auth(key))).json()
-        assert info["balance"] == 60_000 - cost
-        assert info["total_spent"] == cost and info["total_requests"] == 1
+        assert info["balance_msat"] == 60_000 - cost
+        assert info["total_spent_msat"] == cost and info["total_requests"] == 1
 
         out = await http.post(paths["withdraw"], json={"amount": 20}, headers=auth(key))
         assert out.status_code == 200, out.text
@@ -87,7 +88,9 @@ async def test_create_topup_spend_withdraw(
         left = 40_000 - cost
         assert rest["amount_msat"] == left - left % 1000
         assert await user_wallet.redeem(rest["token"]) == left // 1000
-        assert (await http.get(paths["info"], headers=auth(key))).json()["balance"] == 0
+        # The sub-sat rest cannot be paid as a token: it stays on the key.
+        info = (await http.get(paths["info"], headers=auth(key))).json()
+        assert info["balance_msat"] == left % 1000
     await node.check_invariants()
 
 
@@ -120,9 +123,7 @@ async def test_withdraw_replayed_returns_the_same_token(
         one = await http.post("/v1/wallet/withdraw", json={"amount": 4}, headers=headers)
         two = await http.post("/v1/wallet/withdraw", json={"amount": 4}, headers=headers)
         assert one.json()["token"] == two.json()["token"]
-        assert (await http.get("/v1/wallet/balance", headers=auth(key))).json()["balance"] == (
-            6_000
-        )
+        assert (await http.get("/v1/wallet/balance", headers=auth(key))).json()["balance"] == 6
     assert await user_wallet.redeem(first["token"]) == 25
     assert await user_wallet.redeem(one.json()["token"]) == 4
     await node.check_invariants()
@@ -160,9 +161,7 @@ async def test_topup_refuses_other_units_spent_tokens_and_child_keys(
         child = (await http.post("/v1/balance/child-key", headers=auth(key))).json()
         refused = await http.post("/v1/wallet/withdraw", headers=auth(child["api_keys"][0]))
         assert refused.status_code == 403
-        assert (await http.get("/v1/wallet/balance", headers=auth(key))).json()["balance"] == (
-            20_000
-        )
+        assert (await http.get("/v1/wallet/balance", headers=auth(key))).json()["balance"] == 20
 
 
 async def test_refund_races_topups_and_paid_requests(

@@ -11,8 +11,8 @@ from typing import Any, Protocol
 from sqlalchemy import desc, func, select, update
 
 from satsrouter.billing.ledger import PERIODS, Account, Ledger
-from satsrouter.billing.payments import Billing, ecash_api_error, sha256_hex
-from satsrouter.billing.payouts import Payout, PayoutConflict, Payouts
+from satsrouter.billing.payments import Billing, ecash_api_error, nothing_to_refund, sha256_hex
+from satsrouter.billing.payouts import NothingToPayOut, Payout, PayoutConflict, Payouts
 from satsrouter.billing.redeem import UNIT_MSAT
 from satsrouter.ecash.errors import EcashError
 from satsrouter.errors import ApiError
@@ -27,6 +27,15 @@ class LightningPayer(Protocol):
     async def refund(
         self, account_id: int, payout_id: str, amount_msat: int | None, destination: str
     ) -> Payout: ...
+
+
+@dataclass(frozen=True)
+class _KeyState:
+    """A key's money and its last journal row (id, kind, ref), as of one moment."""
+
+    available_msat: int
+    reserved_msat: int
+    last: tuple[int, str, str] | None
 
 
 @dataclass(frozen=True)
@@ -113,41 +122,40 @@ class Keys:
         """Pay the balance (or `amount_msat`) out; a replayed request gets the same payout.
 
         Without an `Idempotency-Key`, a request whose key's last movement is a withdrawal of
-        the same amount (or, for "everything", one that left nothing) is taken as a replay
-        and gets that withdrawal back (I7); send distinct Idempotency-Keys for repeated
-        withdrawals of equal amounts.
+        the same amount (or, for "everything", one that left less than one unit) is taken as
+        a replay and gets that withdrawal back (I7), or a 409 while it is being sent; send
+        distinct Idempotency-Keys for repeated withdrawals of equal amounts.
         """
         account = await self.parent_account(key)
+        reserved_msat = account.reserved_msat
         if idempotency_key:
             digest = hashlib.sha256(idempotency_key.encode()).hexdigest()[:32]
             payout_id = f"withdraw:{account.id}:{digest}"
         else:
-            last = await self._last_journal_row(account.id)
-            if (
-                last is not None
-                and last[1] in ("payout", "rounding", "fee_return")
-                and last[2].startswith("withdraw:")
-            ):
-                previous = await self.payouts.get(last[2])
-                if previous is not None and (
-                    # "everything" again when nothing is left, or the same amount again
-                    account.available_msat < UNIT_MSAT[account.unit]
-                    if amount_msat is None
-                    else amount_msat == await self._debited(account.id, last[2])
-                ):
-                    return previous
-            payout_id = f"withdraw:{account.id}:{last[0] if last else 0}"
-        if amount_msat is None and account.reserved_msat:
+            state = await self._state(account.id)
+            previous = await self._replayed(account, state, amount_msat)
+            if previous is not None:
+                return previous
+            payout_id = f"withdraw:{account.id}:{state.last[0] if state.last else 0}"
+            reserved_msat = state.reserved_msat
+        if amount_msat is None and reserved_msat:
             raise PayoutConflict(
                 "a paid request on this key is still running; withdraw when it has finished"
             )
-        if account.refund_lnurl:
-            if self.lightning is None:
-                raise ApiError(503, "lightning_unavailable", "Lightning refunds are not enabled.")
-            return await self.lightning.refund(
-                account.id, payout_id, amount_msat, account.refund_lnurl
-            )
-        return await self.payouts.pay_out(account.id, payout_id, amount_msat)
+        try:
+            if account.refund_lnurl:
+                if self.lightning is None:
+                    raise ApiError(
+                        503, "lightning_unavailable", "Lightning refunds are not enabled."
+                    )
+                return await self.lightning.refund(
+                    account.id, payout_id, amount_msat, account.refund_lnurl
+                )
+            return await self.payouts.pay_out(account.id, payout_id, amount_msat)
+        except NothingToPayOut as exc:
+            raise nothing_to_refund(
+                exc, "this key", "They stay on the key and still pay for requests."
+            ) from None
 
     async def _debited(self, account_id: int, payout_id: str) -> int:
         """What a payout took from the balance (a Lightning payout sends less: the fee)."""
@@ -163,17 +171,54 @@ class Keys:
             ).scalar_one()
         return -int(total)
 
-    async def _last_journal_row(self, account_id: int) -> tuple[int, str, str] | None:
+    async def _state(self, account_id: int) -> _KeyState:
+        """The balance and the last journal row, read together in one statement.
+
+        Read apart, a refund finishing between the two reads paired "money left" with
+        "refunded since", and a concurrent refund answered as if there were nothing to pay.
+        """
+        last = journal.alias("last")
+        last_id = (
+            select(func.max(journal.c.id)).where(journal.c.account_id == account_id)
+        ).scalar_subquery()
+        query = (
+            select(
+                accounts.c.balance_msat,
+                accounts.c.reserved_msat,
+                last.c.id,
+                last.c.kind,
+                last.c.ref,
+            )
+            .select_from(accounts.outerjoin(last, last.c.id == last_id))
+            .where(accounts.c.id == account_id)
+        )
         async with self.ledger.engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(journal.c.id, journal.c.kind, journal.c.ref)
-                    .where(journal.c.account_id == account_id)
-                    .order_by(desc(journal.c.id))
-                    .limit(1)
-                )
-            ).first()
-        return (int(row[0]), str(row[1]), str(row[2])) if row else None
+            balance, reserved, row_id, kind, ref = (await conn.execute(query)).one()
+        last_row = (int(row_id), str(kind), str(ref)) if row_id is not None else None
+        return _KeyState(int(balance) - int(reserved), int(reserved), last_row)
+
+    async def _replayed(
+        self, account: Account, state: _KeyState, amount_msat: int | None
+    ) -> Payout | None:
+        """The withdrawal this request repeats, if the key's last movement is one.
+
+        "Everything" again when less than one unit is left, or the same amount again. A
+        withdrawal still being sent raises PayoutConflict (409: retry for its answer).
+        """
+        if state.last is None:
+            return None
+        _, kind, ref = state.last
+        # `rounding`: the last row of a withdrawal made by older nodes
+        if kind not in ("payout", "rounding", "fee_return") or not ref.startswith("withdraw:"):
+            return None
+        previous = await self.payouts.get(ref)
+        if previous is None or (previous.token is None and previous.method == "cashu"):
+            return None  # undone, or an empty payout of an older node: nothing to repeat
+        if amount_msat is None:
+            repeats = state.available_msat < UNIT_MSAT[account.unit]
+        else:
+            repeats = amount_msat == await self._debited(account.id, ref)
+        return previous if repeats else None
 
     async def history(self, key: str, limit: int, before: int | None) -> list[dict[str, Any]]:
         """The key's journal, newest first (a child key: the requests it paid for)."""

@@ -14,11 +14,17 @@ import logging
 import time
 from dataclasses import dataclass, replace
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, case, select, update
 
 from satsrouter.billing.ledger import Ledger
 from satsrouter.billing.lnurl import LnurlClient, LnurlError
-from satsrouter.billing.payouts import Payout, PayoutConflict, Payouts, PendingPayout
+from satsrouter.billing.payouts import (
+    NothingToPayOut,
+    Payout,
+    PayoutConflict,
+    Payouts,
+    PendingPayout,
+)
 from satsrouter.billing.redeem import UNIT_MSAT
 from satsrouter.ecash.melting import Melter, MeltFailed, MeltQuote, MeltResult, MeltTicket
 from satsrouter.ecash.wallet import NodeWallet
@@ -333,7 +339,8 @@ class LightningRefunds:
         """Refund every expired key with a refund address and an idle balance; returns count.
 
         Each key is refunded once (payout id `expiry:<account>`); what the mint's fee
-        reserve leaves over afterwards stays on the key.
+        reserve leaves over afterwards stays on the key, as does a rest below one unit of
+        its token (no payment can carry it, so such a key is not due).
         """
         now = time.time()
         async with self.ledger.engine.connect() as conn:
@@ -344,7 +351,8 @@ class LightningRefunds:
                             accounts.c.expires_at.is_not(None),
                             accounts.c.expires_at <= now,
                             accounts.c.refund_lnurl.is_not(None),
-                            accounts.c.balance_msat > 0,
+                            accounts.c.balance_msat
+                            >= case(UNIT_MSAT, value=accounts.c.unit, else_=1),
                             accounts.c.reserved_msat == 0,
                         )
                     )
@@ -368,6 +376,8 @@ class LightningRefunds:
                 refunded += 1
             except RefundPending:
                 refunded += 1
+            except NothingToPayOut:
+                continue  # spent below one unit since it was found due: nothing to send
             except (ApiError, PayoutConflict) as exc:
                 code = getattr(exc, "code", "conflict")
                 log.warning("expiry refund of account %d not made: %s", account_id, code)

@@ -16,7 +16,7 @@ from satsrouter.billing.ledger import (
     SpendLimitReached,
     UnknownAccount,
 )
-from satsrouter.billing.payouts import Payout, Payouts
+from satsrouter.billing.payouts import NothingToPayOut, Payout, Payouts
 from satsrouter.billing.redeem import Redeemed, Redeemer
 from satsrouter.ecash.errors import EcashError
 from satsrouter.ecash.tokens import ParsedToken, parse_token
@@ -38,6 +38,18 @@ def is_cashu_token(text: str) -> bool:
 def ecash_api_error(exc: EcashError) -> ApiError:
     """The client-facing form of a wallet failure (one mapping for every path)."""
     return ApiError(exc.status, exc.code, exc.message)
+
+
+def nothing_to_refund(exc: NothingToPayOut, holder: str, fate: str) -> ApiError:
+    """400 saying why no token was made: `holder` has less than 1 unit; `fate` of the rest."""
+    if not exc.available_msat:
+        return ApiError(400, "nothing_to_refund", f"Nothing to refund: {holder} has 0 msat left.")
+    return ApiError(
+        400,
+        "nothing_to_refund",
+        f"Nothing to refund: {holder} has {exc.available_msat} msat left, less than "
+        f"1 {exc.unit}, the smallest amount a Cashu token can carry. {fate}",
+    )
 
 
 def xcashu_key_hash(token: ParsedToken) -> str:
@@ -98,12 +110,19 @@ class Charge:
             self.billing.live.discard(self.reservation.id)
 
     async def change(self) -> Payout | None:
-        """For `X-Cashu` payments: the rest of the token's value as a fresh token."""
+        """For `X-Cashu` payments: the rest of the token's value, in whole units, as a token.
+
+        None when there is no token to give: not an `X-Cashu` payment, or less than one unit
+        left (that rest stays on the token's account; `refund_x_cashu` says so).
+        """
         if self.x_cashu is None:
             return None
-        return await self.billing.payouts.pay_out_all(
-            self.reservation.account_id, change_payout_id(self.x_cashu)
-        )
+        try:
+            return await self.billing.payouts.pay_out_all(
+                self.reservation.account_id, change_payout_id(self.x_cashu)
+            )
+        except NothingToPayOut:
+            return None
 
     async def change_or_none(self) -> Payout | None:
         """`change()`, but a failure is logged, not raised: the change stays refundable."""
@@ -202,7 +221,12 @@ class Billing:
             return await self._reserve(key_hash, max_cost_msat, model, request_id, token)
         except ApiError as exc:
             # The mint's fee left less than the request may cost: hand everything back.
-            payout = await self.payouts.pay_out_all(redeemed.account_id, change_payout_id(token))
+            try:
+                payout = await self.payouts.pay_out_all(
+                    redeemed.account_id, change_payout_id(token)
+                )
+            except NothingToPayOut:
+                raise exc from None
             if payout.token:
                 exc.headers["X-Cashu"] = payout.token
             raise
@@ -230,22 +254,34 @@ class Billing:
         self.live.add(request_id)
         return Charge(self, reservation, x_cashu)
 
-    async def refund_x_cashu(self, text: str) -> Payout:
-        """The change of an earlier `X-Cashu` request, again (idempotent recovery)."""
+    async def refund_x_cashu(self, text: str) -> tuple[Payout, Account]:
+        """The change of an earlier `X-Cashu` request, again (idempotent recovery).
+
+        Returns the payout and the token's account after it: what stays behind (less than
+        one unit) is its balance. 400 `nothing_to_refund` when no token can be made.
+        """
         token = self.parse(text)
-        payout = await self.payouts.get(change_payout_id(token))
-        if payout is not None:
-            return payout
         account = await self.ledger.get_account(xcashu_key_hash(token))
         if account is None:
             raise ApiError(404, "not_found", "This token was never used to pay here.")
-        if account.reserved_msat:
-            raise ApiError(
-                409,
-                "request_in_progress",
-                "The request paid with this token is still running; retry later.",
-            )
-        return await self.payouts.pay_out_all(account.id, change_payout_id(token))
+        fate = "They stay recorded against this token at this node."
+        payout = await self.payouts.get(change_payout_id(token))
+        if payout is None:
+            if account.reserved_msat:
+                raise ApiError(
+                    409,
+                    "request_in_progress",
+                    "The request paid with this token is still running; retry later.",
+                )
+            try:
+                payout = await self.payouts.pay_out_all(account.id, change_payout_id(token))
+            except NothingToPayOut as exc:
+                raise nothing_to_refund(exc, "this token", fate) from None
+        elif payout.token is None and payout.method == "cashu":
+            # An empty payout, recorded by older nodes for a sub-unit rest: nothing was paid.
+            empty = NothingToPayOut(account.available_msat, account.unit)
+            raise nothing_to_refund(empty, "this token", fate)
+        return payout, await self.ledger.get_account_by_id(account.id)
 
     async def recover(self) -> None:
         """Take over what dead instances left half done: reservations, swaps, payouts."""

@@ -51,13 +51,26 @@ class PayoutInvalid(ValueError):
     """The requested amount cannot be paid out (not a whole unit, or not positive)."""
 
 
+class NothingToPayOut(Exception):
+    """The whole balance was asked for, but it is less than one unit of the account's token.
+
+    No token can carry less than one unit, so nothing is debited: the msat stay on the
+    account, where they still pay for requests.
+    """
+
+    def __init__(self, available_msat: int, unit: str) -> None:
+        super().__init__(f"{available_msat} msat available, less than 1 {unit}")
+        self.available_msat = available_msat
+        self.unit = unit
+
+
 @dataclass(frozen=True)
 class Payout:
     """Value paid out of an account: a Cashu token, or a Lightning payment (`detail`)."""
 
     id: str
     amount_msat: int
-    token: str | None  # None when the amount was below one unit, or paid over Lightning
+    token: str | None  # None when paid over Lightning (or an empty payout of an older node)
     method: str = "cashu"
     detail: str | None = None
     fee_msat: int = 0
@@ -101,7 +114,7 @@ class Payouts:
         return await self.ledger.tx.run(lambda tx: _issued(tx, payout_id))
 
     async def pay_out_all(self, account_id: int, payout_id: str) -> Payout:
-        """Pay out the whole unreserved balance as Cashu; a sub-unit remainder is kept as fee."""
+        """Pay out the unreserved balance in whole units as Cashu; a sub-unit rest stays."""
         return await self.pay_out(account_id, payout_id, None)
 
     async def pay_out(self, account_id: int, payout_id: str, amount_msat: int | None) -> Payout:
@@ -139,8 +152,9 @@ class Payouts:
     ) -> Payout | PendingPayout:
         """Debit and record a payout in one transaction; an existing payout is returned as is.
 
-        `amount_msat=None` takes the whole unreserved balance, rounded down to the account's
-        unit (the remainder is journaled as `rounding`).
+        `amount_msat=None` takes the unreserved balance rounded down to whole units of the
+        account's token; the sub-unit rest stays on the account (nothing vanishes), and
+        NothingToPayOut is raised when not even one unit is there.
         """
         now = time.time()
 
@@ -153,22 +167,20 @@ class Payouts:
             per_unit = UNIT_MSAT[unit]
             available = int(balance - reserved)
             if amount_msat is None:
+                # Whole units only: a token cannot carry the rest, so it stays on the account.
                 payout_msat = available - available % per_unit
-                residue = available - payout_msat
+                if not payout_msat:
+                    raise NothingToPayOut(available, unit)
             else:
                 if amount_msat % per_unit or amount_msat <= 0:
                     raise PayoutInvalid(f"amount must be a positive multiple of {per_unit} msat")
-                payout_msat, residue = amount_msat, 0
+                payout_msat = amount_msat
             if payout_msat > available:
                 raise PayoutConflict(
                     f"only {available} msat available, {payout_msat} msat requested"
                 )
-            if residue:
-                debit_available_tx(tx, account_id, residue, "rounding", payout_id, now)
-            if payout_msat:
-                debited = debit_available_tx(tx, account_id, payout_msat, "payout", payout_id, now)
-                if debited is None:
-                    raise PayoutConflict("balance changed during payout; retry")
+            if debit_available_tx(tx, account_id, payout_msat, "payout", payout_id, now) is None:
+                raise PayoutConflict("balance changed during payout; retry")
             _, inserted = tx.execute(
                 _INSERT_PAYOUT,
                 {
@@ -177,7 +189,7 @@ class Payouts:
                     "amount": payout_msat,
                     "unit": unit,
                     "mint": mint_url,
-                    "state": "pending" if payout_msat else "issued",
+                    "state": "pending",
                     "method": method,
                     "destination": destination,
                     "instance": self.ledger.instance_id,
@@ -187,8 +199,6 @@ class Payouts:
             if inserted != 1:
                 # The same id was recorded concurrently (Postgres): undo this debit.
                 raise _Raced
-            if not payout_msat:
-                return Payout(payout_id, 0, None, method)
             return PendingPayout(payout_id, account_id, payout_msat, unit, mint_url)
 
         try:

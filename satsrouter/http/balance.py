@@ -1,4 +1,7 @@
-"""Balance endpoints (seed `/v1/wallet/*` and Routstr `/v1/balance/*` paths, same handlers)."""
+"""Balance endpoints (seed `/v1/wallet/*` and Routstr `/v1/balance/*` paths, same handlers).
+
+Answers carry the seed's fields and Routstr's; `wallet_units` says in which unit.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +10,12 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
+from satsrouter.billing.ledger import Account
+from satsrouter.billing.payouts import Payout
 from satsrouter.errors import ApiError
 from satsrouter.http.auth import credentials
 from satsrouter.http.errors import json_object
+from satsrouter.http.wallet_units import amounts_for
 from satsrouter.node import Node
 
 router = APIRouter()
@@ -55,14 +61,10 @@ async def create_key(request: Request) -> dict[str, Any]:
     if refund is not None:
         node.lightning_refunds.lnurl.url_of(refund)  # 400 now, not at refund time
     key, account = await node.keys.create(await _token_from(request), refund, _expiry(request))
-    return {
-        "api_key": key,
-        "balance": account.balance_msat,
-        "mint": account.mint_url,
-        "unit": account.unit,
-        "refund_address": account.refund_lnurl,
-        "expires_at": account.expires_at,
-    }
+    body: dict[str, Any] = {"api_key": key, "mint": account.mint_url, "unit": account.unit}
+    amounts_for(request, account.unit).put(body, balance=account.balance_msat)
+    body.update(refund_address=account.refund_lnurl, expires_at=account.expires_at)
+    return body
 
 
 @router.get("/v1/balance/info")
@@ -73,33 +75,39 @@ async def balance_info(request: Request) -> dict[str, Any]:
     node: Node = request.app.state.node
     account = await node.billing.account(_bearer(request))
     info: dict[str, Any] = {
-        "balance": account.balance_msat,
-        "reserved": account.reserved_msat,
-        "available": account.available_msat,
-        "unit": "msat",
-        "currency": "msat",
         "mint": account.mint_url,
+        "unit": account.unit,
         "token_unit": account.unit,
-        "total_spent": account.total_spent_msat,
         "total_requests": account.total_requests,
         "refund_address": account.refund_lnurl,
         "expires_at": account.expires_at,
     }
-    if account.parent_id is not None:
-        # A child key shows the money it can reach: the parent's, within its own limit.
-        parent = await node.ledger.get_account_by_id(account.parent_id)
-        spent = account.period_spent_now(time.time())
-        info.update(
-            balance=parent.balance_msat,
-            reserved=parent.reserved_msat,
-            available=parent.available_msat,
-            is_child=True,
-            spend_limit=account.spend_limit_msat,
-            limit_period=account.limit_period,
-            period_spent=spent,
+    amounts = amounts_for(request, account.unit)
+    if account.parent_id is None:
+        amounts.put(
+            info,
+            balance=account.balance_msat,
+            reserved=account.reserved_msat,
+            available=account.available_msat,
+            total_spent=account.total_spent_msat,
         )
-        if account.spend_limit_msat is not None:
-            info["available"] = min(parent.available_msat, account.spend_limit_msat - spent)
+        return info
+    # A child key shows the money it can reach: the parent's, within its own limit.
+    parent = await node.ledger.get_account_by_id(account.parent_id)
+    spent = account.period_spent_now(time.time())
+    available = parent.available_msat
+    if account.spend_limit_msat is not None:
+        available = min(available, account.spend_limit_msat - spent)
+    info.update(is_child=True, limit_period=account.limit_period)
+    amounts.put(
+        info,
+        balance=parent.balance_msat,
+        reserved=parent.reserved_msat,
+        available=available,
+        total_spent=account.total_spent_msat,
+        spend_limit=account.spend_limit_msat,
+        period_spent=spent,
+    )
     return info
 
 
@@ -110,12 +118,13 @@ async def topup(request: Request) -> dict[str, Any]:
     node: Node = request.app.state.node
     key = _bearer(request, "Send the key to top up as Bearer.")
     result = await node.keys.topup(key, await _token_from(request))
-    return {
-        "balance": result.account.balance_msat,
-        "added": result.added_msat,
-        "msats": result.added_msat,
-        "unit": "msat",
-    }
+    account = result.account
+    body: dict[str, Any] = {"msats": result.added_msat, "unit": account.unit}
+    amounts_for(request, account.unit).put(
+        body, balance=account.balance_msat, amount_added=result.added_msat
+    )
+    body["added"] = body["amount_added"]  # the name this node used before the seed's
+    return body
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
@@ -138,12 +147,9 @@ async def withdraw(request: Request) -> dict[str, Any]:
     node: Node = request.app.state.node
     creds = credentials(request.headers)
     if creds.x_cashu:
-        payout = await node.billing.refund_x_cashu(creds.x_cashu)
-        return {
-            "token": payout.token,
-            "amount_msat": payout.amount_msat,
-            "msats": payout.amount_msat,
-        }
+        payout, rest = await node.billing.refund_x_cashu(creds.x_cashu)
+        # `balance`: what stays against the token, less than one unit, which no token carries
+        return _paid_out(request, payout, rest)
     if not creds.bearer:
         raise ApiError(
             401, "missing_api_key", "Send the key as Bearer, or the original token in X-Cashu."
@@ -159,18 +165,26 @@ async def withdraw(request: Request) -> dict[str, Any]:
     payout = await node.keys.withdraw(
         creds.bearer, amount_msat, request.headers.get("idempotency-key")
     )
-    account = await node.billing.account(creds.bearer)
-    result: dict[str, Any] = {
-        "amount_msat": payout.amount_msat,
-        "msats": payout.amount_msat,
-        "balance": account.balance_msat,
+    return _paid_out(request, payout, await node.billing.account(creds.bearer))
+
+
+def _paid_out(request: Request, payout: Payout, account: Account) -> dict[str, Any]:
+    """A payout's answer: the seed's `cashu_token`, `amount`, `mint`, and Routstr's `token`."""
+    body: dict[str, Any] = {
         "method": payout.method,
+        "mint": account.mint_url,
+        "unit": account.unit,
+        "msats": payout.amount_msat,
+        "sats": payout.amount_msat // 1000,
     }
+    amounts = amounts_for(request, account.unit)
+    amounts.put(body, amount=payout.amount_msat, balance=account.balance_msat)
     if payout.method == "lightning":
-        result.update(recipient=account.refund_lnurl, fee_msat=payout.fee_msat)
+        body["recipient"] = account.refund_lnurl
+        amounts.put(body, fee=payout.fee_msat)
     else:
-        result.update(token=payout.token, sats=payout.amount_msat // 1000, unit=account.unit)
-    return result
+        body.update(token=payout.token, cashu_token=payout.token)
+    return body
 
 
 @router.get("/v1/balance/history")
