@@ -92,7 +92,13 @@ async def _wallet_command(settings: Settings, action: str) -> int:
     url = settings.effective_database_url
     engine = make_engine(url)
     tx = make_tx_runner(url, engine)
-    wallet = NodeWallet(settings.cashu_mints, tx, "cli-" + os.urandom(6).hex(), never_dead)
+    wallet = NodeWallet(
+        settings.cashu_mints,
+        tx,
+        "cli-" + os.urandom(6).hex(),
+        never_dead,
+        legacy_dir=settings.data_dir,
+    )
     try:
         await migrate(engine)
         await wallet.start()

@@ -49,7 +49,11 @@ class Node:
             self.engine, self.instance_id, self.tx, self.locks, settings.instance_dead_after
         )
         self.wallet = NodeWallet(
-            settings.cashu_mints, self.tx, self.instance_id, self.ledger.is_dead
+            settings.cashu_mints,
+            self.tx,
+            self.instance_id,
+            self.ledger.is_dead,
+            legacy_dir=settings.data_dir,
         )
         faults.configure(settings.fault_crash_at)
         self.redeemer = Redeemer(self.ledger, self.wallet)

@@ -29,6 +29,7 @@ from satsrouter.ecash._cashu import (
     use_seed,
 )
 from satsrouter.ecash.errors import EcashError, map_mint_error
+from satsrouter.ecash.legacy import read_legacy
 from satsrouter.ecash.mint_http import new_mint_session
 from satsrouter.ecash.receiving import Link, SwapBatcher
 from satsrouter.ecash.recovery import recover_split
@@ -69,6 +70,7 @@ class NodeWallet:
         tx: TxRunner,
         instance_id: str,
         is_dead: Callable[[str], Awaitable[bool]],
+        legacy_dir: Path | None = None,
     ) -> None:
         if not mints:
             raise ValueError("at least one mint URL is required")
@@ -79,6 +81,7 @@ class NodeWallet:
         self.tx = tx
         self.instance_id = instance_id
         self.is_dead = is_dead  # whether another instance's process is provably gone
+        self._legacy_dir = legacy_dir  # where an older node may have left its wallet file
         self._mnemonic = ""
         self._slots: dict[tuple[str, str], Slot] = {}
         self._receivers: dict[tuple[str, str], SwapBatcher] = {}
@@ -92,8 +95,17 @@ class NodeWallet:
 
     async def start(self) -> None:
         """Load (or create, once) the seed and try to reach each mint."""
-        fresh = new_mnemonic()
+        legacy = read_legacy(self._legacy_dir) if self._legacy_dir else None
+        fresh = legacy.mnemonic if legacy else new_mnemonic()
         self._mnemonic = await self.tx.run(lambda tx: seed_tx(tx, fresh))
+        if legacy is not None:
+            if legacy.mnemonic != self._mnemonic:
+                raise RuntimeError(
+                    f"{legacy.path} holds another wallet than the database: refusing to mix"
+                )
+            imported = await self.tx.run(legacy.import_tx)
+            legacy.retire()
+            log.warning("imported %d proofs from the older wallet file %s", imported, legacy.path)
         for mint in self.mints:
             await self._slot(mint, "sat")
         results = await asyncio.gather(
