@@ -22,7 +22,7 @@ from satsrouter.ecash.wallet import NodeWallet
 from satsrouter.store.tx import Tx, TxRunner
 
 _HELD = (
-    "SELECT secret, keyset_id, amount, C, dleq, mint_url, unit FROM wallet_proofs "
+    "SELECT secret, keyset_id, amount, signature, dleq, mint_url, unit FROM wallet_proofs "
     "WHERE state IN ('unspent', 'reserved')"
 )
 _BALANCES = "SELECT coalesce(sum(balance_msat), 0) FROM accounts"

@@ -31,9 +31,9 @@ _TAKE_COUNTERS = "UPDATE wallet_keysets SET counter = counter + :n WHERE id = :i
 _GIVE_BACK_COUNTERS = "UPDATE wallet_keysets SET counter = :first WHERE id = :id AND counter = :end"
 _COUNTER = "SELECT counter FROM wallet_keysets WHERE id = :id"
 _INSERT_PROOF = (
-    "INSERT INTO wallet_proofs (secret, keyset_id, amount, C, dleq, mint_url, unit, state, "
-    "op_id, created_at, updated_at) VALUES (:secret, :keyset, :amount, :C, :dleq, :mint, "
-    ":unit, 'unspent', :op, :now, :now) ON CONFLICT (secret) DO NOTHING"
+    "INSERT INTO wallet_proofs (secret, keyset_id, amount, signature, dleq, mint_url, unit, "
+    "state, op_id, created_at, updated_at) VALUES (:secret, :keyset, :amount, :signature, "
+    ":dleq, :mint, :unit, 'unspent', :op, :now, :now) ON CONFLICT (secret) DO NOTHING"
 )
 _MOVE_PROOF = (
     "UPDATE wallet_proofs SET state = :to, op_id = :op, updated_at = :now "
@@ -43,12 +43,12 @@ _MOVE_OP_PROOFS = (
     "UPDATE wallet_proofs SET state = :to, updated_at = :now WHERE op_id = :op AND state = :from"
 )
 _UNSPENT = (
-    "SELECT secret, keyset_id, amount, C, dleq FROM wallet_proofs "
+    "SELECT secret, keyset_id, amount, signature, dleq FROM wallet_proofs "
     "WHERE mint_url = :mint AND unit = :unit AND state = 'unspent'"
 )
 _OP_PROOFS = (
-    "SELECT secret, keyset_id, amount, C, dleq FROM wallet_proofs WHERE op_id = :op AND "
-    "state = :state"
+    "SELECT secret, keyset_id, amount, signature, dleq FROM wallet_proofs "
+    "WHERE op_id = :op AND state = :state"
 )
 _HELD = "SELECT secret FROM wallet_proofs WHERE secret IN ({names})"
 _INSERT_OP = (
@@ -101,7 +101,7 @@ class Op:
 
 
 def proof_of(row: Sequence[Any]) -> Proof:
-    """A Proof from a (secret, keyset_id, amount, C, dleq) row."""
+    """A Proof from a (secret, keyset_id, amount, signature, dleq) row."""
     secret, keyset_id, amount, c, dleq = row
     parsed = DLEQWallet(**json.loads(dleq)) if dleq else None
     return Proof(id=keyset_id, amount=int(amount), C=c, secret=secret, dleq=parsed)
@@ -114,7 +114,7 @@ def _proof_params(
         "secret": str(proof.secret),
         "keyset": proof.id,
         "amount": int(proof.amount),
-        "C": str(proof.C),
+        "signature": str(proof.C),
         "dleq": json.dumps(proof.dleq.model_dump()) if proof.dleq else None,
         "mint": mint,
         "unit": unit,

@@ -32,7 +32,7 @@ def upgrade() -> None:
         sa.Column("secret", sa.Text, primary_key=True),
         sa.Column("keyset_id", sa.String(66), nullable=False),
         sa.Column("amount", sa.BigInteger, nullable=False),
-        sa.Column("C", sa.Text, nullable=False),
+        sa.Column("signature", sa.Text, nullable=False),
         sa.Column("dleq", sa.Text, nullable=True),
         sa.Column("mint_url", sa.Text, nullable=False),
         sa.Column("unit", sa.String(8), nullable=False),
