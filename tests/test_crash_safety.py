@@ -1,19 +1,23 @@
-"""Redemptions interrupted after the swap are finished on restart, once (I6); the sweeper."""
+"""Redemptions finished once whatever interrupts them (I6); the sweeper."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import time
+from typing import Any
 
+import httpx
 import pytest
-from conftest import NodeFactory, eventually
+from conftest import NodeFactory, RunningNode, eventually
 from sqlalchemy import select
 
 from satsrouter.billing.ledger import Ledger
 from satsrouter.billing.payouts import Payout, PayoutConflict
+from satsrouter.ecash import swap as swap_module
+from satsrouter.ecash.errors import EcashError
 from satsrouter.ecash.tokens import parse_token
-from satsrouter.store.tables import instances, payouts, redemptions, reservations
+from satsrouter.store.tables import instances, payouts, redemptions, reservations, wallet_ops
 from satsrouter.testing.mint import TestWallet
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -130,3 +134,31 @@ async def test_payout_interrupted_before_issue_is_credited_back_on_restart(
     with pytest.raises(PayoutConflict):
         await again.node.payouts.complete(step, token="cashuBnever")
     await again.check_invariants()
+
+
+async def test_a_swap_whose_answer_was_lost_is_finished_by_the_sweeper(
+    node: RunningNode, user_wallet: TestWallet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mint swapped but its answer never arrived (outcome unknown): the user's token is
+    spent at the mint, so the node must find out and credit it, in the same process."""
+    real = swap_module.post_swap
+
+    async def answer_lost(*args: Any, **kwargs: Any) -> Any:
+        await real(*args, **kwargs)
+        raise EcashError("mint_unreachable")
+
+    monkeypatch.setattr(swap_module, "post_swap", answer_lost)
+    (token,) = await user_wallet.mint_tokens(30)
+    async with httpx.AsyncClient(base_url=node.url) as http:
+        first = await http.get("/v1/balance/info", headers={"Authorization": f"Bearer {token}"})
+        assert first.status_code == 503
+        retry = await http.get("/v1/balance/info", headers={"Authorization": f"Bearer {token}"})
+        assert retry.status_code == 409  # being redeemed: not "already spent"
+        monkeypatch.undo()
+        await node.node.billing.recover()  # what the sweeper runs
+        info = await http.get("/v1/balance/info", headers={"Authorization": f"Bearer {token}"})
+    assert info.json()["balance"] == 30_000
+    async with node.node.engine.connect() as conn:
+        ops = (await conn.execute(select(wallet_ops.c.state))).scalars().all()
+    assert ops == ["done"]
+    await node.check_invariants()

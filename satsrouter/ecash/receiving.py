@@ -77,6 +77,8 @@ class SwapBatcher:
     # them first, so forged tokens cannot burn counters (a gap defeats a seed restore).
     _unsigned: list[int] = field(default_factory=list)
     _unsigned_keyset: str = ""
+    # Swaps recorded and not yet finished by this process: recovery leaves them alone.
+    in_flight: set[str] = field(default_factory=set)
 
     async def receive(self, proofs: list[Proof], link: Link, finish: Callable[[Tx, int], T]) -> T:
         """Swap a user's proofs into the node's wallet; returns `finish`'s result."""
@@ -145,6 +147,16 @@ class SwapBatcher:
             at_mint.set()
 
     async def _swap(self, batch: list[_Receive], at_mint: asyncio.Event) -> list[Any]:
+        op_id = "receive:" + os.urandom(12).hex()
+        self.in_flight.add(op_id)
+        try:
+            return await self._swap_as(op_id, batch, at_mint)
+        finally:
+            self.in_flight.discard(op_id)
+
+    async def _swap_as(
+        self, op_id: str, batch: list[_Receive], at_mint: asyncio.Event
+    ) -> list[Any]:
         """Record, send and finish one swap of `batch`'s proofs; the callers' results."""
         slot = self.slot
         wallet = slot.wallet
@@ -155,7 +167,6 @@ class SwapBatcher:
             self._unsigned, self._unsigned_keyset = [], keyset_id
         reused, self._unsigned = self._unsigned[: len(amounts)], self._unsigned[len(amounts) :]
         fresh = len(amounts) - len(reused)
-        op_id = "receive:" + os.urandom(12).hex()
         inputs = encode_proofs(proofs)
 
         def intent(tx: Tx) -> tuple[list[Output], int]:

@@ -35,6 +35,7 @@ from satsrouter.ecash.receiving import Link, SwapBatcher
 from satsrouter.ecash.recovery import recover_split
 from satsrouter.ecash.slot import Slot
 from satsrouter.ecash.store import (
+    Op,
     Output,
     WalletConflict,
     ensure_keyset_tx,
@@ -82,6 +83,7 @@ class NodeWallet:
         self.instance_id = instance_id
         self.is_dead = is_dead  # whether another instance's process is provably gone
         self._legacy_dir = legacy_dir  # where an older node may have left its wallet file
+        self._splitting: set[str] = set()  # splits this process has not finished yet
         self._mnemonic = ""
         self._slots: dict[tuple[str, str], Slot] = {}
         self._receivers: dict[tuple[str, str], SwapBatcher] = {}
@@ -306,11 +308,19 @@ class NodeWallet:
                 await self._load(slot)
         return slot
 
+    async def orphaned(self, op: Op) -> bool:
+        """Whether nobody is finishing a pending operation: its process is gone, or it is
+        this process's and no longer in flight (e.g. the mint's answer was lost)."""
+        if op.instance_id != self.instance_id:
+            return await self.is_dead(op.instance_id)
+        in_flight = self._splitting.union(*(r.in_flight for r in self._receivers.values()))
+        return op.id not in in_flight
+
     async def recover(self) -> int:
-        """Finish the node's own splits whose process died (from the mint's answers)."""
+        """Finish the node's own splits that nobody is finishing (from the mint's answers)."""
         finished = 0
         for op in await self.tx.run(pending_ops_tx):
-            if op.kind != "split" or not await self.is_dead(op.instance_id):
+            if op.kind != "split" or not await self.orphaned(op):
                 continue
             try:
                 slot = await self.loaded_slot(op.mint_url, op.unit)
@@ -353,8 +363,23 @@ class NodeWallet:
             raise _insufficient(amount, slot.unit)
         keyset_id = str(wallet.keyset_id)
         keep, send = wallet.determine_output_amounts(inputs, amount, keyset_id_outputs=keyset_id)
-        amounts = list(keep) + list(send)
         op_id = "split:" + os.urandom(12).hex()
+        self._splitting.add(op_id)
+        try:
+            await self._split_as(op_id, slot, inputs, fee, keyset_id, list(keep) + list(send))
+        finally:
+            self._splitting.discard(op_id)
+
+    async def _split_as(
+        self,
+        op_id: str,
+        slot: Slot,
+        inputs: list[Proof],
+        fee: int,
+        keyset_id: str,
+        amounts: list[int],
+    ) -> None:
+        wallet = slot.wallet
         secrets = [str(p.secret) for p in inputs]
 
         def intent(tx: Tx) -> list[Output]:
@@ -370,7 +395,7 @@ class NodeWallet:
             outputs = await self.tx.run(intent)
         except WalletConflict:
             await self.refresh(slot)
-            raise _insufficient(amount, slot.unit) from None
+            raise _insufficient(sum(amounts), slot.unit) from None
         slot.take(inputs)
         faults.reach("split.after_intent")
         blinded = await blind(wallet, keyset_id, outputs)
