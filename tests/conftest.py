@@ -14,6 +14,7 @@ import httpx
 import pytest
 import pytest_asyncio
 import uvicorn
+from killable import KillableNode
 
 from satsrouter.app import create_app
 from satsrouter.node import Node
@@ -277,6 +278,19 @@ async def node_factory(node_settings: Settings) -> AsyncIterator[NodeFactory]:
 async def node(node_factory: NodeFactory, upstream: FakeUpstream) -> RunningNode:
     upstream.reset()
     return await node_factory()
+
+
+@pytest_asyncio.fixture
+async def killable(
+    local_mint: LocalMint, upstream: FakeUpstream, tmp_path: Path
+) -> AsyncIterator[KillableNode]:
+    """A node in a child process, to crash, kill and restart on the same data."""
+    upstream.reset()
+    node = KillableNode(tmp_path, local_mint.url, upstream.url)
+    try:
+        yield node
+    finally:
+        await node.stop()
 
 
 @pytest_asyncio.fixture

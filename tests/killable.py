@@ -103,12 +103,15 @@ class KillableNode:
 
     async def audit(self) -> tuple[int, str]:
         """`satsrouter wallet audit` on this node's data: exit status and report."""
+        return await self.cli("wallet", "audit")
+
+    async def cli(self, *args: str) -> tuple[int, str]:
+        """`satsrouter <args>` with this node's settings: exit status and output."""
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
             "satsrouter",
-            "wallet",
-            "audit",
+            *args,
             env=self.env,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,23 +19,10 @@ import pytest_asyncio
 from killable import KillableNode
 from test_lightning_refund import LnurlServer
 
-from satsrouter.testing.fake_upstream import FakeUpstream
 from satsrouter.testing.mint import LocalMint, TestWallet
 
 CHAT = {"model": "test/priced", "messages": [{"role": "user", "content": "hi"}]}
 CRASHED = 137
-
-
-@pytest_asyncio.fixture
-async def killable(
-    local_mint: LocalMint, upstream: FakeUpstream, tmp_path: Path
-) -> AsyncIterator[KillableNode]:
-    upstream.reset()
-    node = KillableNode(tmp_path, local_mint.url, upstream.url)
-    try:
-        yield node
-    finally:
-        await node.stop()
 
 
 async def _crash(node: KillableNode, step: str, request: Any) -> None:

@@ -18,17 +18,13 @@ import asyncio
 import contextlib
 import os
 import random
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import httpx
-import pytest_asyncio
 from killable import KillableNode
 
 from satsrouter.ecash.tokens import parse_token
-from satsrouter.testing.fake_upstream import FakeUpstream
-from satsrouter.testing.mint import LocalMint, TestWallet
+from satsrouter.testing.mint import TestWallet
 
 KILLS = 10
 KEY_SATS = 400
@@ -50,20 +46,19 @@ class Ledgerbook:
     withdrawals: list[tuple[str, str]] = field(default_factory=list)  # (key, idempotency id)
 
 
-@pytest_asyncio.fixture
-async def killable(
-    local_mint: LocalMint, upstream: FakeUpstream, tmp_path: Path
-) -> AsyncIterator[KillableNode]:
-    upstream.reset()
-    node = KillableNode(tmp_path, local_mint.url, upstream.url)
-    try:
-        yield node
-    finally:
-        await node.stop()
-
-
 def _bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
+
+
+async def _withdraw(http: httpx.AsyncClient, book: Ledgerbook, key: str, idem: str) -> None:
+    """A withdrawal under `idem`; asked again, the same payout (or a fresh one if undone)."""
+    resp = await http.post(
+        "/v1/wallet/withdraw",
+        json={"amount": WITHDRAW_SATS},
+        headers={**_bearer(key), "Idempotency-Key": idem},
+    )
+    if resp.status_code == 200 and resp.json().get("token"):
+        book.received.add(resp.json()["token"])
 
 
 async def _client(
@@ -104,13 +99,7 @@ async def _client(
         else:
             idem = f"w-{round_}-{worker}-{i}"
             book.withdrawals.append((key, idem))
-            resp = await http.post(
-                "/v1/wallet/withdraw",
-                json={"amount": WITHDRAW_SATS},
-                headers={**_bearer(key), "Idempotency-Key": idem},
-            )
-            if resp.status_code == 200 and resp.json().get("token"):
-                book.received.add(resp.json()["token"])
+            await _withdraw(http, book, key, idem)
 
 
 async def test_random_kills_under_mixed_paid_traffic_lose_nothing(
@@ -152,13 +141,7 @@ async def test_random_kills_under_mixed_paid_traffic_lose_nothing(
             if resp.status_code == 200 and resp.json().get("token"):
                 book.received.add(resp.json()["token"])
         for key, idem in book.withdrawals:
-            resp = await http.post(
-                "/v1/wallet/withdraw",
-                json={"amount": WITHDRAW_SATS},
-                headers={**_bearer(key), "Idempotency-Key": idem},
-            )
-            if resp.status_code == 200 and resp.json().get("token"):
-                book.received.add(resp.json()["token"])
+            await _withdraw(http, book, key, idem)
     await killable.stop()
     # the traffic was real: tokens went in and came out in every way
     assert len(book.sent) > 3 + KILLS and book.received and book.withdrawals, seed

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-import sys
 from pathlib import Path
 
 import httpx
@@ -12,21 +10,6 @@ from killable import KillableNode
 
 from satsrouter.testing.fake_upstream import FakeUpstream
 from satsrouter.testing.mint import LocalMint, TestWallet
-
-
-async def _cli(node: KillableNode, *args: str) -> tuple[int, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "satsrouter",
-        "wallet",
-        *args,
-        env=node.env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    out, _ = await proc.communicate()
-    return int(proc.returncode or 0), out.decode(errors="replace")
 
 
 async def test_audit_finds_lost_ecash_and_restore_takes_it_back_from_the_seed(
@@ -48,7 +31,7 @@ async def test_audit_finds_lost_ecash_and_restore_takes_it_back_from_the_seed(
             assert paid.status_code == 200, paid.text
     finally:
         await node.stop()
-    code, report = await _cli(node, "audit")
+    code, report = await node.cli("wallet", "audit")
     assert code == 0, report
     assert "64 recorded, 64 unspent at the mint" in report
     assert "difference:          0 msat" in report
@@ -61,18 +44,18 @@ async def test_audit_finds_lost_ecash_and_restore_takes_it_back_from_the_seed(
     lost_sat = sum(amount for _, amount in lost)
     with sqlite3.connect(tmp_path / "node" / "satsrouter.sqlite") as db:
         db.executemany("DELETE FROM wallet_proofs WHERE secret = ?", [(s,) for s, _ in lost])
-    code, report = await _cli(node, "audit")
+    code, report = await node.cli("wallet", "audit")
     assert code == 1
     assert f"difference:          -{lost_sat * 1000} msat" in report
     assert "MISMATCH" in report
 
-    code, out = await _cli(node, "restore")
+    code, out = await node.cli("wallet", "restore")
     assert code == 0, out
     assert f"{len(lost)} taken back ({lost_sat} sat)" in out
-    code, report = await _cli(node, "audit")
+    code, report = await node.cli("wallet", "audit")
     assert code == 0, report
     # Restoring again finds nothing new, and the ecash is spendable: the key withdraws it.
-    code, out = await _cli(node, "restore")
+    code, out = await node.cli("wallet", "restore")
     assert "0 taken back" in out
     await node.start()
     async with httpx.AsyncClient(base_url=node.url) as http:
@@ -83,5 +66,5 @@ async def test_audit_finds_lost_ecash_and_restore_takes_it_back_from_the_seed(
         withdrawn = await user_wallet.redeem(resp.json()["token"])
     await node.stop()
     assert withdrawn > 60
-    code, report = await _cli(node, "audit")
+    code, report = await node.cli("wallet", "audit")
     assert code == 0, report
