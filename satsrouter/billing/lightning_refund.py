@@ -274,9 +274,7 @@ class LightningRefunds:
                             payouts.c.detail,
                             payouts.c.updated_at,
                             payouts.c.instance_id,
-                        ).where(
-                            and_(payouts.c.method == "lightning", payouts.c.state == "pending")
-                        )
+                        ).where(and_(payouts.c.method == "lightning", payouts.c.state == "pending"))
                     )
                 ).all()
             ]

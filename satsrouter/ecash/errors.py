@@ -57,6 +57,7 @@ _MINT_CODE = re.compile(r"\(Code:\s*(\d+)\)")
 
 # NUT error codes (https://github.com/cashubtc/nuts/blob/main/error_codes.md).
 _BY_MINT_CODE: dict[int, str] = {
+    10001: "invalid_cashu_token",  # proofs could not be verified (a forged signature)
     10002: "invalid_cashu_token",  # blinded message / proof verification failed
     10003: "invalid_cashu_token",  # proof could not be verified
     11001: "cashu_token_already_spent",
