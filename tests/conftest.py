@@ -21,7 +21,7 @@ from satsrouter.settings import Settings
 from satsrouter.testing.fake_upstream import FakeUpstream, default_models
 from satsrouter.testing.mint import LocalMint, free_port
 
-pytest_plugins = ["conftest_ecash"]
+pytest_plugins = ["conftest_ecash", "conftest_pg"]
 
 BTC_USD = Decimal(100_000)
 FEE = Decimal("1.05")
