@@ -21,7 +21,7 @@ from satsrouter.billing.quote import PriceBook
 from satsrouter.billing.redeem import Redeemer
 from satsrouter.ecash.wallet import NodeWallet
 from satsrouter.identity import npub_of
-from satsrouter.logs import install_secret_masking
+from satsrouter.logs import secure_logging
 from satsrouter.market.catalogue import Catalogue
 from satsrouter.market.health import ProviderHealth
 from satsrouter.market.rates import LiveRate, PinnedRate, RateSource, select_feeds
@@ -83,7 +83,7 @@ class Node:
 
     async def start(self) -> None:
         """Migrate, open the wallet, finish interrupted redemptions, load models, start loops."""
-        install_secret_masking()
+        secure_logging()
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
         await migrate(self.engine)
         await self.wallet.start()

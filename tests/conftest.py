@@ -218,12 +218,13 @@ class RunningNode:
         assert held_msat >= await self.node.ledger.total_liabilities()
 
 
-async def start_node(settings: Settings) -> RunningNode:
+async def start_node(settings: Settings, *, access_log: bool = False) -> RunningNode:
+    """Serve a node on a free loopback port (uvicorn's access log only if asked)."""
     node = Node(settings)
     app = create_app(node=node)
     port = free_port()
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_config=None, lifespan="on", access_log=False
+        app, host="127.0.0.1", port=port, log_config=None, lifespan="on", access_log=access_log
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

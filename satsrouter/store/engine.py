@@ -17,14 +17,22 @@ def is_sqlite(url: str) -> bool:
 
 
 def make_engine(url: str) -> AsyncEngine:
-    """Create the async engine; SQLite gets WAL, a busy timeout and IMMEDIATE transactions."""
+    """Create the async engine; SQLite gets WAL, a busy timeout and IMMEDIATE transactions.
+
+    Parameters are hidden from SQLAlchemy's logs and from the text of its errors: they are
+    tokens, proofs and key hashes (I8), and an error is logged with its message.
+    """
     if not is_sqlite(url):
-        return create_async_engine(url, pool_size=20, max_overflow=10, pool_pre_ping=True)
+        return create_async_engine(
+            url, pool_size=20, max_overflow=10, pool_pre_ping=True, hide_parameters=True
+        )
     if url.startswith("sqlite+aiosqlite:///") and ":memory:" not in url:
         Path(url.removeprefix("sqlite+aiosqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     # One connection per process: every transaction is a few statements, so queueing them on
     # one connection is faster than SQLite's lock dance between connections of one process.
-    engine = create_async_engine(url, pool_size=1, max_overflow=0, pool_timeout=60)
+    engine = create_async_engine(
+        url, pool_size=1, max_overflow=0, pool_timeout=60, hide_parameters=True
+    )
 
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
