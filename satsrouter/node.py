@@ -27,7 +27,7 @@ from satsrouter.market.health import ProviderHealth
 from satsrouter.market.rates import LiveRate, PinnedRate, RateSource, select_feeds
 from satsrouter.market.sync import CatalogueSync
 from satsrouter.settings import Settings
-from satsrouter.store.engine import make_engine, migrate
+from satsrouter.store.engine import check_durable, make_engine, migrate
 from satsrouter.store.tx import make_tx_runner
 from satsrouter.upstream.client import Upstream
 
@@ -85,6 +85,7 @@ class Node:
         """Migrate, open the wallet, finish interrupted redemptions, load models, start loops."""
         secure_logging()
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await check_durable(self.engine)
         await migrate(self.engine)
         await self.wallet.start()
         await self.ledger.heartbeat()

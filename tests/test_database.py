@@ -1,16 +1,25 @@
-"""The money database: a node on Postgres end to end."""
+"""The money database: a node on Postgres end to end, and commits that survive a crash."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import httpx
 import openai
-from conftest import NodeFactory, expected_cost, model_entry
+import pytest
+from conftest import NodeFactory, RunningNode, expected_cost, model_entry
 from sqlalchemy import func, select
 
+from satsrouter.node import Node
+from satsrouter.settings import Settings
+from satsrouter.store.engine import NotDurableError
 from satsrouter.store.tables import journal
+from satsrouter.store.tx import Tx
 from satsrouter.testing.mint import TestWallet
+from satsrouter.testing.postgres import LocalPostgres
 
 MESSAGES = [{"role": "user", "content": "paid on postgres"}]
+SQLITE_FULL = 2  # PRAGMA synchronous: 0 OFF, 1 NORMAL, 2 FULL, 3 EXTRA
 
 
 async def test_paid_requests_on_postgres(
@@ -45,3 +54,33 @@ async def test_paid_requests_on_postgres(
     await node.check_invariants()
     async with node.node.engine.connect() as conn:  # the journal is in Postgres
         assert (await conn.execute(select(func.count()).select_from(journal))).scalar_one() > 4
+
+
+async def test_a_node_refuses_postgres_that_may_lose_commits(
+    node_settings: Settings, postgres: LocalPostgres
+) -> None:
+    url = postgres.create_database("sync_commit_off")
+    postgres.psql("ALTER DATABASE sync_commit_off SET synchronous_commit = off")
+    node = Node(dataclasses.replace(node_settings, database_url=url))
+    try:
+        with pytest.raises(NotDurableError, match="synchronous_commit=off"):
+            await node.start()
+    finally:
+        await node.stop()
+    postgres.psql("ALTER DATABASE sync_commit_off SET synchronous_commit = local")
+    node = Node(dataclasses.replace(node_settings, database_url=url))
+    try:
+        await node.start()  # local still flushes before the commit returns
+    finally:
+        await node.stop()
+
+
+async def test_sqlite_money_database_syncs_every_commit(node: RunningNode) -> None:
+    async with node.node.engine.connect() as conn:
+        assert (await conn.exec_driver_sql("PRAGMA synchronous")).scalar_one() == SQLITE_FULL
+
+    def synchronous(tx: Tx) -> int:
+        rows, _ = tx.execute("PRAGMA synchronous", {})
+        return int(rows[0][0])
+
+    assert await node.node.tx.run(synchronous) == SQLITE_FULL
