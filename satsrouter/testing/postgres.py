@@ -17,6 +17,7 @@ import pwd
 import re
 import secrets
 import shutil
+import stat
 import subprocess
 import tempfile
 import time
@@ -54,6 +55,19 @@ def _server_user() -> pwd.struct_passwd | None:
     raise RuntimeError("running as root, but there is no `postgres` or `nobody` user to run as")
 
 
+def _temp_base(server_user: pwd.struct_passwd | None) -> str | None:
+    """Where to make the cluster's directory: the usual temp dir, if the server can reach it.
+
+    A root whose TMPDIR sits under a private directory (e.g. /root) would hand the server a
+    directory it cannot enter; /tmp is world-traversable.
+    """
+    base = Path(tempfile.gettempdir()).resolve()
+    if server_user is None:
+        return None
+    reachable = all(p.stat().st_mode & stat.S_IXOTH for p in (base, *base.parents))
+    return None if reachable else "/tmp"
+
+
 class LocalPostgres:
     """One Postgres cluster in a temporary directory, listening on 127.0.0.1 only."""
 
@@ -68,7 +82,7 @@ class LocalPostgres:
         self.port = free_port()
         self.password = secrets.token_hex(16)
         self._user = _server_user()
-        self.workdir = Path(tempfile.mkdtemp(prefix="satsrouter-pg-"))
+        self.workdir = Path(tempfile.mkdtemp(prefix="satsrouter-pg-", dir=_temp_base(self._user)))
         self.data_dir = self.workdir / "data"
         self.socket_dir = self.workdir / "sock"
         self.log_path = self.workdir / "server.log"
