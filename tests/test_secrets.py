@@ -51,6 +51,10 @@ def debug_log() -> Iterator[_Capture]:
     handlers, level = root.handlers[:], root.level
     loggers = [logging.getLogger(name) for name in logging.root.manager.loggerDict]
     levels = [logger.level for logger in loggers]
+    # uvicorn stops the access log's propagation for good in every server started without
+    # it (the other tests' nodes); `serve --access-log` leaves it propagating to our handler.
+    access = logging.getLogger("uvicorn.access")
+    access_propagates, access.propagate = access.propagate, True
     setup_logging("DEBUG")
     capture = _Capture()
     root.addHandler(capture)
@@ -61,6 +65,7 @@ def debug_log() -> Iterator[_Capture]:
         root.setLevel(level)
         for logger, logger_level in zip(loggers, levels, strict=True):
             logger.setLevel(logger_level)
+        access.propagate = access_propagates
 
 
 @pytest_asyncio.fixture(params=["sqlite", "postgres"])
