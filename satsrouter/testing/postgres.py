@@ -61,9 +61,9 @@ def _temp_base(server_user: pwd.struct_passwd | None) -> str | None:
     A root whose TMPDIR sits under a private directory (e.g. /root) would hand the server a
     directory it cannot enter; /tmp is world-traversable.
     """
-    base = Path(tempfile.gettempdir()).resolve()
     if server_user is None:
         return None
+    base = Path(tempfile.gettempdir()).resolve()
     reachable = all(p.stat().st_mode & stat.S_IXOTH for p in (base, *base.parents))
     return None if reachable else "/tmp"
 
@@ -224,8 +224,15 @@ class LocalPostgres:
         try:
             self._run_server_tool(*argv, "--mode=fast", "--timeout", str(_STOP_TIMEOUT_S))
         except (RuntimeError, subprocess.TimeoutExpired):
-            # Stuck on something: immediate mode does not wait for anything.
-            self._run_server_tool(*argv, "--mode=immediate")
+            # Stuck, or never started (a failed start): immediate mode waits for nothing, and
+            # its own failure must not hide the error that brought us here.
+            subprocess.run(
+                self._server_cmd(*argv, "--mode=immediate"),
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=_STOP_TIMEOUT_S,
+                check=False,
+            )
 
     def cleanup(self) -> None:
         """Stop the server and delete its directory."""
