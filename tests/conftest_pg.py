@@ -14,12 +14,14 @@ import pytest
 from satsrouter.testing.postgres import LocalPostgres
 
 _databases = itertools.count(1)
+_clusters: list[LocalPostgres] = []
 
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[LocalPostgres]:
     """A Postgres cluster on 127.0.0.1 for the whole session."""
     with LocalPostgres() as cluster:
+        _clusters.append(cluster)
         yield cluster
 
 
@@ -27,3 +29,12 @@ def postgres() -> Iterator[LocalPostgres]:
 def postgres_url(postgres: LocalPostgres) -> str:
     """`DATABASE_URL` of a new, empty database on the session's cluster."""
     return postgres.create_database(f"test_{next(_databases)}")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say what the cluster cost to start, when the session started one."""
+    for cluster in _clusters:
+        terminalreporter.write_line(
+            f"postgres: the throwaway cluster started in {cluster.start_seconds:.1f} s "
+            "(initdb + pg_ctl start)"
+        )
