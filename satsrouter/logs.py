@@ -38,7 +38,7 @@ REDACTED = "…[redacted]"
 # Loggers that would echo SQL parameters and result rows (sqlalchemy.engine at INFO/DEBUG,
 # aiosqlite's DEBUG lines hold each call's arguments), URLs with quote ids or queries
 # (httpx), headers (httpcore) or cookies (aiohttp): warnings and errors only.
-QUIET_LOGGERS = ("sqlalchemy", "aiosqlite", "asyncpg", "httpx", "httpcore", "aiohttp", "hpack")
+QUIET_LOGGERS = ("sqlalchemy", "aiosqlite", "asyncpg", "httpx", "httpcore", "aiohttp")
 _ACCESS_LOGGER = "uvicorn.access"
 
 
