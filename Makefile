@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-tools clean
+.PHONY: demo test lint test-tools bench bench-tools clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -20,12 +20,21 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check satsrouter tests bench
 	$(BIN)/mypy
 
-test: lint
+test: lint test-tools
 	$(BIN)/pytest -q
+
+# The tests start their own throwaway Postgres cluster from Debian's server binaries.
+TEST_TOOLS := $(if $(wildcard /usr/lib/postgresql/*/bin/initdb),ok)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+test-tools:
+ifneq ($(TEST_TOOLS),ok)
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
+endif
 
 # nginx (the fast fake upstream) and wrk (the load generator) come from Debian.
 BENCH_TOOLS := $(shell command -v wrk >/dev/null && { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null && echo ok)
-SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 bench-tools:
 ifneq ($(BENCH_TOOLS),ok)

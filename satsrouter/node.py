@@ -22,13 +22,13 @@ from satsrouter.billing.quote import PriceBook
 from satsrouter.billing.redeem import Redeemer
 from satsrouter.ecash.wallet import NodeWallet
 from satsrouter.identity import npub_of
-from satsrouter.logs import install_secret_masking
+from satsrouter.logs import secure_logging
 from satsrouter.market.catalogue import Catalogue
 from satsrouter.market.health import ProviderHealth
 from satsrouter.market.rates import LiveRate, PinnedRate, RateSource, select_feeds
 from satsrouter.market.sync import CatalogueSync
 from satsrouter.settings import Settings
-from satsrouter.store.engine import instance_lock_dir, make_engine, migrate
+from satsrouter.store.engine import check_durable, instance_lock_dir, make_engine, migrate
 from satsrouter.store.liveness import InstanceLocks
 from satsrouter.store.tx import make_tx_runner
 from satsrouter.upstream.client import Upstream
@@ -95,8 +95,9 @@ class Node:
 
     async def start(self) -> None:
         """Migrate, open the wallet, finish interrupted redemptions, load models, start loops."""
-        install_secret_masking()
+        secure_logging()
         self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await check_durable(self.engine)
         self.locks.hold(self.instance_id)
         await migrate(self.engine)
         await self.wallet.start()

@@ -22,7 +22,7 @@ from satsrouter.settings import Settings
 from satsrouter.testing.fake_upstream import FakeUpstream, default_models
 from satsrouter.testing.mint import LocalMint, free_port
 
-pytest_plugins = ["conftest_ecash"]
+pytest_plugins = ["conftest_ecash", "conftest_pg"]
 
 BTC_USD = Decimal(100_000)
 FEE = Decimal("1.05")
@@ -219,12 +219,13 @@ class RunningNode:
         assert held_msat >= await self.node.ledger.total_liabilities()
 
 
-async def start_node(settings: Settings) -> RunningNode:
+async def start_node(settings: Settings, *, access_log: bool = False) -> RunningNode:
+    """Serve a node on a free loopback port (uvicorn's access log only if asked)."""
     node = Node(settings)
     app = create_app(node=node)
     port = free_port()
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_config=None, lifespan="on", access_log=False
+        app, host="127.0.0.1", port=port, log_config=None, lifespan="on", access_log=access_log
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

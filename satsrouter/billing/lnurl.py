@@ -29,21 +29,6 @@ TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 _ADDRESS = re.compile(r"^([a-z0-9\-_.+]+)@([a-z0-9\-.]+(?::\d{1,5})?)$")
 
 
-class _HideQueries(logging.Filter):
-    """httpx logs every request's full URL at INFO; a callback's query must not reach logs."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if isinstance(record.args, tuple) and any(isinstance(a, httpx.URL) for a in record.args):
-            record.args = tuple(
-                a.copy_with(query=None) if isinstance(a, httpx.URL) and a.query else a
-                for a in record.args
-            )
-        return True
-
-
-logging.getLogger("httpx").addFilter(_HideQueries())
-
-
 class LnurlError(ApiError):
     """A Lightning address / LNURL that cannot be paid, with a message saying why."""
 

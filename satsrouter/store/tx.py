@@ -21,7 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from satsrouter.store.engine import is_sqlite
+from satsrouter.store.engine import SQLITE_SYNCHRONOUS, is_sqlite
 
 T = TypeVar("T")
 J = TypeVar("J")
@@ -170,7 +170,9 @@ class SqliteTxRunner:
     waiter as soon as the lock is free.
     """
 
-    def __init__(self, path: str, synchronous: str = "NORMAL", name: str = "sqlite-tx") -> None:
+    def __init__(
+        self, path: str, synchronous: str = SQLITE_SYNCHRONOUS, name: str = "sqlite-tx"
+    ) -> None:
         self.path = path
         self.synchronous = synchronous
         self._thread: _OneThread[Callable[[Tx], Any]] = _OneThread(name, self._run_batch)

@@ -1,0 +1,40 @@
+"""Fixtures for tests on Postgres: one throwaway cluster per session, a fresh database per test.
+
+The cluster starts only when a test asks for it (Debian's `postgresql`, which `make test`
+installs when missing) and is stopped and deleted at the end of the session.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+
+import pytest
+
+from satsrouter.testing.postgres import LocalPostgres
+
+_databases = itertools.count(1)
+_clusters: list[LocalPostgres] = []
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[LocalPostgres]:
+    """A Postgres cluster on 127.0.0.1 for the whole session."""
+    with LocalPostgres() as cluster:
+        _clusters.append(cluster)
+        yield cluster
+
+
+@pytest.fixture
+def postgres_url(postgres: LocalPostgres) -> str:
+    """`DATABASE_URL` of a new, empty database on the session's cluster."""
+    return postgres.create_database(f"test_{next(_databases)}")
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Say what the cluster cost to start, when the session started one."""
+    for cluster in _clusters:
+        terminalreporter.write_line(
+            f"postgres: the throwaway cluster started in {cluster.start_seconds:.1f} s "
+            "(initdb + pg_ctl start)"
+        )

@@ -1,0 +1,86 @@
+"""The money database: a node on Postgres end to end, and commits that survive a crash."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import httpx
+import openai
+import pytest
+from conftest import NodeFactory, RunningNode, expected_cost, model_entry
+from sqlalchemy import func, select
+
+from satsrouter.node import Node
+from satsrouter.settings import Settings
+from satsrouter.store.engine import NotDurableError
+from satsrouter.store.tables import journal
+from satsrouter.store.tx import Tx
+from satsrouter.testing.mint import TestWallet
+from satsrouter.testing.postgres import LocalPostgres
+
+MESSAGES = [{"role": "user", "content": "paid on postgres"}]
+SQLITE_FULL = 2  # PRAGMA synchronous: 0 OFF, 1 NORMAL, 2 FULL, 3 EXTRA
+
+
+async def test_paid_requests_on_postgres(
+    node_factory: NodeFactory, postgres_url: str, user_wallet: TestWallet
+) -> None:
+    node = await node_factory(database_url=postgres_url)
+    assert node.node.engine.dialect.name == "postgresql"
+    token, for_key = await user_wallet.mint_tokens(100, count=2)
+    api = openai.AsyncOpenAI(base_url=node.api, api_key=token, max_retries=0)
+    reply = await api.chat.completions.create(model="test/priced", messages=MESSAGES, max_tokens=8)
+    assert reply.usage is not None
+    cost = expected_cost(
+        model_entry("test/priced"), reply.usage.prompt_tokens, reply.usage.completion_tokens
+    )
+    assert (await node.balance(token))["balance"] == 100_000 - cost
+    # A key funded by a token, a stream on it, and its balance paid back out.
+    async with httpx.AsyncClient(base_url=node.url) as http:
+        key = (await http.post("/v1/wallet/create", json={"cashu_token": for_key})).json()[
+            "api_key"
+        ]
+    keyed = openai.AsyncOpenAI(base_url=node.api, api_key=key, max_retries=0)
+    async for _ in await keyed.chat.completions.create(
+        model="test/priced", messages=MESSAGES, max_tokens=3, stream=True
+    ):
+        pass
+    left = (await node.balance(key))["balance"]
+    assert 0 < left < 100_000
+    async with httpx.AsyncClient(base_url=node.url) as http:
+        paid = await http.post("/v1/wallet/withdraw", headers={"Authorization": f"Bearer {key}"})
+    assert paid.status_code == 200, paid.text
+    assert await user_wallet.redeem(paid.json()["token"]) == left // 1000
+    await node.check_invariants()
+    async with node.node.engine.connect() as conn:  # the journal is in Postgres
+        assert (await conn.execute(select(func.count()).select_from(journal))).scalar_one() > 4
+
+
+async def test_a_node_refuses_postgres_that_may_lose_commits(
+    node_settings: Settings, postgres: LocalPostgres
+) -> None:
+    url = postgres.create_database("sync_commit_off")
+    postgres.psql("ALTER DATABASE sync_commit_off SET synchronous_commit = off")
+    node = Node(dataclasses.replace(node_settings, database_url=url))
+    try:
+        with pytest.raises(NotDurableError, match="synchronous_commit=off"):
+            await node.start()
+    finally:
+        await node.stop()
+    postgres.psql("ALTER DATABASE sync_commit_off SET synchronous_commit = local")
+    node = Node(dataclasses.replace(node_settings, database_url=url))
+    try:
+        await node.start()  # local still flushes before the commit returns
+    finally:
+        await node.stop()
+
+
+async def test_sqlite_money_database_syncs_every_commit(node: RunningNode) -> None:
+    async with node.node.engine.connect() as conn:
+        assert (await conn.exec_driver_sql("PRAGMA synchronous")).scalar_one() == SQLITE_FULL
+
+    def synchronous(tx: Tx) -> int:
+        rows, _ = tx.execute("PRAGMA synchronous", {})
+        return int(rows[0][0])
+
+    assert await node.node.tx.run(synchronous) == SQLITE_FULL
