@@ -36,7 +36,7 @@ def swaps(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[int, int]]]:
 
 def _held(node_wallet: NodeWallet) -> tuple[int, int, int]:
     """Stored proofs' count and sum, and the keyset's derivation counter."""
-    with sqlite3.connect(node_wallet.tx.path) as db:  # type: ignore[attr-defined]
+    with sqlite3.connect(node_wallet.tx.runner.path) as db:  # type: ignore[attr-defined]
         count, total = db.execute(
             "SELECT count(*), coalesce(sum(amount), 0) FROM wallet_proofs WHERE state = 'unspent'"
         ).fetchone()

@@ -219,7 +219,7 @@ class Payouts:
         """Record what was sent; from now on the same id returns this payout."""
         now = time.time()
         return await self.ledger.tx.run(
-            lambda tx: _complete_tx(tx, step, token, detail, fee_msat, now)
+            lambda tx: _complete_tx(tx, step, token, detail, fee_msat, now), durable=True
         )
 
     async def undo(self, step: PendingPayout) -> bool:
@@ -237,7 +237,7 @@ class Payouts:
             credit_tx(tx, step.account_id, step.amount_msat, "payout_undo", step.id, now)
             return True
 
-        return await self.ledger.tx.run(op)
+        return await self.ledger.tx.run(op, durable=True)
 
     async def recover_cashu(self) -> int:
         """Undo Cashu payouts whose process died `pending`; returns how many.

@@ -205,7 +205,7 @@ class Redeemer:
                 if finish_op_tx(tx, op.id, "undone"):
                     tx.execute(_FORGET_OF_OP, {"op": op.id})
 
-            await self.ledger.tx.run(undo)
+            await self.wallet.tx.run(undo)
             log.info("swap %s never happened; its tokens are usable again", op.id[:20])
             return 0
         received = sum(int(p.amount) for p in proofs) * slot.per_unit_msat
@@ -220,7 +220,7 @@ class Redeemer:
             store_proofs_tx(tx, proofs, op.mint_url, op.unit, op.id)
             return len(rows)
 
-        count = await self.ledger.tx.run(complete)
+        count = await self.wallet.tx.run(complete)
         slot.add(proofs)
         log.info("swap %s restored from the mint: %d redemptions credited", op.id[:20], count)
         return count

@@ -52,7 +52,7 @@ from satsrouter.ecash.store import (
 )
 from satsrouter.ecash.swap import Refused, blind, swap, unblind_signed
 from satsrouter.ecash.tokens import SUPPORTED_UNITS, ParsedToken, normalize_mint_url
-from satsrouter.store.tx import Tx, TxRunner
+from satsrouter.store.tx import DurableRunner, Tx, TxRunner
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ class NodeWallet:
         self.mints: list[str] = list(dict.fromkeys(normalised))
         self.primary_mint = self.mints[0]
         self._accepted = frozenset(self.mints)
-        self.tx = tx
+        self.tx: TxRunner = DurableRunner(tx)  # every wallet write records ecash
         self.instance_id = instance_id
         self.is_dead = is_dead  # whether another instance's process is provably gone
         self._legacy_dir = legacy_dir  # where an older node may have left its wallet file

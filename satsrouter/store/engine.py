@@ -2,10 +2,12 @@
 
 The money database must be durable: once a transaction that debits a balance has
 committed, the node may hand out the token it paid for, so a power loss must not roll that
-commit back (the balance would come back and pay the same value twice). SQLite runs with
-`synchronous=FULL` (in WAL mode NORMAL syncs only at checkpoints, so the last commits can
-vanish); a Postgres server must keep `fsync` and `synchronous_commit` on, and a node refuses
-to start on one that does not (`check_durable`).
+commit back (the balance would come back and pay the same value twice). On SQLite every
+transaction that records ecash or lets value leave commits with `synchronous=FULL` (in WAL
+mode NORMAL syncs only at checkpoints, so the last commits can vanish), and so does this
+engine (its writes are rare); the hot path's reserve and bearer settle commit with NORMAL
+(`store.tx`). A Postgres server must keep `fsync` and `synchronous_commit` on, and a node
+refuses to start on one that does not (`check_durable`).
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
-# SQLite's sync level for the money database (see the module docstring); the group commit
-# of `store.tx` pays its fsync once per batch of transactions.
+# SQLite's sync level for durable commits (see the module docstring); the group commit of
+# `store.tx` pays its fsync once per batch of transactions.
 SQLITE_SYNCHRONOUS = "FULL"
 
 

@@ -36,9 +36,14 @@ class Tx(Protocol):
 
 
 class TxRunner(Protocol):
-    """Runs a synchronous transaction function without blocking the event loop."""
+    """Runs a synchronous transaction function without blocking the event loop.
 
-    async def run(self, fn: Callable[[Tx], T]) -> T: ...
+    `durable=True`: the commit is on disk before the caller hears back, whatever else the
+    database does for speed. Every transaction after which value leaves the node (a token
+    paid out, a request sent to a mint) or that records ecash is durable.
+    """
+
+    async def run(self, fn: Callable[[Tx], T], durable: bool = False) -> T: ...
 
     async def close(self) -> None: ...
 
@@ -168,14 +173,20 @@ class SqliteTxRunner:
     Between processes (`serve --workers N`) they queue on an flock of `<db>.txlock` first:
     SQLite's busy handler polls with sleeps of up to 100 ms, the kernel wakes the next
     waiter as soon as the lock is free.
+
+    A batch holding a durable transaction commits with `synchronous=FULL` (the WAL is
+    synced at COMMIT, and with it every commit before); others with `synchronous` (NORMAL:
+    synced at checkpoints). So a reserve or a bearer settle costs no fsync, and what a power
+    loss can take back is at most the last charges before it, never ecash or a payout.
     """
 
-    def __init__(
-        self, path: str, synchronous: str = SQLITE_SYNCHRONOUS, name: str = "sqlite-tx"
-    ) -> None:
+    def __init__(self, path: str, synchronous: str = "NORMAL", name: str = "sqlite-tx") -> None:
         self.path = path
         self.synchronous = synchronous
-        self._thread: _OneThread[Callable[[Tx], Any]] = _OneThread(name, self._run_batch)
+        self._level = ""  # the connection's current PRAGMA synchronous
+        self._thread: _OneThread[tuple[Callable[[Tx], Any], bool]] = _OneThread(
+            name, self._run_batch
+        )
         self._conn: sqlite3.Connection | None = None
         self._cursor: sqlite3.Cursor | None = None
         self._lock_fd: int | None = None
@@ -185,7 +196,6 @@ class SqliteTxRunner:
         if self._cursor is None:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute(f"PRAGMA synchronous={self.synchronous}")
             conn.execute("PRAGMA busy_timeout=10000")
             conn.execute("PRAGMA foreign_keys=ON")
             self._conn = conn
@@ -194,10 +204,15 @@ class SqliteTxRunner:
             self._lock_fd = os.open(f"{self.path}.txlock", os.O_RDWR | os.O_CREAT, 0o600)
         return self._cursor
 
-    def _run_batch(self, fns: list[Callable[[Tx], Any]]) -> list[Outcome]:
+    def _run_batch(self, jobs: list[tuple[Callable[[Tx], Any], bool]]) -> list[Outcome]:
         cursor = self._open()
         assert self._lock_fd is not None
         tx = _SqliteTx(cursor)
+        fns = [fn for fn, _ in jobs]
+        level = SQLITE_SYNCHRONOUS if any(durable for _, durable in jobs) else self.synchronous
+        if level != self._level:  # outside a transaction, where SQLite takes the change
+            cursor.execute(f"PRAGMA synchronous={level}")
+            self._level = level
         outcomes: list[Outcome] = []
         fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
         try:
@@ -216,8 +231,8 @@ class SqliteTxRunner:
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
-    async def run(self, fn: Callable[[Tx], T]) -> T:
-        result: T = await self._thread.submit(fn)
+    async def run(self, fn: Callable[[Tx], T], durable: bool = False) -> T:
+        result: T = await self._thread.submit((fn, durable))
         return result
 
     def _shutdown(self) -> None:
@@ -257,12 +272,26 @@ class EngineTxRunner:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
 
-    async def run(self, fn: Callable[[Tx], T]) -> T:
+    async def run(self, fn: Callable[[Tx], T], durable: bool = False) -> T:
+        # Every commit is synced here (a node refuses a server that would not).
         async with self.engine.begin() as conn:
             return await run_on(conn, fn)
 
     async def close(self) -> None:
         return None
+
+
+class DurableRunner:
+    """A runner whose every transaction is durable (the wallet's: all of them record ecash)."""
+
+    def __init__(self, runner: TxRunner) -> None:
+        self.runner = runner
+
+    async def run(self, fn: Callable[[Tx], T], durable: bool = True) -> T:
+        return await self.runner.run(fn, durable=True)
+
+    async def close(self) -> None:
+        await self.runner.close()
 
 
 def make_tx_runner(url: str, engine: AsyncEngine) -> TxRunner:
