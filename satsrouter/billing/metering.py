@@ -74,7 +74,7 @@ def web_searches_of(usage: dict[str, Any]) -> int:
 
 
 class _Encoder(Protocol):
-    def encode(self, text: str) -> list[int]: ...
+    def encode_ordinary(self, text: str) -> list[int]: ...
 
 
 @functools.cache
@@ -88,14 +88,46 @@ def _encoder() -> _Encoder | None:
         return None
 
 
+# bpe_openai refuses a text of 1,000,000 characters or more, and one that encodes to more
+# than 200,000 tokens. A token is at least one byte and a character at most four, so pieces
+# of this many characters pass both limits.
+_PIECE_CHARS = 50_000
+
+
+def _pieces(text: str) -> Iterable[str]:
+    """`text` in pieces the tokenizer accepts, cut before a space where there is one: o200k's
+    pre-tokenizer cuts there too, so the pieces' counts add up to the whole text's."""
+    start = 0
+    while len(text) - start > _PIECE_CHARS:
+        end = start + _PIECE_CHARS
+        space = text.rfind(" ", start + _PIECE_CHARS // 2, end)
+        end = space if space != -1 else end
+        yield text[start:end]
+        start = end
+    yield text[start:]
+
+
+def _encoded_tokens(text: str) -> int | None:
+    """Tokens in `text` by o200k; None when the tokenizer is missing or fails on it."""
+    enc = _encoder()
+    if enc is None:
+        return None
+    try:
+        # `encode_ordinary`: a special token spelled in user text (`<|endoftext|>`) is text
+        # to count, where `encode` raises.
+        return sum(len(enc.encode_ordinary(piece)) for piece in _pieces(text))
+    except Exception:  # the tokenizer's own limits: hostile input must not make a 500
+        return None
+
+
 def count_tokens(text: str) -> int:
     """Tokens in `text` (o200k); falls back to a conservative 1 token per 3 bytes."""
     if not text:
         return 0
-    enc = _encoder()
-    if enc is None:
+    counted = _encoded_tokens(text)
+    if counted is None:
         return -(-len(text.encode()) // 3)
-    return len(enc.encode(text))
+    return counted
 
 
 # Per-message overhead of chat formatting, as OpenAI documents for its chat models.
@@ -296,7 +328,7 @@ def _request_texts(body: dict[str, Any]) -> Iterable[str]:
 
 def estimate_prompt_tokens(body: dict[str, Any]) -> int:
     """A lower estimate of the request's prompt tokens, for the RIP-05 completion budget."""
-    if _encoder() is None:
-        return 0  # count_tokens' fallback (bytes / 3) may overstate: claim nothing instead
-    text_tokens = sum(count_tokens(text) for text in _request_texts(body))
+    # count_tokens' fallback (bytes / 3) may overstate: a text the tokenizer cannot count
+    # claims nothing instead.
+    text_tokens = sum(_encoded_tokens(text) or 0 for text in _request_texts(body))
     return text_tokens * _ESTIMATE_NUMERATOR // _ESTIMATE_DENOMINATOR
