@@ -1,5 +1,6 @@
-"""Input the tokenizer refuses (one message of a million characters, text that spells a special
-token) is still priced and charged: never a 500, never free (I3)."""
+"""Input the node cannot count is priced and charged, or refused with a 400: never a 500, never
+free (I3). The tokenizer refuses one message of a million characters and text that spells a
+special token; orjson cannot write JSON nested past 254 levels."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from satsrouter.billing.metering import (
     estimate_prompt_tokens,
     local_usage,
 )
+from satsrouter.errors import ApiError
+from satsrouter.http.errors import MAX_JSON_DEPTH, json_object
 from satsrouter.testing.fake_upstream import FakeUpstream
 from satsrouter.testing.mint import TestWallet
 
@@ -89,6 +92,69 @@ async def test_native_anthropic_upstream_counts_long_input(
     async with httpx.AsyncClient(base_url=node.url, timeout=60) as http:
         counted = await http.post("/v1/messages/count_tokens", json=body)
     assert counted.status_code == 200
+
+
+def _nested(depth: int) -> Any:
+    value: Any = "x"
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+DEEP = 300  # orjson reads it, but cannot write it back (254 at most)
+# Each would be re-serialised or counted as JSON: an alias resolved, tools counted, a
+# Responses input walked.
+NESTED: dict[str, tuple[str, dict[str, Any]]] = {
+    "chat_alias": (
+        "/v1/chat/completions",
+        {
+            "model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": "hi", "x": _nested(DEEP)}],
+        },
+    ),
+    "chat_tools_no_usage": (
+        "/v1/chat/completions",
+        {
+            "model": MODEL,
+            "messages": [{"role": "user", "content": "hi"}],
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": _nested(DEEP)}}],
+            "fake": {"omit_usage": True},
+        },
+    ),
+    "responses_no_usage": (
+        "/v1/responses",
+        {"model": MODEL, "input": [_nested(DEEP)], "fake": {"omit_usage": True}},
+    ),
+    "wallet_create": ("/v1/wallet/create", {"cashu_token": "cashuA", "x": _nested(DEEP)}),
+}
+
+
+@pytest.mark.parametrize("case", NESTED)
+async def test_json_nested_too_deep_is_400_and_free(
+    node: RunningNode, user_wallet: TestWallet, upstream: FakeUpstream, case: str
+) -> None:
+    (token,) = await user_wallet.mint_tokens(100)
+    path, body = NESTED[case]
+    resp = await _post(node, token, path, body)
+    assert resp.status_code == 400, resp.text[:300]
+    assert resp.json()["error"]["type"] == "invalid_request"
+    assert "levels deep" in resp.json()["error"]["message"]
+    assert (await node.balance(token))["balance"] == 100_000
+    assert all(p.endswith("/models") for p in upstream.stats["paths"])  # nothing forwarded
+    # As deep as real bodies go (JSON schemas of tools), and well past it, still served.
+    path, body = NESTED["chat_tools_no_usage"]
+    tools = [{"type": "function", "function": {"name": "f", "parameters": _nested(100)}}]
+    assert (await _post(node, token, path, {**body, "tools": tools})).status_code == 200
+
+
+def test_json_depth_limit() -> None:
+    def body(depth: int) -> bytes:  # an object holding arrays: `depth` levels in all
+        return b'{"x":' + b"[" * (depth - 1) + b"]" * (depth - 1) + b"}"
+
+    assert json_object(body(MAX_JSON_DEPTH))
+    with pytest.raises(ApiError) as info:
+        json_object(body(MAX_JSON_DEPTH + 1))
+    assert info.value.status == 400
 
 
 def test_counts_of_text_the_tokenizer_refuses() -> None:
