@@ -75,6 +75,7 @@ class Settings:
     # A node instance whose heartbeat is older than this is considered dead (sweeper).
     instance_dead_after: float = 30.0
     sweep_interval: float = 10.0
+    # The largest request body any route reads; past it, 413 (satsrouter.http.body_limit).
     max_body_bytes: int = 8 * 1024 * 1024
     # Lightning: how often unpaid funding invoices and expired keys are checked.
     invoice_poll_interval: float = 2.0
@@ -151,6 +152,8 @@ class Settings:
                 kw["lnurl_allow_http"] = v.lower() in ("1", "true", "yes")
             if (v := get("CORS_ORIGINS")) is not None:
                 kw["cors_origins"] = _split_list(v)
+            if (v := get("MAX_BODY_BYTES")) is not None:
+                kw["max_body_bytes"] = int(v)
         except (ArithmeticError, ValueError) as exc:
             raise SettingsError(f"invalid setting: {exc}") from exc
 
@@ -181,3 +184,5 @@ class Settings:
             raise SettingsError("UPSTREAM_DIALECT must be `openai` or `anthropic`")
         if not self.health_check_interval > 0:
             raise SettingsError("HEALTH_CHECK_INTERVAL must be positive")
+        if self.max_body_bytes <= 0:
+            raise SettingsError("MAX_BODY_BYTES must be positive")

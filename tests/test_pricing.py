@@ -144,6 +144,9 @@ def test_settings_from_env() -> None:
     with pytest.raises(SettingsError):
         Settings.from_env({"BTC_USD_PRICE": "lots"})
     assert "secret" not in repr(Settings.from_env({"UPSTREAM_API_KEY": "secret"}))
+    assert Settings.from_env({"MAX_BODY_BYTES": "1024"}).max_body_bytes == 1024
+    with pytest.raises(SettingsError):
+        Settings.from_env({"MAX_BODY_BYTES": "0"})
 
 
 # --- image and web_search components -------------------------------------------------------
