@@ -86,6 +86,16 @@ def test_max_cost_covers_any_usage_within_limits() -> None:
     assert max_request_cost(prices, m, 10**9, 10**9) == model_max_cost(prices, m)
 
 
+def test_every_choice_gets_the_whole_completion_budget_and_the_prompt_is_reserved_once() -> None:
+    m = model(internal_reasoning="0.00004")  # reasoning dearer: reserved at its price
+    prices = msat_prices(m, Decimal(100_000), Decimal("1.05"))
+    one = max_request_cost(prices, m, 50, 20)
+    three = max_request_cost(prices, m, 50, 20, choices=3)
+    assert one == math.ceil(50 * 10.5) + 20 * 42
+    assert three == math.ceil(50 * 10.5) + 3 * 20 * 42
+    assert usage_cost(prices, Usage(50, 60, reasoning_tokens=60)).total_msats == three
+
+
 def test_reasoning_priced_separately_when_the_model_says_so() -> None:
     m = model(internal_reasoning="0.00004")
     prices = msat_prices(m, Decimal(100_000), Decimal(1))

@@ -169,6 +169,7 @@ def max_request_cost(
     *,
     prompt_estimate: Callable[[], int] | None = None,
     units: Usage = NO_UNITS,
+    choices: int = 1,
 ) -> int:
     """The reservation for one request: the most it can cost.
 
@@ -177,6 +178,9 @@ def max_request_cost(
     returns a *lower* estimate of the prompt, called only when it can shorten the completion
     budget. `units` holds the most of each per-unit component the request can use (images
     carried in and made, web searches, audio seconds); its token counts are ignored.
+    `choices` is how many completions the request asks for (`n`, `best_of`, the prompts of a
+    batch): each may use the whole completion budget, and the prompt is billed once, as
+    OpenAI bills it (usage counts the completions of all choices, the prompt once).
     """
     if units.images or units.web_searches:
         # Images sent by URL and search results both enter the prompt without being in the
@@ -190,14 +194,15 @@ def max_request_cost(
     if prompt_estimate is not None and model.context_length - max(prompt_bound, 0) < budget:
         estimate = min(max(prompt_estimate(), 0), max(prompt_bound, 0))
         budget = completion_budget(model, max_tokens, estimate)
+    completion_tokens = budget * max(choices, 1)
     # Reasoning may be priced above completion; reserve for the dearer of the two.
-    reasoning = budget if prices.internal_reasoning > prices.completion else 0
+    reasoning = completion_tokens if prices.internal_reasoning > prices.completion else 0
     worst = usage_cost(
         prices,
         replace(
             units,
             prompt_tokens=prompt_tokens,
-            completion_tokens=budget,
+            completion_tokens=completion_tokens,
             cached_tokens=0,
             cache_write_tokens=0,
             reasoning_tokens=reasoning,

@@ -91,13 +91,15 @@ class PriceBook:
         units: Usage = NO_UNITS,
         image_size: Any = None,
         image_quality: Any = None,
+        choices: int = 1,
     ) -> Quote:
         """Price a request: its model, prices, and the most it may cost (the reservation).
 
         `prompt_estimate` (e.g. `lambda: estimate_prompt_tokens(body)`) is called only when
         the prompt may be long enough to shorten the completion budget (RIP-05); `images`
         and `web_searches` are what the request may use (`count_input_images`,
-        `reserved_web_searches`).
+        `reserved_web_searches`); `choices` how many completions it asks for (each may use
+        the whole completion budget).
         """
         model = self.model(model_id)
         prices = self.prices(model)
@@ -111,6 +113,7 @@ class PriceBook:
             max_tokens,
             prompt_estimate=prompt_estimate,
             units=units,
+            choices=choices,
         )
         return Quote(model, prices, reservation)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from satsrouter.billing.metering import Usage, count_tokens
-from satsrouter.endpoints.base import Call, Endpoint, Reply, input_tokens, json_reply, positive_int
+from satsrouter.endpoints.base import Call, Endpoint, Reply, input_tokens, json_reply
 from satsrouter.endpoints.responses import usage_from_responses
 
 
@@ -38,10 +38,12 @@ class ImageGenerations(Endpoint):
 
     path = "/images/generations"
     max_tokens_fields = ()
+    max_choices = 10  # OpenAI's bound on image `n`
 
     def inspect(self, call: Call) -> None:
         super().inspect(call)
-        call.generated_images = positive_int(call.body, "n") or 1
+        # Each image is priced, and may use the whole completion budget (gpt-image tokens).
+        call.generated_images = call.choices
 
     def reply(self, call: Call, raw: bytes, media_type: str) -> Reply:
         data = json_reply(raw)

@@ -94,6 +94,7 @@ async def paid(request: Request, endpoint: Endpoint) -> Response:
         units=call.units(),
         image_size=call.body.get("size"),
         image_quality=call.body.get("quality"),
+        choices=call.choices,
     )
     creds = credentials(request.headers)
     if not creds.present:
