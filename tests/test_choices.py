@@ -1,5 +1,6 @@
-"""A request that asks for several completions (`n`, `best_of`) or images (`n`) reserves for all
-of them and is charged for all of them: the settlement is never capped by the reservation.
+"""A request that asks for several completions (`n`, `best_of`, a batch of prompts) or images
+(`n`) reserves for all of them and is charged for all of them: the settlement is never capped
+by the reservation.
 
 The fake upstream honours `n` as OpenAI does: n choices, usage counting every completion (and
 every `best_of` candidate), the prompt once."""
@@ -150,3 +151,38 @@ async def test_n_at_the_bound_is_served(node: RunningNode, user_wallet: TestWall
     resp = await _post(node, token, "/v1/chat/completions", body)
     assert len(resp.json()["choices"]) == 128
     await _charged_in_full(node, resp, expected_cost(FLAT, prompt_tokens_of(MESSAGES), 128))
+
+
+# -- batches: a completions `prompt` list or an embeddings `input` list ----------------------
+
+
+async def test_completions_batch_reserves_a_completion_per_prompt_and_choice(
+    node: RunningNode, user_wallet: TestWallet
+) -> None:
+    (token,) = await user_wallet.mint_tokens(100)
+    body = {"model": "test/flat", "prompt": ["one", "two", "three"], "n": 2, "max_tokens": 7}
+    resp = await _post(node, token, "/v1/completions", body)
+    assert len(resp.json()["choices"]) == 6
+    await _charged_in_full(node, resp, expected_cost(FLAT, 3, 6 * 7))
+
+
+async def test_completions_batch_budget_is_not_cut_by_the_sum_of_its_prompts(
+    node: RunningNode, user_wallet: TestWallet
+) -> None:
+    # Each prompt leaves room for the completion; all of them together would fill the context
+    # twice over, which must not shrink any one completion's budget (RIP-05 is per prompt).
+    (token,) = await user_wallet.mint_tokens(300)
+    prompt = "w " * 3000
+    body = {"model": "test/priced", "prompt": [prompt, prompt], "max_tokens": 10}
+    resp = await _post(node, token, "/v1/completions", body)
+    await _charged_in_full(node, resp, expected_cost(PRICED, 6000, 20))
+
+
+async def test_embeddings_batch_may_fill_the_context_once_per_input(
+    node: RunningNode, user_wallet: TestWallet
+) -> None:
+    (token,) = await user_wallet.mint_tokens(300)
+    inputs = ["w " * 3000] * 3  # 9000 tokens in all, more than the 4096 context
+    resp = await _post(node, token, "/v1/embeddings", {"model": "test/priced", "input": inputs})
+    assert len(resp.json()["data"]) == 3
+    await _charged_in_full(node, resp, expected_cost(PRICED, 9000, 0))

@@ -96,6 +96,23 @@ def test_every_choice_gets_the_whole_completion_budget_and_the_prompt_is_reserve
     assert usage_cost(prices, Usage(50, 60, reasoning_tokens=60)).total_msats == three
 
 
+def test_a_batch_may_fill_one_context_per_prompt_and_is_not_estimated() -> None:
+    m = model()  # context 1000, max completion 100
+    prices = msat_prices(m, Decimal(100_000), Decimal("1.05"))
+
+    def must_not_count() -> int:
+        raise AssertionError("the sum of a batch's prompts says nothing of each one's room")
+
+    assert max_request_cost(prices, m, 2500, 20) == math.ceil(1000 * 10.5) + 20 * 21
+    batch = max_request_cost(
+        prices, m, 2500, 20, prompts=3, choices=3, prompt_estimate=must_not_count
+    )
+    assert batch == math.ceil(2500 * 10.5) + 3 * 20 * 21
+    assert max_request_cost(prices, m, 5000, 20, prompts=3, choices=3) == (
+        math.ceil(3000 * 10.5) + 3 * 20 * 21
+    )
+
+
 def test_reasoning_priced_separately_when_the_model_says_so() -> None:
     m = model(internal_reasoning="0.00004")
     prices = msat_prices(m, Decimal(100_000), Decimal(1))

@@ -92,6 +92,7 @@ class PriceBook:
         image_size: Any = None,
         image_quality: Any = None,
         choices: int = 1,
+        prompts: int = 1,
     ) -> Quote:
         """Price a request: its model, prices, and the most it may cost (the reservation).
 
@@ -99,7 +100,8 @@ class PriceBook:
         the prompt may be long enough to shorten the completion budget (RIP-05); `images`
         and `web_searches` are what the request may use (`count_input_images`,
         `reserved_web_searches`); `choices` how many completions it asks for (each may use
-        the whole completion budget).
+        the whole completion budget); `prompts` how many prompts a batch carries (each may
+        fill the context).
         """
         model = self.model(model_id)
         prices = self.prices(model)
@@ -114,6 +116,7 @@ class PriceBook:
             prompt_estimate=prompt_estimate,
             units=units,
             choices=choices,
+            prompts=prompts,
         )
         return Quote(model, prices, reservation)
 

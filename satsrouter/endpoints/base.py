@@ -35,7 +35,8 @@ class Call:
     generated_images: int = 0  # images the request asks to be made
     audio_seconds: int | None = None  # most seconds an uploaded audio file can last
     audio_exact: bool = False  # audio_seconds read from the file's header, not a size bound
-    choices: int = 1  # completions the request may produce (`n`, `best_of`), for the reservation
+    choices: int = 1  # completions the request may produce (`n`, `best_of`, × prompts)
+    prompts: int = 1  # prompts of a batch (completions `prompt`, embeddings `input` lists)
     request_id: str = ""
 
     def units(self) -> Usage:
@@ -195,6 +196,14 @@ def choices_asked(body: dict[str, Any], limit: int) -> int:
             )
         asked = max(asked, value or 1)
     return asked
+
+
+def batch_size(value: Any) -> int:
+    """Prompts in a completions `prompt` or embeddings `input`: a list of strings or of token
+    arrays is a batch of that many; a string or one token array is one."""
+    if isinstance(value, list) and value and all(isinstance(v, str | list) for v in value):
+        return len(value)
+    return 1
 
 
 def input_tokens(value: Any) -> int:

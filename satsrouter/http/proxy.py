@@ -95,6 +95,7 @@ async def paid(request: Request, endpoint: Endpoint) -> Response:
         image_size=call.body.get("size"),
         image_quality=call.body.get("quality"),
         choices=call.choices,
+        prompts=call.prompts,
     )
     creds = credentials(request.headers)
     if not creds.present:
