@@ -4,22 +4,31 @@ special token; orjson cannot write JSON nested past 254 levels."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import httpx
 import pytest
 from conftest import NodeFactory, RunningNode
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from satsrouter.billing.metering import (
+    completion_text_of,
+    count_input_images,
     count_prompt_tokens,
     count_tokens,
+    delta_text_of,
     estimate_prompt_tokens,
     local_usage,
+    reserved_web_searches,
 )
+from satsrouter.endpoints.responses import prompt_tokens as responses_prompt_tokens
 from satsrouter.errors import ApiError
 from satsrouter.http.errors import MAX_JSON_DEPTH, json_object
 from satsrouter.testing.fake_upstream import FakeUpstream
 from satsrouter.testing.mint import TestWallet
+from satsrouter.upstream.anthropic_usage import anthropic_text_of, count_anthropic_prompt_tokens
 
 MODEL = "openai/gpt-4o-mini"  # a 128k context: the long prompt fits, the budget is not cut
 LONG = "x" * 1_000_000 + " and more"  # o200k packs a run of x into about 8 per token
@@ -171,3 +180,57 @@ def test_counts_of_text_the_tokenizer_refuses() -> None:
     # The RIP-05 estimate stays a lower estimate: at most the bytes, and not zero.
     estimate = estimate_prompt_tokens({"messages": [{"content": LONG}]})
     assert 0 < estimate <= len(LONG)
+
+
+# Any JSON, in the shapes the counters look for, with the wrong type anywhere.
+_KEYS = [
+    "messages", "content", "tool_calls", "function", "name", "arguments", "text", "type",
+    "choices", "delta", "message", "input", "instructions", "tools", "system", "prompt",
+    "reasoning", "thinking", "output", "source", "data", "max_uses", "plugins", "id",
+]  # fmt: skip
+_LEAVES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 3),
+    st.text(max_size=4),
+    st.sampled_from(["text", "image", "image_url", "tool_use", "tool_result", "web_search"]),
+)
+_JSON = st.recursive(
+    _LEAVES,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(_KEYS), inner),
+    max_leaves=8,
+)
+_BODIES = st.fixed_dictionaries({}, optional=dict.fromkeys(_KEYS, _JSON))
+COUNTERS: dict[str, Callable[[dict[str, Any]], object]] = {
+    "chat prompt": count_prompt_tokens,
+    "chat completion": completion_text_of,
+    "chat chunk": delta_text_of,
+    "RIP-05 estimate": estimate_prompt_tokens,
+    "input images": count_input_images,
+    "web searches": reserved_web_searches,
+    "responses prompt": responses_prompt_tokens,
+    "anthropic prompt": count_anthropic_prompt_tokens,
+    "anthropic answer": anthropic_text_of,
+}
+
+
+def test_malformed_shapes_count_instead_of_crashing() -> None:
+    # Each of these crashed the local count (a 500 after the upstream served: nothing charged).
+    assert delta_text_of({"choices": True}) == completion_text_of({"choices": 3}) == ""
+    answer = {"choices": [{"message": {"tool_calls": [{"function": "f"}, {"function": {}}]}}]}
+    assert completion_text_of(answer) == ""
+    assert count_prompt_tokens({"messages": [{"role": "user", "tool_calls": 5}]}) == 4
+    assert count_input_images({"messages": [{"type": {"image": 1}}, {"type": "image"}]}) == 1
+
+
+@pytest.mark.parametrize("counter", COUNTERS)
+def test_local_counts_never_raise_on_any_json_shape(counter: str) -> None:
+    """What the node counts when usage is missing (the client's body, the upstream's answer)
+    is read whatever its shape: a malformed one counts for less, it never crashes (I3)."""
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(_BODIES)
+    def check(body: dict[str, Any]) -> None:
+        COUNTERS[counter](body)
+
+    check()

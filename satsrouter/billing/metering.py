@@ -143,23 +143,33 @@ def _content_text(content: Any) -> Iterable[str]:
                 yield part["text"]
 
 
+def _dicts(value: Any) -> Iterable[dict[str, Any]]:
+    """The objects of a JSON list; nothing for any other shape. Bodies and answers are read
+    with this wherever a list of objects is expected: a malformed one must count, not crash."""
+    if isinstance(value, list):
+        for item in value:
+            if isinstance(item, dict):
+                yield item
+
+
+def _call_parts(call: dict[str, Any]) -> tuple[str, str]:
+    """Name and arguments of an OpenAI tool call (its `function`), as text to count."""
+    fn = call.get("function")
+    if not isinstance(fn, dict):
+        return "", ""
+    return str(fn.get("name") or ""), str(fn.get("arguments") or "")
+
+
 def count_prompt_tokens(body: dict[str, Any]) -> int:
     """Local estimate of a chat request's prompt tokens (messages, tools, or a plain prompt)."""
     total = 0
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        for message in messages:
-            if not isinstance(message, dict):
-                continue
-            total += _TOKENS_PER_MESSAGE
-            for text in _content_text(message.get("content")):
-                total += count_tokens(text)
-            for call in message.get("tool_calls") or []:
-                if isinstance(call, dict):
-                    fn = call.get("function") or {}
-                    total += count_tokens(str(fn.get("name", ""))) + count_tokens(
-                        str(fn.get("arguments", ""))
-                    )
+    for message in _dicts(body.get("messages")):
+        total += _TOKENS_PER_MESSAGE
+        for text in _content_text(message.get("content")):
+            total += count_tokens(text)
+        for call in _dicts(message.get("tool_calls")):
+            name, arguments = _call_parts(call)
+            total += count_tokens(name) + count_tokens(arguments)
     prompt = body.get("prompt")
     if isinstance(prompt, str):
         total += count_tokens(prompt)
@@ -180,21 +190,22 @@ def local_usage(body: dict[str, Any], completion_text: str) -> Usage:
     )
 
 
+def _generated_text(part: dict[str, Any]) -> Iterable[str]:
+    """Text of one choice's `message` or streamed `delta`: content, reasoning, tool calls."""
+    yield from _content_text(part.get("content"))
+    if isinstance(part.get("reasoning"), str):
+        yield part["reasoning"]
+    for call in _dicts(part.get("tool_calls")):
+        yield "".join(_call_parts(call))
+
+
 def completion_text_of(response: dict[str, Any]) -> str:
     """All generated text of a non-streaming chat/completions response."""
     parts: list[str] = []
-    for choice in response.get("choices") or []:
-        if not isinstance(choice, dict):
-            continue
-        message = choice.get("message") or {}
+    for choice in _dicts(response.get("choices")):
+        message = choice.get("message")
         if isinstance(message, dict):
-            parts.extend(_content_text(message.get("content")))
-            if isinstance(message.get("reasoning"), str):
-                parts.append(message["reasoning"])
-            for call in message.get("tool_calls") or []:
-                if isinstance(call, dict):
-                    fn = call.get("function") or {}
-                    parts.append(str(fn.get("name", "")) + str(fn.get("arguments", "")))
+            parts.extend(_generated_text(message))
         if isinstance(choice.get("text"), str):
             parts.append(choice["text"])
     return "".join(parts)
@@ -203,19 +214,10 @@ def completion_text_of(response: dict[str, Any]) -> str:
 def delta_text_of(chunk: dict[str, Any]) -> str:
     """Generated text carried by one streamed chunk."""
     parts: list[str] = []
-    for choice in chunk.get("choices") or []:
-        if not isinstance(choice, dict):
-            continue
-        delta = choice.get("delta") or {}
+    for choice in _dicts(chunk.get("choices")):
+        delta = choice.get("delta")
         if isinstance(delta, dict):
-            if isinstance(delta.get("content"), str):
-                parts.append(delta["content"])
-            if isinstance(delta.get("reasoning"), str):
-                parts.append(delta["reasoning"])
-            for call in delta.get("tool_calls") or []:
-                if isinstance(call, dict):
-                    fn = call.get("function") or {}
-                    parts.append(str(fn.get("name") or "") + str(fn.get("arguments") or ""))
+            parts.extend(_generated_text(delta))
         if isinstance(choice.get("text"), str):
             parts.append(choice["text"])
     return "".join(parts)
@@ -234,7 +236,8 @@ def count_input_images(body: dict[str, Any]) -> int:
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
-            if item.get("type") in _IMAGE_PART_TYPES:
+            kind = item.get("type")
+            if isinstance(kind, str) and kind in _IMAGE_PART_TYPES:
                 count += 1
                 continue  # an image part holds no further images
             # Images sit in `content` lists (of messages, Responses items, tool results).
