@@ -178,8 +178,12 @@ def test_counts_of_text_the_tokenizer_refuses() -> None:
     assert usage.prompt_tokens == count_prompt_tokens({"messages": [{"content": LONG}]})
     assert usage.completion_tokens >= 1000
     # The RIP-05 estimate stays a lower estimate: at most the bytes, and not zero.
-    estimate = estimate_prompt_tokens({"messages": [{"content": LONG}]})
+    body = {"messages": [{"content": LONG}]}
+    estimate = estimate_prompt_tokens(body)
     assert 0 < estimate <= len(LONG)
+    # Past a model's context it stops counting (the budget cannot shrink further): still a
+    # lower estimate, and enough to say the context is full.
+    assert 4096 <= estimate_prompt_tokens(body, 4096) < estimate
 
 
 # Any JSON, in the shapes the counters look for, with the wrong type anywhere.

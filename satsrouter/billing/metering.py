@@ -329,9 +329,27 @@ def _request_texts(body: dict[str, Any]) -> Iterable[str]:
             yield from _content_text(value)
 
 
-def estimate_prompt_tokens(body: dict[str, Any]) -> int:
-    """A lower estimate of the request's prompt tokens, for the RIP-05 completion budget."""
-    # count_tokens' fallback (bytes / 3) may overstate: a text the tokenizer cannot count
-    # claims nothing instead.
-    text_tokens = sum(_encoded_tokens(text) or 0 for text in _request_texts(body))
+def estimate_prompt_tokens(body: dict[str, Any], enough: int | None = None) -> int:
+    """A lower estimate of the request's prompt tokens, for the RIP-05 completion budget.
+
+    Counting stops once the estimate reaches `enough` (the model's context: past it the
+    budget is one token whatever the rest holds), so a body of megabytes costs the
+    counting of one context, not of all of it: a prefix of a text counts no more than the
+    whole. A text the tokenizer cannot count claims what was counted of it (never the
+    bytes / 3 of count_tokens' fallback, which may overstate).
+    """
+    enc = _encoder()
+    if enc is None:
+        return 0
+    # The same cut in text tokens, before the 3/4 below.
+    cut = None if enough is None else -(-enough * _ESTIMATE_DENOMINATOR // _ESTIMATE_NUMERATOR)
+    text_tokens = 0
+    for text in _request_texts(body):
+        for piece in _pieces(text):
+            try:
+                text_tokens += len(enc.encode_ordinary(piece))
+            except Exception:  # the tokenizer's limits: the rest of this text claims nothing
+                break
+            if cut is not None and text_tokens >= cut:
+                return text_tokens * _ESTIMATE_NUMERATOR // _ESTIMATE_DENOMINATOR
     return text_tokens * _ESTIMATE_NUMERATOR // _ESTIMATE_DENOMINATOR

@@ -167,7 +167,7 @@ def max_request_cost(
     prompt_bound: int,
     max_tokens: int | None,
     *,
-    prompt_estimate: Callable[[], int] | None = None,
+    prompt_estimate: Callable[[int], int] | None = None,
     units: Usage = NO_UNITS,
     choices: int = 1,
     prompts: int = 1,
@@ -178,7 +178,8 @@ def max_request_cost(
     text: a token is at least one byte), capped at the context window of each of the
     request's `prompts` (a batch of completions prompts or embeddings inputs: each fills a
     context of its own). `prompt_estimate` returns a *lower* estimate of the prompt, called
-    only when it can shorten the completion budget of a single prompt. `units` holds the
+    only when it can shorten the completion budget of a single prompt, with the context
+    length (past which it may stop counting). `units` holds the
     most of each per-unit component the request can use (images carried in and made, web
     searches, audio seconds); its token counts are ignored. `choices` is how many
     completions the request asks for in all (`n`, `best_of`, times the prompts of a batch):
@@ -202,7 +203,7 @@ def max_request_cost(
         and prompts <= 1
         and model.context_length - max(prompt_bound, 0) < budget
     ):
-        estimate = min(max(prompt_estimate(), 0), max(prompt_bound, 0))
+        estimate = min(max(prompt_estimate(model.context_length), 0), max(prompt_bound, 0))
         budget = completion_budget(model, max_tokens, estimate)
     completion_tokens = budget * max(choices, 1)
     # Reasoning may be priced above completion; reserve for the dearer of the two.

@@ -90,7 +90,7 @@ async def paid(request: Request, endpoint: Endpoint) -> Response:
         call.model_id,
         len(raw),
         call.max_tokens,
-        prompt_estimate=lambda: estimate_prompt_tokens(call.body),
+        prompt_estimate=lambda context: estimate_prompt_tokens(call.body, context),
         units=call.units(),
         image_size=call.body.get("size"),
         image_quality=call.body.get("quality"),
