@@ -95,14 +95,26 @@ async def test_chat_n_without_upstream_usage_counts_every_choice(
     await _charged_in_full(node, resp, expected_cost(FLAT, prompt, completion))
 
 
-async def test_completions_best_of_candidates_are_reserved_and_charged(
-    node: RunningNode, user_wallet: TestWallet
+@pytest.mark.parametrize(
+    ("prompt", "asked", "returned", "generated"),
+    [
+        ("one two", {"n": 2, "best_of": 5}, 2, 5),  # best_of candidates are all billed
+        (["one", "two", "three"], {"n": 2}, 6, 6),  # a batch: n for each prompt
+    ],
+)
+async def test_completions_every_candidate_is_reserved_and_charged(
+    node: RunningNode,
+    user_wallet: TestWallet,
+    prompt: str | list[str],
+    asked: dict[str, int],
+    returned: int,
+    generated: int,
 ) -> None:
     (token,) = await user_wallet.mint_tokens(100)
-    body = {"model": "test/flat", "prompt": "one two", "n": 2, "best_of": 5, "max_tokens": 7}
+    body = {"model": "test/flat", "prompt": prompt, "max_tokens": 7, **asked}
     resp = await _post(node, token, "/v1/completions", body)
-    assert len(resp.json()["choices"]) == 2
-    await _charged_in_full(node, resp, expected_cost(FLAT, 2, 5 * 7))
+    assert len(resp.json()["choices"]) == returned
+    await _charged_in_full(node, resp, expected_cost(FLAT, 0, generated * 7))  # prompt free
 
 
 async def test_image_n_is_reserved_and_charged_per_image_and_token(
@@ -154,16 +166,6 @@ async def test_n_at_the_bound_is_served(node: RunningNode, user_wallet: TestWall
 
 
 # -- batches: a completions `prompt` list or an embeddings `input` list ----------------------
-
-
-async def test_completions_batch_reserves_a_completion_per_prompt_and_choice(
-    node: RunningNode, user_wallet: TestWallet
-) -> None:
-    (token,) = await user_wallet.mint_tokens(100)
-    body = {"model": "test/flat", "prompt": ["one", "two", "three"], "n": 2, "max_tokens": 7}
-    resp = await _post(node, token, "/v1/completions", body)
-    assert len(resp.json()["choices"]) == 6
-    await _charged_in_full(node, resp, expected_cost(FLAT, 3, 6 * 7))
 
 
 async def test_completions_batch_budget_is_not_cut_by_the_sum_of_its_prompts(
