@@ -1,4 +1,5 @@
-"""Build the ASGI app: the node's components, its routes, and the request-id middleware."""
+"""Build the ASGI app: the node's components, its routes, and the middleware around them
+(request ids, CORS, the body size limit)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from satsrouter import __version__
 from satsrouter.http import balance, catalog, lightning, proxy
+from satsrouter.http.body_limit import BodyLimit
 from satsrouter.http.errors import install_error_handlers
 from satsrouter.node import Node
 from satsrouter.settings import Settings
@@ -93,6 +95,8 @@ def create_app(
     async def root() -> dict[str, object]:
         return {"name": settings.name, "version": __version__, "mints": settings.cashu_mints}
 
+    # Innermost, so that its 413 still gets CORS headers and a request id.
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(
         CORSMiddleware,
         allow_origins=settings.cors_origins,

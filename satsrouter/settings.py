@@ -79,6 +79,7 @@ class Settings:
     sweep_interval: float = 10.0
     # Fault injection for crash tests: exit abruptly at this money step (satsrouter.faults).
     fault_crash_at: str = ""
+    # The largest request body any route reads; past it, 413 (satsrouter.http.body_limit).
     max_body_bytes: int = 8 * 1024 * 1024
     # Lightning: how often unpaid funding invoices and expired keys are checked.
     invoice_poll_interval: float = 2.0
@@ -161,6 +162,8 @@ class Settings:
                 kw["fault_crash_at"] = v
             if (v := get("CORS_ORIGINS")) is not None:
                 kw["cors_origins"] = _split_list(v)
+            if (v := get("MAX_BODY_BYTES")) is not None:
+                kw["max_body_bytes"] = int(v)
         except (ArithmeticError, ValueError) as exc:
             raise SettingsError(f"invalid setting: {exc}") from exc
 
@@ -193,3 +196,5 @@ class Settings:
             raise SettingsError("SWEEP_INTERVAL and INSTANCE_DEAD_AFTER must be positive")
         if not self.health_check_interval > 0:
             raise SettingsError("HEALTH_CHECK_INTERVAL must be positive")
+        if self.max_body_bytes <= 0:
+            raise SettingsError("MAX_BODY_BYTES must be positive")

@@ -433,6 +433,39 @@ async def test_chat_tool_call_streamed(fu: FakeUpstream) -> None:
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
 
 
+async def test_chat_n_choices_each_billed(fu: FakeUpstream) -> None:
+    async with client(fu) as c:
+        r = await c.chat.completions.create(model="m", messages=MESSAGES, n=3, max_tokens=4)
+        assert [ch.index for ch in r.choices] == [0, 1, 2]
+        assert {ch.message.content for ch in r.choices} == {"w1 w2 w3 w4"}
+        assert r.usage is not None
+        assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (MESSAGES_PROMPT_TOKENS, 12)
+        stream = await c.chat.completions.create(
+            model="m",
+            messages=MESSAGES,
+            n=3,
+            max_tokens=4,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+        chunks = [chunk async for chunk in stream]
+        for bad in (0, 129):
+            with pytest.raises(openai.BadRequestError):
+                await c.chat.completions.create(model="m", messages=MESSAGES, n=bad)
+    texts = {
+        i: "".join(
+            ch.choices[0].delta.content or ""
+            for ch in chunks
+            if ch.choices and ch.choices[0].index == i
+        )
+        for i in range(3)
+    }
+    assert texts == dict.fromkeys(range(3), "w1 w2 w3 w4")
+    finishes = [ch.choices[0].finish_reason for ch in chunks if ch.choices]
+    assert finishes.count("length") == 3
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 12
+
+
 # -- legacy completions -------------------------------------------------------------
 
 
@@ -458,6 +491,19 @@ async def test_completions_non_streaming(fu: FakeUpstream) -> None:
         assert tokens.usage is not None and tokens.usage.prompt_tokens == 5
         empty = await c.completions.create(model="m", prompt="")
         assert empty.usage is not None and empty.usage.prompt_tokens == 1
+
+
+async def test_completions_n_and_best_of(fu: FakeUpstream) -> None:
+    async with client(fu) as c:
+        r = await c.completions.create(model="m", prompt=["a b", "c"], n=2, max_tokens=3)
+        assert [ch.index for ch in r.choices] == [0, 1, 2, 3]
+        assert r.usage is not None and r.usage.completion_tokens == 12  # 2 prompts × 2 × 3
+        # best_of completions are generated (and billed) per prompt, n come back.
+        best = await c.completions.create(model="m", prompt="a b", n=2, best_of=5, max_tokens=3)
+        assert len(best.choices) == 2
+        assert best.usage is not None and best.usage.completion_tokens == 15
+        with pytest.raises(openai.BadRequestError):
+            await c.completions.create(model="m", prompt="a", n=3, best_of=2)
 
 
 async def test_completions_streaming(fu: FakeUpstream) -> None:

@@ -86,6 +86,33 @@ def test_max_cost_covers_any_usage_within_limits() -> None:
     assert max_request_cost(prices, m, 10**9, 10**9) == model_max_cost(prices, m)
 
 
+def test_every_choice_gets_the_whole_completion_budget_and_the_prompt_is_reserved_once() -> None:
+    m = model(internal_reasoning="0.00004")  # reasoning dearer: reserved at its price
+    prices = msat_prices(m, Decimal(100_000), Decimal("1.05"))
+    one = max_request_cost(prices, m, 50, 20)
+    three = max_request_cost(prices, m, 50, 20, choices=3)
+    assert one == math.ceil(50 * 10.5) + 20 * 42
+    assert three == math.ceil(50 * 10.5) + 3 * 20 * 42
+    assert usage_cost(prices, Usage(50, 60, reasoning_tokens=60)).total_msats == three
+
+
+def test_a_batch_may_fill_one_context_per_prompt_and_is_not_estimated() -> None:
+    m = model()  # context 1000, max completion 100
+    prices = msat_prices(m, Decimal(100_000), Decimal("1.05"))
+
+    def must_not_count(context: int) -> int:
+        raise AssertionError("the sum of a batch's prompts says nothing of each one's room")
+
+    assert max_request_cost(prices, m, 2500, 20) == math.ceil(1000 * 10.5) + 20 * 21
+    batch = max_request_cost(
+        prices, m, 2500, 20, prompts=3, choices=3, prompt_estimate=must_not_count
+    )
+    assert batch == math.ceil(2500 * 10.5) + 3 * 20 * 21
+    assert max_request_cost(prices, m, 5000, 20, prompts=3, choices=3) == (
+        math.ceil(3000 * 10.5) + 3 * 20 * 21
+    )
+
+
 def test_reasoning_priced_separately_when_the_model_says_so() -> None:
     m = model(internal_reasoning="0.00004")
     prices = msat_prices(m, Decimal(100_000), Decimal(1))
@@ -144,6 +171,9 @@ def test_settings_from_env() -> None:
     with pytest.raises(SettingsError):
         Settings.from_env({"BTC_USD_PRICE": "lots"})
     assert "secret" not in repr(Settings.from_env({"UPSTREAM_API_KEY": "secret"}))
+    assert Settings.from_env({"MAX_BODY_BYTES": "1024"}).max_body_bytes == 1024
+    with pytest.raises(SettingsError):
+        Settings.from_env({"MAX_BODY_BYTES": "0"})
 
 
 # --- image and web_search components -------------------------------------------------------
@@ -365,11 +395,11 @@ def test_near_the_context_limit_less_completion_is_reserved() -> None:
     m = model()
     prices = msat_prices(m, Decimal(100_000), Decimal("1.05"))
     without = max_request_cost(prices, m, 950, None)
-    with_estimate = max_request_cost(prices, m, 950, None, prompt_estimate=lambda: 940)
+    with_estimate = max_request_cost(prices, m, 950, None, prompt_estimate=lambda _: 940)
     assert without == math.ceil(950 * 10.5) + 100 * 21
     assert with_estimate == math.ceil(950 * 10.5) + 60 * 21
     # An estimate above the byte bound is not believed: bytes bound the prompt.
-    assert max_request_cost(prices, m, 950, None, prompt_estimate=lambda: 10**6) == (
+    assert max_request_cost(prices, m, 950, None, prompt_estimate=lambda _: 10**6) == (
         math.ceil(950 * 10.5) + 50 * 21
     )
     # And the published maximum stays the worst case for any request.
@@ -380,7 +410,7 @@ def test_a_small_request_is_not_counted_and_keeps_max_tokens() -> None:
     m = model()
     prices = msat_prices(m, Decimal(100_000), Decimal("1.05"))
 
-    def must_not_count() -> int:
+    def must_not_count(context: int) -> int:
         raise AssertionError("counting a small prompt is wasted work")
 
     assert max_request_cost(prices, m, 50, 20, prompt_estimate=must_not_count) == (
@@ -397,7 +427,7 @@ def test_price_book_quote_takes_the_estimate_and_extras() -> None:
     body = {"model": "p/m", "messages": [{"role": "user", "content": "word " * 1250}]}
     raw = len(str(body))
     plain = book.quote("p/m", raw, None)  # the lead's positional call keeps working
-    rip05 = book.quote("p/m", raw, None, prompt_estimate=lambda: estimate_prompt_tokens(body))
+    rip05 = book.quote("p/m", raw, None, prompt_estimate=lambda n: estimate_prompt_tokens(body, n))
     assert rip05.max_cost_msat < plain.max_cost_msat
     two = Usage(0, 0, images=2)
     images = book.quote("p/m", 10, None, units=two)

@@ -74,7 +74,7 @@ def web_searches_of(usage: dict[str, Any]) -> int:
 
 
 class _Encoder(Protocol):
-    def encode(self, text: str) -> list[int]: ...
+    def encode_ordinary(self, text: str) -> list[int]: ...
 
 
 @functools.cache
@@ -88,14 +88,46 @@ def _encoder() -> _Encoder | None:
         return None
 
 
+# bpe_openai refuses a text of 1,000,000 characters or more, and one that encodes to more
+# than 200,000 tokens. A token is at least one byte and a character at most four, so pieces
+# of this many characters pass both limits.
+_PIECE_CHARS = 50_000
+
+
+def _pieces(text: str) -> Iterable[str]:
+    """`text` in pieces the tokenizer accepts, cut before a space where there is one: o200k's
+    pre-tokenizer cuts there too, so the pieces' counts add up to the whole text's."""
+    start = 0
+    while len(text) - start > _PIECE_CHARS:
+        end = start + _PIECE_CHARS
+        space = text.rfind(" ", start + _PIECE_CHARS // 2, end)
+        end = space if space != -1 else end
+        yield text[start:end]
+        start = end
+    yield text[start:]
+
+
+def _encoded_tokens(text: str) -> int | None:
+    """Tokens in `text` by o200k; None when the tokenizer is missing or fails on it."""
+    enc = _encoder()
+    if enc is None:
+        return None
+    try:
+        # `encode_ordinary`: a special token spelled in user text (`<|endoftext|>`) is text
+        # to count, where `encode` raises.
+        return sum(len(enc.encode_ordinary(piece)) for piece in _pieces(text))
+    except Exception:  # the tokenizer's own limits: hostile input must not make a 500
+        return None
+
+
 def count_tokens(text: str) -> int:
     """Tokens in `text` (o200k); falls back to a conservative 1 token per 3 bytes."""
     if not text:
         return 0
-    enc = _encoder()
-    if enc is None:
+    counted = _encoded_tokens(text)
+    if counted is None:
         return -(-len(text.encode()) // 3)
-    return len(enc.encode(text))
+    return counted
 
 
 # Per-message overhead of chat formatting, as OpenAI documents for its chat models.
@@ -111,23 +143,33 @@ def _content_text(content: Any) -> Iterable[str]:
                 yield part["text"]
 
 
+def _dicts(value: Any) -> Iterable[dict[str, Any]]:
+    """The objects of a JSON list; nothing for any other shape. Bodies and answers are read
+    with this wherever a list of objects is expected: a malformed one must count, not crash."""
+    if isinstance(value, list):
+        for item in value:
+            if isinstance(item, dict):
+                yield item
+
+
+def _call_parts(call: dict[str, Any]) -> tuple[str, str]:
+    """Name and arguments of an OpenAI tool call (its `function`), as text to count."""
+    fn = call.get("function")
+    if not isinstance(fn, dict):
+        return "", ""
+    return str(fn.get("name") or ""), str(fn.get("arguments") or "")
+
+
 def count_prompt_tokens(body: dict[str, Any]) -> int:
     """Local estimate of a chat request's prompt tokens (messages, tools, or a plain prompt)."""
     total = 0
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        for message in messages:
-            if not isinstance(message, dict):
-                continue
-            total += _TOKENS_PER_MESSAGE
-            for text in _content_text(message.get("content")):
-                total += count_tokens(text)
-            for call in message.get("tool_calls") or []:
-                if isinstance(call, dict):
-                    fn = call.get("function") or {}
-                    total += count_tokens(str(fn.get("name", ""))) + count_tokens(
-                        str(fn.get("arguments", ""))
-                    )
+    for message in _dicts(body.get("messages")):
+        total += _TOKENS_PER_MESSAGE
+        for text in _content_text(message.get("content")):
+            total += count_tokens(text)
+        for call in _dicts(message.get("tool_calls")):
+            name, arguments = _call_parts(call)
+            total += count_tokens(name) + count_tokens(arguments)
     prompt = body.get("prompt")
     if isinstance(prompt, str):
         total += count_tokens(prompt)
@@ -148,21 +190,22 @@ def local_usage(body: dict[str, Any], completion_text: str) -> Usage:
     )
 
 
+def _generated_text(part: dict[str, Any]) -> Iterable[str]:
+    """Text of one choice's `message` or streamed `delta`: content, reasoning, tool calls."""
+    yield from _content_text(part.get("content"))
+    if isinstance(part.get("reasoning"), str):
+        yield part["reasoning"]
+    for call in _dicts(part.get("tool_calls")):
+        yield "".join(_call_parts(call))
+
+
 def completion_text_of(response: dict[str, Any]) -> str:
     """All generated text of a non-streaming chat/completions response."""
     parts: list[str] = []
-    for choice in response.get("choices") or []:
-        if not isinstance(choice, dict):
-            continue
-        message = choice.get("message") or {}
+    for choice in _dicts(response.get("choices")):
+        message = choice.get("message")
         if isinstance(message, dict):
-            parts.extend(_content_text(message.get("content")))
-            if isinstance(message.get("reasoning"), str):
-                parts.append(message["reasoning"])
-            for call in message.get("tool_calls") or []:
-                if isinstance(call, dict):
-                    fn = call.get("function") or {}
-                    parts.append(str(fn.get("name", "")) + str(fn.get("arguments", "")))
+            parts.extend(_generated_text(message))
         if isinstance(choice.get("text"), str):
             parts.append(choice["text"])
     return "".join(parts)
@@ -171,19 +214,10 @@ def completion_text_of(response: dict[str, Any]) -> str:
 def delta_text_of(chunk: dict[str, Any]) -> str:
     """Generated text carried by one streamed chunk."""
     parts: list[str] = []
-    for choice in chunk.get("choices") or []:
-        if not isinstance(choice, dict):
-            continue
-        delta = choice.get("delta") or {}
+    for choice in _dicts(chunk.get("choices")):
+        delta = choice.get("delta")
         if isinstance(delta, dict):
-            if isinstance(delta.get("content"), str):
-                parts.append(delta["content"])
-            if isinstance(delta.get("reasoning"), str):
-                parts.append(delta["reasoning"])
-            for call in delta.get("tool_calls") or []:
-                if isinstance(call, dict):
-                    fn = call.get("function") or {}
-                    parts.append(str(fn.get("name") or "") + str(fn.get("arguments") or ""))
+            parts.extend(_generated_text(delta))
         if isinstance(choice.get("text"), str):
             parts.append(choice["text"])
     return "".join(parts)
@@ -202,7 +236,8 @@ def count_input_images(body: dict[str, Any]) -> int:
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
-            if item.get("type") in _IMAGE_PART_TYPES:
+            kind = item.get("type")
+            if isinstance(kind, str) and kind in _IMAGE_PART_TYPES:
                 count += 1
                 continue  # an image part holds no further images
             # Images sit in `content` lists (of messages, Responses items, tool results).
@@ -294,9 +329,27 @@ def _request_texts(body: dict[str, Any]) -> Iterable[str]:
             yield from _content_text(value)
 
 
-def estimate_prompt_tokens(body: dict[str, Any]) -> int:
-    """A lower estimate of the request's prompt tokens, for the RIP-05 completion budget."""
-    if _encoder() is None:
-        return 0  # count_tokens' fallback (bytes / 3) may overstate: claim nothing instead
-    text_tokens = sum(count_tokens(text) for text in _request_texts(body))
+def estimate_prompt_tokens(body: dict[str, Any], enough: int | None = None) -> int:
+    """A lower estimate of the request's prompt tokens, for the RIP-05 completion budget.
+
+    Counting stops once the estimate reaches `enough` (the model's context: past it the
+    budget is one token whatever the rest holds), so a body of megabytes costs the
+    counting of one context, not of all of it: a prefix of a text counts no more than the
+    whole. A text the tokenizer cannot count claims what was counted of it (never the
+    bytes / 3 of count_tokens' fallback, which may overstate).
+    """
+    enc = _encoder()
+    if enc is None:
+        return 0
+    # The same cut in text tokens, before the 3/4 below.
+    cut = None if enough is None else -(-enough * _ESTIMATE_DENOMINATOR // _ESTIMATE_NUMERATOR)
+    text_tokens = 0
+    for text in _request_texts(body):
+        for piece in _pieces(text):
+            try:
+                text_tokens += len(enc.encode_ordinary(piece))
+            except Exception:  # the tokenizer's limits: the rest of this text claims nothing
+                break
+            if cut is not None and text_tokens >= cut:
+                return text_tokens * _ESTIMATE_NUMERATOR // _ESTIMATE_DENOMINATOR
     return text_tokens * _ESTIMATE_NUMERATOR // _ESTIMATE_DENOMINATOR

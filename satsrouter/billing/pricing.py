@@ -167,37 +167,53 @@ def max_request_cost(
     prompt_bound: int,
     max_tokens: int | None,
     *,
-    prompt_estimate: Callable[[], int] | None = None,
+    prompt_estimate: Callable[[int], int] | None = None,
     units: Usage = NO_UNITS,
+    choices: int = 1,
+    prompts: int = 1,
 ) -> int:
     """The reservation for one request: the most it can cost.
 
     `prompt_bound` is an upper bound on prompt tokens (the request's byte length works for
-    text: a token is at least one byte), capped at the context window. `prompt_estimate`
-    returns a *lower* estimate of the prompt, called only when it can shorten the completion
-    budget. `units` holds the most of each per-unit component the request can use (images
-    carried in and made, web searches, audio seconds); its token counts are ignored.
+    text: a token is at least one byte), capped at the context window of each of the
+    request's `prompts` (a batch of completions prompts or embeddings inputs: each fills a
+    context of its own). `prompt_estimate` returns a *lower* estimate of the prompt, called
+    only when it can shorten the completion budget of a single prompt, with the context
+    length (past which it may stop counting). `units` holds the
+    most of each per-unit component the request can use (images carried in and made, web
+    searches, audio seconds); its token counts are ignored. `choices` is how many
+    completions the request asks for in all (`n`, `best_of`, times the prompts of a batch):
+    each may use the whole completion budget, and the prompt is billed once, as OpenAI bills
+    it (usage counts the completions of all choices, the prompt once).
     """
+    contexts = model.context_length * max(prompts, 1)
     if units.images or units.web_searches:
         # Images sent by URL and search results both enter the prompt without being in the
         # request's bytes: only the context window bounds the prompt then.
-        prompt_tokens = model.context_length
+        prompt_tokens = contexts
     else:
-        prompt_tokens = min(max(prompt_bound, 1), model.context_length)
+        prompt_tokens = min(max(prompt_bound, 1), contexts)
     budget = completion_budget(model, max_tokens)
     # Counting costs time; skip it unless it can matter. Any estimate is at most the bytes,
     # so when context - bytes already leaves the whole budget, no estimate can reduce it.
-    if prompt_estimate is not None and model.context_length - max(prompt_bound, 0) < budget:
-        estimate = min(max(prompt_estimate(), 0), max(prompt_bound, 0))
+    # A batch's estimate would be the sum of its prompts, while each completion follows its
+    # own prompt: it could cut every budget when none should be.
+    if (
+        prompt_estimate is not None
+        and prompts <= 1
+        and model.context_length - max(prompt_bound, 0) < budget
+    ):
+        estimate = min(max(prompt_estimate(model.context_length), 0), max(prompt_bound, 0))
         budget = completion_budget(model, max_tokens, estimate)
+    completion_tokens = budget * max(choices, 1)
     # Reasoning may be priced above completion; reserve for the dearer of the two.
-    reasoning = budget if prices.internal_reasoning > prices.completion else 0
+    reasoning = completion_tokens if prices.internal_reasoning > prices.completion else 0
     worst = usage_cost(
         prices,
         replace(
             units,
             prompt_tokens=prompt_tokens,
-            completion_tokens=budget,
+            completion_tokens=completion_tokens,
             cached_tokens=0,
             cache_write_tokens=0,
             reasoning_tokens=reasoning,

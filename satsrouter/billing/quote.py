@@ -87,17 +87,22 @@ class PriceBook:
         prompt_bound: int,
         max_tokens: int | None,
         *,
-        prompt_estimate: Callable[[], int] | None = None,
+        prompt_estimate: Callable[[int], int] | None = None,
         units: Usage = NO_UNITS,
         image_size: Any = None,
         image_quality: Any = None,
+        choices: int = 1,
+        prompts: int = 1,
     ) -> Quote:
         """Price a request: its model, prices, and the most it may cost (the reservation).
 
-        `prompt_estimate` (e.g. `lambda: estimate_prompt_tokens(body)`) is called only when
-        the prompt may be long enough to shorten the completion budget (RIP-05); `images`
+        `prompt_estimate` (e.g. `lambda context: estimate_prompt_tokens(body, context)`) is
+        called, with the model's context length, only when the prompt may be long enough to
+        shorten the completion budget (RIP-05); `images`
         and `web_searches` are what the request may use (`count_input_images`,
-        `reserved_web_searches`).
+        `reserved_web_searches`); `choices` how many completions it asks for (each may use
+        the whole completion budget); `prompts` how many prompts a batch carries (each may
+        fill the context).
         """
         model = self.model(model_id)
         prices = self.prices(model)
@@ -111,6 +116,8 @@ class PriceBook:
             max_tokens,
             prompt_estimate=prompt_estimate,
             units=units,
+            choices=choices,
+            prompts=prompts,
         )
         return Quote(model, prices, reservation)
 

@@ -19,6 +19,10 @@ _MSAT_PER_UNIT = {"sat": 1000, "msat": 1}
 # Far above any real token; stops absurd inputs before they cost CPU.
 _MAX_TOKEN_CHARS = 200_000
 _MAX_PROOFS = 1000
+# Amounts are stored and summed as signed 64-bit msat (SQLite INTEGER, Postgres BIGINT): a
+# token worth more would overflow the database, not be credited. No real token comes close
+# (every bitcoin there will ever be is 2.1e18 msat); refusing it here keeps it from the mint.
+MAX_TOKEN_MSAT = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,8 @@ def _b64decode(data: str) -> bytes:
 def _amount(value: object) -> int:
     if type(value) is not int or value <= 0:
         raise _invalid("proof amount must be a positive integer")
+    if value > MAX_TOKEN_MSAT:  # each proof is stored too, as an int64 in its own unit
+        raise _invalid("proof amount too large")
     return value
 
 
@@ -215,10 +221,13 @@ def parse_token(text: str) -> ParsedToken:
         raise _invalid("the mint URL is not http(s)") from None
     if len({p.secret for p in proofs}) != len(proofs):
         raise _invalid("a proof appears twice")
+    amount = sum(p.amount for p in proofs)
+    if amount * _MSAT_PER_UNIT[unit] > MAX_TOKEN_MSAT:
+        raise _invalid("amount too large")
     return ParsedToken(
         mint=mint,
         unit=unit,
-        amount=sum(p.amount for p in proofs),
+        amount=amount,
         proofs=proofs,
         raw_hash=token_hash(token),
     )

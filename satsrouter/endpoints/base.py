@@ -35,6 +35,8 @@ class Call:
     generated_images: int = 0  # images the request asks to be made
     audio_seconds: int | None = None  # most seconds an uploaded audio file can last
     audio_exact: bool = False  # audio_seconds read from the file's header, not a size bound
+    choices: int = 1  # completions the request may produce (`n`, `best_of`, × prompts)
+    prompts: int = 1  # prompts of a batch (completions `prompt`, embeddings `input` lists)
     request_id: str = ""
 
     def units(self) -> Usage:
@@ -118,11 +120,15 @@ class Endpoint(ABC):
         return call
 
     max_tokens_fields: tuple[str, ...] = ("max_completion_tokens", "max_tokens")
+    # The most completions one request may ask for: OpenAI's own bound on chat `n`. Upstreams
+    # that honour `n` bill every completion, so each is reserved for; past this, 400.
+    max_choices: int = 128
 
     def inspect(self, call: Call) -> None:
         """Read what the reservation needs from the body (a hook: extend, calling super)."""
         call.max_tokens = positive_int(call.body, *self.max_tokens_fields)
         call.web_searches = reserved_web_searches(call.body)
+        call.choices = choices_asked(call.body, self.max_choices)
 
     def for_dialect(self, dialect: str) -> Endpoint:
         """The endpoint that talks to an upstream of this dialect (translating if needed)."""
@@ -174,6 +180,30 @@ def positive_int(body: dict[str, Any], *names: str) -> int | None:
             raise ApiError(400, "invalid_request", f"`{name}` must be a positive integer.")
         return value
     return None
+
+
+def choices_asked(body: dict[str, Any], limit: int) -> int:
+    """How many completions a request asks for: the larger of `n` and `best_of` (the upstream
+    generates `best_of` and returns the best `n`); 400 past `limit`."""
+    asked = 1
+    for name in ("n", "best_of"):
+        value = positive_int(body, name)
+        if value is not None and value > limit:
+            raise ApiError(
+                400,
+                "invalid_request",
+                f"`{name}` must be at most {limit}; ask for more completions in several requests.",
+            )
+        asked = max(asked, value or 1)
+    return asked
+
+
+def batch_size(value: Any) -> int:
+    """Prompts in a completions `prompt` or embeddings `input`: a list of strings or of token
+    arrays is a batch of that many; a string or one token array is one."""
+    if isinstance(value, list) and value and all(isinstance(v, str | list) for v in value):
+        return len(value)
+    return 1
 
 
 def input_tokens(value: Any) -> int:

@@ -24,6 +24,7 @@ from satsrouter.endpoints.base import (
     Reply,
     StreamMeter,
     UpstreamStreamError,
+    batch_size,
     input_tokens,
     json_reply,
     now,
@@ -85,6 +86,12 @@ class Completions(ChatCompletions):
     path = "/completions"
     chunk_object = "text_completion"
     id_prefix = "cmpl-"
+
+    def inspect(self, call: Call) -> None:
+        super().inspect(call)
+        # A batch of prompts: `n` (or `best_of`) completions for each.
+        call.prompts = batch_size(call.body.get("prompt"))
+        call.choices *= call.prompts
 
     def local(self, call: Call, completion_text: str) -> Usage:
         # `prompt` may be a list of prompts or token arrays, which chat counting ignores.

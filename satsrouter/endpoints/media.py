@@ -5,7 +5,14 @@ from __future__ import annotations
 from dataclasses import replace
 
 from satsrouter.billing.metering import Usage, count_tokens
-from satsrouter.endpoints.base import Call, Endpoint, Reply, input_tokens, json_reply, positive_int
+from satsrouter.endpoints.base import (
+    Call,
+    Endpoint,
+    Reply,
+    batch_size,
+    input_tokens,
+    json_reply,
+)
 from satsrouter.endpoints.responses import usage_from_responses
 
 
@@ -18,6 +25,7 @@ class Embeddings(Endpoint):
         # Nothing is generated: reserve the smallest completion budget there is (one token),
         # not the model's whole completion limit, which would refuse balances that suffice.
         call.max_tokens = 1
+        call.prompts = batch_size(call.body.get("input"))  # each input may fill the context
 
     def reply(self, call: Call, raw: bytes, media_type: str) -> Reply:
         data = json_reply(raw)
@@ -38,10 +46,12 @@ class ImageGenerations(Endpoint):
 
     path = "/images/generations"
     max_tokens_fields = ()
+    max_choices = 10  # OpenAI's bound on image `n`
 
     def inspect(self, call: Call) -> None:
         super().inspect(call)
-        call.generated_images = positive_int(call.body, "n") or 1
+        # Each image is priced, and may use the whole completion budget (gpt-image tokens).
+        call.generated_images = call.choices
 
     def reply(self, call: Call, raw: bytes, media_type: str) -> Reply:
         data = json_reply(raw)

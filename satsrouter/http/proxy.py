@@ -31,14 +31,6 @@ log = logging.getLogger(__name__)
 router = APIRouter()
 
 
-async def read_body_limited(request: Request, limit: int) -> bytes:
-    """The request body; 413 when larger than `limit`."""
-    raw = await request.body()
-    if len(raw) > limit:
-        raise ApiError(413, "request_too_large", f"Request body exceeds {limit} bytes.")
-    return raw
-
-
 def _payment_required(node: Node, quote: Quote) -> ApiError:
     sats = -(-quote.max_cost_msat // 1000)
     return ApiError(
@@ -91,17 +83,19 @@ def _stream_headers(charge: Charge) -> dict[str, str]:
 async def paid(request: Request, endpoint: Endpoint) -> Response:
     """Every paid endpoint: quote → reserve → forward → settle (or release on failure)."""
     node: Node = request.app.state.node
-    raw = await read_body_limited(request, node.settings.max_body_bytes)
+    raw = await request.body()  # at most MAX_BODY_BYTES: the app's BodyLimit sees to it
     call = endpoint.parse(raw, request.headers.get("content-type", ""))
     call.request_id = request.state.request_id
     quote = node.prices.quote(
         call.model_id,
         len(raw),
         call.max_tokens,
-        prompt_estimate=lambda: estimate_prompt_tokens(call.body),
+        prompt_estimate=lambda context: estimate_prompt_tokens(call.body, context),
         units=call.units(),
         image_size=call.body.get("size"),
         image_quality=call.body.get("quality"),
+        choices=call.choices,
+        prompts=call.prompts,
     )
     creds = credentials(request.headers)
     if not creds.present:
@@ -188,8 +182,7 @@ for _prefix in ("/v1", "/v1/v1"):  # `ANTHROPIC_BASE_URL=<node>/v1`, as the seed
 async def count_tokens(request: Request) -> Response:
     """Anthropic `messages/count_tokens`: free; the upstream's count, or the node's own."""
     node: Node = request.app.state.node
-    raw = await read_body_limited(request, node.settings.max_body_bytes)
-    call = Messages().parse(raw, JSON)
+    call = Messages().parse(await request.body(), JSON)
     model = node.prices.model(call.model_id)
     upstream = node.upstreams.get(model.provider, node.upstream)
     if upstream.dialect == "anthropic":

@@ -14,6 +14,11 @@ Chat: ``POST /v1/chat/completions``
     role, id and name (arguments ``""``), then four argument fragments
     ``{"query": "`` · ``w1`` · `` w2`` · ``"}``.
 
+    ``n`` (1..128, default 1; else 400): ``n`` choices, indexes 0..n-1, each the same
+    reply; ``completion_tokens`` counts them all (N × n), the prompt once. Streamed, each
+    chunk of the single-choice stream is sent once per choice (index 0..n-1) before the
+    next.
+
 Completions: ``POST /v1/completions``
     ``prompt`` is a string, a list of strings, a token array (list of ints) or a
     list of token arrays. One choice per prompt, each ``"w1 … wN"`` (N as for chat,
@@ -23,6 +28,11 @@ Completions: ``POST /v1/completions``
     per word (prompt after prompt), one final chunk per prompt with ``text: ""``
     and its ``finish_reason``, then (only with ``stream_options.include_usage``) a
     usage chunk with ``choices: []``, then ``data: [DONE]``.
+
+    ``n`` (1..128) choices per prompt, ``best_of`` (n..128, default n) completions
+    generated per prompt, as OpenAI does: choice ``i`` of prompt ``p`` has index
+    ``p × n + i``; ``completion_tokens`` = N × prompts × best_of (every generated
+    completion is billed, only ``n`` are returned). Out of range: 400.
 
 Streams end with ``data: [DONE]``; with ``include_usage`` every chunk carries
 ``"usage": null`` except the usage chunk. ``drop_midstream`` cuts a stream after
@@ -98,6 +108,24 @@ def _usage(prompt: int, completion: int) -> dict[str, int]:
     }
 
 
+MAX_N = 128  # OpenAI's bound on `n` (and here on `best_of`)
+
+
+def _choice_counts(body: dict[str, Any]) -> tuple[int, int] | str:
+    """(n, best_of) of a request, or the 400 message when either is out of range."""
+    n = body.get("n", 1)
+    if n is None:
+        n = 1
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
+        return f"'n' must be an integer from 1 to {MAX_N}"
+    best_of = body.get("best_of", n)
+    if best_of is None:
+        best_of = n
+    if isinstance(best_of, bool) or not isinstance(best_of, int) or not n <= best_of <= MAX_N:
+        return f"'best_of' must be an integer from n to {MAX_N}"
+    return n, best_of
+
+
 def _include_usage(body: dict[str, Any]) -> bool:
     options = body.get("stream_options")
     return isinstance(options, dict) and options.get("include_usage") is True
@@ -115,6 +143,10 @@ async def chat(host: Host, request: web.Request) -> web.StreamResponse:
         return openai_error(400, "'model' is required")
     if not isinstance(messages, list):
         return openai_error(400, "'messages' must be a list")
+    counts = _choice_counts(body)
+    if isinstance(counts, str):
+        return openai_error(400, counts)
+    choices = counts[0]
     failed = await start_reply(host, request, plan, openai_error)
     if failed is not None:
         return failed
@@ -128,7 +160,7 @@ async def chat(host: Host, request: web.Request) -> web.StreamResponse:
     if tool is not None:
         n, finish = TOOL_CALL_TOKENS, "tool_calls"
     prompt = plan.prompt_tokens if plan.prompt_tokens is not None else prompt_tokens_of(messages)
-    usage = None if plan.omit_usage else _usage(prompt, n)
+    usage = None if plan.omit_usage else _usage(prompt, n * choices)
     seq = host.next_id()
     completion_id = f"chatcmpl-fake{seq:08d}"
     call_id = f"call_fake{seq:08d}"
@@ -142,6 +174,7 @@ async def chat(host: Host, request: web.Request) -> web.StreamResponse:
             _chat_deltas(n, tool, call_id),
             finish,
             usage if _include_usage(body) else None,
+            choices,
         )
     message: dict[str, Any] = {"role": "assistant", "content": " ".join(words(n))}
     if tool is not None:
@@ -163,7 +196,10 @@ async def chat(host: Host, request: web.Request) -> web.StreamResponse:
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
+        "choices": [
+            {"index": i, "message": message, "logprobs": None, "finish_reason": finish}
+            for i in range(choices)
+        ],
     }
     if usage is not None:
         response["usage"] = usage
@@ -196,6 +232,7 @@ async def _stream_chat(
     deltas: list[dict[str, Any]],
     finish: str,
     usage: dict[str, int] | None,
+    choices: int,
 ) -> web.StreamResponse:
     created = int(time.time())
     with_usage = usage is not None
@@ -208,15 +245,18 @@ async def _stream_chat(
         chunk.update(extra)
         return sse(chunk)
 
-    def delta(d: dict[str, Any], finish_reason: str | None = None) -> bytes:
-        return event([{"index": 0, "delta": d, "logprobs": None, "finish_reason": finish_reason}])
+    def delta(d: dict[str, Any], finish_reason: str | None = None) -> list[bytes]:
+        return [
+            event([{"index": i, "delta": d, "logprobs": None, "finish_reason": finish_reason}])
+            for i in range(choices)
+        ]
 
-    events = [delta(d) for d in deltas]
+    events = [chunk for d in deltas for chunk in delta(d)]
     midstream = plan.fail == "drop_midstream"
     if midstream:
-        events = events[: 1 + plan.fail_after_chunks]
+        events = events[: (1 + plan.fail_after_chunks) * choices]
     else:
-        events.append(delta({}, finish))
+        events.extend(delta({}, finish))
         if usage is not None:
             events.append(event([], usage=usage))
         events.append(b"data: [DONE]\n\n")
@@ -254,15 +294,19 @@ async def completions(host: Host, request: web.Request) -> web.StreamResponse:
         return openai_error(400, "'model' is required")
     if counts is None:
         return openai_error(400, "'prompt' must be a string, a list of strings or token arrays")
+    asked = _choice_counts(body)
+    if isinstance(asked, str):
+        return openai_error(400, asked)
+    per_prompt, best_of = asked
     failed = await start_reply(host, request, plan, openai_error)
     if failed is not None:
         return failed
 
     n, capped = reply_length(plan, body.get("max_tokens"))
     finish = "length" if capped else "stop"
-    prompts = len(counts)
+    returned = len(counts) * per_prompt  # the choices: n for each prompt
     prompt = plan.prompt_tokens if plan.prompt_tokens is not None else max(1, sum(counts))
-    usage = None if plan.omit_usage else _usage(prompt, n * prompts)
+    usage = None if plan.omit_usage else _usage(prompt, n * len(counts) * best_of)
     head = {
         "id": f"cmpl-fake{host.next_id():08d}",
         "object": "text_completion",
@@ -273,7 +317,7 @@ async def completions(host: Host, request: web.Request) -> web.StreamResponse:
     if body.get("stream") is not True:
         choices = [
             {"text": text, "index": i, "logprobs": None, "finish_reason": finish}
-            for i in range(prompts)
+            for i in range(returned)
         ]
         response: dict[str, Any] = {**head, "choices": choices}
         if usage is not None:
@@ -293,13 +337,13 @@ async def completions(host: Host, request: web.Request) -> web.StreamResponse:
         return event([{"text": t, "index": i, "logprobs": None, "finish_reason": finish_reason}])
 
     events = [
-        piece(i, w if k == 0 else " " + w) for i in range(prompts) for k, w in enumerate(words(n))
+        piece(i, w if k == 0 else " " + w) for i in range(returned) for k, w in enumerate(words(n))
     ]
     midstream = plan.fail == "drop_midstream"
     if midstream:
         events = events[: plan.fail_after_chunks]
     else:
-        events.extend(piece(i, "", finish) for i in range(prompts))
+        events.extend(piece(i, "", finish) for i in range(returned))
         if include_usage:
             events.append(event([], usage=usage))
         events.append(b"data: [DONE]\n\n")
