@@ -236,3 +236,31 @@ async def test_lightning_refund_killed_during_the_melt(
         assert killable.query("SELECT state FROM payouts") == []  # undone: may be retried
         assert info["balance"] == 200_000
     await _audit_ok(killable)
+
+
+async def test_a_restarted_node_releases_its_dead_predecessors_reservations_at_start(
+    killable: KillableNode, user_wallet: TestWallet
+) -> None:
+    killable.env["SWEEP_INTERVAL"] = "3600"  # only the start can release them
+    (token,) = await user_wallet.mint_tokens(100)
+    await killable.start()
+    async with httpx.AsyncClient(base_url=killable.url, timeout=30) as http:
+        key = (await http.post("/v1/wallet/create", json={"cashu_token": token})).json()["api_key"]
+        slow = {**CHAT, "fake": {"latency_ms": 60_000}}  # the upstream holds it
+        pending = asyncio.create_task(
+            http.post("/v1/chat/completions", json=slow, headers=_bearer(key))
+        )
+        for _ in range(600):
+            if killable.query("SELECT 1 FROM reservations WHERE state = 'active'"):
+                break
+            await asyncio.sleep(0.05)
+        assert killable.query("SELECT sum(reserved_msat) FROM accounts")[0][0] > 0
+        killable.kill()
+        with pytest.raises(httpx.TransportError):
+            await pending
+        await killable.start()
+        # ready means recovered: nothing is held for the request that died with its node
+        assert killable.query("SELECT state FROM reservations") == [("released",)]
+        info = (await http.get("/v1/balance/info", headers=_bearer(key))).json()
+    assert info["reserved"] == 0 and info["balance"] == 100_000
+    await _audit_ok(killable)
