@@ -154,7 +154,7 @@ class QuoteMinter:
                 code = _mint_code(exc)
                 if code not in _ALREADY_SIGNED:
                     raise map_mint_error(exc) from None
-                log.info("quote %s already signed (%s): restoring", quote_id, code)
+                log.info("quote %s already signed (%s): restoring", quote_id[:12], code)
         if promises is None:
             restored = await restore(slot, blinded)
             promises = [
@@ -166,7 +166,7 @@ class QuoteMinter:
             if missing:
                 raise EcashError(
                     "mint_error",
-                    f"The mint issued quote {quote_id} but {missing} of its signatures "
+                    f"The mint issued quote {quote_id[:12]} but {missing} of its signatures "
                     "could not be restored.",
                 )
         faults.reach("mint.after_mint")
@@ -181,7 +181,7 @@ class QuoteMinter:
         self, slot: Slot, quote_id: str, quote_key: str | None, messages: list[Any]
     ) -> list[Any]:
         if quote_key is None:
-            raise EcashError("mint_error", f"Quote {quote_id} is not this wallet's.")
+            raise EcashError("mint_error", f"Quote {quote_id[:12]} is not this wallet's.")
         signature = nut20.sign_mint_quote(quote_id, messages, quote_key)
         with pooled_client(slot.client):
             promises: list[Any] = await LedgerAPI.mint(slot.wallet, messages, quote_id, signature)
