@@ -106,11 +106,11 @@ def _outputs(amount: int, keyset_id: str, count: int) -> list[dict[str, Any]]:
 
 def wallet_outputs(data_dir: Path) -> int:
     """Outputs the node's wallet has ever asked a mint to sign (its derivation counters)."""
-    path = data_dir / "wallet" / "wallet.sqlite3"
+    path = data_dir / "satsrouter.sqlite"
     if not path.exists():
         return 0
     with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-        (total,) = db.execute("SELECT coalesce(sum(counter), 0) FROM keysets").fetchone()
+        (total,) = db.execute("SELECT coalesce(sum(counter), 0) FROM wallet_keysets").fetchone()
     return int(total)
 
 
