@@ -53,6 +53,15 @@ class EcashError(Exception):
         return f"EcashError({self.code!r}, {self.message!r})"
 
 
+def insufficient_funds(amount: int, unit: str) -> EcashError:
+    """The node's wallet holds too little at a mint to pay `amount` out."""
+    return EcashError(
+        "insufficient_node_funds",
+        f"The node cannot issue {amount} {unit} right now. "
+        "Try again later or contact the operator.",
+    )
+
+
 _MINT_CODE = re.compile(r"\(Code:\s*(\d+)\)")
 
 # NUT error codes (https://github.com/cashubtc/nuts/blob/main/error_codes.md).

@@ -8,6 +8,7 @@ counters and unspent proofs are copied over in one transaction, and the file is 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
@@ -49,7 +50,9 @@ class LegacyWallet:
 
     def retire(self) -> None:
         """Rename the file so it is not imported again (kept as a backup)."""
-        self.path.rename(self.path.with_name(f"{self.path.name}.imported-{int(time.time())}"))
+        target = self.path.with_name(f"{self.path.name}.imported-{int(time.time())}")
+        with contextlib.suppress(FileNotFoundError):  # a sibling worker renamed it first
+            self.path.rename(target)
 
 
 def read_legacy(data_dir: Path) -> LegacyWallet | None:

@@ -28,21 +28,17 @@ from satsrouter.ecash._cashu import (
     pooled_client,
     use_seed,
 )
-from satsrouter.ecash.errors import EcashError, map_mint_error
+from satsrouter.ecash.errors import EcashError, insufficient_funds, map_mint_error
 from satsrouter.ecash.legacy import read_legacy
 from satsrouter.ecash.mint_http import new_mint_session
 from satsrouter.ecash.receiving import Link, SwapBatcher
 from satsrouter.ecash.recovery import recover_split
 from satsrouter.ecash.slot import Slot
+from satsrouter.ecash.splitting import Splitter
 from satsrouter.ecash.store import (
     Op,
-    Output,
     WalletConflict,
     ensure_keyset_tx,
-    finish_op_tx,
-    finish_split_tx,
-    insert_op_tx,
-    move_op_proofs_tx,
     move_proofs_tx,
     op_proofs_tx,
     pending_ops_tx,
@@ -50,7 +46,6 @@ from satsrouter.ecash.store import (
     take_counters_tx,
     unspent_tx,
 )
-from satsrouter.ecash.swap import Refused, blind, swap, unblind_signed
 from satsrouter.ecash.tokens import SUPPORTED_UNITS, ParsedToken, normalize_mint_url
 from satsrouter.store.tx import DurableRunner, Tx, TxRunner
 
@@ -83,7 +78,7 @@ class NodeWallet:
         self.instance_id = instance_id
         self.is_dead = is_dead  # whether another instance's process is provably gone
         self._legacy_dir = legacy_dir  # where an older node may have left its wallet file
-        self._splitting: set[str] = set()  # splits this process has not finished yet
+        self.splitter = Splitter(self.tx, instance_id)
         self._mnemonic = ""
         self._slots: dict[tuple[str, str], Slot] = {}
         self._receivers: dict[tuple[str, str], SwapBatcher] = {}
@@ -313,7 +308,8 @@ class NodeWallet:
         this process's and no longer in flight (e.g. the mint's answer was lost)."""
         if op.instance_id != self.instance_id:
             return await self.is_dead(op.instance_id)
-        in_flight = self._splitting.union(*(r.in_flight for r in self._receivers.values()))
+        receiving = (r.in_flight for r in self._receivers.values())
+        in_flight = self.splitter.in_flight.union(*receiving)
         return op.id not in in_flight
 
     async def recover(self) -> int:
@@ -346,73 +342,17 @@ class NodeWallet:
                 chosen = slot.wallet.coinselect(available, amount)
                 if sum(int(p.amount) for p in chosen) == amount:
                     return list(chosen)
-                await self._split(slot, amount)
+                try:
+                    await self.splitter.split(slot, amount)
+                except WalletConflict:
+                    await self.refresh(slot)  # another process took one of the inputs
+                    continue
                 chosen = slot.wallet.coinselect(slot.proofs, amount)
                 if sum(int(p.amount) for p in chosen) == amount:
                     return list(chosen)
             if attempt == 0:
                 await self.refresh(slot)  # others may have received more than we know of
-        raise _insufficient(amount, slot.unit)
-
-    async def _split(self, slot: Slot, amount: int) -> None:
-        """Swap some of our proofs for ones that include exactly `amount` (the fee is ours)."""
-        wallet = slot.wallet
-        inputs = list(wallet.coinselect(slot.proofs, amount, include_fees=True))
-        fee = int(wallet.get_fees_for_proofs(inputs))
-        if sum(int(p.amount) for p in inputs) < amount + fee:
-            raise _insufficient(amount, slot.unit)
-        keyset_id = str(wallet.keyset_id)
-        keep, send = wallet.determine_output_amounts(inputs, amount, keyset_id_outputs=keyset_id)
-        op_id = "split:" + os.urandom(12).hex()
-        self._splitting.add(op_id)
-        try:
-            await self._split_as(op_id, slot, inputs, fee, keyset_id, list(keep) + list(send))
-        finally:
-            self._splitting.discard(op_id)
-
-    async def _split_as(
-        self,
-        op_id: str,
-        slot: Slot,
-        inputs: list[Proof],
-        fee: int,
-        keyset_id: str,
-        amounts: list[int],
-    ) -> None:
-        wallet = slot.wallet
-        secrets = [str(p.secret) for p in inputs]
-
-        def intent(tx: Tx) -> list[Output]:
-            move_proofs_tx(tx, secrets, op_id, "unspent", "reserved")
-            first = take_counters_tx(tx, keyset_id, len(amounts))
-            outputs = [Output(a, first + i) for i, a in enumerate(amounts)]
-            insert_op_tx(
-                tx, op_id, "split", slot.mint, slot.unit, self.instance_id, keyset_id, outputs
-            )
-            return outputs
-
-        try:
-            outputs = await self.tx.run(intent)
-        except WalletConflict:
-            await self.refresh(slot)
-            raise _insufficient(sum(amounts), slot.unit) from None
-        slot.take(inputs)
-        faults.reach("split.after_intent")
-        blinded = await blind(wallet, keyset_id, outputs)
-        signed_inputs = wallet.sign_proofs_inplace_swap(inputs, blinded.messages)
-        try:
-            promises = await swap(slot, signed_inputs, blinded)
-        except Refused as refused:
-            await self.tx.run(lambda tx: _undo_split(tx, op_id))
-            slot.add(inputs)
-            raise refused.error from None
-        faults.reach("split.after_swap")
-        new = await unblind_signed(wallet, blinded, promises)
-        fee_msat = fee * slot.per_unit_msat
-        await self.tx.run(
-            lambda tx: finish_split_tx(tx, op_id, slot.mint, slot.unit, new, fee_msat)
-        )
-        slot.add(new)
+        raise insufficient_funds(amount, slot.unit)
 
     def _accepted_mint(self, mint: str | None) -> str:
         if mint is None:
@@ -530,12 +470,6 @@ def _register_keysets(tx: Tx, slot: Slot) -> None:
         ensure_keyset_tx(tx, keyset_id, slot.mint, slot.unit)
 
 
-def _undo_split(tx: Tx, op_id: str) -> None:
-    """The mint refused the split: its inputs are spendable again."""
-    if finish_op_tx(tx, op_id, "undone"):
-        move_op_proofs_tx(tx, op_id, "reserved", "unspent")
-
-
 def _expand_keyset_ids(wallet: Wallet, proofs: list[Any]) -> bool:
     """Give V4 short keyset ids their full form; False if some keyset is not known here."""
     known = True
@@ -548,14 +482,6 @@ def _expand_keyset_ids(wallet: Wallet, proofs: list[Any]) -> bool:
         else:
             known = False
     return known
-
-
-def _insufficient(amount: int, unit: str) -> EcashError:
-    return EcashError(
-        "insufficient_node_funds",
-        f"The node cannot issue {amount} {unit} right now. "
-        "Try again later or contact the operator.",
-    )
 
 
 def _describe(exc: BaseException) -> str:
