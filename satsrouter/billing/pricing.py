@@ -178,13 +178,13 @@ def max_request_cost(
     text: a token is at least one byte), capped at the context window of each of the
     request's `prompts` (a batch of completions prompts or embeddings inputs: each fills a
     context of its own). `prompt_estimate` returns a *lower* estimate of the prompt, called
-    only when it can shorten the completion budget of a single prompt, with the context
-    length (past which it may stop counting). `units` holds the
-    most of each per-unit component the request can use (images carried in and made, web
-    searches, audio seconds); its token counts are ignored. `choices` is how many
-    completions the request asks for in all (`n`, `best_of`, times the prompts of a batch):
-    each may use the whole completion budget, and the prompt is billed once, as OpenAI bills
-    it (usage counts the completions of all choices, the prompt once).
+    with the context length (past which it may stop counting) only when it can shorten the
+    completion budget of a single prompt. `units` holds the most of each per-unit component
+    the request can use (images carried in and made, web searches, audio seconds); its token
+    counts are ignored. `choices` is how many completions the request asks for in all (`n`,
+    `best_of`, times the prompts of a batch): each may use the whole completion budget, and
+    the prompt is reserved once, as OpenAI bills it (usage counts the completions of all
+    choices, the prompt once).
     """
     contexts = model.context_length * max(prompts, 1)
     if units.images or units.web_searches:

@@ -98,11 +98,10 @@ class PriceBook:
 
         `prompt_estimate` (e.g. `lambda context: estimate_prompt_tokens(body, context)`) is
         called, with the model's context length, only when the prompt may be long enough to
-        shorten the completion budget (RIP-05); `images`
-        and `web_searches` are what the request may use (`count_input_images`,
-        `reserved_web_searches`); `choices` how many completions it asks for (each may use
-        the whole completion budget); `prompts` how many prompts a batch carries (each may
-        fill the context).
+        shorten the completion budget (RIP-05); `images` and `web_searches` are what the
+        request may use (`count_input_images`, `reserved_web_searches`); `choices` how many
+        completions it asks for (each may use the whole completion budget); `prompts` how
+        many prompts a batch carries (each may fill the context).
         """
         model = self.model(model_id)
         prices = self.prices(model)
