@@ -45,6 +45,8 @@ async def test_a_redemption_cancelled_during_its_swap_is_still_credited(
     request.cancel()  # the client went away
     with pytest.raises(asyncio.CancelledError):
         await request
+    # the sweeper passing now must not take the swap's intent for abandoned
+    await node.billing.recover()
     # the node holds the ecash, so the balance is there too, once
     await eventually(credited, within=5, every=0.01)
     async with node.engine.connect() as conn:
@@ -161,4 +163,32 @@ async def test_a_swap_whose_answer_was_lost_is_finished_by_the_sweeper(
     async with node.node.engine.connect() as conn:
         ops = (await conn.execute(select(wallet_ops.c.state))).scalars().all()
     assert ops == ["done"]
+    await node.check_invariants()
+
+
+async def test_a_payout_cancelled_before_its_token_was_handed_over_is_credited_back(
+    node: RunningNode, user_wallet: TestWallet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (token,) = await user_wallet.mint_tokens(40)
+    account = await node.node.billing.account(token)
+    payouts = node.node.payouts
+    at_issue = asyncio.Event()
+
+    async def stuck(*args: Any, **kwargs: Any) -> Any:
+        at_issue.set()
+        await asyncio.Event().wait()  # the client goes away before the token is chosen
+
+    monkeypatch.setattr(payouts.wallet, "issue", stuck)
+    sending = asyncio.create_task(payouts.pay_out(account.id, "withdraw:cancelled", None))
+    await asyncio.wait_for(at_issue.wait(), 10)
+    await node.node.billing.recover()
+    assert (await node.balance(token))["balance"] == 0  # still being sent: left alone
+    sending.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await sending
+    await node.node.billing.recover()  # nobody sends it any more: the debit comes back
+    assert (await node.balance(token))["balance"] == 40_000
+    monkeypatch.undo()
+    paid = await payouts.pay_out(account.id, "withdraw:cancelled", None)  # may be retried
+    assert paid.token is not None and await user_wallet.redeem(paid.token) == 40
     await node.check_invariants()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 from satsrouter import faults
@@ -108,6 +109,8 @@ class Payouts:
     def __init__(self, ledger: Ledger, wallet: NodeWallet) -> None:
         self.ledger = ledger
         self.wallet = wallet
+        # Payout ids being sent by calls in this process (recovery leaves them alone).
+        self._sending: Counter[str] = Counter()
 
     async def get(self, payout_id: str) -> Payout | None:
         """A payout already made under this id, if any; 409-style conflict if in flight."""
@@ -119,6 +122,15 @@ class Payouts:
 
     async def pay_out(self, account_id: int, payout_id: str, amount_msat: int | None) -> Payout:
         """Pay `amount_msat` (None: everything available) out as a Cashu token."""
+        self._sending[payout_id] += 1
+        try:
+            return await self._pay_out(account_id, payout_id, amount_msat)
+        finally:
+            self._sending[payout_id] -= 1
+            if not self._sending[payout_id]:
+                del self._sending[payout_id]
+
+    async def _pay_out(self, account_id: int, payout_id: str, amount_msat: int | None) -> Payout:
         step = await self.begin(account_id, payout_id, amount_msat)
         if isinstance(step, Payout):
             return step
@@ -240,7 +252,10 @@ class Payouts:
         return await self.ledger.tx.run(op, durable=True)
 
     async def recover_cashu(self) -> int:
-        """Undo Cashu payouts whose process died `pending`; returns how many.
+        """Undo Cashu payouts left `pending` by nobody sending them; returns how many.
+
+        Nobody: their process died, or it is this one and no call is sending them any more
+        (it was cancelled between the debit and the hand-over).
 
         A pending payout's token never left: its proofs are handed over only in the
         transaction that completes it. Crediting the debit back is therefore safe, and the
@@ -249,7 +264,10 @@ class Payouts:
         rows, _ = await self.ledger.tx.run(lambda tx: tx.execute(_PENDING_CASHU, {}))
         undone = 0
         for payout_id, account_id, amount, unit, mint_url, instance_id, _ in rows:
-            if instance_id is not None and not await self.ledger.is_dead(instance_id):
+            if instance_id == self.ledger.instance_id:
+                if payout_id in self._sending:
+                    continue
+            elif instance_id is not None and not await self.ledger.is_dead(instance_id):
                 continue
             step = PendingPayout(payout_id, account_id, int(amount), unit, mint_url)
             undone += await self.undo(step)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -92,6 +93,8 @@ class Redeemer:
         self.ledger = ledger
         self.wallet = wallet
         self._finishing: set[asyncio.Future[Redeemed]] = set()
+        # Token hashes whose redemption a call in this process is carrying.
+        self._redeeming: Counter[str] = Counter()
 
     async def redeem(self, text: str, token: ParsedToken, key_hash: str, kind: str) -> Redeemed:
         """Redeem `token` (parsed from `text`) into the account `key_hash` (created if needed).
@@ -100,6 +103,29 @@ class Redeemer:
         not swapped again: the existing credit is reported with `already=True`.
         """
         self.wallet.check_accepted(token)
+        th = token.raw_hash
+        # Carried from before the intent is written until its swap ends (which outlives a
+        # cancelled caller): recovery never forgets an intent while a swap may still use it.
+        self._redeeming[th] += 1
+        try:
+            started = await self._start(token, key_hash, kind)
+        except BaseException:
+            self._carried(th)
+            raise
+        if isinstance(started, Redeemed):
+            self._carried(th)
+            return started
+        return await asyncio.shield(started)  # the swap's end lets go of the token hash
+
+    def _carried(self, token_hash: str) -> None:
+        self._redeeming[token_hash] -= 1
+        if not self._redeeming[token_hash]:
+            del self._redeeming[token_hash]
+
+    async def _start(
+        self, token: ParsedToken, key_hash: str, kind: str
+    ) -> Redeemed | asyncio.Future[Redeemed]:
+        """Record the intent and start the swap; an earlier redemption's result instead."""
         now = time.time()
         intent = {
             "th": token.raw_hash,
@@ -129,7 +155,8 @@ class Redeemer:
         finishing = asyncio.ensure_future(self._swap_and_credit(token))
         self._finishing.add(finishing)
         finishing.add_done_callback(self._finished)
-        return await asyncio.shield(finishing)
+        finishing.add_done_callback(lambda _: self._carried(token.raw_hash))
+        return finishing
 
     def _finished(self, task: asyncio.Future[Redeemed]) -> None:
         self._finishing.discard(task)
@@ -190,10 +217,16 @@ class Redeemer:
         for token_hash, instance_id, state, _ in rows:
             if state == "swapped":  # written by a version that kept ecash elsewhere
                 credited += await self._credit_legacy(token_hash)
-            elif instance_id is None or await self.ledger.is_dead(instance_id):
+            elif await self._abandoned(token_hash, instance_id):
                 await self.ledger.tx.run(_forget(token_hash))
                 log.info("redemption %s never reached the mint; forgotten", token_hash[:12])
         return credited
+
+    async def _abandoned(self, token_hash: str, instance_id: str | None) -> bool:
+        """Whether nobody carries a redemption not yet sent to the mint any more."""
+        if instance_id == self.ledger.instance_id:
+            return token_hash not in self._redeeming
+        return instance_id is None or await self.ledger.is_dead(instance_id)
 
     async def _recover_op(self, op: Op) -> int:
         slot = await self.wallet.loaded_slot(op.mint_url, op.unit)
