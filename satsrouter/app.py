@@ -91,9 +91,17 @@ def create_app(
     app.include_router(catalog.router)
     app.include_router(lightning.router)
 
-    @app.get("/")
+    # Clients probe the base URL before anything else (Claude Code sends `HEAD /v1`): a 200
+    # that says what answers here, rather than a 404 that looks like a wrong URL.
+    @app.api_route("/", methods=["GET", "HEAD"])
+    @app.api_route("/v1", methods=["GET", "HEAD"])
     async def root() -> dict[str, object]:
-        return {"name": settings.name, "version": __version__, "mints": settings.cashu_mints}
+        return {
+            "name": settings.name,
+            "version": __version__,
+            "mints": settings.cashu_mints,
+            "api": "/v1 (OpenAI and Anthropic compatible); node details at /v1/info",
+        }
 
     # Innermost, so that its 413 still gets CORS headers and a request id.
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
