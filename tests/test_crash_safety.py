@@ -31,9 +31,7 @@ async def test_a_redemption_cancelled_during_its_swap_is_still_credited(
     (token,) = await user_wallet.mint_tokens(20)
     key_hash = hashlib.sha256(token.encode()).hexdigest()
     (batcher,) = node.wallet._receivers.values()
-    request = asyncio.create_task(
-        node.redeemer.redeem(token, parse_token(token), key_hash, "token")
-    )
+    request = asyncio.create_task(node.redeemer.redeem(parse_token(token), key_hash, "token"))
 
     async def at_mint() -> bool:
         return batcher._mint_turn.locked()

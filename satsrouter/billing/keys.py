@@ -77,7 +77,7 @@ class Keys:
                 raise ApiError(400, "invalid_expiry", "Key-Expiry-Time is in the past.")
         token = self.billing.parse(token_text)
         key = new_key()
-        redeemed = await self.billing.redeem(token_text, token, sha256_hex(key), "key")
+        redeemed = await self.billing.redeem(token, sha256_hex(key), "key")
         if redeemed.already:
             raise ecash_api_error(EcashError("cashu_token_already_spent"))
         if refund_address is not None or expires_at is not None:
@@ -111,7 +111,7 @@ class Keys:
                 f"This key holds {account.unit} from {account.mint_url}; top it up with a "
                 "token from that mint in that unit.",
             )
-        redeemed = await self.billing.redeem(token_text, token, account.key_hash, account.kind)
+        redeemed = await self.billing.redeem(token, account.key_hash, account.kind)
         if redeemed.already:
             raise ecash_api_error(EcashError("cashu_token_already_spent"))
         return Topup(await self.ledger.get_account_by_id(account.id), redeemed.credited_msat)

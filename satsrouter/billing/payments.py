@@ -168,7 +168,7 @@ class Billing:
                     401, "invalid_api_key", "Unknown API key. Check the key or create a new one."
                 ) from None
         # A token used as an API key for the first time: redeem it into its own balance.
-        await self.redeem(key, self.parse(key), key_hash, "token")
+        await self.redeem(self.parse(key), key_hash, "token")
         return await self._reserve(key_hash, max_cost_msat, model, request_id, None)
 
     async def account(self, key: str) -> Account:
@@ -179,16 +179,16 @@ class Billing:
             return account
         if not is_cashu_token(key):
             raise ApiError(401, "invalid_api_key", "Unknown API key.")
-        await self.redeem(key, self.parse(key), key_hash, "token")
+        await self.redeem(self.parse(key), key_hash, "token")
         account = await self.ledger.get_account(key_hash)
         if account is None:
             raise ApiError(401, "invalid_api_key", "Unknown API key.")
         return account
 
-    async def redeem(self, text: str, token: ParsedToken, key_hash: str, kind: str) -> Redeemed:
+    async def redeem(self, token: ParsedToken, key_hash: str, kind: str) -> Redeemed:
         """Redeem a token into `key_hash`'s balance; mint failures become client errors."""
         try:
-            return await self.redeemer.redeem(text, token, key_hash, kind)
+            return await self.redeemer.redeem(token, key_hash, kind)
         except EcashError as exc:
             raise ecash_api_error(exc) from exc
 
@@ -209,7 +209,7 @@ class Billing:
             # Refused before redeeming: the token stays spendable by its owner.
             raise insufficient_balance(token.amount_msat, max_cost_msat)
         key_hash = xcashu_key_hash(token)
-        redeemed = await self.redeem(text, token, key_hash, "xcashu")
+        redeemed = await self.redeem(token, key_hash, "xcashu")
         if redeemed.already:
             raise ApiError(
                 400,

@@ -96,8 +96,8 @@ class Redeemer:
         # Token hashes whose redemption a call in this process is carrying.
         self._redeeming: Counter[str] = Counter()
 
-    async def redeem(self, text: str, token: ParsedToken, key_hash: str, kind: str) -> Redeemed:
-        """Redeem `token` (parsed from `text`) into the account `key_hash` (created if needed).
+    async def redeem(self, token: ParsedToken, key_hash: str, kind: str) -> Redeemed:
+        """Redeem `token` into the account `key_hash` (created if needed).
 
         Raises EcashError for tokens the mint refuses. A token this node already redeemed is
         not swapped again: the existing credit is reported with `already=True`.
@@ -184,9 +184,6 @@ class Redeemer:
             else:
                 # Nothing happened at the mint: the token stays its owner's, to use again.
                 await self.ledger.tx.run(lambda tx: tx.execute(_FORGET, {"th": th}))
-            raise
-        except BaseException:
-            # not sent, or sent and unknown: recovery decides with the mint's answer
             raise
 
     async def _mark_failed(self, token_hash: str, reason: str) -> None:

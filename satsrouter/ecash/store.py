@@ -60,15 +60,10 @@ _FINISH_OP = (
     "UPDATE wallet_ops SET state = :state, inputs = NULL, node_delta_msat = :delta, "
     "updated_at = :now WHERE id = :id AND state = 'pending'"
 )
-_OP = (
-    "SELECT id, kind, mint_url, unit, state, instance_id, keyset_id, outputs, inputs, detail, "
-    "created_at FROM wallet_ops WHERE id = :id"
-)
 _PENDING_OPS = (
     "SELECT id, kind, mint_url, unit, state, instance_id, keyset_id, outputs, inputs, detail, "
     "created_at FROM wallet_ops WHERE state = 'pending'"
 )
-_SET_DELTA = "UPDATE wallet_ops SET node_delta_msat = :delta, updated_at = :now WHERE id = :id"
 
 
 class WalletConflict(Exception):
@@ -295,15 +290,6 @@ def finish_op_tx(tx: Tx, op_id: str, state: str, node_delta_msat: int = 0) -> bo
         _FINISH_OP, {"id": op_id, "state": state, "delta": node_delta_msat, "now": time.time()}
     )
     return moved == 1
-
-
-def set_op_delta_tx(tx: Tx, op_id: str, node_delta_msat: int) -> None:
-    tx.execute(_SET_DELTA, {"id": op_id, "delta": node_delta_msat, "now": time.time()})
-
-
-def get_op_tx(tx: Tx, op_id: str) -> Op | None:
-    rows, _ = tx.execute(_OP, {"id": op_id})
-    return _op_of(rows[0]) if rows else None
 
 
 def pending_ops_tx(tx: Tx) -> list[Op]:
