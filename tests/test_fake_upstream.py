@@ -433,6 +433,46 @@ async def test_chat_tool_call_streamed(fu: FakeUpstream) -> None:
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
 
 
+async def test_chat_scripted_tool_call_once_per_conversation(fu: FakeUpstream) -> None:
+    fu.configure(tool_call={"name": "other", "arguments": {"file_path": "/tmp/notes.txt"}})
+    async with client(fu) as c:
+        r = await c.chat.completions.create(model="m", messages=MESSAGES, tools=TOOLS)
+        calls = r.choices[0].message.tool_calls
+        assert calls is not None and calls[0].type == "function"
+        assert calls[0].function.name == "other"
+        assert json.loads(calls[0].function.arguments) == {"file_path": "/tmp/notes.txt"}
+        stream = await c.chat.completions.create(
+            model="m", messages=MESSAGES, tools=TOOLS, stream=True
+        )
+        arguments = "".join(
+            [
+                tc.function.arguments or ""
+                async for ch in stream
+                if ch.choices
+                for tc in ch.choices[0].delta.tool_calls or []
+                if tc.function is not None
+            ]
+        )
+        assert json.loads(arguments) == {"file_path": "/tmp/notes.txt"}
+        # A user turn after the tool result (as Claude Code may add) still ends in text.
+        answered: list[ChatCompletionMessageParam] = [
+            *MESSAGES,
+            {"role": "assistant", "content": None, "tool_calls": [calls[0].model_dump()]},  # type: ignore[list-item]
+            {"role": "tool", "tool_call_id": calls[0].id, "content": "read"},
+            {"role": "user", "content": "and now?"},
+        ]
+        r2 = await c.chat.completions.create(model="m", messages=answered, tools=TOOLS)
+        assert r2.choices[0].message.content == TEN_WORDS
+        # Not declared: text.
+        r3 = await c.chat.completions.create(model="m", messages=MESSAGES, tools=TOOLS[:1])
+        assert r3.choices[0].message.content == TEN_WORDS
+        fu.configure(tool_call="none")
+        r4 = await c.chat.completions.create(model="m", messages=MESSAGES, tools=TOOLS)
+        assert r4.choices[0].message.content == TEN_WORDS
+    with pytest.raises(ValueError, match="tool_call"):
+        fu.configure(tool_call={"name": "other"})  # type: ignore[typeddict-item]
+
+
 async def test_chat_n_choices_each_billed(fu: FakeUpstream) -> None:
     async with client(fu) as c:
         r = await c.chat.completions.create(model="m", messages=MESSAGES, n=3, max_tokens=4)
@@ -957,6 +997,28 @@ async def test_anthropic_tool_round_trip(anth: FakeUpstream) -> None:
             max_tokens=100,
         )
         assert none.stop_reason == "end_turn"
+
+
+async def test_anthropic_scripted_tool_call(anth: FakeUpstream) -> None:
+    anth.configure(tool_call={"name": "search", "arguments": {"file_path": "/x"}})
+    question: list[MessageParam] = [{"role": "user", "content": "read x"}]
+    async with anthropic_client(anth) as c:
+        m = await c.messages.create(
+            model="claude", messages=question, tools=A_TOOLS, max_tokens=100
+        )
+        block = m.content[0]
+        assert block.type == "tool_use" and block.input == {"file_path": "/x"}
+        async with c.messages.stream(
+            model="claude", messages=question, tools=A_TOOLS, max_tokens=100
+        ) as stream:
+            final = await stream.get_final_message()
+        streamed = final.content[0]
+        assert streamed.type == "tool_use" and streamed.input == {"file_path": "/x"}
+        anth.configure(tool_call="none")
+        m2 = await c.messages.create(
+            model="claude", messages=question, tools=A_TOOLS, max_tokens=100
+        )
+        assert m2.stop_reason == "end_turn"
 
 
 async def test_anthropic_count_tokens(anth: FakeUpstream) -> None:

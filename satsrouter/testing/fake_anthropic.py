@@ -20,7 +20,8 @@ Reply: text ``"w1 … wN"``, N = ``completion_tokens`` capped by ``max_tokens``
 ``tools`` is non-empty, ``tool_choice`` is not ``{"type": "none"}`` and the last
 message carries no ``tool_result`` block, the reply is one ``tool_use`` block for the
 first tool with input ``{"query": "w1 w2"}``, ``stop_reason: "tool_use"`` and
-``output_tokens`` = 5 (``TOOL_CALL_TOKENS``, not capped).
+``output_tokens`` = 5 (``TOOL_CALL_TOKENS``, not capped); the ``tool_call`` behaviour
+turns calls off or scripts one (name and input, streamed in two halves).
 
 Stream: ``event:`` + ``data:`` pairs message_start (usage with the input counts and
 ``output_tokens: 1``), content_block_start, ping, content_block_delta (a
@@ -49,6 +50,7 @@ from satsrouter.testing.fake_core import (
     Host,
     Plan,
     anthropic_error,
+    choose_tool,
     read_json,
     reply_length,
     send_body,
@@ -82,23 +84,30 @@ def input_tokens_of(messages: object, system: object = None) -> int:
     return total
 
 
-def _tool_name(body: dict[str, Any]) -> str | None:
-    """The tool the reply calls, or None for a text reply (the documented rule)."""
+def _is_tool_result(message: object) -> bool:
+    content = message.get("content") if isinstance(message, dict) else None
+    return isinstance(content, list) and any(
+        isinstance(b, dict) and b.get("type") == "tool_result" for b in content
+    )
+
+
+def _tool_name(body: dict[str, Any], plan: Plan) -> tuple[str, str | None] | None:
+    """The tool the reply calls and its scripted arguments, or None for a text reply."""
     tools = body.get("tools")
     choice = body.get("tool_choice")
-    if not isinstance(tools, list) or not tools:
+    if not isinstance(tools, list):
         return None
     if isinstance(choice, dict) and choice.get("type") == "none":
         return None
+    declared = []
+    for tool in tools:
+        name = tool.get("name") if isinstance(tool, dict) else None
+        declared.append(name if isinstance(name, str) else "tool")
     messages = body.get("messages")
-    last = messages[-1] if isinstance(messages, list) and messages else None
-    content = last.get("content") if isinstance(last, dict) else None
-    if isinstance(content, list) and any(
-        isinstance(b, dict) and b.get("type") == "tool_result" for b in content
-    ):
-        return None
-    name = tools[0].get("name") if isinstance(tools[0], dict) else None
-    return name if isinstance(name, str) else "tool"
+    results = [_is_tool_result(m) for m in messages] if isinstance(messages, list) else []
+    return choose_tool(
+        plan, declared, answered=bool(results) and results[-1], any_answer=any(results)
+    )
 
 
 def _validate(body: dict[str, Any], *, need_max_tokens: bool) -> web.Response | None:
@@ -158,7 +167,7 @@ async def messages(host: Host, request: web.Request) -> web.StreamResponse:
     if failed is not None:
         return failed
 
-    tool = _tool_name(body)
+    tool = _tool_name(body, plan)
     seq = host.next_id()
     n, capped = reply_length(plan, body.get("max_tokens"))
     stop_reason = "max_tokens" if capped else "end_turn"
@@ -168,8 +177,8 @@ async def messages(host: Host, request: web.Request) -> web.StreamResponse:
         block = {
             "type": "tool_use",
             "id": f"toolu_fake{seq:08d}",
-            "name": tool,
-            "input": dict(TOOL_CALL_INPUT),
+            "name": tool[0],
+            "input": dict(TOOL_CALL_INPUT) if tool[1] is None else orjson.loads(tool[1]),
         }
     input_tokens, cached = _input_counts(plan, body)
     output_tokens = n
@@ -202,7 +211,9 @@ async def messages(host: Host, request: web.Request) -> web.StreamResponse:
         ]
     else:
         start_block = {**block, "input": {}}
-        deltas = [{"type": "input_json_delta", "partial_json": f} for f in tool_call_fragments()]
+        deltas = [
+            {"type": "input_json_delta", "partial_json": f} for f in tool_call_fragments(tool[1])
+        ]
     opening = {
         **message,
         "content": [],

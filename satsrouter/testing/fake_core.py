@@ -45,6 +45,15 @@ class Behaviour(TypedDict, total=False):
     audio_usage: str
     cache_read_tokens: int
     count_tokens: bool
+    tool_call: str | dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ScriptedCall:
+    """A tool call the fake makes once per conversation (behaviour ``tool_call``)."""
+
+    name: str
+    arguments: str  # JSON text, sent as the model would
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -64,6 +73,7 @@ class Plan:
     audio_usage: str = "duration"
     cache_read_tokens: int = 0
     count_tokens: bool = True
+    tool_call: str | ScriptedCall = "first"
 
 
 _FAIL_MODES = frozenset({"drop", "timeout", "drop_midstream"})
@@ -108,6 +118,8 @@ def check_behaviour(raw: Mapping[str, Any]) -> dict[str, Any]:
             out[key] = value
         elif key == "fail":
             out[key] = _check_fail(value)
+        elif key == "tool_call":
+            out[key] = _check_tool_call(value)
         else:
             raise ValueError(f"unknown behaviour key {key!r}")
     return out
@@ -125,6 +137,16 @@ def _check_fail(value: object) -> str | None:
     raise ValueError(
         "fail must be null, an HTTP status 400..599, 'drop', 'timeout' or 'drop_midstream'"
     )
+
+
+def _check_tool_call(value: object) -> str | ScriptedCall:
+    if isinstance(value, ScriptedCall) or (isinstance(value, str) and value in ("first", "none")):
+        return value
+    if isinstance(value, dict) and set(value) == {"name", "arguments"}:
+        name, arguments = value["name"], value["arguments"]
+        if isinstance(name, str) and name and isinstance(arguments, dict):
+            return ScriptedCall(name, orjson.dumps(arguments).decode())
+    raise ValueError("tool_call must be 'first', 'none' or {\"name\": str, \"arguments\": object}")
 
 
 # -- replies and counting ------------------------------------------------------
@@ -149,9 +171,37 @@ def reply_length(plan: Plan, limit: object) -> tuple[int, bool]:
     return n, False
 
 
-def tool_call_fragments() -> list[str]:
-    """The JSON arguments of a tool call, split as a provider streams them."""
-    return ['{"query": "', "w1", " w2", '"}']
+def tool_call_fragments(arguments: str | None = None) -> list[str]:
+    """The JSON arguments of a tool call, split as a provider streams them.
+
+    The default call's arguments in four fragments; scripted ``arguments`` in two halves.
+    """
+    if arguments is None:
+        return ['{"query": "', "w1", " w2", '"}']
+    half = len(arguments) // 2
+    return [arguments[:half], arguments[half:]]
+
+
+def choose_tool(
+    plan: Plan, declared: list[str], *, answered: bool, any_answer: bool
+) -> tuple[str, str | None] | None:
+    """(tool name, scripted JSON arguments or None for the default ones), or None for text.
+
+    ``declared``: the request's tool names, in order (empty: no tools, or tool choice
+    none); ``answered``: its last message is a tool result; ``any_answer``: some message
+    is. ``tool_call`` ``"first"`` calls the first declared tool unless ``answered``;
+    ``"none"`` never calls one; a scripted call names a declared tool and is made once
+    per conversation (until some message is a tool result), so a client that adds text
+    after the result cannot make the fake loop.
+    """
+    script = plan.tool_call
+    if not declared or script == "none":
+        return None
+    if isinstance(script, ScriptedCall):
+        if any_answer or script.name not in declared:
+            return None
+        return script.name, script.arguments
+    return None if answered else (declared[0], None)
 
 
 # -- errors ----------------------------------------------------------------------

@@ -12,7 +12,8 @@ Chat: ``POST /v1/chat/completions``
     ``content: null``, ``finish_reason: "tool_calls"`` and ``completion_tokens`` =
     ``TOOL_CALL_TOKENS`` (5, not capped). Streamed like OpenAI: a first chunk with
     role, id and name (arguments ``""``), then four argument fragments
-    ``{"query": "`` · ``w1`` · `` w2`` · ``"}``.
+    ``{"query": "`` · ``w1`` · `` w2`` · ``"}``. The ``tool_call`` behaviour turns
+    calls off or scripts one (name and arguments, streamed in two halves).
 
     ``n`` (1..128, default 1; else 400): ``n`` choices, indexes 0..n-1, each the same
     reply; ``completion_tokens`` counts them all (N × n), the prompt once. Streamed, each
@@ -52,6 +53,7 @@ from satsrouter.testing.fake_core import (
     TOOL_CALL_TOKENS,
     Host,
     Plan,
+    choose_tool,
     openai_error,
     read_json,
     reply_length,
@@ -84,20 +86,26 @@ def prompt_tokens_of(messages: object) -> int:
     return total
 
 
-def _tool_name(body: dict[str, Any]) -> str | None:
-    """The tool the reply calls, or None for a text reply (the documented rule)."""
+def _tool_name(body: dict[str, Any], plan: Plan) -> tuple[str, str | None] | None:
+    """The tool the reply calls and its scripted arguments, or None for a text reply."""
     tools = body.get("tools")
     messages = body.get("messages")
-    if not isinstance(tools, list) or not tools or body.get("tool_choice") == "none":
+    if not isinstance(tools, list) or body.get("tool_choice") == "none":
         return None
-    if isinstance(messages, list) and messages:
-        last = messages[-1]
-        if isinstance(last, dict) and last.get("role") in ("tool", "function"):
-            return None
-    first = tools[0]
-    function = first.get("function") if isinstance(first, dict) else None
-    name = function.get("name") if isinstance(function, dict) else None
-    return name if isinstance(name, str) else "tool"
+    declared = []
+    for tool in tools:
+        function = tool.get("function") if isinstance(tool, dict) else None
+        name = function.get("name") if isinstance(function, dict) else None
+        declared.append(name if isinstance(name, str) else "tool")
+    roles = (
+        [m.get("role") for m in messages if isinstance(m, dict)]
+        if isinstance(messages, list)
+        else []
+    )
+    results = [role in ("tool", "function") for role in roles]
+    return choose_tool(
+        plan, declared, answered=bool(results) and results[-1], any_answer=any(results)
+    )
 
 
 def _usage(prompt: int, completion: int) -> dict[str, int]:
@@ -151,7 +159,7 @@ async def chat(host: Host, request: web.Request) -> web.StreamResponse:
     if failed is not None:
         return failed
 
-    tool = _tool_name(body)
+    tool = _tool_name(body, plan)
     limit = body.get("max_completion_tokens")
     if limit is None:
         limit = body.get("max_tokens")
@@ -179,7 +187,7 @@ async def chat(host: Host, request: web.Request) -> web.StreamResponse:
     message: dict[str, Any] = {"role": "assistant", "content": " ".join(words(n))}
     if tool is not None:
         # The joined stream fragments: the same JSON text streamed or not.
-        arguments = "".join(tool_call_fragments())
+        arguments = "".join(tool_call_fragments(tool[1]))
         message = {
             "role": "assistant",
             "content": None,
@@ -187,7 +195,7 @@ async def chat(host: Host, request: web.Request) -> web.StreamResponse:
                 {
                     "id": call_id,
                     "type": "function",
-                    "function": {"name": tool, "arguments": arguments},
+                    "function": {"name": tool[0], "arguments": arguments},
                 }
             ],
         }
@@ -206,7 +214,7 @@ async def chat(host: Host, request: web.Request) -> web.StreamResponse:
     return await send_body(request, plan, orjson.dumps(response))
 
 
-def _chat_deltas(n: int, tool: str | None, call_id: str) -> list[dict[str, Any]]:
+def _chat_deltas(n: int, tool: tuple[str, str | None] | None, call_id: str) -> list[dict[str, Any]]:
     """The role delta, then one delta per content chunk."""
     if tool is None:
         first: dict[str, Any] = {"role": "assistant", "content": ""}
@@ -215,12 +223,12 @@ def _chat_deltas(n: int, tool: str | None, call_id: str) -> list[dict[str, Any]]
         "index": 0,
         "id": call_id,
         "type": "function",
-        "function": {"name": tool, "arguments": ""},
+        "function": {"name": tool[0], "arguments": ""},
     }
     first = {"role": "assistant", "content": None, "tool_calls": [head]}
     return [first] + [
         {"tool_calls": [{"index": 0, "function": {"arguments": fragment}}]}
-        for fragment in tool_call_fragments()
+        for fragment in tool_call_fragments(tool[1])
     ]
 
 

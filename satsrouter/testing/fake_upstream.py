@@ -30,7 +30,7 @@ Replies, in short
     Responses and Anthropic add the words of ``instructions`` / ``system``.
     With ``tools`` declared (and the last message not a tool result) chat and
     Anthropic replies are a call of the first tool with ``{"query": "w1 w2"}``
-    and 5 completion tokens.
+    and 5 completion tokens (``tool_call`` below changes which, or turns it off).
 
 Behaviour (merged: server defaults < control state < the request's ``"fake"`` object;
 for multipart requests, a form field ``fake`` holding the JSON object)
@@ -53,6 +53,13 @@ for multipart requests, a form field ``fake`` holding the JSON object)
     ``audio_usage``       audio: ``"duration"`` (default) | ``"tokens"`` | ``"none"``
     ``cache_read_tokens`` Anthropic: input tokens reported as cache reads instead
     ``count_tokens``      Anthropic: false → ``/v1/messages/count_tokens`` is 404
+    ``tool_call``         chat and Anthropic: ``"first"`` (default, the rule above) |
+                          ``"none"`` (text replies even when tools are declared) |
+                          ``{"name": N, "arguments": {...}}``: call the declared tool N
+                          with exactly these arguments while no message of the
+                          conversation is a tool result, then reply with text (how a
+                          real agent such as Claude Code is walked through one tool
+                          round trip; N not declared → text)
 
 Behaviour applies to every endpoint except ``/v1/models``, which always answers.
 
