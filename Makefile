@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint test-tools bench bench-tools clean
+.PHONY: demo test lint test-tools client-tools bench bench-tools clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -27,11 +27,29 @@ test: lint test-tools
 TEST_TOOLS := $(if $(wildcard /usr/lib/postgresql/*/bin/initdb),ok)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-test-tools:
+test-tools: client-tools
 ifneq ($(TEST_TOOLS),ok)
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
 endif
+
+# The real-program tests (tests/test_real_clients.py, marker `clients`) run Claude Code, the
+# Node.js openai SDK and curl. Node.js, npm and curl come from Debian when missing; the npm
+# packages, pinned in tests/clients/package-lock.json, are installed by `npm ci`, again only
+# when the lock is newer than the last install (npm writes node_modules/.package-lock.json).
+CLIENTS := tests/clients
+CLIENT_INSTALL := $(CLIENTS)/node_modules/.package-lock.json
+CLIENT_PROGRAMS := $(shell command -v node >/dev/null && command -v npm >/dev/null && command -v curl >/dev/null && echo ok)
+
+client-tools: $(CLIENT_INSTALL)
+
+$(CLIENT_INSTALL): $(CLIENTS)/package.json $(CLIENTS)/package-lock.json
+ifneq ($(CLIENT_PROGRAMS),ok)
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm curl
+endif
+	cd $(CLIENTS) && npm ci --no-audit --no-fund
+	touch $@
 
 # nginx (the fast fake upstream) and wrk (the load generator) come from Debian.
 BENCH_TOOLS := $(shell command -v wrk >/dev/null && { command -v nginx || test -x /usr/sbin/nginx; } >/dev/null && echo ok)
@@ -46,4 +64,4 @@ bench: $(STAMP) bench-tools
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache $(CLIENTS)/node_modules
