@@ -218,6 +218,29 @@ def test_other_server_tools_are_refused(dialect: str, tool: dict[str, Any]) -> N
         to_openai_request(_req(tools=[tool]), dialect)
 
 
+def test_deferred_tools_wait_for_a_tool_search() -> None:
+    deferred = {"name": "Later", "input_schema": {"type": "object"}, "defer_loading": True}
+    out = to_openai_request(_req(tools=[WEATHER, deferred]))
+    assert [t["function"]["name"] for t in out["tools"]] == ["weather"]
+    search_result = {
+        "type": "tool_result",
+        "tool_use_id": "t1",
+        "content": [{"type": "tool_reference", "tool_name": "Later"}],
+    }
+    messages = [
+        {"role": "user", "content": "q"},
+        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "ToolSearch"}]},
+        {"role": "user", "content": [search_result]},
+    ]
+    out = to_openai_request(_req(tools=[WEATHER, deferred], messages=messages))
+    assert [t["function"]["name"] for t in out["tools"]] == ["weather", "Later"]
+    assert out["messages"][-1] == {
+        "role": "tool",
+        "tool_call_id": "t1",
+        "content": "Tool Later is now available.",
+    }
+
+
 def test_top_k_only_for_openrouter() -> None:
     assert to_openai_request(_req(top_k=5), "openrouter")["top_k"] == 5
     assert "top_k" not in to_openai_request(_req(top_k=5))
@@ -263,7 +286,7 @@ REASONED = {
 
 
 def test_reasoning_comes_back_as_a_thinking_block_when_asked() -> None:
-    message = to_anthropic_response(_completion(REASONED), "m", thinking=True)
+    message = to_anthropic_response(_completion(REASONED), "m", thinking="summarized")
     assert message["content"] == [
         {"type": "thinking", "thinking": "r1 r2", "signature": "sig"},
         {"type": "text", "text": "answer"},
@@ -274,7 +297,7 @@ def test_reasoning_comes_back_as_a_thinking_block_when_asked() -> None:
 
 def test_reasoning_content_without_signature() -> None:
     message = {"role": "assistant", "content": "a", "reasoning_content": "hmm"}
-    out = to_anthropic_response(_completion(message), "m", thinking=True)
+    out = to_anthropic_response(_completion(message), "m", thinking="summarized")
     assert out["content"][0] == {"type": "thinking", "thinking": "hmm", "signature": ""}
 
 
@@ -291,7 +314,7 @@ def _chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
 
 
 def test_streamed_reasoning_becomes_a_signed_thinking_block() -> None:
-    translator = StreamTranslator("m", 3, thinking=True)
+    translator = StreamTranslator("m", 3, thinking="summarized")
     frames: list[bytes] = []
     for chunk in [
         _chunk({"role": "assistant", "content": "", "reasoning": "r1"}),
@@ -320,6 +343,22 @@ def test_streamed_reasoning_becomes_a_signed_thinking_block() -> None:
     assert events[1]["content_block"] == {"type": "thinking", "thinking": "", "signature": ""}
     assert events[4]["delta"] == {"type": "signature_delta", "signature": "s"}
     assert events[6]["index"] == 1
+
+
+def test_omitted_display_sends_only_the_signature() -> None:
+    out = to_anthropic_response(_completion(REASONED), "m", thinking="omitted")
+    assert out["content"][0] == {"type": "thinking", "thinking": "", "signature": "sig"}
+    translator = StreamTranslator("m", 3, thinking="omitted")
+    frames = translator.feed(_chunk({"role": "assistant", "content": "", "reasoning": "r1"}))
+    frames += translator.feed(
+        _chunk({"reasoning_details": [{"type": "reasoning.text", "signature": "s"}]})
+    )
+    frames += translator.feed(_chunk({"content": "w1"}))
+    deltas = [e["delta"] for e in _events(frames) if e["type"] == "content_block_delta"]
+    assert deltas == [
+        {"type": "signature_delta", "signature": "s"},
+        {"type": "text_delta", "text": "w1"},
+    ]
 
 
 def test_streamed_reasoning_left_out_unless_asked() -> None:

@@ -30,7 +30,7 @@ from satsrouter.endpoints.base import (
 from satsrouter.endpoints.chat import with_images
 from satsrouter.errors import ApiError
 from satsrouter.market.catalogue import Model
-from satsrouter.upstream.anthropic import to_openai_request, wants_thinking
+from satsrouter.upstream.anthropic import thinking_display, to_openai_request
 from satsrouter.upstream.anthropic_response import (
     TranslationError,
     anthropic_usage,
@@ -106,7 +106,9 @@ class TranslatedMessages(Messages):
             usage = _local(call, completion_text_of(data))
         usage = with_images(usage, call)
         message = to_anthropic_response(
-            {**data, "usage": None}, str(call.body.get("model")), thinking=wants_thinking(call.body)
+            {**data, "usage": None},
+            str(call.body.get("model")),
+            thinking=thinking_display(call.body),
         )
         return Reply(usage, raw, message, extra={"usage": usage})
 
@@ -196,7 +198,7 @@ class TranslatedMeter(StreamMeter):
         self.translator = StreamTranslator(
             str(call.body.get("model")),
             count_anthropic_prompt_tokens(call.body),
-            thinking=wants_thinking(call.body),
+            thinking=thinking_display(call.body),
         )
         self.reported: Usage | None = None
         self.texts: list[str] = []

@@ -10,11 +10,15 @@ What a request becomes (`dialect` "openrouter" is OpenAI chat plus OpenRouter's 
   `response_format` with that schema.
 - `thinking` (`enabled` with a budget, or `adaptive`) becomes OpenRouter's `reasoning`, or
   `reasoning_effort` for an OpenAI model whose catalogue entry lists it (others would refuse
-  the request); reasoning comes back as `thinking` blocks. Earlier `thinking` blocks with an
-  upstream signature go back to OpenRouter as `reasoning_details`; without one they are dropped.
+  the request); reasoning comes back as `thinking` blocks (only their signature with
+  `display: "omitted"`). Earlier `thinking` blocks with an upstream signature go back to
+  OpenRouter as `reasoning_details`; without one they are dropped.
+- Tools with `defer_loading` stay hidden from the model until a tool search's `tool_reference`
+  result names them, as Anthropic does.
 - The server tool `web_search_*` becomes OpenRouter's web plugin; an OpenAI upstream has no
   equivalent, so such a request (like any other server tool) is refused with a 400.
-- `top_k` goes to OpenRouter only; `metadata.user_id` becomes `user`.
+- `top_k` goes to OpenRouter only; `metadata.user_id` becomes `user` (a digest when longer
+  than OpenAI allows).
 - Ignored, never an error: `cache_control` everywhere, `context_management`, `service_tier`,
   `container`, `mcp_servers`, other `metadata`, and `anthropic-beta` headers.
 """
@@ -53,11 +57,11 @@ __all__ = [
     "error_event",
     "sse_event",
     "stop_reason_of",
+    "thinking_display",
     "to_anthropic_response",
     "to_openai_request",
     "tool_input_of",
     "usage_from_anthropic",
-    "wants_thinking",
 ]
 
 # Text blocks of one system prompt or one assistant turn are joined into one OpenAI string.
@@ -156,6 +160,9 @@ def _tool_result(
         for i, part in enumerate(_blocks(content, f"{where}.content")):
             if part["type"] == "text":
                 texts.append(_text(part, f"{where}.content.{i}"))
+            elif part["type"] == "tool_reference" and isinstance(part.get("tool_name"), str):
+                # A tool search's answer: the named deferred tool is sent from now on.
+                texts.append(f"Tool {part['tool_name']} is now available.")
             elif part["type"] == "image":
                 # OpenAI tool messages carry text only: images ride in the user message that
                 # follows the tool messages.
@@ -268,14 +275,33 @@ def _messages(raw: Any, dialect: str) -> list[dict[str, Any]]:
     return out
 
 
-def _tools(tools: Any, dialect: str, out: dict[str, Any]) -> None:
-    """OpenAI `tools` for the client's own tools; web search as OpenRouter's web plugin."""
+def _referenced_tools(messages: Any) -> set[str]:
+    """Names of deferred tools a tool search has loaded (`tool_reference` in tool results)."""
+    names: set[str] = set()
+    for message in messages if isinstance(messages, list) else ():
+        content = message.get("content") if isinstance(message, dict) else None
+        for block in content if isinstance(content, list) else ():
+            inner = block.get("content") if isinstance(block, dict) else None
+            for part in inner if isinstance(inner, list) else ():
+                if isinstance(part, dict) and part.get("type") == "tool_reference":
+                    names.add(str(part.get("tool_name")))
+    return names
+
+
+def _tools(tools: Any, dialect: str, loaded: set[str], out: dict[str, Any]) -> None:
+    """OpenAI `tools` for the client's own tools; web search as OpenRouter's web plugin.
+
+    A tool with `defer_loading` is hidden from the model, as Anthropic does, until a tool
+    search loads it (`loaded`).
+    """
     if not isinstance(tools, list):
         raise TranslationError("tools must be a list")
     functions: list[dict[str, Any]] = []
     for i, tool in enumerate(tools):
         if not isinstance(tool, dict) or not isinstance(tool.get("name"), str):
             raise TranslationError(f"tools.{i} must be an object with a name")
+        if tool.get("defer_loading") is True and tool["name"] not in loaded:
+            continue
         kind = tool.get("type")
         if isinstance(kind, str) and kind.startswith("web_search_") and dialect == "openrouter":
             # The plugin runs once per request, within the searches reserved for `max_uses`;
@@ -306,10 +332,13 @@ def _user_id(user_id: str) -> str:
     return "sha256:" + hashlib.sha256(user_id.encode()).hexdigest()[:32]
 
 
-def wants_thinking(body: dict[str, Any]) -> bool:
-    """Whether the client enabled thinking (so reasoning comes back as thinking blocks)."""
+def thinking_display(body: dict[str, Any]) -> str | None:
+    """How reasoning comes back: None (thinking off: left out), "summarized" or "omitted"
+    (thinking blocks that carry only the upstream's signature, as Claude Code asks)."""
     thinking = body.get("thinking")
-    return isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
+    if not isinstance(thinking, dict) or thinking.get("type") not in ("enabled", "adaptive"):
+        return None
+    return "omitted" if thinking.get("display") == "omitted" else "summarized"
 
 
 # Anthropic's effort levels → OpenAI/OpenRouter's (which stop at "high").
@@ -328,7 +357,7 @@ def _effort(body: dict[str, Any], budget: int | None) -> str | None:
 
 
 def _thinking(body: dict[str, Any], dialect: str, reasoning_effort: bool) -> dict[str, Any]:
-    if not wants_thinking(body):
+    if thinking_display(body) is None:
         return {}
     thinking = body["thinking"]
     budget = thinking.get("budget_tokens")
@@ -428,7 +457,7 @@ def to_openai_request(
     if (response_format := _response_format(body)) is not None:
         out["response_format"] = response_format
     if body.get("tools"):
-        _tools(body["tools"], dialect, out)
+        _tools(body["tools"], dialect, _referenced_tools(body.get("messages")), out)
     if body.get("tool_choice") is not None:
         _tool_choice(body["tool_choice"], out)
         if "tools" not in out:

@@ -151,12 +151,13 @@ def reasoning_of(part: dict[str, Any]) -> tuple[str, str]:
 
 
 def to_anthropic_response(
-    resp: dict[str, Any], model: str, usage: Usage | None = None, thinking: bool = False
+    resp: dict[str, Any], model: str, usage: Usage | None = None, thinking: str | None = None
 ) -> dict[str, Any]:
     """Anthropic message from an OpenAI chat completion.
 
     `usage` (the node's metering, e.g. a local count) replaces the upstream's when given;
-    with `thinking` the upstream's reasoning comes first as a thinking block.
+    with `thinking` (a `thinking_display`) the upstream's reasoning comes first as a thinking
+    block, its text left out when "omitted".
     """
     choices = resp.get("choices") if isinstance(resp, dict) else None
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
@@ -169,6 +170,8 @@ def to_anthropic_response(
     content: list[dict[str, Any]] = []
     if thinking:
         reasoning, signature = reasoning_of(message)
+        if thinking == "omitted":
+            reasoning = ""
         if reasoning or signature:
             content.append({"type": "thinking", "thinking": reasoning, "signature": signature})
     text = _text_of(message.get("content"))

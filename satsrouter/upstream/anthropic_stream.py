@@ -14,7 +14,8 @@ Usage in the events:
 
 Only choice 0 is translated (Anthropic has no `n`). Reasoning deltas become a `thinking`
 block (`thinking_delta`s, then one `signature_delta` with the upstream's signature, empty when
-it sent none) when the client enabled thinking, and are left out otherwise. Tool arguments
+it sent none) when the client enabled thinking, and are left out otherwise; with display
+"omitted" the block carries only the signature. Tool arguments
 are forwarded fragment by fragment as `input_json_delta`, as Anthropic streams them.
 """
 
@@ -48,7 +49,7 @@ def error_event(message: str, type_: str = "api_error") -> bytes:
 class StreamTranslator:
     """Turns parsed OpenAI chunks into Anthropic events; one instance per response stream."""
 
-    def __init__(self, model: str, input_tokens: int = 0, thinking: bool = False) -> None:
+    def __init__(self, model: str, input_tokens: int = 0, thinking: str | None = None) -> None:
         self._model = model
         self._thinking = thinking
         self._signature = ""  # of the open thinking block, sent when it closes
@@ -196,7 +197,7 @@ class StreamTranslator:
             self._open_block({"type": "thinking", "thinking": "", "signature": ""}, out)
         assert self._open is not None
         self._signature += signature
-        if text:
+        if text and self._thinking != "omitted":
             self._delta(self._open, {"type": "thinking_delta", "thinking": text}, out)
 
     def _text(self, text: str, out: list[bytes]) -> None:
