@@ -91,10 +91,13 @@ def create_app(
     app.include_router(catalog.router)
     app.include_router(lightning.router)
 
-    # Clients probe the base URL before anything else (Claude Code sends `HEAD /v1`): a 200
-    # that says what answers here, rather than a 404 that looks like a wrong URL.
+    # Clients probe the base URL before anything else (Claude Code sends `HEAD /v1`, and
+    # `HEAD <base>/api/hello` unless its non-essential traffic is off): a 200 that says what
+    # answers here, rather than a 404 that looks like a wrong URL.
     @app.api_route("/", methods=["GET", "HEAD"])
     @app.api_route("/v1", methods=["GET", "HEAD"])
+    @app.api_route("/api/hello", methods=["GET", "HEAD"])
+    @app.api_route("/v1/api/hello", methods=["GET", "HEAD"])
     async def root() -> dict[str, object]:
         return {
             "name": settings.name,

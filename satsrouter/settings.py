@@ -10,6 +10,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from satsrouter.market.rates import select_feeds
+from satsrouter.upstream.client import DIALECTS
 
 
 class SettingsError(ValueError):
@@ -92,7 +93,13 @@ class Settings:
             object.__setattr__(self, "upstream_name", provider_name_of(self.upstream_base_url))
         if not self.upstream_dialect:
             host = urlsplit(self.upstream_base_url).hostname or ""
-            dialect = "anthropic" if host.endswith("anthropic.com") else "openai"
+            dialect = (
+                "anthropic"
+                if host.endswith("anthropic.com")
+                else "openrouter"
+                if host.endswith("openrouter.ai")
+                else "openai"
+            )
             object.__setattr__(self, "upstream_dialect", dialect)
 
     @property
@@ -190,8 +197,8 @@ class Settings:
             raise SettingsError(f"BTC_USD_SOURCES: {exc}") from exc
         if self.upstream_timeout <= 0:
             raise SettingsError("UPSTREAM_TIMEOUT must be positive")
-        if self.upstream_dialect not in ("openai", "anthropic"):
-            raise SettingsError("UPSTREAM_DIALECT must be `openai` or `anthropic`")
+        if self.upstream_dialect not in DIALECTS:
+            raise SettingsError("UPSTREAM_DIALECT must be `openai`, `openrouter` or `anthropic`")
         if not (self.sweep_interval > 0 and self.instance_dead_after > 0):
             raise SettingsError("SWEEP_INTERVAL and INSTANCE_DEAD_AFTER must be positive")
         if not self.health_check_interval > 0:

@@ -265,9 +265,10 @@ def test_request_tool_choice(choice: dict[str, Any], expected: dict[str, Any]) -
     assert {k: out[k] for k in ("tool_choice", "parallel_tool_calls") if k in out} == expected
 
 
-def test_parallel_flag_needs_tools() -> None:
+def test_tool_choice_needs_tools() -> None:
+    # OpenAI refuses `tool_choice` and `parallel_tool_calls` on a request without tools.
     out = to_openai_request(_req(tool_choice={"type": "auto", "disable_parallel_tool_use": True}))
-    assert out["tool_choice"] == "auto" and "parallel_tool_calls" not in out
+    assert "tool_choice" not in out and "parallel_tool_calls" not in out
 
 
 @pytest.mark.parametrize(
@@ -276,7 +277,7 @@ def test_parallel_flag_needs_tools() -> None:
         ({"messages": "hi"}, "messages must be a non-empty list"),
         ({"messages": []}, "messages must be a non-empty list"),
         ({"messages": ["hi"]}, "messages.0 must be an object"),
-        ({"messages": [{"role": "system", "content": "x"}]}, "messages.0.role"),
+        ({"messages": [{"role": "tool", "content": "x"}]}, "messages.0.role"),
         ({"messages": [{"role": "user", "content": 5}]}, "messages.0.content"),
         ({"messages": [{"role": "user", "content": [{"text": "x"}]}]}, "messages.0.content.0"),
         (

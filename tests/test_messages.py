@@ -675,7 +675,8 @@ async def test_native_cache_reads_are_part_of_the_prompt(
 
 
 async def test_untranslatable_request_is_free(node: RunningNode, user_wallet: TestWallet) -> None:
-    """A server tool cannot be served by an OpenAI-dialect upstream: 400, nothing charged."""
+    """A server tool cannot be served by a plain OpenAI upstream: 400 before the token is even
+    redeemed (so it comes back untouched, not as change)."""
     (token,) = await user_wallet.mint_tokens(FUNDS_SAT)
     api = cashu_client(node, token, Recorder())
     with pytest.raises(anthropic.BadRequestError) as info:
@@ -686,7 +687,8 @@ async def test_untranslatable_request_is_free(node: RunningNode, user_wallet: Te
             tools=[{"type": "web_search_20250305", "name": "web_search"}],
         )
     assert "web_search" in info.value.message
-    assert await user_wallet.redeem(info.value.response.headers["X-Cashu"]) == FUNDS_SAT
+    assert "X-Cashu" not in info.value.response.headers
+    assert await user_wallet.redeem(token) == FUNDS_SAT
     await api.close()
     await node.check_invariants()
 
@@ -815,3 +817,95 @@ async def test_error_inside_the_stream_is_free(
         await node.stop()
     finally:
         await scripted.stop()
+
+
+# -- an OpenRouter upstream: thinking, web search and structured output ------------------------
+
+
+@pytest.fixture
+async def openrouter_node(node_factory: NodeFactory, upstream: FakeUpstream) -> RunningNode:
+    upstream.reset()
+    return await node_factory(upstream_dialect="openrouter")
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_openrouter_thinking_and_web_search(
+    openrouter_node: RunningNode, upstream: FakeUpstream, user_wallet: TestWallet, streamed: bool
+) -> None:
+    """Thinking comes back as a signed thinking block, web search runs as the web plugin, and
+    the reasoning tokens are charged as output."""
+    node = openrouter_node
+    key = await new_key(node, user_wallet)
+    api = client(node, key)
+    request: dict[str, Any] = {
+        "model": MODEL,
+        "max_tokens": 50,
+        "messages": QUESTION,
+        "thinking": {"type": "enabled", "budget_tokens": 1024},
+        "tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 2}],
+        "extra_headers": {"anthropic-beta": "interleaved-thinking-2025-05-14,unknown-beta-1"},
+    }
+    if streamed:
+        async with api.messages.stream(**request) as stream:
+            message = await stream.get_final_message()
+        charged = cost_of(message.usage) if "cost" in (message.usage.model_extra or {}) else None
+    else:
+        message = await api.messages.create(**request)
+        charged = cost_of(message.usage)
+    seen = upstream.stats["last_request"]
+    assert seen["reasoning"] == {"max_tokens": 1024} and seen["plugins"] == [{"id": "web"}]
+    assert "tools" not in seen
+    thinking, text = message.content
+    assert thinking.type == "thinking" and thinking.thinking == "r1 r2 r3"
+    assert thinking.signature == "fake-signature"
+    assert text.type == "text" and text.text == WORDS_10
+    assert message.usage.output_tokens == 13  # ten words and three of reasoning
+    assert message.usage.server_tool_use is not None
+    assert message.usage.server_tool_use.web_search_requests == 1
+    expected = cost(prompt_tokens_of(seen["messages"]), 13)
+    assert await spent(node, key) == expected
+    if charged is not None:
+        assert charged == expected
+
+    # The signed thinking block goes back to OpenRouter on the next turn.
+    history: list[MessageParam] = [
+        *QUESTION,
+        {"role": "assistant", "content": [thinking.model_dump(), text.model_dump()]},
+        {"role": "user", "content": "and then?"},
+    ]
+    await api.messages.create(model=MODEL, max_tokens=5, messages=history)
+    sent = upstream.stats["last_request"]["messages"][1]
+    assert sent["reasoning_details"][0]["signature"] == "fake-signature"
+    await api.close()
+    await node.check_invariants()
+
+
+async def test_openrouter_structured_output_and_system_entries(
+    openrouter_node: RunningNode, upstream: FakeUpstream, user_wallet: TestWallet
+) -> None:
+    node = openrouter_node
+    key = await new_key(node, user_wallet)
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    async with httpx.AsyncClient(base_url=node.url) as http:
+        resp = await http.post(
+            "/v1/messages?beta=true",
+            json={
+                "model": MODEL,
+                "max_tokens": 20,
+                "system": [{"type": "text", "text": "top", "cache_control": {"type": "ephemeral"}}],
+                "messages": [
+                    {"role": "user", "content": "one"},
+                    {"role": "system", "content": "mid-conversation"},
+                    {"role": "user", "content": "two"},
+                ],
+                "output_config": {"format": {"type": "json_schema", "schema": schema}},
+                "context_management": {"edits": []},
+            },
+            headers={"x-api-key": key, "anthropic-beta": "structured-outputs-2025-11-13"},
+        )
+    assert resp.status_code == 200, resp.text
+    seen = upstream.stats["last_request"]
+    assert [m["role"] for m in seen["messages"]] == ["system", "user", "system", "user"]
+    assert seen["response_format"]["json_schema"]["schema"] == schema
+    assert await spent(node, key) == resp.json()["usage"]["cost"]["total_msats"]
+    await node.check_invariants()

@@ -109,14 +109,16 @@ async def test_completions_stream_cost_in_the_final_usage_chunk(
     }
     assert texts == {0: "w1 w2 w3", 1: "w1 w2 w3"}
     assert upstream.stats["last_request"]["stream_options"] == {"include_usage": True}
+    # Not asked for: no usage-only chunk; the last finish chunk carries usage and cost.
+    assert all(chunk.choices for chunk in chunks)
     final = chunks[-1]
-    assert final.choices == [] and final.usage is not None
+    assert final.choices[0].finish_reason == "length" and final.usage is not None
     assert (final.usage.prompt_tokens, final.usage.completion_tokens) == (4, 6)
     cost = cost_of("test/priced", 4, 6)
     assert (final.usage.model_extra or {})["cost"]["total_msats"] == cost
     await assert_charged(node, token, 100_000, cost)
 
-    # On the wire: the usage chunk comes last, then exactly one `[DONE]`.
+    # On the wire: the chunk with the usage comes last, then exactly one `[DONE]`.
     body = {"model": "test/priced", "prompt": "again", "max_tokens": 2, "stream": True}
     async with httpx.AsyncClient(base_url=node.url) as http:
         resp = await http.post(

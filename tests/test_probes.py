@@ -9,7 +9,7 @@ import pytest
 from conftest import RunningNode
 
 
-@pytest.mark.parametrize("path", ["/", "/v1"])
+@pytest.mark.parametrize("path", ["/", "/v1", "/v1/api/hello", "/api/hello"])
 async def test_the_base_urls_answer_probes(node: RunningNode, path: str) -> None:
     async with httpx.AsyncClient(base_url=node.url) as http:
         head = await http.head(path)  # Claude Code's first request

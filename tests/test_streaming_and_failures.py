@@ -51,14 +51,39 @@ async def test_stream_with_upstream_usage(
     assert text == " ".join(f"w{i}" for i in range(1, 11))
     # The node asked the upstream for usage even though the client did not.
     assert upstream.stats["last_request"]["stream_options"] == {"include_usage": True}
+    # It did not ask: no usage-only chunk (the seed's `chunk.choices[0]` loop must work); the
+    # finish chunk, last, carries the usage and its cost.
+    assert all(chunk.choices for chunk in chunks)
     final = chunks[-1]
-    assert final.usage is not None and final.choices == []
+    assert final.usage is not None and final.choices[0].finish_reason == "stop"
+    assert [c for c in chunks if c.usage is not None] == [final]
     cost = expected_cost(
         model_entry("test/priced"), final.usage.prompt_tokens, final.usage.completion_tokens
     )
     assert final.usage.model_extra["cost"]["total_msats"] == cost
     assert (await node.balance(token))["balance"] == 100_000 - cost
     await node.check_invariants()
+
+
+async def test_stream_usage_chunk_when_asked(node: RunningNode, user_wallet: TestWallet) -> None:
+    token = await funded_token(node, user_wallet)
+    stream = await client(node, token).chat.completions.create(
+        model="test/priced",
+        messages=MESSAGES,
+        stream=True,
+        max_tokens=12,
+        stream_options={"include_usage": True},
+    )
+    text, chunks = await collect(stream)
+    assert text == " ".join(f"w{i}" for i in range(1, 11))
+    final = chunks[-1]
+    assert final.usage is not None and final.choices == []
+    assert all(chunk.choices for chunk in chunks[:-1])
+    cost = final.usage.model_extra["cost"]["total_msats"]
+    assert cost == expected_cost(
+        model_entry("test/priced"), final.usage.prompt_tokens, final.usage.completion_tokens
+    )
+    assert (await node.balance(token))["balance"] == 100_000 - cost
 
 
 async def test_stream_without_usage_is_charged_from_local_count(

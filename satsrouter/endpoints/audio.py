@@ -15,6 +15,7 @@ from typing import Any
 from satsrouter.billing.metering import Usage, count_tokens
 from satsrouter.endpoints.base import JSON, Call, Endpoint, Reply, json_reply
 from satsrouter.errors import ApiError
+from satsrouter.market.catalogue import Model
 
 _BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
 _NAME = re.compile(rb'\bname="([^"]*)"', re.IGNORECASE)
@@ -109,9 +110,9 @@ class AudioTranscriptions(Endpoint):
         call.audio_seconds, call.audio_exact = math.ceil(bound), seconds is not None
         return call
 
-    def upstream_body(self, call: Call, model_id: str) -> bytes:
+    def upstream_body(self, call: Call, model: Model) -> bytes:
         # Multipart is forwarded byte for byte; a short alias in `model` is rewritten in place.
-        raw = _set_field(call.raw, "model", call.body.get("model"), model_id)
+        raw = _set_field(call.raw, "model", call.body.get("model"), model.id)
         if _asks_json_for_text(call):
             # Plain text says nothing of the audio's length and the node reads only WAV
             # headers: ask for verbose_json (its `duration` is charged) and answer the client

@@ -16,6 +16,8 @@ import orjson
 from satsrouter.billing.metering import Usage, count_tokens, reserved_web_searches
 from satsrouter.errors import ApiError
 from satsrouter.http.errors import json_object
+from satsrouter.market.catalogue import Model
+from satsrouter.upstream.client import OPENAI_DIALECTS
 
 JSON = "application/json"
 DONE = b"data: [DONE]\n\n"
@@ -37,6 +39,7 @@ class Call:
     audio_exact: bool = False  # audio_seconds read from the file's header, not a size bound
     choices: int = 1  # completions the request may produce (`n`, `best_of`, × prompts)
     prompts: int = 1  # prompts of a batch (completions `prompt`, embeddings `input` lists)
+    usage_asked: bool = False  # a stream whose client asked for its usage-only chunk
     request_id: str = ""
 
     def units(self) -> Usage:
@@ -132,7 +135,7 @@ class Endpoint(ABC):
 
     def for_dialect(self, dialect: str) -> Endpoint:
         """The endpoint that talks to an upstream of this dialect (translating if needed)."""
-        if dialect != "openai":
+        if dialect not in OPENAI_DIALECTS:
             raise ApiError(
                 400,
                 "unsupported_endpoint",
@@ -141,11 +144,11 @@ class Endpoint(ABC):
             )
         return self
 
-    def upstream_body(self, call: Call, model_id: str) -> bytes:
+    def upstream_body(self, call: Call, model: Model) -> bytes:
         """The body to send upstream: the client's, with the resolved model id."""
         changed = self.adjust(call)
-        if call.body.get("model") != model_id:
-            call.body["model"], changed = model_id, True
+        if call.body.get("model") != model.id:
+            call.body["model"], changed = model.id, True
         return orjson.dumps(call.body) if changed else call.raw
 
     def adjust(self, call: Call) -> bool:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
@@ -25,6 +25,7 @@ from satsrouter.endpoints.base import (
     StreamMeter,
     UpstreamStreamError,
     batch_size,
+    event_data,
     input_tokens,
     json_reply,
     now,
@@ -48,16 +49,19 @@ class ChatCompletions(Endpoint):
     chunk_object = "chat.completion.chunk"
     id_prefix = "chatcmpl-"
 
+    # A choice that says nothing, for a closing chunk when the upstream sent no finish chunk.
+    empty_choice: ClassVar[dict[str, Any]] = {"index": 0, "delta": {}, "finish_reason": None}
+
     def inspect(self, call: Call) -> None:
         super().inspect(call)
         call.images = count_input_images(call.body)
+        options = call.body.get("stream_options")
+        call.usage_asked = isinstance(options, dict) and options.get("include_usage") is True
 
     def adjust(self, call: Call) -> bool:
-        if not call.stream:
+        if not call.stream or call.usage_asked:
             return False
         options = call.body.get("stream_options")
-        if isinstance(options, dict) and options.get("include_usage") is True:
-            return False
         call.body["stream_options"] = {
             **(options if isinstance(options, dict) else {}),
             "include_usage": True,
@@ -86,6 +90,7 @@ class Completions(ChatCompletions):
     path = "/completions"
     chunk_object = "text_completion"
     id_prefix = "cmpl-"
+    empty_choice: ClassVar[dict[str, Any]] = {"index": 0, "text": "", "finish_reason": None}
 
     def inspect(self, call: Call) -> None:
         super().inspect(call)
@@ -103,14 +108,22 @@ class Completions(ChatCompletions):
 
 
 class ChunkMeter(StreamMeter):
-    """OpenAI chunk streams: the usage chunk is held back and re-sent last, with its cost."""
+    """OpenAI chunk streams, ending in one chunk with the usage and its cost (and change).
+
+    The node always asks the upstream for usage. A client that asked too gets the usage-only
+    chunk (`choices: []`) it expects, re-sent last with the cost. One that did not never sees
+    such a chunk (a loop reading `chunk.choices[0]` must not fail): the last chunk with a
+    `finish_reason` is held back and carries the usage instead.
+    """
 
     def __init__(self, endpoint: ChatCompletions, call: Call) -> None:
         self.endpoint = endpoint
         self.call = call
         self.texts: list[bytes] = []  # parsed lazily, only if the upstream reports no usage
-        self.usage_chunk: dict[str, Any] | None = None
         self.reported: Usage | None = None
+        self.usage_json: dict[str, Any] | None = None  # the upstream's own usage object
+        self.usage_chunk: dict[str, Any] | None = None  # its usage-only chunk
+        self.held: bytes | None = None  # the latest finish chunk, when usage was not asked
 
     def feed(self, event: bytes, payload: bytes) -> list[bytes]:
         if payload == b"[DONE]":
@@ -123,13 +136,22 @@ class ChunkMeter(StreamMeter):
             chunk = orjson.loads(payload)
             found = usage_from_openai(chunk.get("usage"))
             if found is not None:
-                self.reported, self.usage_chunk = found, chunk
+                self.reported, self.usage_json = found, chunk["usage"]
                 if not chunk.get("choices"):
-                    return []  # held back: re-sent at the end with its cost
-                chunk.pop("usage")
+                    self.usage_chunk = chunk
+                    return []  # re-sent at the end with its cost
+                chunk["usage"] = None  # the counts come last, with their cost
                 event = sse_event(chunk)
         self.texts.append(payload)
-        return [event]
+        if self.call.usage_asked:
+            return [event]
+        out = [self.held] if self.held is not None else []
+        if b'"finish_reason":"' in payload or b'"finish_reason": "' in payload:
+            self.held = event
+        else:
+            self.held = None
+            out.append(event)
+        return out
 
     def usage(self) -> Usage:
         usage = self.reported or self.endpoint.local(self.call, self._completion_text())
@@ -146,19 +168,28 @@ class ChunkMeter(StreamMeter):
         }
 
     def closing(self, cost: dict[str, int], change: str | None, change_msat: int) -> list[bytes]:
-        final = self.usage_chunk or self._chunk(usage=_usage_json(self.usage()))
-        final["usage"]["cost"] = cost
-        return [sse_event(final), *self._ending(change, change_msat)]
+        usage: dict[str, Any] = (
+            dict(self.usage_json) if self.usage_json else dict(_usage_json(self.usage()))
+        )
+        usage["cost"] = cost
+        if self.call.usage_asked:
+            final = self.usage_chunk or self._chunk()
+        elif self.held is not None:
+            final = orjson.loads(event_data(self.held))
+        else:
+            final = self._chunk(choices=[dict(self.endpoint.empty_choice)])
+        final["usage"] = usage
+        if change is not None:
+            final["x_cashu_change"], final["change_msats"] = change, change_msat
+        return [sse_event(final), DONE]
 
     def failure(self, message: str, change: str | None, change_msat: int) -> list[bytes]:
         error = {"error": {"message": message, "type": "upstream_error", "code": 502}}
-        return [sse_event(error), *self._ending(change, change_msat)]
-
-    def _ending(self, change: str | None, change_msat: int) -> list[bytes]:
-        """X-Cashu change (if any) as a last chunk SDKs parse, then `[DONE]` once."""
-        if change is None:
-            return [DONE]
-        return [sse_event(self._chunk(x_cashu_change=change, change_msats=change_msat)), DONE]
+        events = [self.held] if self.held is not None else []
+        events.append(sse_event(error))
+        if change is not None:
+            events.append(sse_event(self._chunk(x_cashu_change=change, change_msats=change_msat)))
+        return [*events, DONE]
 
     def _completion_text(self) -> str:
         parts: list[str] = []

@@ -29,7 +29,8 @@ from satsrouter.endpoints.base import (
 )
 from satsrouter.endpoints.chat import with_images
 from satsrouter.errors import ApiError
-from satsrouter.upstream.anthropic import to_openai_request
+from satsrouter.market.catalogue import Model
+from satsrouter.upstream.anthropic import thinking_display, to_openai_request
 from satsrouter.upstream.anthropic_response import (
     TranslationError,
     anthropic_usage,
@@ -65,7 +66,7 @@ class Messages(Endpoint):
         call.images = count_input_images(call.body)
 
     def for_dialect(self, dialect: str) -> Endpoint:
-        return self if dialect == "anthropic" else TranslatedMessages()
+        return self if dialect == "anthropic" else TranslatedMessages(dialect)
 
     def reply(self, call: Call, raw: bytes, media_type: str) -> Reply:
         data = json_reply(raw)
@@ -84,12 +85,18 @@ class TranslatedMessages(Messages):
 
     path = "/chat/completions"
 
-    def upstream_body(self, call: Call, model_id: str) -> bytes:
+    def __init__(self, dialect: str = "openai") -> None:
+        self.dialect = dialect
+
+    def upstream_body(self, call: Call, model: Model) -> bytes:
+        params = model.raw.get("supported_parameters") or ()
         try:
-            request = to_openai_request(call.body)
+            request = to_openai_request(
+                call.body, self.dialect, reasoning_effort="reasoning_effort" in params
+            )
         except TranslationError as exc:
             raise ApiError(400, "invalid_request", str(exc)) from None
-        request["model"] = model_id
+        request["model"] = model.id
         return orjson.dumps(request)
 
     def reply(self, call: Call, raw: bytes, media_type: str) -> Reply:
@@ -98,7 +105,11 @@ class TranslatedMessages(Messages):
         if usage is None:
             usage = _local(call, completion_text_of(data))
         usage = with_images(usage, call)
-        message = to_anthropic_response({**data, "usage": None}, str(call.body.get("model")))
+        message = to_anthropic_response(
+            {**data, "usage": None},
+            str(call.body.get("model")),
+            thinking=thinking_display(call.body),
+        )
         return Reply(usage, raw, message, extra={"usage": usage})
 
     def render(self, reply: Reply, cost: dict[str, int]) -> bytes:
@@ -184,8 +195,11 @@ class TranslatedMeter(StreamMeter):
 
     def __init__(self, call: Call) -> None:
         self.call = call
-        model = str(call.body.get("model"))
-        self.translator = StreamTranslator(model, count_anthropic_prompt_tokens(call.body))
+        self.translator = StreamTranslator(
+            str(call.body.get("model")),
+            count_anthropic_prompt_tokens(call.body),
+            thinking=thinking_display(call.body),
+        )
         self.reported: Usage | None = None
         self.texts: list[str] = []
         self.error: bytes | None = None

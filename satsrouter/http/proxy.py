@@ -24,7 +24,12 @@ from satsrouter.http.errors import error_response
 from satsrouter.http.streaming import MeteredStream
 from satsrouter.node import Node
 from satsrouter.upstream.anthropic_usage import count_anthropic_prompt_tokens
-from satsrouter.upstream.client import UpstreamFailure, forwardable_headers, read_body
+from satsrouter.upstream.client import (
+    Upstream,
+    UpstreamFailure,
+    forwardable_headers,
+    read_body,
+)
 
 log = logging.getLogger(__name__)
 
@@ -97,12 +102,16 @@ async def paid(request: Request, endpoint: Endpoint) -> Response:
         choices=call.choices,
         prompts=call.prompts,
     )
+    upstream = node.upstreams.get(quote.model.provider, node.upstream)
+    endpoint = endpoint.for_dialect(upstream.dialect)
+    # Built before anything is reserved: a body that cannot be sent is a plain 400.
+    body = endpoint.upstream_body(call, quote.model)
     creds = credentials(request.headers)
     if not creds.present:
         raise _payment_required(node, quote)
     charge = await node.billing.begin(creds, quote.max_cost_msat, quote.model.id, call.request_id)
     try:
-        return await _forward(node, request, endpoint, call, charge, quote)
+        return await _forward(node, request, upstream, endpoint, call, body, charge, quote)
     except ApiError as error:
         if charge.done:
             raise
@@ -114,17 +123,19 @@ async def paid(request: Request, endpoint: Endpoint) -> Response:
 
 
 async def _forward(
-    node: Node, request: Request, endpoint: Endpoint, call: Call, charge: Charge, quote: Quote
+    node: Node,
+    request: Request,
+    upstream: Upstream,
+    endpoint: Endpoint,
+    call: Call,
+    body: bytes,
+    charge: Charge,
+    quote: Quote,
 ) -> Response:
     upstream_name = quote.model.provider
-    upstream = node.upstreams.get(upstream_name, node.upstream)
-    endpoint = endpoint.for_dialect(upstream.dialect)
     try:
         resp = await upstream.post(
-            endpoint.path,
-            endpoint.upstream_body(call, quote.model.id),
-            forwardable_headers(request.headers),
-            call.content_type,
+            endpoint.path, body, forwardable_headers(request.headers), call.content_type
         )
         node.health.record(upstream_name, resp.status < 500)
         if resp.status >= 400:

@@ -35,6 +35,17 @@ Completions: ``POST /v1/completions``
     ``p × n + i``; ``completion_tokens`` = N × prompts × best_of (every generated
     completion is billed, only ``n`` are returned). Out of range: 400.
 
+OpenRouter's extensions (chat only):
+    Reasoning, when the request has ``reasoning`` (not ``{"enabled": false}``),
+    ``reasoning_effort`` or ``include_reasoning: true``: the reply carries
+    ``reasoning = "r1 r2 r3"`` and ``reasoning_details`` (one ``reasoning.text`` entry
+    signed ``REASONING_SIGNATURE``, as OpenRouter returns for Anthropic models), and
+    ``completion_tokens`` includes the 3 reasoning tokens
+    (``completion_tokens_details.reasoning_tokens``). Streamed: three ``reasoning`` deltas,
+    then a ``reasoning_details`` delta with the signature, before the content.
+    Web search, when ``plugins`` has ``{"id": "web"}``: the message has one
+    ``url_citation`` annotation and usage ``server_tool_use.web_search_requests = 1``.
+
 Streams end with ``data: [DONE]``; with ``include_usage`` every chunk carries
 ``"usage": null`` except the usage chunk. ``drop_midstream`` cuts a stream after
 ``fail_after_chunks`` content chunks (the chat role chunk is not counted) and a
@@ -108,12 +119,47 @@ def _tool_name(body: dict[str, Any], plan: Plan) -> tuple[str, str | None] | Non
     )
 
 
-def _usage(prompt: int, completion: int) -> dict[str, int]:
+def _usage(prompt: int, completion: int) -> dict[str, Any]:
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
     }
+
+
+REASONING_WORDS = ("r1", "r2", "r3")
+REASONING_SIGNATURE = "fake-signature"
+WEB_CITATION = {
+    "type": "url_citation",
+    "url_citation": {"url": "https://example.org/", "title": "Example", "content": "w1"},
+}
+
+
+def _reasons(body: dict[str, Any]) -> bool:
+    reasoning = body.get("reasoning")
+    if isinstance(reasoning, dict):
+        return reasoning.get("enabled") is not False
+    return body.get("reasoning_effort") is not None or body.get("include_reasoning") is True
+
+
+def _searches(body: dict[str, Any]) -> bool:
+    plugins = body.get("plugins")
+    return isinstance(plugins, list) and any(
+        isinstance(p, dict) and p.get("id") == "web" for p in plugins
+    )
+
+
+def _reasoning_details() -> list[dict[str, Any]]:
+    text = " ".join(REASONING_WORDS)
+    return [
+        {
+            "type": "reasoning.text",
+            "text": text,
+            "signature": REASONING_SIGNATURE,
+            "format": "anthropic-claude-v1",
+            "index": 0,
+        }
+    ]
 
 
 MAX_N = 128  # OpenAI's bound on `n` (and here on `best_of`)
@@ -168,7 +214,13 @@ async def chat(host: Host, request: web.Request) -> web.StreamResponse:
     if tool is not None:
         n, finish = TOOL_CALL_TOKENS, "tool_calls"
     prompt = plan.prompt_tokens if plan.prompt_tokens is not None else prompt_tokens_of(messages)
-    usage = None if plan.omit_usage else _usage(prompt, n * choices)
+    reasons, searches = _reasons(body), _searches(body)
+    reasoning_tokens = len(REASONING_WORDS) if reasons else 0
+    usage = None if plan.omit_usage else _usage(prompt, (n + reasoning_tokens) * choices)
+    if usage is not None and reasons:
+        usage["completion_tokens_details"] = {"reasoning_tokens": reasoning_tokens * choices}
+    if usage is not None and searches:
+        usage["server_tool_use"] = {"web_search_requests": 1}
     seq = host.next_id()
     completion_id = f"chatcmpl-fake{seq:08d}"
     call_id = f"call_fake{seq:08d}"
@@ -179,7 +231,7 @@ async def chat(host: Host, request: web.Request) -> web.StreamResponse:
             request,
             plan,
             {"id": completion_id, "object": "chat.completion.chunk", "model": model},
-            _chat_deltas(n, tool, call_id),
+            _chat_deltas(n, tool, call_id, reasons, searches),
             finish,
             usage if _include_usage(body) else None,
             choices,
@@ -199,6 +251,11 @@ async def chat(host: Host, request: web.Request) -> web.StreamResponse:
                 }
             ],
         }
+    if reasons:
+        message["reasoning"] = " ".join(REASONING_WORDS)
+        message["reasoning_details"] = _reasoning_details()
+    if searches:
+        message["annotations"] = [WEB_CITATION]
     response: dict[str, Any] = {
         "id": completion_id,
         "object": "chat.completion",
@@ -214,11 +271,30 @@ async def chat(host: Host, request: web.Request) -> web.StreamResponse:
     return await send_body(request, plan, orjson.dumps(response))
 
 
-def _chat_deltas(n: int, tool: tuple[str, str | None] | None, call_id: str) -> list[dict[str, Any]]:
-    """The role delta, then one delta per content chunk."""
+def _chat_deltas(
+    n: int,
+    tool: tuple[str, str | None] | None,
+    call_id: str,
+    reasons: bool = False,
+    searches: bool = False,
+) -> list[dict[str, Any]]:
+    """The role delta, reasoning deltas if asked, then one delta per content chunk."""
+    thinking: list[dict[str, Any]] = []
+    if reasons:
+        thinking = [
+            {"content": "", "reasoning": w if i == 0 else " " + w}
+            for i, w in enumerate(REASONING_WORDS)
+        ]
+        signed = [{**d, "text": ""} for d in _reasoning_details()]
+        thinking.append({"content": "", "reasoning": None, "reasoning_details": signed})
     if tool is None:
         first: dict[str, Any] = {"role": "assistant", "content": ""}
-        return [first] + [{"content": w if i == 0 else " " + w} for i, w in enumerate(words(n))]
+        content: list[dict[str, Any]] = [
+            {"content": w if i == 0 else " " + w} for i, w in enumerate(words(n))
+        ]
+        if searches and content:
+            content[-1]["annotations"] = [WEB_CITATION]
+        return [first, *thinking, *content]
     head = {
         "index": 0,
         "id": call_id,
@@ -226,7 +302,7 @@ def _chat_deltas(n: int, tool: tuple[str, str | None] | None, call_id: str) -> l
         "function": {"name": tool[0], "arguments": ""},
     }
     first = {"role": "assistant", "content": None, "tool_calls": [head]}
-    return [first] + [
+    return [*thinking, first] + [
         {"tool_calls": [{"index": 0, "function": {"arguments": fragment}}]}
         for fragment in tool_call_fragments(tool[1])
     ]

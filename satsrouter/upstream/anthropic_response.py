@@ -129,12 +129,35 @@ def _tool_use_block(call: Any) -> dict[str, Any]:
     }
 
 
+def reasoning_of(part: dict[str, Any]) -> tuple[str, str]:
+    """(text, signature) of the reasoning in an OpenAI `message` or `delta`.
+
+    OpenRouter sends the text as `reasoning` and, for models that sign it (Anthropic's),
+    `reasoning_details` entries with a `signature`; some servers send `reasoning_content`.
+    """
+    text = part.get("reasoning")
+    if not isinstance(text, str):
+        text = part.get("reasoning_content")
+    details = part.get("reasoning_details")
+    details = [d for d in details if isinstance(d, dict)] if isinstance(details, list) else []
+    if not isinstance(text, str):
+        text = "".join(
+            d["text"]
+            for d in details
+            if d.get("type") == "reasoning.text" and isinstance(d.get("text"), str)
+        )
+    signature = "".join(d["signature"] for d in details if isinstance(d.get("signature"), str))
+    return text, signature
+
+
 def to_anthropic_response(
-    resp: dict[str, Any], model: str, usage: Usage | None = None
+    resp: dict[str, Any], model: str, usage: Usage | None = None, thinking: str | None = None
 ) -> dict[str, Any]:
     """Anthropic message from an OpenAI chat completion.
 
-    `usage` (the node's metering, e.g. a local count) replaces the upstream's when given.
+    `usage` (the node's metering, e.g. a local count) replaces the upstream's when given;
+    with `thinking` (a `thinking_display`) the upstream's reasoning comes first as a thinking
+    block, its text left out when "omitted".
     """
     choices = resp.get("choices") if isinstance(resp, dict) else None
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
@@ -145,6 +168,12 @@ def to_anthropic_response(
         raise TranslationError("upstream reply has no message")
 
     content: list[dict[str, Any]] = []
+    if thinking:
+        reasoning, signature = reasoning_of(message)
+        if thinking == "omitted":
+            reasoning = ""
+        if reasoning or signature:
+            content.append({"type": "thinking", "thinking": reasoning, "signature": signature})
     text = _text_of(message.get("content"))
     refusal = message.get("refusal")
     refused = not text and isinstance(refusal, str) and bool(refusal)

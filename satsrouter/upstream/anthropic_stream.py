@@ -12,10 +12,11 @@ Usage in the events:
   models allow unknown fields, so a client sees it as `event.usage.cost` on the
   message_delta event; the SDK's final-message accumulator copies only the known counts.
 
-Only choice 0 is translated (Anthropic has no `n`). Reasoning deltas are not forwarded:
-`thinking` is not requested from OpenAI-dialect upstreams, and Anthropic thinking blocks
-need a signature we cannot produce. Tool arguments are forwarded fragment by fragment as
-`input_json_delta`, as Anthropic streams them.
+Only choice 0 is translated (Anthropic has no `n`). Reasoning deltas become a `thinking`
+block (`thinking_delta`s, then one `signature_delta` with the upstream's signature, empty when
+it sent none) when the client enabled thinking, and are left out otherwise; with display
+"omitted" the block carries only the signature. Tool arguments
+are forwarded fragment by fragment as `input_json_delta`, as Anthropic streams them.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from satsrouter.upstream.anthropic_response import (
     message_id_of,
     new_message_id,
     new_tool_use_id,
+    reasoning_of,
     stop_reason_of,
 )
 
@@ -47,14 +49,16 @@ def error_event(message: str, type_: str = "api_error") -> bytes:
 class StreamTranslator:
     """Turns parsed OpenAI chunks into Anthropic events; one instance per response stream."""
 
-    def __init__(self, model: str, input_tokens: int = 0) -> None:
+    def __init__(self, model: str, input_tokens: int = 0, thinking: str | None = None) -> None:
         self._model = model
+        self._thinking = thinking
+        self._signature = ""  # of the open thinking block, sent when it closes
         self._input_estimate = max(input_tokens, 0)
         self._started = False
         self._finished = False
         self._next_index = 0  # index the next content block gets
         self._open: int | None = None  # index of the open block, if any
-        self._open_is_text = False
+        self._open_kind = ""  # "text", "thinking" or "tool_use"
         # OpenAI tool_call index → (Anthropic block index, tool call id).
         self._tools: dict[int, tuple[int, str]] = {}
         self._finish_reason: Any = None
@@ -132,6 +136,8 @@ class StreamTranslator:
     def _feed_choice(self, choice: dict[str, Any], out: list[bytes]) -> None:
         delta = choice.get("delta")
         if isinstance(delta, dict):
+            if self._thinking:
+                self._reasoning(delta, out)
             content = delta.get("content")
             if isinstance(content, str) and content:
                 self._text(content, out)
@@ -151,11 +157,11 @@ class StreamTranslator:
             self._finish_reason = choice["finish_reason"]
             self._matched_stop = choice.get("stop_reason")
 
-    def _open_block(self, block: dict[str, Any], is_text: bool, out: list[bytes]) -> int:
+    def _open_block(self, block: dict[str, Any], out: list[bytes]) -> int:
         self._close(out)
         index = self._next_index
         self._next_index += 1
-        self._open, self._open_is_text = index, is_text
+        self._open, self._open_kind = index, block["type"]
         out.append(
             sse_event(
                 "content_block_start",
@@ -166,6 +172,10 @@ class StreamTranslator:
 
     def _close(self, out: list[bytes]) -> None:
         if self._open is not None:
+            if self._open_kind == "thinking":
+                delta = {"type": "signature_delta", "signature": self._signature}
+                self._delta(self._open, delta, out)
+                self._signature = ""
             out.append(
                 sse_event("content_block_stop", {"type": "content_block_stop", "index": self._open})
             )
@@ -179,9 +189,20 @@ class StreamTranslator:
             )
         )
 
+    def _reasoning(self, delta: dict[str, Any], out: list[bytes]) -> None:
+        text, signature = reasoning_of(delta)
+        if not text and not signature:
+            return
+        if self._open is None or self._open_kind != "thinking":
+            self._open_block({"type": "thinking", "thinking": "", "signature": ""}, out)
+        assert self._open is not None
+        self._signature += signature
+        if text and self._thinking != "omitted":
+            self._delta(self._open, {"type": "thinking_delta", "thinking": text}, out)
+
     def _text(self, text: str, out: list[bytes]) -> None:
-        if self._open is None or not self._open_is_text:
-            self._open_block({"type": "text", "text": ""}, True, out)
+        if self._open is None or self._open_kind != "text":
+            self._open_block({"type": "text", "text": ""}, out)
         assert self._open is not None
         self._delta(self._open, {"type": "text_delta", "text": text}, out)
 
@@ -202,7 +223,7 @@ class StreamTranslator:
             block_id = call_id or new_tool_use_id()
             name = fn.get("name") if isinstance(fn.get("name"), str) else ""
             block: dict[str, Any] = {"type": "tool_use", "id": block_id, "name": name, "input": {}}
-            known = (self._open_block(block, False, out), block_id)
+            known = (self._open_block(block, out), block_id)
             self._tools[tool_index] = known
         arguments = fn.get("arguments")
         if isinstance(arguments, str) and arguments:

@@ -28,6 +28,11 @@ _DROP_REQUEST_HEADERS = frozenset(
 )
 
 
+# The APIs an upstream may speak. OpenRouter is OpenAI chat plus extensions (`reasoning`,
+# `plugins`) that the Anthropic translation uses.
+DIALECTS = ("openai", "openrouter", "anthropic")
+OPENAI_DIALECTS = ("openai", "openrouter")
+
 # Sent to Anthropic-dialect upstreams when the client did not name a version itself.
 ANTHROPIC_VERSION = "2023-06-01"
 
@@ -56,7 +61,7 @@ class Upstream:
         self, base_url: str, api_key: str, timeout: float, dialect: str = "openai"
     ) -> None:
         self.base_url = base_url.rstrip("/")
-        self.dialect = dialect  # "openai" or "anthropic": the API this upstream speaks
+        self.dialect = dialect  # one of DIALECTS: the API this upstream speaks
         self._api_key = api_key
         self.timeout = timeout
         self._session: aiohttp.ClientSession | None = None
