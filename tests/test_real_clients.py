@@ -100,6 +100,9 @@ async def stack(
     await upstream.start()
     settings = Settings(
         upstream_base_url=upstream.url,
+        # Speaking OpenRouter, as a node in front of openrouter.ai does (its default):
+        # Claude Code's thinking then travels as OpenRouter's `reasoning`.
+        upstream_dialect="openrouter",
         upstream_api_key="upstream-secret",
         upstream_timeout=10.0,
         cashu_mints=[local_mint.url],
