@@ -43,6 +43,7 @@ def _messages_requests() -> list[str]:
 
 
 REQUESTS = _messages_requests()
+COUNT_TOKENS = sorted(p.stem for p in FIXTURES.glob("count_tokens_*.json"))
 SERVER_TOOL_REQUESTS = [
     n for n in REQUESTS if any(t.get("type") == SERVER_TOOL for t in _load(n)["body"]["tools"])
 ]
@@ -74,6 +75,12 @@ def _keys(value: object) -> set[str]:
     return set()
 
 
+def _client_headers(record: dict[str, Any]) -> dict[str, str]:
+    """The recorded headers that say who the client is and what it wants (betas, version)."""
+    prefixes = ("anthropic-", "x-stainless", "x-app", "user-agent")
+    return {k: v for k, v in record["headers"].items() if k.startswith(prefixes)}
+
+
 def _in_order(needles: list[str], haystack: str) -> bool:
     """Every needle occurs in `haystack`, each after the previous one."""
     at = 0
@@ -92,8 +99,11 @@ def test_the_recording_covers_what_claude_code_sends() -> None:
     assert any("thinking" in b for b in bodies) and any("output_config" in b for b in bodies)
     assert any("context_management" in b for b in bodies)
     assert "cache_control" in _keys(bodies)
-    assert SERVER_TOOL_REQUESTS
+    assert SERVER_TOOL_REQUESTS and COUNT_TOKENS
     assert all(_load(n)["path"].endswith("/v1/v1/messages?beta=true") for n in REQUESTS)
+    assert all(
+        _load(n)["path"].endswith("/v1/v1/messages/count_tokens?beta=true") for n in COUNT_TOKENS
+    )
 
 
 @pytest.mark.parametrize("name", CLIENT_TOOL_REQUESTS)
@@ -158,12 +168,7 @@ async def test_recorded_requests_through_a_node(node: RunningNode, user_wallet: 
     async with httpx.AsyncClient(base_url=node.url, timeout=30) as http:
         for name in REQUESTS:
             record = _load(name)
-            headers = {
-                k: v
-                for k, v in record["headers"].items()
-                if k.startswith(("anthropic-", "x-stainless", "x-app", "user-agent"))
-            }
-            headers["Authorization"] = f"Bearer {token}"
+            headers = {"Authorization": f"Bearer {token}", **_client_headers(record)}
             before = (await node.balance(token))["balance"]
             resp = await http.post(record["path"], json=record["body"], headers=headers)
             after = (await node.balance(token))["balance"]
@@ -176,4 +181,21 @@ async def test_recorded_requests_through_a_node(node: RunningNode, user_wallet: 
             elif not after < before:
                 failures.append(f"{name}: answered but not charged")
     assert not failures, "\n".join(failures)
+    await node.check_invariants()
+
+
+async def test_recorded_count_tokens_through_a_node(
+    node: RunningNode, user_wallet: TestWallet
+) -> None:
+    """`/context`'s token counts, with Claude Code's beta query: answered, and free."""
+    (token,) = await user_wallet.mint_tokens(100)
+    before = (await node.balance(token))["balance"]
+    async with httpx.AsyncClient(base_url=node.url, timeout=30) as http:
+        for name in COUNT_TOKENS:
+            record = _load(name)
+            headers = {"Authorization": f"Bearer {token}", **_client_headers(record)}
+            resp = await http.post(record["path"], json=record["body"], headers=headers)
+            assert resp.status_code == 200, f"{name}: {resp.text[:300]}"
+            assert resp.json()["input_tokens"] > 0
+    assert (await node.balance(token))["balance"] == before
     await node.check_invariants()

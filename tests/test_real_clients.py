@@ -19,14 +19,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import pytest_asyncio
-from client_programs import Finished, base_env, claude, ensure_installed, pinned, run
+from client_programs import CLAUDE, Finished, base_env, claude, ensure_installed, pinned, run
 from conftest import BTC_USD, FEE, RunningNode, expected_cost, model_entry, start_node
 from cost_tap import CostTap
 
@@ -86,10 +86,9 @@ class Stack:
 
 
 @pytest.fixture(scope="session")
-def programs() -> Iterator[None]:
-    """The pinned programs, installed (once per session) and the version we pinned."""
+def programs() -> None:
+    """The pinned programs, installed (`npm ci` at most once per session)."""
     ensure_installed()
-    yield
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -155,8 +154,9 @@ async def claude_code(
     stack: Stack, tmp_path: Path, credentials: dict[str, str], *args: str, prompt: str
 ) -> dict[str, Any]:
     """Run Claude Code against the node (through the tap) and check it answered REPLY."""
-    work = tmp_path / "work"
+    work, home = tmp_path / "work", tmp_path / "home"
     work.mkdir(exist_ok=True)
+    home.mkdir()
     finished = await claude(
         prompt,
         *args,
@@ -164,7 +164,7 @@ async def claude_code(
         base_url=stack.tap.url + "/v1",
         credentials=credentials,
         cwd=work,
-        home=tmp_path / "home",
+        home=home,
     )
     context = f"{finished.describe()}\nrequests:\n{stack.tap.report()}"
     assert finished.returncode == 0, context
@@ -179,7 +179,7 @@ async def claude_code(
 
 async def test_claude_code_version_is_the_pinned_one(programs: None, tmp_path: Path) -> None:
     finished = await run(
-        [str(Path(__file__).parent / "clients/node_modules/.bin/claude"), "--version"],
+        [str(CLAUDE), "--version"],
         cwd=tmp_path,
         env=base_env(tmp_path),
         limit_s=60,
