@@ -166,9 +166,17 @@ async def claude_code(
         cwd=work,
         home=home,
     )
-    context = f"{finished.describe()}\nrequests:\n{stack.tap.report()}"
+    try:
+        result = finished.json()
+    except ValueError:
+        result = {}
+    # What Claude Code said, then what the node answered it: the reason comes first.
+    context = (
+        f"claude exited {finished.returncode}: result={result.get('result')!r} "
+        f"api_error_status={result.get('api_error_status')}\n"
+        f"requests:\n{stack.tap.report()}\nstderr: {finished.stderr[-2000:]}"
+    )
     assert finished.returncode == 0, context
-    result = finished.json()
     assert result.get("is_error") is False, context
     assert result.get("result") == REPLY, context
     return result
