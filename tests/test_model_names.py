@@ -31,6 +31,8 @@ RESOLVED = {
     "GPT-4o": "openai/gpt-4o",
     # Anthropic's ids: family first, `-` between version digits, dates, aliases.
     "claude-opus-4-8": "anthropic/claude-opus-4.8",  # Claude Code 2.1's default
+    "claude-opus-5-5": "anthropic/claude-opus-5.5",  # ... in 2.1.332, the version we pin
+    "claude-haiku-5-5": "anthropic/claude-haiku-5.5",  # its `haiku` alias
     "claude-haiku-4-5-20251001": "anthropic/claude-haiku-4.5",  # its background model
     "claude-haiku-4-5": "anthropic/claude-haiku-4.5",
     "claude-sonnet-4-5": "anthropic/claude-sonnet-4.5",
