@@ -1,9 +1,33 @@
-"""The model catalogue: what the node sells, at which USD prices (OpenRouter schema)."""
+"""The model catalogue: what the node sells, at which USD prices (OpenRouter schema).
+
+A requested model name is looked up, first match wins:
+
+1. the exact catalogue id (`anthropic/claude-sonnet-4.5`, `openai/gpt-4o-2024-08-06`);
+2. an operator alias from the models file, by its exact name;
+3. the name's normalised key (`model_name`), which makes the names clients send match
+   the catalogue's: case is ignored; a trailing `[1m]`-style bracket is dropped; the
+   provider prefix is optional, but one that is given must be the entry's own (or the
+   entry has none, as on an Anthropic upstream); `-latest` (or `:latest`) and a trailing
+   date (`-20250929`, `-2024-08-06`, `@20250929`) are set apart; `.` and `-` between two
+   digits are the same (`4-5` == `4.5`; `gpt-4o`, `llama-3.1-70b` keep their shape) and a
+   bare `.0` minor version is dropped (`claude-sonnet-4-0` == `claude-sonnet-4`). So
+   `claude-sonnet-4-5-20250929`, `claude-sonnet-4-5[1m]` and `anthropic/claude-sonnet-4-5`
+   all find `anthropic/claude-sonnet-4.5`, and `claude-3-5-sonnet-latest` finds
+   `anthropic/claude-3.5-sonnet` (Anthropic's ids use OpenRouter's word order, only the
+   separators differ). A dated name takes the entry with that date if there is one, else
+   the undated entry, else the newest dated one. An alias also answers to its own
+   normalised forms, ahead of every catalogue entry's.
+
+A key several entries share equally (`gpt-4o-mini` from two providers) resolves to none:
+`resolve` raises `UnknownModel(ambiguous=True)` with the candidates.
+"""
 
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
+import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -119,6 +143,74 @@ def parse_models(payload: Any, provider: str = "") -> list[Model]:
     return models
 
 
+# No model id is this long: a longer name is only matched exactly (and never cached).
+_MAX_NAME = 200
+_BRACKETS = re.compile(r"(?:\[[^\[\]]*\])+$")
+_LATEST = re.compile(r"[-:]latest$")
+_DATE = re.compile(r"[-@](20\d\d)-?(0[1-9]|1[0-2])-?(0[1-9]|[12]\d|3[01])$")
+_DIGIT_SEPARATOR = re.compile(r"(?<=\d)[.-](?=\d)")
+# `4.0` but not `3.0.1` nor `4.0613` (gpt-4-0613 is a model of its own).
+_ZERO_MINOR = re.compile(r"(?<=\d)\.0(?![\d.])")
+
+
+@dataclass(frozen=True)
+class ModelName:
+    """A model name taken apart: lower-case provider prefix, canonical key, YYYYMMDD date."""
+
+    prefix: str
+    key: str
+    date: str
+
+
+def model_name(name: str) -> ModelName | None:
+    """The normalised form of a model name (see the module docstring); None if unusable."""
+    if len(name) > _MAX_NAME:
+        return None
+    name = _BRACKETS.sub("", name.strip().lower())
+    prefix, _, rest = name.rpartition("/")
+    rest = _LATEST.sub("", rest)
+    date = ""
+    if (found := _DATE.search(rest)) is not None:
+        date = "".join(found.groups())
+        rest = rest[: found.start()]
+    key = _ZERO_MINOR.sub("", _DIGIT_SEPARATOR.sub(".", rest))
+    return ModelName(prefix, key, date) if key else None
+
+
+def _entry_keys(model_id: str) -> list[tuple[str, tuple[bool, str]]]:
+    """The lookup keys a catalogue id (or alias) is found under, with its rank for each.
+
+    Keys live in three spaces: `key` for names without a prefix, `prefix/key` for names
+    with that prefix, `/key` for ids without one (found by any prefix). Undated outranks
+    dated, then the newer date the older.
+    """
+    name = model_name(model_id)
+    if name is None:
+        return []
+    rank = (not name.date, name.date)
+    keys = []
+    for space in ("", f"{name.prefix}/"):
+        keys.append((space + name.key, rank))
+        if name.date:
+            keys.append((f"{space}{name.key}@{name.date}", rank))
+    return keys
+
+
+@functools.lru_cache(maxsize=4096)
+def _lookup_keys(requested: str) -> tuple[str, ...]:
+    """The keys to try for a requested name, most specific first."""
+    name = model_name(requested)
+    if name is None:
+        return ()
+    spaces = (f"{name.prefix}/", "/") if name.prefix else ("",)
+    keys: list[str] = []
+    for space in spaces:
+        if name.date:
+            keys.append(f"{space}{name.key}@{name.date}")
+        keys.append(space + name.key)
+    return tuple(keys)
+
+
 class UnknownModel(LookupError):
     """No model by that name; `candidates` are close matches (or the ambiguous choices)."""
 
@@ -130,37 +222,54 @@ class UnknownModel(LookupError):
 
 
 class Catalogue:
-    """The current set of models, looked up by id, operator alias or unambiguous short name."""
+    """The current set of models, looked up by id, operator alias or normalised name."""
 
     def __init__(self, models: list[Model] | None = None, aliases: dict[str, str] | None = None):
         self._by_id: dict[str, Model] = {}
         self._aliases: dict[str, str] = {}
-        self._ambiguous: dict[str, list[str]] = {}
+        # normalised key -> the id it resolves to, or the ids it could mean (ambiguous)
+        self._derived: dict[str, str | tuple[str, ...]] = {}
         self.replace(models or [], aliases)
 
     def replace(self, models: list[Model], aliases: dict[str, str] | None = None) -> None:
         """Swap in a new model list atomically (readers never see a half-built catalogue)."""
         by_id = {m.id: m for m in models}
-        short: dict[str, list[str]] = {}
+        ranked: dict[str, list[tuple[tuple[bool, str], str]]] = {}
         for model_id in by_id:
-            if "/" in model_id:
-                short.setdefault(model_id.rsplit("/", 1)[1], []).append(model_id)
-        resolved = {name: ids[0] for name, ids in short.items() if len(ids) == 1}
-        ambiguous = {name: sorted(ids) for name, ids in short.items() if len(ids) > 1}
+            for key, rank in _entry_keys(model_id):
+                ranked.setdefault(key, []).append((rank, model_id))
+        derived: dict[str, str | tuple[str, ...]] = {}
+        for key, entries in ranked.items():
+            best = max(rank for rank, _ in entries)
+            top = sorted(model_id for rank, model_id in entries if rank == best)
+            derived[key] = top[0] if len(top) == 1 else tuple(top)
+        exact: dict[str, str] = {}
         for name, target in (aliases or {}).items():
-            if target in by_id:  # explicit aliases win over short names
-                resolved[name] = target
-                ambiguous.pop(name, None)
-            else:
+            if target not in by_id:
                 log.warning("alias %r points at unknown model %r", name, target)
-        self._by_id, self._aliases, self._ambiguous = by_id, resolved, ambiguous
+                continue
+            exact[name] = target
+            for key, _ in _entry_keys(name):  # the operator's word beats anything derived
+                derived[key] = target
+        self._by_id, self._aliases, self._derived = by_id, exact, derived
         self.version = getattr(self, "version", 0) + 1  # lets readers cache what they derive
 
+    def _find(self, name: str) -> str | tuple[str, ...] | None:
+        """The id `name` means, or the ids it could mean, or None."""
+        target = self._aliases.get(name)
+        if target is not None or len(name) > _MAX_NAME:
+            return target
+        for key in _lookup_keys(name):
+            found = self._derived.get(key)
+            if found is not None:
+                return found
+        return None
+
     def get(self, model_id: str) -> Model | None:
-        """Find a model by full id or alias; None if unknown or ambiguous."""
+        """Find a model by id, alias or normalised name; None if unknown or ambiguous."""
         model = self._by_id.get(model_id)
-        if model is None and (full := self._aliases.get(model_id)) is not None:
-            model = self._by_id.get(full)
+        if model is None and isinstance(found := self._find(model_id), str):
+            model = self._by_id.get(found)
         return model
 
     def resolve(self, model_id: str) -> Model:
@@ -168,12 +277,16 @@ class Catalogue:
         model = self.get(model_id)
         if model is not None:
             return model
-        if model_id in self._ambiguous:
-            raise UnknownModel(model_id, self._ambiguous[model_id], ambiguous=True)
+        found = self._find(model_id)
+        if isinstance(found, tuple):
+            raise UnknownModel(model_id, list(found), ambiguous=True)
+        # A wrong prefix (`openai/claude-sonnet-4.5`): what the name means without it first.
+        hint = self._find(model_id.rpartition("/")[2]) if "/" in model_id else None
+        suggested = [hint] if isinstance(hint, str) else list(hint or ())
         names = list(self._by_id) + list(self._aliases)
         close = difflib.get_close_matches(model_id, names, n=5, cutoff=0.5)
-        return_ids = [self._aliases.get(name, name) for name in close]
-        raise UnknownModel(model_id, list(dict.fromkeys(return_ids)))
+        suggested += [self._aliases.get(name, name) for name in close]
+        raise UnknownModel(model_id, list(dict.fromkeys(suggested))[:5])
 
     def models(self) -> list[Model]:
         return list(self._by_id.values())
