@@ -32,6 +32,7 @@ RESOLVED = {
     # Anthropic's ids: family first, `-` between version digits, dates, aliases.
     "claude-opus-4-8": "anthropic/claude-opus-4.8",  # Claude Code 2.1's default
     "claude-opus-5-5": "anthropic/claude-opus-5.5",  # ... in 2.1.332, the version we pin
+    "claude-sonnet-5-5": "anthropic/claude-sonnet-5.5",  # its `sonnet` alias
     "claude-haiku-5-5": "anthropic/claude-haiku-5.5",  # its `haiku` alias
     "claude-haiku-4-5-20251001": "anthropic/claude-haiku-4.5",  # its background model
     "claude-haiku-4-5": "anthropic/claude-haiku-4.5",

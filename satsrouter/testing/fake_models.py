@@ -109,7 +109,7 @@ _DEFAULT_MODELS: list[dict[str, Any]] = [
     ),
     # Current models under their OpenRouter ids, at OpenRouter's list prices (Claude Opus
     # 4.8, the id Claude Code 2.1 asks for by default, priced like the other Opus 4 models).
-    # Claude Code 2.1.332's default model (`claude-opus-5-5`) and its `haiku` alias.
+    # Claude Code 2.1.332's default model (`claude-opus-5-5`) and its `sonnet` and `haiku` aliases.
     _model(
         "anthropic/claude-opus-5.5",
         "Anthropic: Claude Opus 5.5",
@@ -118,6 +118,17 @@ _DEFAULT_MODELS: list[dict[str, Any]] = [
         max_completion_tokens=64000,
         prompt="0.000005",
         completion="0.000025",
+        tokenizer="Claude",
+        input_modalities=["text", "image"],
+    ),
+    _model(
+        "anthropic/claude-sonnet-5.5",
+        "Anthropic: Claude Sonnet 5.5",
+        created=1780272000,
+        context_length=200000,
+        max_completion_tokens=64000,
+        prompt="0.000003",
+        completion="0.000015",
         tokenizer="Claude",
         input_modalities=["text", "image"],
     ),
