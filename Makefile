@@ -6,18 +6,19 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint test-tools client-tools bench bench-tools clean
 
-$(STAMP): pyproject.toml constraints.txt
+# The node, plus (dev/) its test doubles and the demo, which the wheel does not carry.
+$(STAMP): pyproject.toml dev/pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade "pip>=24"
-	$(BIN)/pip install -q -c constraints.txt -e ".[dev]"
+	$(BIN)/pip install -q -c constraints.txt -e ".[dev]" -e ./dev
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/satsrouter demo
+	$(BIN)/satsrouter-demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check satsrouter tests bench
-	$(BIN)/ruff format --check satsrouter tests bench
+	$(BIN)/ruff check satsrouter dev tests bench
+	$(BIN)/ruff format --check satsrouter dev tests bench
 	$(BIN)/mypy
 
 test: lint test-tools

@@ -24,6 +24,9 @@ from typing import Any
 import aiohttp
 import orjson
 import uvloop
+from satsrouter_dev.fake_upstream import Behaviour
+from satsrouter_dev.mint import TestWallet
+from satsrouter_dev.stack import Stack, log_tail, running_stack
 
 from bench.load import RunResult, Scenario, request_body
 from bench.mintload import access_counts, wallet_outputs
@@ -42,9 +45,6 @@ from bench.scenarios import (
     swap_shape,
     x_cashu_sats,
 )
-from satsrouter.testing.fake_upstream import Behaviour
-from satsrouter.testing.mint import TestWallet
-from satsrouter.testing.stack import Stack, log_tail, running_stack
 
 DEFAULT_SCENARIOS = (
     "chat-c1,chat-c32,models-c32,stream-c1,stream-c16,stream-c16-r500,xcashu-c8,xstream-c1"

@@ -28,8 +28,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from satsrouter.testing.mint import free_port
-from satsrouter.testing.stack import answers
+from satsrouter_dev.mint import free_port
+from satsrouter_dev.stack import answers
 
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0

@@ -9,13 +9,13 @@ import re
 from typing import Any
 
 import aiohttp
+from satsrouter_dev.mint import TestWallet
+from satsrouter_dev.stack import Stack
 
 from bench.load import RunResult, Scenario, request_body, run_scenario, token_msat
 from bench.mintload import SwapRun, run_swaps, swap_inputs
 from bench.nginx import SLOW_HEADER, SLOW_VALUE
 from bench.wrk import WrkRun, run_wrk
-from satsrouter.testing.mint import TestWallet
-from satsrouter.testing.stack import Stack
 
 XSTREAM_MAX_REQUESTS = 5  # each takes the slow upstream's ~1 s
 _NEEDS_SATS = re.compile(r"worth at least (\d+) sat")

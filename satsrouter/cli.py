@@ -1,4 +1,4 @@
-"""The `satsrouter` command: serve, demo, migrate, wallet audit/restore."""
+"""The `satsrouter` command: serve, migrate, wallet audit/restore."""
 
 from __future__ import annotations
 
@@ -123,12 +123,6 @@ async def _wallet_command(settings: Settings, action: str) -> int:
         await engine.dispose()
 
 
-def _demo(_: argparse.Namespace) -> int:
-    from satsrouter.demo import run_demo
-
-    return run_demo()
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `satsrouter` console script."""
     parser = argparse.ArgumentParser(prog="satsrouter", description=__doc__)
@@ -147,9 +141,6 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("migrate", help="create or upgrade the database schema").set_defaults(
         func=_migrate
     )
-    sub.add_parser(
-        "demo", help="local mint + fake upstream + node + one paid request"
-    ).set_defaults(func=_demo)
     wallet = sub.add_parser(
         "wallet", help="the node's ecash: audit it, or restore it from the seed"
     )

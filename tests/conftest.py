@@ -15,12 +15,12 @@ import pytest
 import pytest_asyncio
 import uvicorn
 from killable import KillableNode
+from satsrouter_dev.fake_upstream import FakeUpstream, default_models
+from satsrouter_dev.mint import LocalMint, free_port
 
 from satsrouter.app import create_app
 from satsrouter.node import Node
 from satsrouter.settings import Settings
-from satsrouter.testing.fake_upstream import FakeUpstream, default_models
-from satsrouter.testing.mint import LocalMint, free_port
 
 pytest_plugins = ["conftest_ecash", "conftest_pg"]
 

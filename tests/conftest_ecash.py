@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
+from satsrouter_dev.mint import LocalMint, TestWallet
 
 from satsrouter.ecash.wallet import NodeWallet
 from satsrouter.store.engine import make_engine, migrate
 from satsrouter.store.tx import make_tx_runner
-from satsrouter.testing.mint import LocalMint, TestWallet
 
 
 @pytest.fixture(scope="session")

@@ -10,8 +10,7 @@ import itertools
 from collections.abc import Iterator
 
 import pytest
-
-from satsrouter.testing.postgres import LocalPostgres
+from satsrouter_dev.postgres import LocalPostgres
 
 _databases = itertools.count(1)
 _clusters: list[LocalPostgres] = []

@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
-from satsrouter.testing.mint import free_port
-from satsrouter.testing.stack import log_tail
+from satsrouter_dev.mint import free_port
+from satsrouter_dev.stack import log_tail
 
 READY_WITHIN_S = 60.0
 
@@ -47,6 +46,7 @@ class KillableNode:
         }
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self.command = [sys.executable, "-m", "satsrouter"]  # or an installed `satsrouter`
 
     @property
     def log(self) -> Path:
@@ -72,7 +72,7 @@ class KillableNode:
                 await asyncio.sleep(0.05)
 
     def _spawn(self, env: dict[str, str]) -> subprocess.Popen[bytes]:
-        cmd = [sys.executable, "-m", "satsrouter", "serve", "--port", str(self.port)]
+        cmd = [*self.command, "serve", "--port", str(self.port)]
         with self.log.open("wb") as log:
             return subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
 
@@ -108,9 +108,7 @@ class KillableNode:
     async def cli(self, *args: str) -> tuple[int, str]:
         """`satsrouter <args>` with this node's settings: exit status and output."""
         proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "satsrouter",
+            *self.command,
             *args,
             env=self.env,
             stdout=asyncio.subprocess.PIPE,

@@ -13,11 +13,11 @@ import openai
 from conftest import NodeFactory, RunningNode
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from satsrouter_dev.fake_upstream import FakeUpstream
+from satsrouter_dev.mint import TestWallet
 
 from satsrouter.billing.metering import Usage
 from satsrouter.billing.pricing import usage_cost
-from satsrouter.testing.fake_upstream import FakeUpstream
-from satsrouter.testing.mint import TestWallet
 
 MODELS_FILE: dict[str, Any] = {
     "models": [

@@ -13,12 +13,12 @@ from typing import Any
 import httpx
 import pytest
 from conftest import RunningNode, expected_cost, model_entry, msat_per_token
+from satsrouter_dev.fake_upstream import FakeUpstream, prompt_tokens_of
+from satsrouter_dev.mint import TestWallet
 from sqlalchemy import select
 
 from satsrouter.billing.metering import count_tokens
 from satsrouter.store.tables import reservations
-from satsrouter.testing.fake_upstream import FakeUpstream, prompt_tokens_of
-from satsrouter.testing.mint import TestWallet
 
 MESSAGES = [{"role": "user", "content": "three answers please"}]
 PRICED = model_entry("test/priced")

@@ -17,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 from conftest import RunningNode
+from satsrouter_dev.mint import TestWallet
 
-from satsrouter.testing.mint import TestWallet
 from satsrouter.upstream.anthropic import TranslationError, to_openai_request
 
 FIXTURES = Path(__file__).parent / "fixtures" / "claude_code"

@@ -17,9 +17,8 @@ import httpx
 import pytest
 import pytest_asyncio
 from killable import KillableNode
+from satsrouter_dev.mint import LocalMint, TestWallet
 from test_lightning_refund import LnurlServer
-
-from satsrouter.testing.mint import LocalMint, TestWallet
 
 CHAT = {"model": "test/priced", "messages": [{"role": "user", "content": "hi"}]}
 CRASHED = 137

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 import pytest
 from conftest import NodeFactory, RunningNode, eventually
+from satsrouter_dev.mint import TestWallet
 from sqlalchemy import select
 
 from satsrouter.billing.ledger import Ledger
@@ -18,7 +19,6 @@ from satsrouter.ecash import swap as swap_module
 from satsrouter.ecash.errors import EcashError
 from satsrouter.ecash.tokens import parse_token
 from satsrouter.store.tables import instances, payouts, redemptions, reservations, wallet_ops
-from satsrouter.testing.mint import TestWallet
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 

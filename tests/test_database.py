@@ -8,6 +8,8 @@ import httpx
 import openai
 import pytest
 from conftest import NodeFactory, RunningNode, expected_cost, model_entry
+from satsrouter_dev.mint import TestWallet
+from satsrouter_dev.postgres import LocalPostgres
 from sqlalchemy import func, select
 
 from satsrouter.node import Node
@@ -15,8 +17,6 @@ from satsrouter.settings import Settings
 from satsrouter.store.engine import NotDurableError
 from satsrouter.store.tables import journal
 from satsrouter.store.tx import Tx
-from satsrouter.testing.mint import TestWallet
-from satsrouter.testing.postgres import LocalPostgres
 
 MESSAGES = [{"role": "user", "content": "paid on postgres"}]
 SQLITE_NORMAL, SQLITE_FULL = 1, 2  # PRAGMA synchronous: 0 OFF, 1 NORMAL, 2 FULL, 3 EXTRA

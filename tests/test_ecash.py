@@ -12,12 +12,12 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest_ecash import wallet_at
+from satsrouter_dev.mint import LocalMint, TestWallet
 
 from satsrouter.ecash._cashu import TokenV4
 from satsrouter.ecash.errors import EcashError, map_mint_error
 from satsrouter.ecash.tokens import parse_token
 from satsrouter.ecash.wallet import NodeWallet
-from satsrouter.testing.mint import LocalMint, TestWallet
 
 # fixtures: local_mint, fee_mint, msat_mint, user_wallet, node_wallet
 

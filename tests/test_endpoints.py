@@ -5,8 +5,7 @@ from __future__ import annotations
 import httpx
 import openai
 from conftest import RunningNode, expected_cost, model_entry
-
-from satsrouter.testing.mint import TestWallet
+from satsrouter_dev.mint import TestWallet
 
 
 async def test_models_list_has_prices_in_usd_and_sats(node: RunningNode) -> None:

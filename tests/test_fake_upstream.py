@@ -20,9 +20,8 @@ from anthropic import Anthropic, AsyncAnthropic
 from anthropic.types import MessageParam, ToolParam
 from openai import AsyncOpenAI, OpenAI
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
-
-from satsrouter.testing.fake_media import embedding_of
-from satsrouter.testing.fake_upstream import (
+from satsrouter_dev.fake_media import embedding_of
+from satsrouter_dev.fake_upstream import (
     FakeUpstream,
     FakeUpstreamProcess,
     default_models,

@@ -10,9 +10,9 @@ import sqlite3
 import httpx
 import pytest
 from conftest import RunningNode
+from satsrouter_dev.mint import TestWallet
 
 from satsrouter.ecash.tokens import parse_token
-from satsrouter.testing.mint import TestWallet
 
 CHAT = {"model": "test/priced", "messages": [{"role": "user", "content": "hi"}]}
 

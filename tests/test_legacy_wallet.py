@@ -8,10 +8,10 @@ import sqlite3
 from pathlib import Path
 
 from conftest import NodeFactory
+from satsrouter_dev.mint import LocalMint, TestWallet
 
 from satsrouter.ecash._cashu import Wallet
 from satsrouter.ecash.tokens import parse_token
-from satsrouter.testing.mint import LocalMint, TestWallet
 
 
 async def test_an_older_nodes_wallet_file_is_imported_once_with_its_seed(

@@ -12,12 +12,12 @@ from typing import Any
 import httpx
 import pytest
 from conftest import NodeFactory, RunningNode, eventually
+from satsrouter_dev.mint import LocalMint
 from sqlalchemy import func, select
 
 from satsrouter.billing.lightning import LightningFunding
 from satsrouter.logs import mask_secrets
 from satsrouter.store.tables import accounts, journal, lightning_invoices
-from satsrouter.testing.mint import LocalMint
 
 SLOW = 3600.0  # a watcher interval that never fires within a test
 

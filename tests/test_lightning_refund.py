@@ -19,6 +19,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 from conftest import NodeFactory, RunningNode
+from satsrouter_dev.mint import LocalMint, TestWallet, free_port
 from sqlalchemy import select, update
 
 from satsrouter.billing.lightning_refund import RefundPending, expiry_payout_id
@@ -27,7 +28,6 @@ from satsrouter.billing.payments import sha256_hex
 from satsrouter.billing.payouts import PayoutConflict
 from satsrouter.errors import ApiError
 from satsrouter.store.tables import accounts, journal, payouts
-from satsrouter.testing.mint import LocalMint, TestWallet, free_port
 
 # The FakeWallet backend quotes max(2 sat, 1%) as fee reserve and charges 1 sat when it pays.
 RESERVE_MSAT = 2000

@@ -19,12 +19,12 @@ import pytest_asyncio
 from aiohttp import web
 from anthropic.types import ImageBlockParam, MessageParam, TextBlockParam, ToolParam
 from conftest import TEST_MODELS, NodeFactory, RunningNode, expected_cost, model_entry
+from satsrouter_dev.fake_anthropic import input_tokens_of
+from satsrouter_dev.fake_models import anthropic_models
+from satsrouter_dev.fake_upstream import FakeUpstream, default_models, prompt_tokens_of
+from satsrouter_dev.mint import TestWallet, free_port
 
 from satsrouter.billing.metering import count_tokens
-from satsrouter.testing.fake_anthropic import input_tokens_of
-from satsrouter.testing.fake_models import anthropic_models
-from satsrouter.testing.fake_upstream import FakeUpstream, default_models, prompt_tokens_of
-from satsrouter.testing.mint import TestWallet, free_port
 from satsrouter.upstream.anthropic_usage import count_anthropic_prompt_tokens
 
 MODEL = "test/priced"

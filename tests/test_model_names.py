@@ -7,11 +7,11 @@ import anthropic
 import openai
 import pytest
 from conftest import RunningNode, expected_cost, model_entry
+from satsrouter_dev.fake_models import default_models
+from satsrouter_dev.fake_upstream import FakeUpstream
+from satsrouter_dev.mint import TestWallet
 
 from satsrouter.market.catalogue import Catalogue, UnknownModel, model_name, parse_models
-from satsrouter.testing.fake_models import default_models
-from satsrouter.testing.fake_upstream import FakeUpstream
-from satsrouter.testing.mint import TestWallet
 
 # The fake upstream's OpenRouter catalogue, plus a second vendor's gpt-4o-mini (ambiguous).
 CATALOGUE = Catalogue(

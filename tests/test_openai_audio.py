@@ -11,6 +11,8 @@ import httpx
 import orjson
 import pytest
 from conftest import RunningNode
+from satsrouter_dev.fake_upstream import FakeUpstream
+from satsrouter_dev.mint import TestWallet
 from test_openai_endpoints import (
     WORDS_10,
     assert_charged,
@@ -22,8 +24,6 @@ from test_openai_endpoints import (
 )
 
 from satsrouter.billing.metering import count_tokens
-from satsrouter.testing.fake_upstream import FakeUpstream
-from satsrouter.testing.mint import TestWallet
 
 # 1.5 s of 8 kHz 16-bit mono: the fake (and the node) count 2 started seconds.
 WAV_SECONDS = 2

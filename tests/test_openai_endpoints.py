@@ -17,11 +17,11 @@ import openai
 import orjson
 import pytest
 from conftest import FEE, RunningNode, model_entry, msat_per_token
+from satsrouter_dev.fake_media import embedding_of
+from satsrouter_dev.fake_upstream import FakeUpstream
+from satsrouter_dev.mint import TestWallet
 
 from satsrouter.billing.metering import count_tokens
-from satsrouter.testing.fake_media import embedding_of
-from satsrouter.testing.fake_upstream import FakeUpstream
-from satsrouter.testing.mint import TestWallet
 
 WORDS_10 = " ".join(f"w{i}" for i in range(1, 11))
 

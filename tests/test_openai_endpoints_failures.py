@@ -11,6 +11,8 @@ import openai
 import orjson
 import pytest
 from conftest import RunningNode
+from satsrouter_dev.fake_upstream import FakeUpstream
+from satsrouter_dev.mint import TestWallet
 from test_openai_audio import audio_file
 from test_openai_endpoints import (
     RESPONSES_INPUT,
@@ -23,8 +25,6 @@ from test_openai_endpoints import (
 )
 
 from satsrouter.billing.metering import count_tokens
-from satsrouter.testing.fake_upstream import FakeUpstream
-from satsrouter.testing.mint import TestWallet
 
 
 def cashu_client(node: RunningNode, token: str) -> openai.AsyncOpenAI:

@@ -9,9 +9,8 @@ import httpx
 import openai
 import pytest
 from conftest import NodeFactory, RunningNode, expected_cost, model_entry
-
-from satsrouter.testing.fake_upstream import FakeUpstream
-from satsrouter.testing.mint import LocalMint, TestWallet
+from satsrouter_dev.fake_upstream import FakeUpstream
+from satsrouter_dev.mint import LocalMint, TestWallet
 
 MESSAGES = [{"role": "user", "content": "how much does this cost"}]
 

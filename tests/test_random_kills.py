@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 
 import httpx
 from killable import KillableNode
+from satsrouter_dev.mint import TestWallet
 
 from satsrouter.ecash.tokens import parse_token
-from satsrouter.testing.mint import TestWallet
 
 KILLS = 10
 KEY_SATS = 400

@@ -12,6 +12,7 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 from conftest import BTC_USD, NodeFactory, RunningNode, expected_cost, model_entry
+from satsrouter_dev.mint import TestWallet, free_port
 
 from satsrouter.market.rates import (
     FEEDS,
@@ -22,7 +23,6 @@ from satsrouter.market.rates import (
     select_feeds,
 )
 from satsrouter.settings import Settings, SettingsError
-from satsrouter.testing.mint import TestWallet, free_port
 
 MESSAGES = [{"role": "user", "content": "what does a sat buy"}]
 

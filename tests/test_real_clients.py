@@ -29,10 +29,10 @@ import pytest_asyncio
 from client_programs import CLAUDE, Finished, base_env, claude, ensure_installed, pinned, run
 from conftest import BTC_USD, FEE, RunningNode, expected_cost, model_entry, start_node
 from cost_tap import CostTap
+from satsrouter_dev.fake_upstream import FakeUpstream, default_models, prompt_tokens_of
+from satsrouter_dev.mint import LocalMint, TestWallet
 
 from satsrouter.settings import Settings
-from satsrouter.testing.fake_upstream import FakeUpstream, default_models, prompt_tokens_of
-from satsrouter.testing.mint import LocalMint, TestWallet
 
 pytestmark = pytest.mark.clients
 

@@ -13,11 +13,11 @@ from typing import Any
 import httpx
 import openai
 from conftest import RunningNode, expected_cost, model_entry
+from satsrouter_dev.mint import TestWallet
 from sqlalchemy import func, select, update
 
 from satsrouter.billing.payments import Credentials
 from satsrouter.store.tables import accounts, journal, payouts
-from satsrouter.testing.mint import TestWallet
 
 MESSAGES = [{"role": "user", "content": "refund test"}]
 

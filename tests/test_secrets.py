@@ -18,6 +18,8 @@ import httpx
 import pytest
 import pytest_asyncio
 from conftest import RunningNode, start_node
+from satsrouter_dev.fake_upstream import FakeUpstream
+from satsrouter_dev.mint import TestWallet
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
@@ -25,8 +27,6 @@ from satsrouter.ecash._cashu import TokenV3, TokenV4
 from satsrouter.logs import QUIET_LOGGERS, REDACTED, mask_secrets, secure_logging, setup_logging
 from satsrouter.settings import Settings
 from satsrouter.store.engine import make_engine
-from satsrouter.testing.fake_upstream import FakeUpstream
-from satsrouter.testing.mint import TestWallet
 
 MESSAGES = [{"role": "user", "content": "secret test"}]
 WINDOW = 16

@@ -10,13 +10,13 @@ import openai
 import orjson
 import pytest
 from conftest import RunningNode, expected_cost, model_entry
+from satsrouter_dev.fake_upstream import FakeUpstream
+from satsrouter_dev.mint import TestWallet
 from sqlalchemy import select
 
 from satsrouter.billing.metering import local_usage
 from satsrouter.billing.pricing import usage_cost
 from satsrouter.store.tables import reservations
-from satsrouter.testing.fake_upstream import FakeUpstream
-from satsrouter.testing.mint import TestWallet
 
 MESSAGES = [{"role": "user", "content": "stream me some words please"}]
 
@@ -237,8 +237,7 @@ async def test_error_chunk_mid_stream_charges_nothing(
 ) -> None:
     """OpenRouter ends a failed stream with a chunk carrying `error`: that is a failure (I4)."""
     from aiohttp import web
-
-    from satsrouter.testing.mint import free_port
+    from satsrouter_dev.mint import free_port
 
     async def models(_: web.Request) -> web.Response:
         return web.json_response({"data": [model_entry("test/priced")]})

@@ -10,12 +10,12 @@ from typing import Any
 
 import pytest
 from conftest_ecash import wallet_at
+from satsrouter_dev.mint import LocalMint, TestWallet
 
 from satsrouter.ecash import swap as receiving
 from satsrouter.ecash.errors import EcashError
 from satsrouter.ecash.tokens import parse_token
 from satsrouter.ecash.wallet import NodeWallet
-from satsrouter.testing.mint import LocalMint, TestWallet
 
 # fixtures: local_mint, fee_mint, user_wallet, node_wallet (conftest_ecash)
 

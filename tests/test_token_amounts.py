@@ -11,10 +11,10 @@ import httpx
 import orjson
 import pytest
 from conftest import RunningNode
+from satsrouter_dev.mint import TestWallet
 
 from satsrouter.ecash.errors import EcashError
 from satsrouter.ecash.tokens import parse_token
-from satsrouter.testing.mint import TestWallet
 
 MESSAGES = [{"role": "user", "content": "how much does this cost"}]
 INT64_MAX = 2**63 - 1

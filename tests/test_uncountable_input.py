@@ -12,6 +12,8 @@ import pytest
 from conftest import NodeFactory, RunningNode
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from satsrouter_dev.fake_upstream import FakeUpstream
+from satsrouter_dev.mint import TestWallet
 
 from satsrouter.billing.metering import (
     completion_text_of,
@@ -26,8 +28,6 @@ from satsrouter.billing.metering import (
 from satsrouter.endpoints.responses import prompt_tokens as responses_prompt_tokens
 from satsrouter.errors import ApiError
 from satsrouter.http.errors import MAX_JSON_DEPTH, json_object
-from satsrouter.testing.fake_upstream import FakeUpstream
-from satsrouter.testing.mint import TestWallet
 from satsrouter.upstream.anthropic_usage import anthropic_text_of, count_anthropic_prompt_tokens
 
 MODEL = "openai/gpt-4o-mini"  # a 128k context: the long prompt fits, the budget is not cut

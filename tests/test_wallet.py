@@ -10,11 +10,11 @@ import httpx
 import openai
 import pytest
 from conftest import RunningNode, expected_cost, model_entry
+from satsrouter_dev.fake_upstream import FakeUpstream
+from satsrouter_dev.mint import TestWallet
 from sqlalchemy import update
 
 from satsrouter.store.tables import accounts
-from satsrouter.testing.fake_upstream import FakeUpstream
-from satsrouter.testing.mint import TestWallet
 
 MESSAGES = [{"role": "user", "content": "wallet test"}]
 FAMILIES = {

@@ -13,8 +13,7 @@ from typing import Any
 import httpx
 import openai
 from conftest import RunningNode, expected_cost, model_entry
-
-from satsrouter.testing.mint import TestWallet
+from satsrouter_dev.mint import TestWallet
 
 # The fields of the seed's example answers (seeds/001, "Wallet Management").
 SEED_CREATE = {"api_key", "balance", "mint", "unit"}

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import httpx
 from killable import KillableNode
-
-from satsrouter.testing.fake_upstream import FakeUpstream
-from satsrouter.testing.mint import LocalMint, TestWallet
+from satsrouter_dev.fake_upstream import FakeUpstream
+from satsrouter_dev.mint import LocalMint, TestWallet
 
 
 async def test_audit_finds_lost_ecash_and_restore_takes_it_back_from_the_seed(

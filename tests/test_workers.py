@@ -8,10 +8,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-
-from satsrouter.testing.fake_upstream import FakeUpstreamProcess
-from satsrouter.testing.mint import LocalMint, TestWallet
-from satsrouter.testing.stack import node_process
+from satsrouter_dev.fake_upstream import FakeUpstreamProcess
+from satsrouter_dev.mint import LocalMint, TestWallet
+from satsrouter_dev.stack import node_process
 
 REQUESTS = 60
 BODY = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hello there"}]}

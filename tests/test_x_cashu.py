@@ -6,9 +6,8 @@ import httpx
 import openai
 import pytest
 from conftest import RunningNode, expected_cost, model_entry
-
-from satsrouter.testing.fake_upstream import FakeUpstream
-from satsrouter.testing.mint import TestWallet
+from satsrouter_dev.fake_upstream import FakeUpstream
+from satsrouter_dev.mint import TestWallet
 
 MESSAGES = [{"role": "user", "content": "pay as you go"}]
 

@@ -1,0 +1,5 @@
+import sys
+
+from satsrouter.cli import main
+
+sys.exit(main())

@@ -1,0 +1,310 @@
+"""The money path every payment mode shares: who pays → reserve → settle/release → change."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from dataclasses import dataclass
+
+from satsrouter.billing.ledger import (
+    Account,
+    InsufficientBalance,
+    Ledger,
+    Reservation,
+    Settlement,
+    SpendLimitReached,
+    UnknownAccount,
+)
+from satsrouter.billing.payouts import NothingToPayOut, Payout, Payouts
+from satsrouter.billing.redeem import Redeemed, Redeemer
+from satsrouter.ecash.errors import EcashError
+from satsrouter.ecash.tokens import ParsedToken, parse_token
+from satsrouter.errors import ApiError, insufficient_balance
+
+log = logging.getLogger(__name__)
+
+CASHU_PREFIXES = ("cashuA", "cashuB")
+
+
+def sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def is_cashu_token(text: str) -> bool:
+    return text.startswith(CASHU_PREFIXES)
+
+
+def ecash_api_error(exc: EcashError) -> ApiError:
+    """The client-facing form of a wallet failure (one mapping for every path)."""
+    return ApiError(exc.status, exc.code, exc.message)
+
+
+def nothing_to_refund(exc: NothingToPayOut, holder: str, fate: str) -> ApiError:
+    """400 saying why no token was made: `holder` has less than 1 unit; `fate` of the rest."""
+    if not exc.available_msat:
+        return ApiError(400, "nothing_to_refund", f"Nothing to refund: {holder} has 0 msat left.")
+    return ApiError(
+        400,
+        "nothing_to_refund",
+        f"Nothing to refund: {holder} has {exc.available_msat} msat left, less than "
+        f"1 {exc.unit}, the smallest amount a Cashu token can carry. {fate}",
+    )
+
+
+def xcashu_key_hash(token: ParsedToken) -> str:
+    # Distinct from the Bearer key hash, so a per-request token never doubles as an API key.
+    return sha256_hex("x-cashu:" + token.raw_hash)
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What the client presented: an `X-Cashu` token and/or a bearer key or token."""
+
+    x_cashu: str | None = None
+    bearer: str | None = None
+
+    @property
+    def present(self) -> bool:
+        return bool(self.x_cashu or self.bearer)
+
+
+class Charge:
+    """One paid request's hold on a balance, settled or released exactly once."""
+
+    def __init__(
+        self,
+        billing: Billing,
+        reservation: Reservation,
+        x_cashu: ParsedToken | None,
+    ) -> None:
+        self.billing = billing
+        self.reservation = reservation
+        self.x_cashu = x_cashu
+        self.settlement: Settlement | None = None
+        self.done = False
+
+    @property
+    def request_id(self) -> str:
+        return self.reservation.id
+
+    async def settle(self, cost_msat: int) -> Settlement | None:
+        """Charge `cost_msat` (capped at the reservation); idempotent."""
+        if self.done:
+            return self.settlement
+        self.done = True
+        try:
+            self.settlement = await self.billing.ledger.settle(self.reservation, cost_msat)
+        finally:
+            self.billing.live.discard(self.reservation.id)
+        return self.settlement
+
+    async def release(self) -> None:
+        """Charge nothing and free the reservation (I4); idempotent."""
+        if self.done:
+            return
+        self.done = True
+        try:
+            await self.billing.ledger.release(self.reservation)
+        finally:
+            self.billing.live.discard(self.reservation.id)
+
+    async def change(self) -> Payout | None:
+        """For `X-Cashu` payments: the rest of the token's value, in whole units, as a token.
+
+        None when there is no token to give: not an `X-Cashu` payment, or less than one unit
+        left (that rest stays on the token's account; `refund_x_cashu` says so).
+        """
+        if self.x_cashu is None:
+            return None
+        try:
+            return await self.billing.payouts.pay_out_all(
+                self.reservation.account_id, change_payout_id(self.x_cashu)
+            )
+        except NothingToPayOut:
+            return None
+
+    async def change_or_none(self) -> Payout | None:
+        """`change()`, but a failure is logged, not raised: the change stays refundable."""
+        try:
+            return await self.change()
+        except Exception as exc:
+            log.warning(
+                "request %s: change not issued (%s); refundable later",
+                self.request_id,
+                type(exc).__name__,
+            )
+            return None
+
+
+def change_payout_id(token: ParsedToken) -> str:
+    """The payout id of an `X-Cashu` token's change: stable, so refunds are idempotent."""
+    return "xcashu:" + token.raw_hash
+
+
+class Billing:
+    """Resolves who pays and holds their money for the length of one request."""
+
+    def __init__(self, ledger: Ledger, redeemer: Redeemer, payouts: Payouts) -> None:
+        self.ledger = ledger
+        self.redeemer = redeemer
+        self.payouts = payouts
+        # Reservations held by requests alive in this process; the sweeper never touches them.
+        self.live: set[str] = set()
+
+    async def begin(
+        self, creds: Credentials, max_cost_msat: int, model: str, request_id: str
+    ) -> Charge:
+        """Reserve `max_cost_msat` from whoever pays for this request."""
+        if creds.x_cashu:
+            return await self._begin_x_cashu(creds.x_cashu, max_cost_msat, model, request_id)
+        key = creds.bearer or ""
+        key_hash = sha256_hex(key)
+        try:
+            return await self._reserve(key_hash, max_cost_msat, model, request_id, None)
+        except UnknownAccount:
+            if not is_cashu_token(key):
+                raise ApiError(
+                    401, "invalid_api_key", "Unknown API key. Check the key or create a new one."
+                ) from None
+        # A token used as an API key for the first time: redeem it into its own balance.
+        await self.redeem(self.parse(key), key_hash, "token")
+        return await self._reserve(key_hash, max_cost_msat, model, request_id, None)
+
+    async def account(self, key: str) -> Account:
+        """The balance behind an `sk-` key or a Cashu token used as a key (redeemed once)."""
+        key_hash = sha256_hex(key)
+        account = await self.ledger.get_account(key_hash)
+        if account is not None:
+            return account
+        if not is_cashu_token(key):
+            raise ApiError(401, "invalid_api_key", "Unknown API key.")
+        await self.redeem(self.parse(key), key_hash, "token")
+        account = await self.ledger.get_account(key_hash)
+        if account is None:
+            raise ApiError(401, "invalid_api_key", "Unknown API key.")
+        return account
+
+    async def redeem(self, token: ParsedToken, key_hash: str, kind: str) -> Redeemed:
+        """Redeem a token into `key_hash`'s balance; mint failures become client errors."""
+        try:
+            return await self.redeemer.redeem(token, key_hash, kind)
+        except EcashError as exc:
+            raise ecash_api_error(exc) from exc
+
+    def parse(self, text: str) -> ParsedToken:
+        """Decode a token and check its mint is accepted (400 otherwise, nothing contacted)."""
+        try:
+            token = parse_token(text)
+            self.redeemer.wallet.check_accepted(token)
+        except EcashError as exc:
+            raise ecash_api_error(exc) from exc
+        return token
+
+    async def _begin_x_cashu(
+        self, text: str, max_cost_msat: int, model: str, request_id: str
+    ) -> Charge:
+        token = self.parse(text)
+        if token.amount_msat < max_cost_msat:
+            # Refused before redeeming: the token stays spendable by its owner.
+            raise insufficient_balance(token.amount_msat, max_cost_msat)
+        key_hash = xcashu_key_hash(token)
+        redeemed = await self.redeem(token, key_hash, "xcashu")
+        if redeemed.already:
+            raise ApiError(
+                400,
+                "cashu_token_already_spent",
+                "This Cashu token was already spent here. Use POST /v1/balance/refund with "
+                "it in X-Cashu to collect its change.",
+            )
+        try:
+            return await self._reserve(key_hash, max_cost_msat, model, request_id, token)
+        except ApiError as exc:
+            # The mint's fee left less than the request may cost: hand everything back.
+            try:
+                payout = await self.payouts.pay_out_all(
+                    redeemed.account_id, change_payout_id(token)
+                )
+            except NothingToPayOut:
+                raise exc from None
+            if payout.token:
+                exc.headers["X-Cashu"] = payout.token
+            raise
+
+    async def _reserve(
+        self,
+        key_hash: str,
+        max_cost_msat: int,
+        model: str,
+        request_id: str,
+        x_cashu: ParsedToken | None,
+    ) -> Charge:
+        try:
+            reservation = await self.ledger.reserve(key_hash, request_id, max_cost_msat, model)
+        except InsufficientBalance as exc:
+            raise insufficient_balance(exc.available_msat, exc.required_msat) from None
+        except SpendLimitReached as exc:
+            resets = f" It resets at {exc.resets_at:.0f} (Unix time)." if exc.resets_at else ""
+            raise ApiError(
+                402,
+                "spend_limit_reached",
+                f"This key's spend limit leaves {exc.remaining_msat} msat, the request needs "
+                f"{exc.required_msat} msat.{resets}",
+            ) from None
+        self.live.add(request_id)
+        return Charge(self, reservation, x_cashu)
+
+    async def refund_x_cashu(self, text: str) -> tuple[Payout, Account]:
+        """The change of an earlier `X-Cashu` request, again (idempotent recovery).
+
+        Returns the payout and the token's account after it: what stays behind (less than
+        one unit) is its balance. 400 `nothing_to_refund` when no token can be made.
+        """
+        token = self.parse(text)
+        account = await self.ledger.get_account(xcashu_key_hash(token))
+        if account is None:
+            raise ApiError(404, "not_found", "This token was never used to pay here.")
+        fate = "They stay recorded against this token at this node."
+        payout = await self.payouts.get(change_payout_id(token))
+        if payout is None:
+            if account.reserved_msat:
+                raise ApiError(
+                    409,
+                    "request_in_progress",
+                    "The request paid with this token is still running; retry later.",
+                )
+            try:
+                payout = await self.payouts.pay_out_all(account.id, change_payout_id(token))
+            except NothingToPayOut as exc:
+                raise nothing_to_refund(exc, "this token", fate) from None
+        elif payout.token is None and payout.method == "cashu":
+            # An empty payout, recorded by older nodes for a sub-unit rest: nothing was paid.
+            empty = NothingToPayOut(account.available_msat, account.unit)
+            raise nothing_to_refund(empty, "this token", fate)
+        return payout, await self.ledger.get_account_by_id(account.id)
+
+    async def recover(self) -> None:
+        """Take over what dead instances left half done: reservations, swaps, payouts."""
+        dead_after = self.ledger.dead_after
+        released = await self.ledger.sweep(dead_after, set(self.live), min_age=dead_after)
+        if released:
+            log.warning("released %d reservations of requests that are gone", released)
+        split = await self.redeemer.wallet.recover()
+        if split:
+            log.info("finished %d interrupted splits of the node's ecash", split)
+        credited = await self.redeemer.recover()
+        if credited:
+            log.info("finished %d interrupted redemptions", credited)
+        undone = await self.payouts.recover_cashu()
+        if undone:
+            log.warning("credited back %d Cashu payouts interrupted before issue", undone)
+
+    async def run_sweeper(self, interval: float) -> None:
+        """Heartbeat and take over the work of instances that are provably gone, forever."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.ledger.heartbeat()
+                await self.recover()
+            except Exception:
+                log.exception("sweeper pass failed")

@@ -1,0 +1,125 @@
+"""Pricing a request before it runs, and its real cost after (shared by every endpoint)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from satsrouter.billing.metering import Usage
+from satsrouter.billing.pricing import (
+    NO_UNITS,
+    Cost,
+    MsatPrices,
+    max_request_cost,
+    model_max_cost,
+    msat_prices,
+    usage_cost,
+    with_image_price,
+)
+from satsrouter.errors import ApiError
+from satsrouter.market.catalogue import Catalogue, Model, UnknownModel
+from satsrouter.market.rates import RateSource, RateUnavailable
+
+
+@dataclass(frozen=True)
+class Quote:
+    """A model with its msat prices at the current rate, and this request's reservation."""
+
+    model: Model
+    prices: MsatPrices
+    max_cost_msat: int
+
+    def cost(self, usage: Usage) -> Cost:
+        return usage_cost(self.prices, usage)
+
+
+class PriceBook:
+    """Model prices in msat at the current BTC/USD rate, cached per rate."""
+
+    def __init__(self, catalogue: Catalogue, rate: RateSource, fee: Decimal) -> None:
+        self.catalogue = catalogue
+        self.rate = rate
+        self.fee = fee
+        self._cache: dict[tuple[str, Decimal], MsatPrices] = {}
+
+    def usd_per_btc(self) -> Decimal:
+        try:
+            return self.rate.usd_per_btc()
+        except RateUnavailable as exc:
+            raise ApiError(503, "price_unavailable", f"{exc}. Paid requests are paused.") from exc
+
+    def prices(self, model: Model) -> MsatPrices:
+        """The model's msat prices now (cached until the rate changes)."""
+        usd = self.usd_per_btc()
+        key = (model.id, usd)
+        prices = self._cache.get(key)
+        if prices is None or len(self._cache) > 10_000:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            prices = self._cache[key] = msat_prices(model, usd, self.fee)
+        return prices
+
+    def model(self, model_id: Any) -> Model:
+        """Resolve a requested model id or alias; 404 `model_not_found` naming close matches."""
+        if not isinstance(model_id, str) or not model_id:
+            raise ApiError(400, "invalid_request", "The request needs a `model`.")
+        try:
+            return self.catalogue.resolve(model_id)
+        except UnknownModel as exc:
+            if exc.ambiguous:
+                raise ApiError(
+                    400,
+                    "ambiguous_model",
+                    f"{model_id!r} could mean {', '.join(exc.candidates)}; use the full id.",
+                ) from None
+            hint = f" Did you mean {', '.join(exc.candidates)}?" if exc.candidates else ""
+            raise ApiError(
+                404,
+                "model_not_found",
+                f"Model {model_id!r} is not served here.{hint} GET /v1/models lists them.",
+            ) from None
+
+    def quote(
+        self,
+        model_id: Any,
+        prompt_bound: int,
+        max_tokens: int | None,
+        *,
+        prompt_estimate: Callable[[int], int] | None = None,
+        units: Usage = NO_UNITS,
+        image_size: Any = None,
+        image_quality: Any = None,
+        choices: int = 1,
+        prompts: int = 1,
+    ) -> Quote:
+        """Price a request: its model, prices, and the most it may cost (the reservation).
+
+        `prompt_estimate` (e.g. `lambda context: estimate_prompt_tokens(body, context)`) is
+        called, with the model's context length, only when the prompt may be long enough to
+        shorten the completion budget (RIP-05); `images` and `web_searches` are what the
+        request may use (`count_input_images`, `reserved_web_searches`); `choices` how many
+        completions it asks for (each may use the whole completion budget); `prompts` how
+        many prompts a batch carries (each may fill the context).
+        """
+        model = self.model(model_id)
+        prices = self.prices(model)
+        if units.generated_images:
+            variant = model.image_variant(image_size, image_quality)
+            prices = with_image_price(prices, model, variant, self.usd_per_btc(), self.fee)
+        reservation = max_request_cost(
+            prices,
+            model,
+            prompt_bound,
+            max_tokens,
+            prompt_estimate=prompt_estimate,
+            units=units,
+            choices=choices,
+            prompts=prompts,
+        )
+        return Quote(model, prices, reservation)
+
+    def max_cost(self, model: Model) -> int:
+        """The most any request to `model` can cost, in msat (`max_cost` in /v1/models)."""
+        return model_max_cost(self.prices(model), model)

@@ -1,0 +1,122 @@
+"""Keeping the catalogue in step with the upstreams' model lists and the operator's file."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from satsrouter.market.catalogue import Catalogue, CatalogueError, Model
+from satsrouter.market.overrides import ModelOverrides, load_overrides
+
+log = logging.getLogger(__name__)
+
+ModelListFetcher = Callable[[], Awaitable[Any]]
+
+
+@dataclass
+class SyncStatus:
+    """What the last refresh did, for `/v1/info` and the logs."""
+
+    last_attempt: float | None = None
+    last_success: float | None = None
+    errors: dict[str, str] = field(default_factory=dict)  # source -> last error
+    models: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "last_attempt": self.last_attempt,
+            "last_success": self.last_success,
+            "errors": dict(self.errors),
+            "models": self.models,
+            "stale": bool(self.errors),
+        }
+
+
+class CatalogueSync:
+    """Fetches each upstream's `/models`, applies `MODELS_PATH`, swaps the catalogue in.
+
+    A failing source keeps its last good model list, so a sync failure never empties the
+    catalogue; the failure is logged and reported in `status`.
+    """
+
+    def __init__(
+        self,
+        catalogue: Catalogue,
+        sources: dict[str, ModelListFetcher],
+        models_path: Path | None,
+    ) -> None:
+        self.catalogue = catalogue
+        self.sources = sources  # provider name -> fetcher, in routing order
+        self.models_path = models_path
+        self.status = SyncStatus()
+        self._last_good: dict[str, list[dict[str, Any]]] = {}
+        self._overrides = ModelOverrides()
+
+    async def refresh(self) -> bool:
+        """One sync pass; True when the catalogue holds at least one model afterwards."""
+        self.status.last_attempt = time.time()
+        names = list(self.sources)
+        results = await asyncio.gather(
+            *(self.sources[name]() for name in names), return_exceptions=True
+        )
+        for name, result in zip(names, results, strict=True):
+            entries = result.get("data") if isinstance(result, dict) else result
+            if isinstance(result, BaseException) or not isinstance(entries, list):
+                reason = str(result) if isinstance(result, BaseException) else "not a model list"
+                self.status.errors[name] = reason or type(result).__name__
+                log.warning(
+                    "model list of %s unavailable (%s); keeping the last good one",
+                    name,
+                    self.status.errors[name],
+                )
+                continue
+            self._last_good[name] = [e for e in entries if isinstance(e, dict) and "id" in e]
+            self.status.errors.pop(name, None)
+        if self.models_path is not None:
+            try:
+                self._overrides = load_overrides(self.models_path)
+                self.status.errors.pop("models_path", None)
+            except (OSError, CatalogueError) as exc:
+                self.status.errors["models_path"] = str(exc)
+                log.error("MODELS_PATH unreadable (%s); keeping the previous overrides", exc)
+        models = self._build()
+        if not models:
+            return len(self.catalogue) > 0
+        self.catalogue.replace(models, self._overrides.aliases)
+        self.status.models = len(models)
+        if not self.status.errors:
+            self.status.last_success = time.time()
+        return True
+
+    def _build(self) -> list[Model]:
+        seen: dict[str, Model] = {}
+        default_provider = next(iter(self.sources), "")
+        for provider in self.sources:
+            entries = self._overrides.apply(self._last_good.get(provider, []))
+            for entry in entries:
+                if entry["id"] in seen:
+                    continue  # an earlier upstream already serves it
+                from_file = entry["id"] in self._overrides.entries
+                if from_file and provider != default_provider:
+                    upstream_ids = {e["id"] for e in self._last_good.get(provider, [])}
+                    if entry["id"] not in upstream_ids:
+                        continue  # file-only models belong to the first upstream
+                try:
+                    seen[entry["id"]] = Model.from_openrouter(entry, provider)
+                except CatalogueError as exc:
+                    log.warning("skipping model from %s: %s", provider, exc)
+        return list(seen.values())
+
+    async def run(self, interval: float) -> None:
+        """Refresh forever, every `interval` seconds (sooner while nothing is loaded)."""
+        while True:
+            await asyncio.sleep(interval if len(self.catalogue) else min(interval, 30.0))
+            try:
+                await self.refresh()
+            except Exception:
+                log.exception("catalogue refresh failed")

@@ -1,0 +1,178 @@
+"""A running node: every component wired together, started and stopped as one."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from satsrouter import faults
+from satsrouter.billing.keys import Keys
+from satsrouter.billing.ledger import Ledger
+from satsrouter.billing.lightning import LightningFunding
+from satsrouter.billing.lightning_refund import LightningRefunds
+from satsrouter.billing.payments import Billing
+from satsrouter.billing.payouts import Payouts
+from satsrouter.billing.quote import PriceBook
+from satsrouter.billing.redeem import Redeemer
+from satsrouter.ecash.wallet import NodeWallet
+from satsrouter.identity import npub_of
+from satsrouter.logs import secure_logging
+from satsrouter.market.catalogue import Catalogue
+from satsrouter.market.health import ProviderHealth
+from satsrouter.market.rates import LiveRate, PinnedRate, RateSource, select_feeds
+from satsrouter.market.sync import CatalogueSync
+from satsrouter.settings import Settings
+from satsrouter.store.engine import check_durable, instance_lock_dir, make_engine, migrate
+from satsrouter.store.liveness import InstanceLocks
+from satsrouter.store.tx import make_tx_runner
+from satsrouter.upstream.client import Upstream
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    """Settings plus the live components built from them."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.instance_id = os.urandom(12).hex()
+        self.engine: AsyncEngine = make_engine(settings.effective_database_url)
+        self.tx = make_tx_runner(settings.effective_database_url, self.engine)
+        self.locks = InstanceLocks(instance_lock_dir(settings.effective_database_url))
+        self.ledger = Ledger(
+            self.engine, self.instance_id, self.tx, self.locks, settings.instance_dead_after
+        )
+        self.wallet = NodeWallet(
+            settings.cashu_mints,
+            self.tx,
+            self.instance_id,
+            self.ledger.is_dead,
+            legacy_dir=settings.data_dir,
+        )
+        faults.configure(settings.fault_crash_at)
+        self.redeemer = Redeemer(self.ledger, self.wallet)
+        self.payouts = Payouts(self.ledger, self.wallet)
+        self.billing = Billing(self.ledger, self.redeemer, self.payouts)
+        self.lightning = LightningFunding(self.ledger, self.wallet)
+        self.lightning_refunds = LightningRefunds(
+            self.ledger, self.payouts, self.wallet, allow_http=settings.lnurl_allow_http
+        )
+        self.keys = Keys(self.billing, self.payouts)
+        self.keys.lightning = self.lightning_refunds
+        self.upstream = Upstream(
+            settings.upstream_base_url,
+            settings.upstream_api_key,
+            settings.upstream_timeout,
+            settings.upstream_dialect,
+        )
+        self.catalogue = Catalogue()
+        # One upstream for now; the sync and the catalogue already speak per provider.
+        self.upstreams = {settings.upstream_name: self.upstream}
+        self.catalogue_sync = CatalogueSync(
+            self.catalogue,
+            {name: _model_list(up) for name, up in self.upstreams.items()},
+            settings.models_path,
+        )
+        # Same cheap probe as the catalogue sync: each provider's model list.
+        self.health = ProviderHealth(
+            {name: _model_list(up) for name, up in self.upstreams.items()},
+            settings.health_check_interval,
+        )
+        self.rate: RateSource = (
+            PinnedRate(settings.btc_usd_price)
+            if settings.btc_usd_price
+            else LiveRate(select_feeds(settings.btc_usd_sources), settings.btc_usd_max_age_seconds)
+        )
+        self.prices = PriceBook(self.catalogue, self.rate, settings.provider_fee)
+        self._tasks: list[asyncio.Task[None]] = []
+        self.npub = npub_of(settings.nsec) if settings.nsec else None
+
+    async def start(self) -> None:
+        """Migrate, open the wallet, finish interrupted redemptions, load models, start loops."""
+        secure_logging()
+        self.settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await check_durable(self.engine)
+        self.locks.hold(self.instance_id)
+        await migrate(self.engine)
+        await self.wallet.start()
+        await self.ledger.heartbeat()
+        try:
+            # What a dead predecessor (or sibling) left half done is taken over now: its
+            # lock is free, so none of it is in flight anywhere.
+            await self.billing.recover()
+        except Exception:
+            log.exception("recovery failed; the sweeper retries")
+        try:
+            settled = await self.lightning_refunds.reconcile()
+            if settled:
+                log.info("finished %d pending Lightning payouts", settled)
+        except Exception:
+            log.exception("Lightning payout reconciliation failed; the expiry loop retries")
+        if isinstance(self.rate, LiveRate):
+            # Bounded by the feeds' short timeout: with every feed down the node still starts
+            # and refuses paid requests (503) until the background loop gets a price.
+            if await self.rate.refresh() is None:
+                log.error("no BTC/USD price yet: paid requests are refused until one arrives")
+            self._tasks.append(
+                asyncio.create_task(self.rate.run(self.settings.btc_usd_refresh_seconds))
+            )
+        if await self.catalogue_sync.refresh():
+            log.info("serving %d models", len(self.catalogue))
+        else:
+            log.error("no models yet: the upstream's model list is unavailable; retrying")
+        self._tasks.append(
+            asyncio.create_task(self.catalogue_sync.run(self.settings.models_refresh_seconds))
+        )
+        self._tasks.append(asyncio.create_task(self.health.run()))  # first check right away
+        self._tasks.append(
+            asyncio.create_task(self.billing.run_sweeper(self.settings.sweep_interval))
+        )
+        self._tasks.append(
+            asyncio.create_task(self.lightning.run_watcher(self.settings.invoice_poll_interval))
+        )
+        self._tasks.append(
+            asyncio.create_task(
+                self.lightning_refunds.run_expiry(self.settings.expiry_check_interval)
+            )
+        )
+
+    def rate_status(self) -> dict[str, Any]:
+        """The exchange rate in use and where it comes from, for `/v1/info`."""
+        status = getattr(self.prices.rate, "status", None)
+        if callable(status):
+            result: dict[str, Any] = status()
+            return result
+        try:
+            return {"usd_per_btc": str(self.prices.rate.usd_per_btc()), "source": "pinned"}
+        except Exception as exc:
+            return {"usd_per_btc": None, "error": str(exc)}
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.upstream.close()
+        if isinstance(self.rate, LiveRate):
+            await self.rate.close()
+        await self.lightning_refunds.close()
+        await self.wallet.close()
+        with contextlib.suppress(Exception):
+            await self.ledger.retire()  # siblings need not wait for our heartbeat to age
+        self.locks.release()
+        await self.tx.close()
+        await self.engine.dispose()
+
+
+def _model_list(upstream: Upstream) -> Callable[[], Awaitable[Any]]:
+    async def fetch() -> Any:
+        return await upstream.get_json("/models")
+
+    return fetch

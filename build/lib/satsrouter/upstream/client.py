@@ -1,0 +1,145 @@
+"""One pooled HTTP client per upstream (aiohttp), with the node's timeout policy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import orjson
+
+# Headers a client sends that must not reach the upstream (hop-by-hop, or the client's own
+# credentials for this node).
+_DROP_REQUEST_HEADERS = frozenset(
+    {
+        "host",
+        "content-length",
+        "authorization",
+        "x-api-key",
+        "x-cashu",
+        "connection",
+        "keep-alive",
+        "transfer-encoding",
+        "accept-encoding",
+        "cookie",
+        "te",
+        "upgrade",
+        "proxy-authorization",
+    }
+)
+
+
+# The APIs an upstream may speak. OpenRouter is OpenAI chat plus extensions (`reasoning`,
+# `plugins`) that the Anthropic translation uses.
+DIALECTS = ("openai", "openrouter", "anthropic")
+OPENAI_DIALECTS = ("openai", "openrouter")
+
+# Sent to Anthropic-dialect upstreams when the client did not name a version itself.
+ANTHROPIC_VERSION = "2023-06-01"
+
+
+class UpstreamFailure(Exception):
+    """The upstream could not be reached, timed out, or broke the connection."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(f"{kind}: {detail}")
+        self.kind = kind  # "transport" | "timeout"
+
+
+def forwardable_headers(headers: Any) -> dict[str, str]:
+    """The client's headers worth passing on (e.g. `anthropic-version`), minus credentials."""
+    return {
+        k: v
+        for k, v in headers.items()
+        if k.lower() not in _DROP_REQUEST_HEADERS and not k.lower().startswith("x-forwarded")
+    }
+
+
+class Upstream:
+    """An OpenAI-compatible upstream at `base_url`, reached through one connection pool."""
+
+    def __init__(
+        self, base_url: str, api_key: str, timeout: float, dialect: str = "openai"
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.dialect = dialect  # one of DIALECTS: the API this upstream speaks
+        self._api_key = api_key
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def has_credentials(self) -> bool:
+        return bool(self._api_key)
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=1000, keepalive_timeout=60, ttl_dns_cache=300)
+            # sock_read bounds both the first byte and every gap between stream chunks.
+            timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=self.timeout)
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                timeout=timeout,
+                auto_decompress=True,
+                json_serialize=lambda o: orjson.dumps(o).decode(),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _headers(
+        self, extra: dict[str, str] | None, content_type: str = "application/json"
+    ) -> dict[str, str]:
+        headers = dict(extra or {})
+        headers["Content-Type"] = content_type
+        if self.dialect == "anthropic":
+            headers.setdefault("anthropic-version", ANTHROPIC_VERSION)
+            if self._api_key:
+                headers["x-api-key"] = self._api_key
+        elif self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        return headers
+
+    async def post(
+        self,
+        path: str,
+        body: bytes,
+        headers: dict[str, str] | None = None,
+        content_type: str = "application/json",
+    ) -> aiohttp.ClientResponse:
+        """Send a request and return once response headers arrived (body still unread)."""
+        try:
+            return await self.session.post(
+                f"{self.base_url}{path}", data=body, headers=self._headers(headers, content_type)
+            )
+        except TimeoutError as exc:
+            raise UpstreamFailure("timeout", "no response in time") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamFailure("transport", type(exc).__name__) from exc
+
+    async def get_json(self, path: str) -> Any:
+        """GET a JSON document (e.g. the model list)."""
+        try:
+            async with self.session.get(
+                f"{self.base_url}{path}", headers=self._headers(None)
+            ) as resp:
+                resp.raise_for_status()
+                return orjson.loads(await resp.read())
+        except TimeoutError as exc:
+            raise UpstreamFailure("timeout", "no response in time") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamFailure("transport", type(exc).__name__) from exc
+
+
+async def read_body(resp: aiohttp.ClientResponse) -> bytes:
+    """The whole response body, with transport errors and timeouts as UpstreamFailure."""
+    try:
+        return await resp.read()
+    except TimeoutError as exc:
+        raise UpstreamFailure("timeout", "body did not arrive in time") from exc
+    except aiohttp.ClientError as exc:
+        raise UpstreamFailure("transport", type(exc).__name__) from exc
+    finally:
+        resp.release()
