@@ -7,6 +7,7 @@ charged, plus what was refunded, plus what is left on the key.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from typing import Any
 
@@ -199,7 +200,8 @@ async def test_ten_concurrent_x_cashu_refunds_issue_one_token(
 ) -> None:
     (token,) = await user_wallet.mint_tokens(10)
     # A paid request whose change was not issued (as when issuing it failed): settled only.
-    charge = await node.node.billing.begin(Credentials(x_cashu=token), 3000, "test/priced", "r1")
+    quote = dataclasses.replace(node.node.prices.quote("test/priced", 10, 10), max_cost_msat=3000)
+    charge = await node.node.billing.begin(Credentials(x_cashu=token), quote, "r1")
     await charge.settle(2345)
     async with httpx.AsyncClient(base_url=node.url, timeout=30) as http:
 

@@ -1,4 +1,10 @@
-"""The money path every payment mode shares: who pays → reserve → settle/release → change."""
+"""The money path every payment mode shares: who pays → reserve → finish or fail → receipt.
+
+A paid request enters through `Billing.begin` and leaves through `Charge.finish` (charge what
+its usage cost) or `Charge.fail` (charge nothing); either settles or releases the
+reservation, issues X-Cashu change, and returns the `Receipt` the HTTP layer renders. How the
+request was paid shows only in the receipt's contents, never in the caller's code.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +22,9 @@ from satsrouter.billing.ledger import (
     SpendLimitReached,
     UnknownAccount,
 )
+from satsrouter.billing.metering import Usage
 from satsrouter.billing.payouts import NothingToPayOut, Payout, Payouts
+from satsrouter.billing.quote import Quote
 from satsrouter.billing.redeem import Redeemed, Redeemer
 from satsrouter.ecash.errors import EcashError
 from satsrouter.ecash.tokens import ParsedToken, parse_token
@@ -69,16 +77,40 @@ class Credentials:
         return bool(self.x_cashu or self.bearer)
 
 
+@dataclass(frozen=True)
+class Receipt:
+    """How a paid request ended: all the HTTP layer shows of its money."""
+
+    # What it cost, by component; `total_msats` is what was charged. Empty: it failed.
+    cost: dict[str, int]
+    balance_msat: int | None  # what the paying key has left (None when paid per request)
+    change: Payout | None  # X-Cashu change issued as a token (None when there is none)
+
+    @property
+    def charged_msat(self) -> int:
+        return self.cost.get("total_msats", 0)
+
+    @property
+    def change_token(self) -> str | None:
+        return self.change.token if self.change is not None else None
+
+    @property
+    def change_msat(self) -> int:
+        return self.change.amount_msat if self.change is not None and self.change.token else 0
+
+
 class Charge:
     """One paid request's hold on a balance, settled or released exactly once."""
 
     def __init__(
         self,
         billing: Billing,
+        quote: Quote,
         reservation: Reservation,
         x_cashu: ParsedToken | None,
     ) -> None:
         self.billing = billing
+        self.quote = quote
         self.reservation = reservation
         self.x_cashu = x_cashu
         self.settlement: Settlement | None = None
@@ -88,8 +120,29 @@ class Charge:
     def request_id(self) -> str:
         return self.reservation.id
 
+    async def finish(self, usage: Usage) -> Receipt:
+        """Charge what `usage` cost (at most the reservation), then issue X-Cashu change."""
+        cost = self.quote.cost(usage)
+        settlement = await self.settle(cost.total_msats)
+        charged = settlement.charged_msat if settlement is not None else 0
+        balance = settlement.balance_msat if settlement is not None else None
+        change = await self._change_or_none()
+        return Receipt(
+            {**cost.as_dict(), "total_msats": charged},
+            balance if self.x_cashu is None else None,
+            change,
+        )
+
+    async def fail(self, *, change: bool = True) -> Receipt:
+        """Charge nothing (I4); an X-Cashu payer's whole value comes back as change.
+
+        `change=False` when no one is left to hand it to: it stays refundable by the token.
+        """
+        await self.release()
+        return Receipt({}, None, await self._change_or_none() if change else None)
+
     async def settle(self, cost_msat: int) -> Settlement | None:
-        """Charge `cost_msat` (capped at the reservation); idempotent."""
+        """Charge `cost_msat` (capped at the reservation); idempotent. A step of `finish`."""
         if self.done:
             return self.settlement
         self.done = True
@@ -100,7 +153,7 @@ class Charge:
         return self.settlement
 
     async def release(self) -> None:
-        """Charge nothing and free the reservation (I4); idempotent."""
+        """Charge nothing and free the reservation (I4); idempotent. A step of `fail`."""
         if self.done:
             return
         self.done = True
@@ -109,25 +162,21 @@ class Charge:
         finally:
             self.billing.live.discard(self.reservation.id)
 
-    async def change(self) -> Payout | None:
+    async def _change_or_none(self) -> Payout | None:
         """For `X-Cashu` payments: the rest of the token's value, in whole units, as a token.
 
         None when there is no token to give: not an `X-Cashu` payment, or less than one unit
-        left (that rest stays on the token's account; `refund_x_cashu` says so).
+        left (that rest stays on the token's account; `refund_x_cashu` says so), or issuing it
+        failed (logged, not raised: the change stays refundable).
         """
         if self.x_cashu is None:
             return None
         try:
-            return await self.billing.payouts.pay_out_all(
+            payout = await self.billing.payouts.pay_out_all(
                 self.reservation.account_id, change_payout_id(self.x_cashu)
             )
         except NothingToPayOut:
             return None
-
-    async def change_or_none(self) -> Payout | None:
-        """`change()`, but a failure is logged, not raised: the change stays refundable."""
-        try:
-            return await self.change()
         except Exception as exc:
             log.warning(
                 "request %s: change not issued (%s); refundable later",
@@ -135,6 +184,7 @@ class Charge:
                 type(exc).__name__,
             )
             return None
+        return payout if payout.token else None
 
 
 def change_payout_id(token: ParsedToken) -> str:
@@ -152,16 +202,14 @@ class Billing:
         # Reservations held by requests alive in this process; the sweeper never touches them.
         self.live: set[str] = set()
 
-    async def begin(
-        self, creds: Credentials, max_cost_msat: int, model: str, request_id: str
-    ) -> Charge:
-        """Reserve `max_cost_msat` from whoever pays for this request."""
+    async def begin(self, creds: Credentials, quote: Quote, request_id: str) -> Charge:
+        """Reserve the quote's maximum cost from whoever pays for this request."""
         if creds.x_cashu:
-            return await self._begin_x_cashu(creds.x_cashu, max_cost_msat, model, request_id)
+            return await self._begin_x_cashu(creds.x_cashu, quote, request_id)
         key = creds.bearer or ""
         key_hash = sha256_hex(key)
         try:
-            return await self._reserve(key_hash, max_cost_msat, model, request_id, None)
+            return await self._reserve(key_hash, quote, request_id, None)
         except UnknownAccount:
             if not is_cashu_token(key):
                 raise ApiError(
@@ -169,7 +217,7 @@ class Billing:
                 ) from None
         # A token used as an API key for the first time: redeem it into its own balance.
         await self.redeem(self.parse(key), key_hash, "token")
-        return await self._reserve(key_hash, max_cost_msat, model, request_id, None)
+        return await self._reserve(key_hash, quote, request_id, None)
 
     async def account(self, key: str) -> Account:
         """The balance behind an `sk-` key or a Cashu token used as a key (redeemed once)."""
@@ -201,13 +249,11 @@ class Billing:
             raise ecash_api_error(exc) from exc
         return token
 
-    async def _begin_x_cashu(
-        self, text: str, max_cost_msat: int, model: str, request_id: str
-    ) -> Charge:
+    async def _begin_x_cashu(self, text: str, quote: Quote, request_id: str) -> Charge:
         token = self.parse(text)
-        if token.amount_msat < max_cost_msat:
+        if token.amount_msat < quote.max_cost_msat:
             # Refused before redeeming: the token stays spendable by its owner.
-            raise insufficient_balance(token.amount_msat, max_cost_msat)
+            raise insufficient_balance(token.amount_msat, quote.max_cost_msat)
         key_hash = xcashu_key_hash(token)
         redeemed = await self.redeem(token, key_hash, "xcashu")
         if redeemed.already:
@@ -218,7 +264,7 @@ class Billing:
                 "it in X-Cashu to collect its change.",
             )
         try:
-            return await self._reserve(key_hash, max_cost_msat, model, request_id, token)
+            return await self._reserve(key_hash, quote, request_id, token)
         except ApiError as exc:
             # The mint's fee left less than the request may cost: hand everything back.
             try:
@@ -232,15 +278,12 @@ class Billing:
             raise
 
     async def _reserve(
-        self,
-        key_hash: str,
-        max_cost_msat: int,
-        model: str,
-        request_id: str,
-        x_cashu: ParsedToken | None,
+        self, key_hash: str, quote: Quote, request_id: str, x_cashu: ParsedToken | None
     ) -> Charge:
         try:
-            reservation = await self.ledger.reserve(key_hash, request_id, max_cost_msat, model)
+            reservation = await self.ledger.reserve(
+                key_hash, request_id, quote.max_cost_msat, quote.model.id
+            )
         except InsufficientBalance as exc:
             raise insufficient_balance(exc.available_msat, exc.required_msat) from None
         except SpendLimitReached as exc:
@@ -252,7 +295,7 @@ class Billing:
                 f"{exc.required_msat} msat.{resets}",
             ) from None
         self.live.add(request_id)
-        return Charge(self, reservation, x_cashu)
+        return Charge(self, quote, reservation, x_cashu)
 
     async def refund_x_cashu(self, text: str) -> tuple[Payout, Account]:
         """The change of an earlier `X-Cashu` request, again (idempotent recovery).

@@ -1,4 +1,4 @@
-"""Paid proxy endpoints: thin handlers over quote → billing.begin → upstream → settle."""
+"""Paid proxy endpoints: thin handlers over quote → billing.begin → upstream → finish/fail."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from satsrouter.billing.metering import estimate_prompt_tokens
-from satsrouter.billing.payments import Charge
+from satsrouter.billing.payments import Charge, Receipt
 from satsrouter.billing.quote import Quote
 from satsrouter.ecash.requests import payment_request
 from satsrouter.endpoints.audio import AudioTranscriptions
@@ -47,12 +47,21 @@ def _payment_required(node: Node, quote: Quote) -> ApiError:
     )
 
 
+def receipt_headers(receipt: Receipt) -> dict[str, str]:
+    """What a finished or failed request tells the client about its money, as headers."""
+    headers: dict[str, str] = {}
+    if receipt.cost:
+        headers["X-Routstr-Cost-Msats"] = str(receipt.charged_msat)
+    if receipt.balance_msat is not None:
+        headers["X-Routstr-Balance-Msats"] = str(receipt.balance_msat)
+    if receipt.change_token:
+        headers["X-Cashu"] = receipt.change_token
+    return headers
+
+
 async def _failed(charge: Charge, error: ApiError) -> Response:
     """Charge nothing (I4); an X-Cashu payer gets the whole value back as change."""
-    await charge.release()
-    payout = await charge.change_or_none()
-    if payout is not None and payout.token:
-        error.headers["X-Cashu"] = payout.token
+    error.headers.update(receipt_headers(await charge.fail()))
     return error_response(error)
 
 
@@ -109,16 +118,16 @@ async def paid(request: Request, endpoint: Endpoint) -> Response:
     creds = credentials(request.headers)
     if not creds.present:
         raise _payment_required(node, quote)
-    charge = await node.billing.begin(creds, quote.max_cost_msat, quote.model.id, call.request_id)
+    charge = await node.billing.begin(creds, quote, call.request_id)
     try:
-        return await _forward(node, request, upstream, endpoint, call, body, charge, quote)
+        return await _forward(node, request, upstream, endpoint, call, body, charge)
     except ApiError as error:
         if charge.done:
             raise
-        return await _failed(charge, error)  # e.g. a body that cannot be translated
+        return await _failed(charge, error)
     except BaseException:
-        if not charge.done:
-            await charge.release()
+        if not charge.done:  # e.g. cancelled: no one is left to take change
+            await charge.fail(change=False)
         raise
 
 
@@ -130,9 +139,8 @@ async def _forward(
     call: Call,
     body: bytes,
     charge: Charge,
-    quote: Quote,
 ) -> Response:
-    upstream_name = quote.model.provider
+    upstream_name = charge.quote.model.provider
     try:
         resp = await upstream.post(
             endpoint.path, body, forwardable_headers(request.headers), call.content_type
@@ -145,7 +153,7 @@ async def _forward(
         if call.stream:
             meter = endpoint.meter(call)
             headers = _stream_headers(charge)
-            return MeteredStream(resp, charge, quote, meter, headers, node.settings.drain_timeout)
+            return MeteredStream(resp, charge, meter, headers, node.settings.drain_timeout)
         media_type = resp.content_type or JSON
         reply = endpoint.reply(call, await read_body(resp), media_type)
     except UpstreamFailure as exc:
@@ -157,15 +165,9 @@ async def _forward(
         message = "The upstream sent an unreadable answer; nothing was charged."
         return await _failed(charge, ApiError(502, "upstream_error", message))
 
-    cost = quote.cost(reply.usage)
-    settlement = await charge.settle(cost.total_msats)
-    charged = settlement.charged_msat if settlement else 0
-    body = endpoint.render(reply, {**cost.as_dict(), "total_msats": charged})
-    headers = {"x-request-id": charge.request_id, "X-Routstr-Cost-Msats": str(charged)}
-    if charge.x_cashu is None and settlement is not None:
-        headers["X-Routstr-Balance-Msats"] = str(settlement.balance_msat)
-    elif (payout := await charge.change_or_none()) is not None and payout.token:
-        headers["X-Cashu"] = payout.token
+    receipt = await charge.finish(reply.usage)
+    headers = {"x-request-id": charge.request_id, **receipt_headers(receipt)}
+    body = endpoint.render(reply, receipt.cost)
     return Response(body, media_type=reply.media_type, headers=headers)
 
 

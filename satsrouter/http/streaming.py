@@ -11,8 +11,6 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from satsrouter.billing.payments import Charge
-from satsrouter.billing.payouts import Payout
-from satsrouter.billing.quote import Quote
 from satsrouter.endpoints.base import StreamMeter, UpstreamStreamError, event_data
 
 log = logging.getLogger(__name__)
@@ -30,14 +28,12 @@ class MeteredStream(Response):
         self,
         upstream: aiohttp.ClientResponse,
         charge: Charge,
-        quote: Quote,
         meter: StreamMeter,
         headers: dict[str, str],
         drain_timeout: float,
     ) -> None:
         self.upstream = upstream
         self.charge = charge
-        self.quote = quote
         self.meter = meter
         self.out_headers = headers
         self.drain_timeout = drain_timeout
@@ -64,7 +60,8 @@ class MeteredStream(Response):
                 self.upstream.close()  # abandoned mid-stream: never reuse that connection
             if not self.charge.done:
                 # Only reached on a bug or server shutdown: never keep money held for nothing.
-                await asyncio.shield(self.charge.release())
+                # No one is left to take change: it stays refundable by the token.
+                await asyncio.shield(self.charge.fail(change=False))
 
     async def _send(self, send: Send, data: bytes, more: bool = True) -> None:
         if not self.disconnected.is_set():
@@ -114,28 +111,15 @@ class MeteredStream(Response):
             failed = "invalid upstream stream"
 
         if failed and not self.disconnected.is_set():
-            await self.charge.release()
+            receipt = await self.charge.fail()
             log.warning(
                 "stream %s: upstream failed (%s); nothing charged", self.charge.request_id, failed
             )
-            change = await self._change()
-            events = meter.failure(
-                "The upstream failed mid-stream; nothing was charged.",
-                change.token if change else None,
-                change.amount_msat if change else 0,
-            )
-            await self._finish(send, events)
-            return
-
-        cost = self.quote.cost(meter.usage())
-        settlement = await self.charge.settle(cost.total_msats)
-        charged = settlement.charged_msat if settlement else 0
-        change = await self._change()
-        events = meter.closing(
-            {**cost.as_dict(), "total_msats": charged},
-            change.token if change else None,
-            change.amount_msat if change else 0,
-        )
+            message = "The upstream failed mid-stream; nothing was charged."
+            events = meter.failure(message, receipt.change_token, receipt.change_msat)
+        else:
+            receipt = await self.charge.finish(meter.usage())
+            events = meter.closing(receipt.cost, receipt.change_token, receipt.change_msat)
         await self._finish(send, events)
 
     async def _read(self, drain_deadline: float | None) -> bytes:
@@ -150,10 +134,6 @@ class MeteredStream(Response):
         except TimeoutError:
             log.info("stream %s: drain time over after disconnect", self.charge.request_id)
             return b""
-
-    async def _change(self) -> Payout | None:
-        payout = await self.charge.change_or_none()
-        return payout if payout is not None and payout.token else None
 
     async def _finish(self, send: Send, events: list[bytes]) -> None:
         await self._send(send, b"".join(events), more=False)  # one write, end of body included
