@@ -1,5 +1,0 @@
-import sys
-
-from satsrouter.cli import main
-
-sys.exit(main())
