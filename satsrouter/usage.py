@@ -1,4 +1,10 @@
-"""Usage: read from upstream responses, or counted locally when the upstream omits it (I3)."""
+"""What a request used: `Usage`, read from upstream answers or counted locally when the
+upstream omits it (I3), and what a request may use, counted for its reservation (a lower
+prompt estimate, images, web searches).
+
+Shared vocabulary below every layer: endpoints, the upstream translation and billing all
+speak it, so it imports nothing of the node's own.
+"""
 
 from __future__ import annotations
 
