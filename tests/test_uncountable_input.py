@@ -17,7 +17,7 @@ from satsrouter_dev.mint import TestWallet
 
 from satsrouter.endpoints.responses import prompt_tokens as responses_prompt_tokens
 from satsrouter.errors import ApiError
-from satsrouter.http.errors import MAX_JSON_DEPTH, json_object
+from satsrouter.jsonbody import MAX_JSON_DEPTH, json_object
 from satsrouter.upstream.anthropic_usage import anthropic_text_of, count_anthropic_prompt_tokens
 from satsrouter.usage import (
     completion_text_of,
