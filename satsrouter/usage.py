@@ -254,12 +254,6 @@ def count_input_images(body: dict[str, Any]) -> int:
     return count
 
 
-def count_generated_images(response: dict[str, Any]) -> int:
-    """Images an image-generation response returned (its `data` entries)."""
-    data = response.get("data")
-    return len(data) if isinstance(data, list) else 0
-
-
 # Web searches reserved for a request that enables search. The web plugin
 # (`plugins: [{"id": "web"}]`) and `web_search_options` run once per request (OpenRouter's
 # server-tools guide: plugins "always run once when enabled"); OpenRouter bills the plugin's
