@@ -182,22 +182,21 @@ def test_every_part_of_the_node_has_a_layer() -> None:
     assert placed - units == set(), "these are in LAYERS but no longer in satsrouter/"
 
 
-def test_upstream_imports_nothing_from_billing() -> None:
-    wrong = [
+def _imports_between(importer: str, imported: str) -> list[str]:
+    """Imports by modules of unit `importer` of modules of unit `imported`."""
+    return [
         str(i)
         for i in all_imports()
-        if unit_of(i.importer) == "upstream" and _ours(i) and unit_of(i.imported) == "billing"
+        if _ours(i) and unit_of(i.importer) == importer and unit_of(i.imported) == imported
     ]
-    assert wrong == []
+
+
+def test_upstream_imports_nothing_from_billing() -> None:
+    assert _imports_between("upstream", "billing") == []
 
 
 def test_endpoints_import_nothing_from_http() -> None:
-    wrong = [
-        str(i)
-        for i in all_imports()
-        if unit_of(i.importer) == "endpoints" and _ours(i) and unit_of(i.imported) == "http"
-    ]
-    assert wrong == []
+    assert _imports_between("endpoints", "http") == []
 
 
 def test_each_layer_imports_only_those_below_it() -> None:
