@@ -9,13 +9,13 @@ from typing import Any
 import orjson
 import pytest
 
-from satsrouter.billing.metering import Usage
 from satsrouter.upstream.anthropic import (
     StreamTranslator,
     TranslationError,
     to_anthropic_response,
     to_openai_request,
 )
+from satsrouter.usage import Usage
 
 USER_HI = [{"role": "user", "content": "hi"}]
 SCHEMA = {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]}

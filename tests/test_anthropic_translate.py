@@ -10,7 +10,6 @@ import httpx
 import orjson
 import pytest
 
-from satsrouter.billing.metering import Usage, count_tokens, usage_from_openai
 from satsrouter.upstream.anthropic import (
     RAW_ARGUMENTS_KEY,
     AnthropicStreamUsage,
@@ -23,6 +22,7 @@ from satsrouter.upstream.anthropic import (
     to_openai_request,
     usage_from_anthropic,
 )
+from satsrouter.usage import Usage, count_tokens, usage_from_openai
 
 USER_HI = [{"role": "user", "content": "hi"}]
 PNG_B64 = "iVBORw0KGgo="

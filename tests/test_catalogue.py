@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from satsrouter_dev.fake_upstream import FakeUpstream
 from satsrouter_dev.mint import TestWallet
 
-from satsrouter.billing.metering import Usage
 from satsrouter.billing.pricing import usage_cost
+from satsrouter.usage import Usage
 
 MODELS_FILE: dict[str, Any] = {
     "models": [

@@ -17,8 +17,8 @@ from satsrouter_dev.fake_upstream import FakeUpstream, prompt_tokens_of
 from satsrouter_dev.mint import TestWallet
 from sqlalchemy import select
 
-from satsrouter.billing.metering import count_tokens
 from satsrouter.store.tables import reservations
+from satsrouter.usage import count_tokens
 
 MESSAGES = [{"role": "user", "content": "three answers please"}]
 PRICED = model_entry("test/priced")

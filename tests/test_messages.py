@@ -24,8 +24,8 @@ from satsrouter_dev.fake_models import anthropic_models
 from satsrouter_dev.fake_upstream import FakeUpstream, default_models, prompt_tokens_of
 from satsrouter_dev.mint import TestWallet, free_port
 
-from satsrouter.billing.metering import count_tokens
 from satsrouter.upstream.anthropic_usage import count_anthropic_prompt_tokens
+from satsrouter.usage import count_tokens
 
 MODEL = "test/priced"
 WORDS_10 = " ".join(f"w{i}" for i in range(1, 11))

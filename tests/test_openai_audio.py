@@ -23,7 +23,7 @@ from test_openai_endpoints import (
     unit_price,
 )
 
-from satsrouter.billing.metering import count_tokens
+from satsrouter.usage import count_tokens
 
 # 1.5 s of 8 kHz 16-bit mono: the fake (and the node) count 2 started seconds.
 WAV_SECONDS = 2

@@ -21,7 +21,7 @@ from satsrouter_dev.fake_media import embedding_of
 from satsrouter_dev.fake_upstream import FakeUpstream
 from satsrouter_dev.mint import TestWallet
 
-from satsrouter.billing.metering import count_tokens
+from satsrouter.usage import count_tokens
 
 WORDS_10 = " ".join(f"w{i}" for i in range(1, 11))
 

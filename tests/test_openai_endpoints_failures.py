@@ -24,7 +24,7 @@ from test_openai_endpoints import (
     unit_price,
 )
 
-from satsrouter.billing.metering import count_tokens
+from satsrouter.usage import count_tokens
 
 
 def cashu_client(node: RunningNode, token: str) -> openai.AsyncOpenAI:

@@ -9,17 +9,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from satsrouter.billing.metering import (
-    UNBOUNDED_TOOL_SEARCHES,
-    Usage,
-    count_input_images,
-    count_prompt_tokens,
-    count_tokens,
-    estimate_prompt_tokens,
-    local_usage,
-    reserved_web_searches,
-    usage_from_openai,
-)
 from satsrouter.billing.pricing import (
     completion_budget,
     max_request_cost,
@@ -31,6 +20,17 @@ from satsrouter.billing.quote import PriceBook
 from satsrouter.market.catalogue import Catalogue, CatalogueError, Model, parse_models
 from satsrouter.market.rates import PinnedRate
 from satsrouter.settings import Settings, SettingsError
+from satsrouter.usage import (
+    UNBOUNDED_TOOL_SEARCHES,
+    Usage,
+    count_input_images,
+    count_prompt_tokens,
+    count_tokens,
+    estimate_prompt_tokens,
+    local_usage,
+    reserved_web_searches,
+    usage_from_openai,
+)
 
 
 def model(prompt: str = "0.00001", completion: str = "0.00002", **extra: str) -> Model:

@@ -14,9 +14,9 @@ from satsrouter_dev.fake_upstream import FakeUpstream
 from satsrouter_dev.mint import TestWallet
 from sqlalchemy import select
 
-from satsrouter.billing.metering import local_usage
 from satsrouter.billing.pricing import usage_cost
 from satsrouter.store.tables import reservations
+from satsrouter.usage import local_usage
 
 MESSAGES = [{"role": "user", "content": "stream me some words please"}]
 

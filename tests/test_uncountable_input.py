@@ -15,7 +15,11 @@ from hypothesis import strategies as st
 from satsrouter_dev.fake_upstream import FakeUpstream
 from satsrouter_dev.mint import TestWallet
 
-from satsrouter.billing.metering import (
+from satsrouter.endpoints.responses import prompt_tokens as responses_prompt_tokens
+from satsrouter.errors import ApiError
+from satsrouter.jsonbody import MAX_JSON_DEPTH, json_object
+from satsrouter.upstream.anthropic_usage import anthropic_text_of, count_anthropic_prompt_tokens
+from satsrouter.usage import (
     completion_text_of,
     count_input_images,
     count_prompt_tokens,
@@ -25,10 +29,6 @@ from satsrouter.billing.metering import (
     local_usage,
     reserved_web_searches,
 )
-from satsrouter.endpoints.responses import prompt_tokens as responses_prompt_tokens
-from satsrouter.errors import ApiError
-from satsrouter.http.errors import MAX_JSON_DEPTH, json_object
-from satsrouter.upstream.anthropic_usage import anthropic_text_of, count_anthropic_prompt_tokens
 
 MODEL = "openai/gpt-4o-mini"  # a 128k context: the long prompt fits, the budget is not cut
 LONG = "x" * 1_000_000 + " and more"  # o200k packs a run of x into about 8 per token

@@ -13,10 +13,10 @@ from sqlalchemy import desc, func, select, update
 from satsrouter.billing.ledger import PERIODS, Account, Ledger
 from satsrouter.billing.payments import Billing, ecash_api_error, nothing_to_refund, sha256_hex
 from satsrouter.billing.payouts import NothingToPayOut, Payout, PayoutConflict, Payouts
-from satsrouter.billing.redeem import UNIT_MSAT
 from satsrouter.ecash.errors import EcashError
 from satsrouter.errors import ApiError
 from satsrouter.store.tables import accounts, journal, reservations
+from satsrouter.units import UNIT_MSAT
 
 MAX_CHILD_KEYS = 50
 

@@ -30,12 +30,12 @@ from sqlalchemy import and_, func, insert, select, update
 from satsrouter import faults
 from satsrouter.billing.ledger import Ledger
 from satsrouter.billing.payments import sha256_hex
-from satsrouter.billing.redeem import UNIT_MSAT
 from satsrouter.ecash.errors import EcashError
 from satsrouter.ecash.minting import MintOutputs, QuoteMinter
 from satsrouter.ecash.wallet import NodeWallet
 from satsrouter.errors import ApiError
 from satsrouter.store.tables import accounts, lightning_invoices
+from satsrouter.units import UNIT_MSAT
 
 log = logging.getLogger(__name__)
 

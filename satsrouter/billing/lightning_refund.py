@@ -25,11 +25,11 @@ from satsrouter.billing.payouts import (
     Payouts,
     PendingPayout,
 )
-from satsrouter.billing.redeem import UNIT_MSAT
 from satsrouter.ecash.melting import Melter, MeltFailed, MeltQuote, MeltResult, MeltTicket
 from satsrouter.ecash.wallet import NodeWallet
 from satsrouter.errors import ApiError
 from satsrouter.store.tables import accounts, payouts, wallet_ops
+from satsrouter.units import UNIT_MSAT
 
 log = logging.getLogger(__name__)
 

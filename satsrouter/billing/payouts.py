@@ -10,10 +10,10 @@ from dataclasses import dataclass
 from satsrouter import faults
 from satsrouter.billing.balances import credit_tx, debit_available_tx
 from satsrouter.billing.ledger import Ledger
-from satsrouter.billing.redeem import UNIT_MSAT
 from satsrouter.ecash.errors import EcashError
 from satsrouter.ecash.wallet import NodeWallet
 from satsrouter.store.tx import Tx
+from satsrouter.units import UNIT_MSAT
 
 log = logging.getLogger(__name__)
 

@@ -6,8 +6,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from decimal import ROUND_CEILING, Decimal
 
-from satsrouter.billing.metering import UNBOUNDED_TOOL_SEARCHES, Usage
 from satsrouter.market.catalogue import PRICE_FIELDS, Model
+from satsrouter.usage import UNBOUNDED_TOOL_SEARCHES, Usage
 
 MSAT_PER_BTC = Decimal(100_000_000_000)
 NO_UNITS = Usage(0, 0)  # a request that uses no per-unit component

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from satsrouter.billing.metering import Usage
 from satsrouter.billing.pricing import (
     NO_UNITS,
     Cost,
@@ -21,6 +20,7 @@ from satsrouter.billing.pricing import (
 from satsrouter.errors import ApiError
 from satsrouter.market.catalogue import Catalogue, Model, UnknownModel
 from satsrouter.market.rates import RateSource, RateUnavailable
+from satsrouter.usage import Usage
 
 
 @dataclass(frozen=True)

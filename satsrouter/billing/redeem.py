@@ -27,10 +27,9 @@ from satsrouter.ecash.tokens import ParsedToken
 from satsrouter.ecash.wallet import NodeWallet
 from satsrouter.errors import ApiError
 from satsrouter.store.tx import Tx
+from satsrouter.units import UNIT_MSAT
 
 log = logging.getLogger(__name__)
-
-UNIT_MSAT = {"sat": 1000, "msat": 1}
 
 _INSERT_INTENT = (
     "INSERT INTO redemptions (token_hash, key_hash, kind, mint_url, unit, amount, token, state, "

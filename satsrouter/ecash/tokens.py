@@ -13,9 +13,8 @@ import cbor2
 
 from satsrouter.ecash._cashu import DLEQWallet, Proof
 from satsrouter.ecash.errors import EcashError
+from satsrouter.units import SUPPORTED_UNITS, UNIT_MSAT
 
-SUPPORTED_UNITS = ("sat", "msat")
-_MSAT_PER_UNIT = {"sat": 1000, "msat": 1}
 # Far above any real token; stops absurd inputs before they cost CPU.
 _MAX_TOKEN_CHARS = 200_000
 _MAX_PROOFS = 1000
@@ -37,7 +36,7 @@ class ParsedToken:
 
     @property
     def amount_msat(self) -> int:
-        return self.amount * _MSAT_PER_UNIT[self.unit]
+        return self.amount * UNIT_MSAT[self.unit]
 
     @property
     def secret_ys(self) -> list[str]:
@@ -222,7 +221,7 @@ def parse_token(text: str) -> ParsedToken:
     if len({p.secret for p in proofs}) != len(proofs):
         raise _invalid("a proof appears twice")
     amount = sum(p.amount for p in proofs)
-    if amount * _MSAT_PER_UNIT[unit] > MAX_TOKEN_MSAT:
+    if amount * UNIT_MSAT[unit] > MAX_TOKEN_MSAT:
         raise _invalid("amount too large")
     return ParsedToken(
         mint=mint,
@@ -234,7 +233,6 @@ def parse_token(text: str) -> ParsedToken:
 
 
 __all__ = [
-    "SUPPORTED_UNITS",
     "ParsedToken",
     "normalize_mint_url",
     "parse_token",

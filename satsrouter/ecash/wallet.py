@@ -46,8 +46,9 @@ from satsrouter.ecash.store import (
     take_counters_tx,
     unspent_tx,
 )
-from satsrouter.ecash.tokens import SUPPORTED_UNITS, ParsedToken, normalize_mint_url
+from satsrouter.ecash.tokens import ParsedToken, normalize_mint_url
 from satsrouter.store.tx import DurableRunner, Tx, TxRunner
+from satsrouter.units import SUPPORTED_UNITS
 
 log = logging.getLogger(__name__)
 

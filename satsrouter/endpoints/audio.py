@@ -12,10 +12,10 @@ import re
 import struct
 from typing import Any
 
-from satsrouter.billing.metering import Usage, count_tokens
 from satsrouter.endpoints.base import JSON, Call, Endpoint, Reply, json_reply
 from satsrouter.errors import ApiError
 from satsrouter.market.catalogue import Model
+from satsrouter.usage import Usage, count_tokens
 
 _BOUNDARY = re.compile(r'boundary="?([^";]+)"?', re.IGNORECASE)
 _NAME = re.compile(rb'\bname="([^"]*)"', re.IGNORECASE)

@@ -13,11 +13,11 @@ from typing import Any
 
 import orjson
 
-from satsrouter.billing.metering import Usage, count_tokens, reserved_web_searches
 from satsrouter.errors import ApiError
-from satsrouter.http.errors import json_object
+from satsrouter.jsonbody import json_object
 from satsrouter.market.catalogue import Model
 from satsrouter.upstream.client import OPENAI_DIALECTS
+from satsrouter.usage import Usage, count_tokens, reserved_web_searches
 
 JSON = "application/json"
 DONE = b"data: [DONE]\n\n"

@@ -7,15 +7,6 @@ from typing import Any, ClassVar
 
 import orjson
 
-from satsrouter.billing.metering import (
-    Usage,
-    completion_text_of,
-    count_input_images,
-    count_tokens,
-    delta_text_of,
-    local_usage,
-    usage_from_openai,
-)
 from satsrouter.endpoints.base import (
     DONE,
     JSON,
@@ -30,6 +21,15 @@ from satsrouter.endpoints.base import (
     json_reply,
     now,
     sse_event,
+)
+from satsrouter.usage import (
+    Usage,
+    completion_text_of,
+    count_input_images,
+    count_tokens,
+    delta_text_of,
+    local_usage,
+    usage_from_openai,
 )
 
 

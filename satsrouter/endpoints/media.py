@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from satsrouter.billing.metering import Usage, count_tokens
 from satsrouter.endpoints.base import (
     Call,
     Endpoint,
@@ -14,6 +13,7 @@ from satsrouter.endpoints.base import (
     json_reply,
 )
 from satsrouter.endpoints.responses import usage_from_responses
+from satsrouter.usage import Usage, count_tokens
 
 
 class Embeddings(Endpoint):

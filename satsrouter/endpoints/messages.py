@@ -11,14 +11,6 @@ from typing import Any
 
 import orjson
 
-from satsrouter.billing.metering import (
-    Usage,
-    completion_text_of,
-    count_input_images,
-    count_tokens,
-    delta_text_of,
-    usage_from_openai,
-)
 from satsrouter.endpoints.base import (
     Call,
     Endpoint,
@@ -42,6 +34,14 @@ from satsrouter.upstream.anthropic_usage import (
     anthropic_text_of,
     count_anthropic_prompt_tokens,
     usage_from_anthropic,
+)
+from satsrouter.usage import (
+    Usage,
+    completion_text_of,
+    count_input_images,
+    count_tokens,
+    delta_text_of,
+    usage_from_openai,
 )
 
 

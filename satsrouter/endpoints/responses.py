@@ -6,9 +6,9 @@ from typing import Any
 
 import orjson
 
-from satsrouter.billing.metering import Usage, count_input_images, count_tokens
 from satsrouter.endpoints.base import Call, Endpoint, Reply, StreamMeter, json_reply, sse_event
 from satsrouter.endpoints.chat import with_images
+from satsrouter.usage import Usage, count_input_images, count_tokens
 
 # Events that end a response and carry its usage; held back and re-sent with the cost.
 _FINAL_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})

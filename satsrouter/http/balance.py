@@ -14,8 +14,8 @@ from satsrouter.billing.ledger import Account
 from satsrouter.billing.payouts import Payout
 from satsrouter.errors import ApiError
 from satsrouter.http.auth import credentials
-from satsrouter.http.errors import json_object
 from satsrouter.http.wallet_units import amounts_for
+from satsrouter.jsonbody import json_object
 from satsrouter.node import Node
 
 router = APIRouter()

@@ -8,7 +8,6 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from satsrouter.billing.metering import estimate_prompt_tokens
 from satsrouter.billing.payments import Charge, Receipt
 from satsrouter.billing.quote import Quote
 from satsrouter.ecash.requests import payment_request
@@ -30,6 +29,7 @@ from satsrouter.upstream.client import (
     forwardable_headers,
     read_body,
 )
+from satsrouter.usage import estimate_prompt_tokens
 
 log = logging.getLogger(__name__)
 

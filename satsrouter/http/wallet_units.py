@@ -15,7 +15,7 @@ from typing import Any
 
 from fastapi import Request
 
-from satsrouter.billing.redeem import UNIT_MSAT
+from satsrouter.units import UNIT_MSAT
 
 # The paths the seed documents; Routstr's twins and aliases (`/v1/balance/*`,
 # `/v1/wallet/refund`, `/v1/wallet/info`…) keep Routstr's msat.

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from satsrouter.billing.metering import Usage, usage_from_openai
+from satsrouter.usage import Usage, usage_from_openai
 
 # Tool arguments the upstream sent that are not a JSON object are kept, verbatim, under this
 # single key of the tool_use `input` (Anthropic requires an object there). The request

@@ -25,7 +25,6 @@ from typing import Any
 
 import orjson
 
-from satsrouter.billing.metering import Usage, usage_from_openai
 from satsrouter.upstream.anthropic_response import (
     anthropic_usage,
     message_id_of,
@@ -34,6 +33,7 @@ from satsrouter.upstream.anthropic_response import (
     reasoning_of,
     stop_reason_of,
 )
+from satsrouter.usage import Usage, usage_from_openai
 
 
 def sse_event(event_type: str, data: dict[str, Any]) -> bytes:

@@ -7,9 +7,9 @@ from typing import Any
 
 import orjson
 
-from satsrouter.billing.metering import Usage, count_tokens, web_searches_of
+from satsrouter.usage import Usage, count_tokens, web_searches_of
 
-# Per-message overhead, as the OpenAI-side counter uses (metering._TOKENS_PER_MESSAGE).
+# Per-message overhead, as the OpenAI-side counter uses (usage._TOKENS_PER_MESSAGE).
 _TOKENS_PER_MESSAGE = 4
 # An image cannot be measured without decoding it; Anthropic documents ~1,600 tokens for a
 # full-size (~1.15 megapixel) image, the most an image is billed, so the estimate never

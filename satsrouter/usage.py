@@ -1,4 +1,10 @@
-"""Usage: read from upstream responses, or counted locally when the upstream omits it (I3)."""
+"""What a request used: `Usage`, read from upstream answers or counted locally when the
+upstream omits it (I3), and what a request may use, counted for its reservation (a lower
+prompt estimate, images, web searches).
+
+Shared vocabulary below every layer: endpoints, the upstream translation and billing all
+speak it, so it imports nothing of the node's own.
+"""
 
 from __future__ import annotations
 
@@ -246,12 +252,6 @@ def count_input_images(body: dict[str, Any]) -> int:
         elif isinstance(item, list):
             stack.extend(v for v in item if isinstance(v, dict | list))
     return count
-
-
-def count_generated_images(response: dict[str, Any]) -> int:
-    """Images an image-generation response returned (its `data` entries)."""
-    data = response.get("data")
-    return len(data) if isinstance(data, list) else 0
 
 
 # Web searches reserved for a request that enables search. The web plugin
