@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -116,7 +116,6 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read settings from `env` (default `os.environ`); unset names keep defaults."""
         env = os.environ if env is None else env
-        base = cls()
         kw: dict[str, object] = {}
 
         def get(name: str) -> str | None:
@@ -174,7 +173,9 @@ class Settings:
         except (ArithmeticError, ValueError) as exc:
             raise SettingsError(f"invalid setting: {exc}") from exc
 
-        settings = replace(base, **kw)  # type: ignore[arg-type]
+        # Built afresh, not `replace`d on the defaults: `__post_init__` derives the upstream's
+        # name and dialect from the URL read here, not from the default URL.
+        settings = cls(**kw)  # type: ignore[arg-type]
         settings.validate()
         return settings
 
