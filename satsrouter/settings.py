@@ -2,8 +2,10 @@
 
 Each setting is declared once, as a field made by `setting(...)`: its type and default, its
 environment variable, the line the README shows for it, and, where plain text will not do,
-how the variable is parsed and which values are refused. `Settings.from_env` reads these
-declarations, so there is no second list to keep in step.
+how the variable is parsed and which values are refused. `Settings.from_env` and the README's
+table (`python -m satsrouter.settings --markdown`, held to the README by
+tests/test_settings_doc.py) both read these declarations, so there is no second list to keep
+in step.
 """
 
 # ruff cannot see that `setting(...)` returns a `dataclasses.field` (mutable defaults are
@@ -12,6 +14,7 @@ declarations, so there is no second list to keep in step.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 from collections.abc import Callable, Mapping
@@ -466,3 +469,29 @@ class Settings:
 def declared_settings() -> list[tuple[str, Declared]]:
     """Each field of `Settings` with its declaration, in declaration order."""
     return [(f.name, f.metadata[DECLARED]) for f in fields(Settings)]
+
+
+def markdown_table() -> str:
+    """The README's settings table, one row per declared setting."""
+    rows = ["| variable | meaning | default |", "|---|---|---|"]
+    rows += [f"| `{d.env}` | {d.doc} | {d.shown} |" for _, d in declared_settings()]
+    return "\n".join(rows) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m satsrouter.settings", description="The node's settings."
+    )
+    parser.add_argument(
+        "--markdown", action="store_true", help="print the README's table of settings"
+    )
+    args = parser.parse_args(argv)
+    if not args.markdown:
+        parser.print_help()
+        return 2
+    print(markdown_table(), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,4 +1,9 @@
-"""Settings: each declared once and read from the environment."""
+"""Settings: each declared once, read from the environment, and documented in the README.
+
+The README's settings table is generated from the declarations
+(`python -m satsrouter.settings --markdown`); the test holds the README to it, so the docs
+and the code cannot drift apart.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +20,11 @@ from satsrouter.settings import (
     Settings,
     SettingsError,
     declared_settings,
+    main,
+    markdown_table,
 )
+
+README = Path(__file__).resolve().parent.parent / "README.md"
 
 # One non-default value per variable: the raw text and the field's value read from it.
 EVERY_VARIABLE: dict[str, tuple[str, Any]] = {
@@ -87,12 +96,43 @@ INVALID = [
 ]
 
 
+def _readme_table() -> list[str]:
+    """The table under "Running a node": its lines from the header to the first non-row."""
+    lines = README.read_text().splitlines()
+    start = lines.index("## Running a node")
+    header = next(i for i in range(start, len(lines)) if lines[i].startswith("| variable |"))
+    end = next(i for i in range(header, len(lines)) if not lines[i].startswith("|"))
+    return lines[header:end]
+
+
 def test_every_field_is_declared_once() -> None:
     declared = [f.metadata.get(DECLARED) for f in dataclasses.fields(Settings)]
     assert None not in declared
     envs = [d.env for _, d in declared_settings()]
     assert len(envs) == len(set(envs))
     assert all(re.fullmatch(r"[A-Z][A-Z0-9_]*", env) for env in envs)
+
+
+def test_readme_documents_exactly_the_declared_settings() -> None:
+    documented = {
+        name
+        for row in _readme_table()[2:]
+        for name in re.findall(r"`([A-Z0-9_]+)`", row.split("|")[1])
+    }
+    declared = {d.env for _, d in declared_settings()}
+    assert declared - documented == set(), "declared but not in the README's table"
+    assert documented - declared == set(), "in the README's table but not read by the node"
+
+
+def test_readme_table_is_the_generated_one() -> None:
+    """Meanings and defaults too: regenerate with `python -m satsrouter.settings --markdown`."""
+    readme = "\n".join(_readme_table()) + "\n"
+    assert readme == markdown_table(), "paste `python -m satsrouter.settings --markdown`"
+
+
+def test_markdown_command(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--markdown"]) == 0
+    assert capsys.readouterr().out == markdown_table()
 
 
 def test_from_env_reads_every_declared_variable() -> None:
