@@ -1,20 +1,127 @@
-"""One Settings object, read from the environment (Routstr-compatible names)."""
+"""One Settings object, read from the environment (Routstr-compatible names).
+
+Each setting is declared once, as a field made by `setting(...)`: its type and default, its
+environment variable, the line the README shows for it, and, where plain text will not do,
+how the variable is parsed and which values are refused. `Settings.from_env` and the README's
+table (`python -m satsrouter.settings --markdown`, held to the README by
+tests/test_settings_doc.py) both read these declarations, so there is no second list to keep
+in step.
+"""
+
+# ruff cannot see that `setting(...)` returns a `dataclasses.field` (mutable defaults are
+# copied for each instance there), so it takes each declaration for a shared default.
+# ruff: noqa: RUF009
 
 from __future__ import annotations
 
+import argparse
+import logging
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
-from decimal import Decimal
+from collections.abc import Callable, Mapping
+from copy import copy
+from dataclasses import dataclass, field, fields
+from decimal import Decimal, InvalidOperation
+from functools import partial
 from pathlib import Path
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from satsrouter.market.rates import select_feeds
+from satsrouter import faults
+from satsrouter.market.rates import FEEDS, select_feeds
 from satsrouter.upstream.client import DIALECTS
+
+T = TypeVar("T")
+
+DECLARED = "satsrouter.setting"  # the key of a field's `Declared` in its metadata
 
 
 class SettingsError(ValueError):
     """A setting has a value the node cannot run with."""
+
+
+@dataclass(frozen=True)
+class Declared:
+    """What `setting(...)` records about a field: the environment side of it."""
+
+    env: str  # the environment variable
+    doc: str  # its meaning, one line (the README's "meaning" column)
+    parse: Callable[[str], Any]  # from the variable's stripped, non-empty text
+    check: Callable[[Any], None] | None  # raises ValueError(reason) for a value refused
+    shown: str  # the default as the README shows it
+
+
+def setting(
+    default: T,
+    *,
+    env: str,
+    doc: str,
+    parse: Callable[[str], T] | None = None,
+    check: Callable[[T], None] | None = None,
+    shown: str | None = None,
+    secret: bool = False,
+) -> T:
+    """A dataclass field declared with its environment variable (text unless `parse` says).
+
+    `shown` replaces the default in the docs where it is derived or a literal would mislead;
+    `secret` keeps the value out of `repr` (and so out of logs and tracebacks).
+    """
+    declared = Declared(
+        env, doc, parse or _text, check, _shown(default) if shown is None else shown
+    )
+    metadata = {DECLARED: declared}
+    if isinstance(default, (list, dict)):  # mutable: each Settings gets its own copy
+        return field(default_factory=partial(copy, default), repr=not secret, metadata=metadata)
+    return field(default=default, repr=not secret, metadata=metadata)
+
+
+# --- parsers: the variable's text (stripped, never empty) → the field's value ----------------
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+def _url(raw: str) -> str:
+    return raw.rstrip("/")
+
+
+def _lower(raw: str) -> str:
+    return raw.lower()
+
+
+def _float(raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{raw!r} is not a number") from None
+
+
+def _int(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"{raw!r} is not a whole number") from None
+
+
+def _decimal(raw: str) -> Decimal:
+    try:
+        value = Decimal(raw)
+    except InvalidOperation:
+        raise ValueError(f"{raw!r} is not a number") from None
+    if not value.is_finite():  # a NaN would make every later comparison raise
+        raise ValueError(f"{raw!r} is not a finite number")
+    return value
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def _flag(raw: str) -> bool:
+    if raw.lower() in _TRUE:
+        return True
+    if raw.lower() in _FALSE:
+        return False
+    raise ValueError(f"{raw!r} is not one of {', '.join(_TRUE + _FALSE)}")
 
 
 def _split_list(value: str) -> list[str]:
@@ -30,6 +137,58 @@ def _parse_sources(value: str) -> dict[str, str]:
     return sources
 
 
+# --- checks: raise ValueError(reason) for a value the node must not run with ------------------
+
+
+def _positive(value: float | Decimal | None) -> None:
+    if value is not None and not value > 0:  # `not >` also refuses a float NaN
+        raise ValueError("must be positive")
+
+
+def _not_negative(value: float) -> None:
+    if not value >= 0:
+        raise ValueError("must not be negative")
+
+
+def _some_mint(mints: list[str]) -> None:
+    if not mints:
+        raise ValueError("must name at least one mint")
+
+
+def _known_dialect(dialect: str) -> None:
+    if dialect not in DIALECTS:
+        raise ValueError(f"must be one of {', '.join(DIALECTS)}")
+
+
+def _known_sources(sources: dict[str, str]) -> None:
+    select_feeds(sources)  # its ValueError names the unknown ones
+
+
+def _log_level(level: str) -> None:
+    if level.upper() not in logging.getLevelNamesMapping():  # as `setup_logging` reads it
+        raise ValueError(f"{level!r} is not a logging level (DEBUG, INFO, WARNING, ERROR)")
+
+
+def _fault_step(step: str) -> None:
+    if step and step not in faults.STEPS:
+        raise ValueError(f"unknown fault step {step!r}; one of: {', '.join(faults.STEPS)}")
+
+
+def _shown(default: object) -> str:
+    """A default as the README's table shows it."""
+    if default is None or default == "":
+        return "none"
+    if isinstance(default, bool):
+        return f"`{str(default).lower()}`"
+    if isinstance(default, float):
+        return f"`{default:g}`"
+    if isinstance(default, Path) and not default.is_absolute():
+        return f"`./{default}`"
+    if isinstance(default, list):
+        return f"`{','.join(default)}`"
+    return f"`{default}`"
+
+
 def provider_name_of(url: str) -> str:
     """A short provider name from an upstream URL: `https://openrouter.ai/api` → `openrouter`."""
     host = urlsplit(url).hostname or ""
@@ -39,68 +198,229 @@ def provider_name_of(url: str) -> str:
     return "upstream"
 
 
-@dataclass(frozen=True)
+def dialect_of(url: str) -> str:
+    """The API an upstream speaks, guessed from its host (`UPSTREAM_DIALECT` overrides)."""
+    host = urlsplit(url).hostname or ""
+    if host.endswith("anthropic.com"):
+        return "anthropic"
+    if host.endswith("openrouter.ai"):
+        return "openrouter"
+    return "openai"
+
+
+# Keyword-only: the fields are ordered for the README's table (upstream, money, catalogue,
+# requests, the node itself, background work, test-only), not for positional arguments.
+@dataclass(frozen=True, kw_only=True)
 class Settings:
     """Everything configurable about a node. Build it with `Settings.from_env()`."""
 
-    upstream_base_url: str = "https://openrouter.ai/api/v1"
-    upstream_api_key: str = field(default="", repr=False)
-    upstream_timeout: float = 120.0
-    upstream_name: str = ""  # the provider name it is listed under (default: from the URL)
-    # The API the upstream speaks: "openai" or "anthropic" (default: anthropic.com → anthropic).
-    upstream_dialect: str = ""
-    models_refresh_seconds: float = 600.0
-    # Seconds between active health checks of each provider (a GET of its model list).
-    health_check_interval: float = 60.0
-    cashu_mints: list[str] = field(default_factory=lambda: ["https://mint.minibits.cash/Bitcoin"])
-    data_dir: Path = Path("./data")
-    database_url: str = ""
-    btc_usd_price: Decimal | None = None
-    # Live BTC/USD feeds, used unless BTC_USD_PRICE pins the rate: name -> base URL ("" keeps
-    # the public URL). Empty means every built-in feed (satsrouter.market.rates.FEEDS).
-    btc_usd_sources: dict[str, str] = field(default_factory=dict)
-    btc_usd_refresh_seconds: float = 60.0
-    # A live price older than this pauses paid requests (503) rather than charge from it.
-    btc_usd_max_age_seconds: float = 600.0
-    models_path: Path | None = None
-    provider_fee: Decimal = Decimal("1.05")
-    name: str = "satsrouter"
-    description: str = "An LLM node paid in Cashu ecash"
-    http_url: str = ""
-    onion_url: str = ""
-    nsec: str = field(default="", repr=False)
-    log_level: str = "INFO"
-    cors_origins: list[str] = field(default_factory=lambda: ["*"])
-    # How long a disconnected stream may keep reading the upstream to learn its usage (I5).
-    drain_timeout: float = 30.0
-    # A node instance whose heartbeat is older than this is considered dead, where its
-    # process lock cannot be seen (another machine on a shared Postgres).
-    instance_dead_after: float = 30.0
-    # How often the sweeper looks for work of dead instances (reservations, swaps, payouts).
-    sweep_interval: float = 10.0
-    # Fault injection for crash tests: exit abruptly at this money step (satsrouter.faults).
-    fault_crash_at: str = ""
-    # The largest request body any route reads; past it, 413 (satsrouter.http.body_limit).
-    max_body_bytes: int = 8 * 1024 * 1024
-    # Lightning: how often unpaid funding invoices and expired keys are checked.
-    invoice_poll_interval: float = 2.0
-    expiry_check_interval: float = 30.0
-    # LNURL endpoints must be https; tests serve them on loopback over plain http.
-    lnurl_allow_http: bool = False
+    upstream_base_url: str = setting(
+        "https://openrouter.ai/api/v1",
+        env="UPSTREAM_BASE_URL",
+        doc="OpenAI-compatible upstream (its `/models` is the catalogue)",
+        parse=_url,
+    )
+    upstream_api_key: str = setting(
+        "", env="UPSTREAM_API_KEY", doc="the node's key for the upstream", secret=True
+    )
+    upstream_timeout: float = setting(
+        120.0,
+        env="UPSTREAM_TIMEOUT",
+        doc="seconds to wait for the first byte and between stream chunks; past it nothing is "
+        "charged",
+        parse=_float,
+        check=_positive,
+    )
+    # Derived from the URL in `__post_init__` when left empty.
+    upstream_dialect: str = setting(
+        "",
+        env="UPSTREAM_DIALECT",
+        doc="`openai`, `openrouter` or `anthropic`: the API the upstream speaks (Anthropic gets "
+        "`x-api-key` and `anthropic-version`; its `/v1/messages` is used natively; OpenRouter's "
+        "extensions carry translated thinking and web search)",
+        parse=_lower,
+        check=_known_dialect,
+        shown="`anthropic` for `*.anthropic.com`, `openrouter` for `openrouter.ai`, else `openai`",
+    )
+    upstream_name: str = setting(
+        "",
+        env="UPSTREAM_NAME",
+        doc="the provider name the upstream is listed under",
+        shown="from its host, e.g. `openrouter`",
+    )
+    health_check_interval: float = setting(
+        60.0,
+        env="HEALTH_CHECK_INTERVAL",
+        doc="seconds between active health checks of each provider (a GET of its model list, "
+        "latency measured)",
+        parse=_float,
+        check=_positive,
+    )
+    cashu_mints: list[str] = setting(
+        ["https://mint.minibits.cash/Bitcoin"],
+        env="CASHU_MINTS",
+        doc="accepted mints, comma separated, first is primary",
+        parse=_split_list,
+        check=_some_mint,
+    )
+    data_dir: Path = setting(
+        Path("./data"),
+        env="DATA_DIR",
+        doc="the SQLite database (ledger and the node's ecash)",
+        parse=Path,
+    )
+    database_url: str = setting(
+        "",
+        env="DATABASE_URL",
+        doc="SQLAlchemy async URL (e.g. `postgresql+asyncpg://…`)",
+        shown="SQLite in `DATA_DIR`",
+        secret=True,  # it usually carries the database's password
+    )
+    btc_usd_price: Decimal | None = setting(
+        None,
+        env="BTC_USD_PRICE",
+        doc="pinned exchange rate; without it the rate is the lowest sane quote of live public "
+        "feeds",
+        parse=_decimal,
+        check=_positive,
+    )
+    # Empty means every built-in feed; a URL of "" keeps that feed's public one.
+    btc_usd_sources: dict[str, str] = setting(
+        {},
+        env="BTC_USD_SOURCES",
+        doc=f"live feeds to use, comma separated: `name` or `name=base_url` ({', '.join(FEEDS)})",
+        parse=_parse_sources,
+        check=_known_sources,
+        shown="all of them, public URLs",
+    )
+    btc_usd_refresh_seconds: float = setting(
+        60.0,
+        env="BTC_USD_REFRESH_SECONDS",
+        doc="how often the feeds are asked (every 10 s at most while none answers)",
+        parse=_float,
+        check=_positive,
+    )
+    btc_usd_max_age_seconds: float = setting(
+        600.0,
+        env="BTC_USD_MAX_AGE_SECONDS",
+        doc="past this age without a fresh price, paid requests get 503 `price_unavailable`",
+        parse=_float,
+        check=_positive,
+    )
+    models_path: Path | None = setting(
+        None,
+        env="MODELS_PATH",
+        doc="the operator's models file: add models, override fields and prices (also "
+        "`sats_per_million`, per-model `fee`), `disabled` ids, `aliases` — see "
+        "`satsrouter/market/overrides.py`",
+        parse=Path,
+    )
+    models_refresh_seconds: float = setting(
+        600.0,
+        env="MODELS_REFRESH_SECONDS",
+        doc="how often the upstream's model list is re-read (a failure keeps the last good one)",
+        parse=_float,
+        check=_positive,
+    )
+    provider_fee: Decimal = setting(
+        Decimal("1.05"),
+        env="PROVIDER_FEE",
+        doc="multiplier on upstream prices",
+        parse=_decimal,
+        check=_positive,
+    )
+    max_body_bytes: int = setting(
+        8 * 1024 * 1024,
+        env="MAX_BODY_BYTES",
+        doc="the largest request body, in bytes, any route reads; a larger one gets 413 "
+        "`request_too_large` as soon as its `Content-Length` says so, or as it arrives past "
+        "the limit (chunked), and its connection is closed",
+        parse=_int,
+        check=_positive,
+    )
+    drain_timeout: float = setting(
+        30.0,
+        env="DRAIN_TIMEOUT",
+        doc="seconds a stream whose client went away keeps reading the upstream, to learn and "
+        "charge what was produced",
+        parse=_float,
+        check=_not_negative,
+    )
+    cors_origins: list[str] = setting(
+        ["*"],
+        env="CORS_ORIGINS",
+        doc="origins browsers may call the node from, comma separated",
+        parse=_split_list,
+    )
+    name: str = setting("satsrouter", env="NAME", doc="the node's name in `/v1/info` and at `/`")
+    description: str = setting(
+        "An LLM node paid in Cashu ecash", env="DESCRIPTION", doc="its description in `/v1/info`"
+    )
+    http_url: str = setting("", env="HTTP_URL", doc="its public URL, shown in `/v1/info`")
+    onion_url: str = setting("", env="ONION_URL", doc="its Tor onion URL, shown in `/v1/info`")
+    nsec: str = setting(
+        "",
+        env="NSEC",
+        doc="the node's Nostr key (its `npub` is shown in `/v1/info`)",
+        secret=True,
+    )
+    log_level: str = setting(
+        "INFO",
+        env="LOG_LEVEL",
+        doc="how much the node logs: `DEBUG`, `INFO`, `WARNING` or `ERROR`",
+        check=_log_level,
+    )
+    sweep_interval: float = setting(
+        10.0,
+        env="SWEEP_INTERVAL",
+        doc="seconds between passes that take over the work of dead node processes "
+        "(reservations, swaps, payouts)",
+        parse=_float,
+        check=_positive,
+    )
+    # Where the process lock cannot be seen: another machine on a shared Postgres.
+    instance_dead_after: float = setting(
+        30.0,
+        env="INSTANCE_DEAD_AFTER",
+        doc="seconds without a heartbeat after which another machine's node process counts as "
+        "dead (on one machine its lock tells at once)",
+        parse=_float,
+        check=_positive,
+    )
+    invoice_poll_interval: float = setting(
+        2.0,
+        env="INVOICE_POLL_INTERVAL",
+        doc="seconds between checks of unpaid Lightning funding invoices",
+        parse=_float,
+        check=_positive,
+    )
+    expiry_check_interval: float = setting(
+        30.0,
+        env="EXPIRY_CHECK_INTERVAL",
+        doc="seconds between passes that refund expired keys to their `Refund-LNURL` (and "
+        "finish pending Lightning payments)",
+        parse=_float,
+        check=_positive,
+    )
+    # Tests serve LNURL endpoints on loopback over plain http; real ones must be https.
+    lnurl_allow_http: bool = setting(
+        False,
+        env="LNURL_ALLOW_HTTP",
+        doc="allow plain-http LNURL endpoints (tests only)",
+        parse=_flag,
+    )
+    fault_crash_at: str = setting(
+        "",
+        env="FAULT_CRASH_AT",
+        doc="**tests only**: exit abruptly at this money step (`satsrouter/faults.py` lists them)",
+        check=_fault_step,
+    )
 
     def __post_init__(self) -> None:
         if not self.upstream_name:
             object.__setattr__(self, "upstream_name", provider_name_of(self.upstream_base_url))
         if not self.upstream_dialect:
-            host = urlsplit(self.upstream_base_url).hostname or ""
-            dialect = (
-                "anthropic"
-                if host.endswith("anthropic.com")
-                else "openrouter"
-                if host.endswith("openrouter.ai")
-                else "openai"
-            )
-            object.__setattr__(self, "upstream_dialect", dialect)
+            object.__setattr__(self, "upstream_dialect", dialect_of(self.upstream_base_url))
 
     @property
     def primary_mint(self) -> str:
@@ -116,92 +436,62 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Read settings from `env` (default `os.environ`); unset names keep defaults."""
         env = os.environ if env is None else env
-        base = cls()
-        kw: dict[str, object] = {}
-
-        def get(name: str) -> str | None:
-            value = env.get(name)
-            return value.strip() if value is not None and value.strip() != "" else None
-
-        try:
-            if (v := get("UPSTREAM_BASE_URL")) is not None:
-                kw["upstream_base_url"] = v.rstrip("/")
-            if (v := get("UPSTREAM_API_KEY")) is not None:
-                kw["upstream_api_key"] = v
-            if (v := get("UPSTREAM_NAME")) is not None:
-                kw["upstream_name"] = v
-            if (v := get("UPSTREAM_DIALECT")) is not None:
-                kw["upstream_dialect"] = v.lower()
-            if (v := get("MODELS_REFRESH_SECONDS")) is not None:
-                kw["models_refresh_seconds"] = float(v)
-            if (v := get("HEALTH_CHECK_INTERVAL")) is not None:
-                kw["health_check_interval"] = float(v)
-            if (v := get("UPSTREAM_TIMEOUT")) is not None:
-                kw["upstream_timeout"] = float(v)
-            if (v := get("CASHU_MINTS")) is not None:
-                kw["cashu_mints"] = _split_list(v)
-            if (v := get("DATA_DIR")) is not None:
-                kw["data_dir"] = Path(v)
-            if (v := get("DATABASE_URL")) is not None:
-                kw["database_url"] = v
-            if (v := get("BTC_USD_PRICE")) is not None:
-                kw["btc_usd_price"] = Decimal(v)
-            if (v := get("BTC_USD_SOURCES")) is not None:
-                kw["btc_usd_sources"] = _parse_sources(v)
-            if (v := get("BTC_USD_REFRESH_SECONDS")) is not None:
-                kw["btc_usd_refresh_seconds"] = float(v)
-            if (v := get("BTC_USD_MAX_AGE_SECONDS")) is not None:
-                kw["btc_usd_max_age_seconds"] = float(v)
-            if (v := get("MODELS_PATH")) is not None:
-                kw["models_path"] = Path(v)
-            if (v := get("PROVIDER_FEE")) is not None:
-                kw["provider_fee"] = Decimal(v)
-            for name in ("NAME", "DESCRIPTION", "HTTP_URL", "ONION_URL", "LOG_LEVEL", "NSEC"):
-                if (v := get(name)) is not None:
-                    kw[name.lower()] = v
-            if (v := get("LNURL_ALLOW_HTTP")) is not None:
-                kw["lnurl_allow_http"] = v.lower() in ("1", "true", "yes")
-            if (v := get("INSTANCE_DEAD_AFTER")) is not None:
-                kw["instance_dead_after"] = float(v)
-            if (v := get("SWEEP_INTERVAL")) is not None:
-                kw["sweep_interval"] = float(v)
-            if (v := get("FAULT_CRASH_AT")) is not None:
-                kw["fault_crash_at"] = v
-            if (v := get("CORS_ORIGINS")) is not None:
-                kw["cors_origins"] = _split_list(v)
-            if (v := get("MAX_BODY_BYTES")) is not None:
-                kw["max_body_bytes"] = int(v)
-        except (ArithmeticError, ValueError) as exc:
-            raise SettingsError(f"invalid setting: {exc}") from exc
-
-        settings = replace(base, **kw)  # type: ignore[arg-type]
+        values: dict[str, Any] = {}
+        for name, declared in declared_settings():
+            raw = env.get(declared.env, "").strip()
+            if not raw:  # empty counts as unset, as `NAME=` in an env file means
+                continue
+            try:
+                values[name] = declared.parse(raw)
+            except ValueError as exc:
+                raise SettingsError(f"{declared.env}: {exc}") from exc
+        # Built afresh, not `replace`d on the defaults: `__post_init__` derives the upstream's
+        # name and dialect from the URL read here, not from the default URL.
+        settings = cls(**values)
         settings.validate()
         return settings
 
     def validate(self) -> None:
         """Refuse values that would make the node charge wrongly or not start."""
-        if not self.cashu_mints:
-            raise SettingsError("CASHU_MINTS must name at least one mint")
-        if self.provider_fee <= 0:
-            raise SettingsError("PROVIDER_FEE must be positive")
-        if self.btc_usd_price is not None and self.btc_usd_price <= 0:
-            raise SettingsError("BTC_USD_PRICE must be positive")
-        if not 0 < self.btc_usd_refresh_seconds < self.btc_usd_max_age_seconds:
+        for name, declared in declared_settings():
+            if declared.check is not None:
+                try:
+                    declared.check(getattr(self, name))
+                except ValueError as exc:
+                    raise SettingsError(f"{declared.env}: {exc}") from exc
+        if not self.btc_usd_refresh_seconds < self.btc_usd_max_age_seconds:
             # Otherwise the price would go stale between two refreshes and pause paid requests.
             raise SettingsError(
-                "BTC_USD_REFRESH_SECONDS must be positive and shorter than BTC_USD_MAX_AGE_SECONDS"
+                "BTC_USD_REFRESH_SECONDS must be shorter than BTC_USD_MAX_AGE_SECONDS"
             )
-        try:
-            select_feeds(self.btc_usd_sources)
-        except ValueError as exc:
-            raise SettingsError(f"BTC_USD_SOURCES: {exc}") from exc
-        if self.upstream_timeout <= 0:
-            raise SettingsError("UPSTREAM_TIMEOUT must be positive")
-        if self.upstream_dialect not in DIALECTS:
-            raise SettingsError("UPSTREAM_DIALECT must be `openai`, `openrouter` or `anthropic`")
-        if not (self.sweep_interval > 0 and self.instance_dead_after > 0):
-            raise SettingsError("SWEEP_INTERVAL and INSTANCE_DEAD_AFTER must be positive")
-        if not self.health_check_interval > 0:
-            raise SettingsError("HEALTH_CHECK_INTERVAL must be positive")
-        if self.max_body_bytes <= 0:
-            raise SettingsError("MAX_BODY_BYTES must be positive")
+
+
+def declared_settings() -> list[tuple[str, Declared]]:
+    """Each field of `Settings` with its declaration, in declaration order."""
+    return [(f.name, f.metadata[DECLARED]) for f in fields(Settings)]
+
+
+def markdown_table() -> str:
+    """The README's settings table, one row per declared setting."""
+    rows = ["| variable | meaning | default |", "|---|---|---|"]
+    rows += [f"| `{d.env}` | {d.doc} | {d.shown} |" for _, d in declared_settings()]
+    return "\n".join(rows) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m satsrouter.settings", description="The node's settings."
+    )
+    parser.add_argument(
+        "--markdown", action="store_true", help="print the README's table of settings"
+    )
+    args = parser.parse_args(argv)
+    if not args.markdown:
+        parser.print_help()
+        return 2
+    print(markdown_table(), end="")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
