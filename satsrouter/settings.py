@@ -8,10 +8,6 @@ tests/test_settings_doc.py) both read these declarations, so there is no second 
 in step.
 """
 
-# ruff cannot see that `setting(...)` returns a `dataclasses.field` (mutable defaults are
-# copied for each instance there), so it takes each declaration for a shared default.
-# ruff: noqa: RUF009
-
 from __future__ import annotations
 
 import argparse

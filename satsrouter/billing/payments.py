@@ -22,13 +22,13 @@ from satsrouter.billing.ledger import (
     SpendLimitReached,
     UnknownAccount,
 )
-from satsrouter.billing.metering import Usage
 from satsrouter.billing.payouts import NothingToPayOut, Payout, Payouts
 from satsrouter.billing.quote import Quote
 from satsrouter.billing.redeem import Redeemed, Redeemer
 from satsrouter.ecash.errors import EcashError
 from satsrouter.ecash.tokens import ParsedToken, parse_token
 from satsrouter.errors import ApiError, insufficient_balance
+from satsrouter.usage import Usage
 
 log = logging.getLogger(__name__)
 
