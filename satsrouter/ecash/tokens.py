@@ -43,11 +43,6 @@ class ParsedToken:
         """The proofs' Y = hash_to_curve(secret), the identifiers NUT-07 uses; sorted."""
         return sorted(str(p.Y) for p in self.proofs)
 
-    @property
-    def proofs_hash(self) -> str:
-        """sha256 over the sorted Ys: the same for every serialisation of the same proofs."""
-        return hashlib.sha256("".join(self.secret_ys).encode()).hexdigest()
-
     def __repr__(self) -> str:
         # never show proofs: they are bearer money
         return (
