@@ -14,14 +14,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from satsrouter import faults
 from satsrouter.billing.keys import Keys
 from satsrouter.billing.ledger import Ledger
-from satsrouter.billing.lightning import LightningFunding
-from satsrouter.billing.lightning_refund import LightningRefunds
 from satsrouter.billing.payments import Billing
 from satsrouter.billing.payouts import Payouts
 from satsrouter.billing.quote import PriceBook
 from satsrouter.billing.redeem import Redeemer
 from satsrouter.ecash.wallet import NodeWallet
 from satsrouter.identity import npub_of
+from satsrouter.lightning.invoices import LightningFunding
+from satsrouter.lightning.refunds import LightningRefunds
 from satsrouter.logs import secure_logging
 from satsrouter.market.catalogue import Catalogue
 from satsrouter.market.health import ProviderHealth

@@ -15,7 +15,7 @@ from conftest import NodeFactory, RunningNode, eventually
 from satsrouter_dev.mint import LocalMint
 from sqlalchemy import func, select
 
-from satsrouter.billing.lightning import LightningFunding
+from satsrouter.lightning.invoices import LightningFunding
 from satsrouter.logs import mask_secrets
 from satsrouter.store.tables import accounts, journal, lightning_invoices
 

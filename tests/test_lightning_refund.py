@@ -22,11 +22,11 @@ from conftest import NodeFactory, RunningNode
 from satsrouter_dev.mint import LocalMint, TestWallet, free_port
 from sqlalchemy import select, update
 
-from satsrouter.billing.lightning_refund import RefundPending, expiry_payout_id
-from satsrouter.billing.lnurl import LnurlClient, LnurlError, encode_lnurl
 from satsrouter.billing.payments import sha256_hex
 from satsrouter.billing.payouts import PayoutConflict
 from satsrouter.errors import ApiError
+from satsrouter.lightning.lnurl import LnurlClient, LnurlError, encode_lnurl
+from satsrouter.lightning.refunds import RefundPending, expiry_payout_id
 from satsrouter.store.tables import accounts, journal, payouts
 
 # The FakeWallet backend quotes max(2 sat, 1%) as fee reserve and charges 1 sat when it pays.

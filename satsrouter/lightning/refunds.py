@@ -17,7 +17,6 @@ from dataclasses import dataclass, replace
 from sqlalchemy import and_, case, select, update
 
 from satsrouter.billing.ledger import Ledger
-from satsrouter.billing.lnurl import LnurlClient, LnurlError
 from satsrouter.billing.payouts import (
     NothingToPayOut,
     Payout,
@@ -28,6 +27,7 @@ from satsrouter.billing.payouts import (
 from satsrouter.ecash.melting import Melter, MeltFailed, MeltQuote, MeltResult, MeltTicket
 from satsrouter.ecash.wallet import NodeWallet
 from satsrouter.errors import ApiError
+from satsrouter.lightning.lnurl import LnurlClient, LnurlError
 from satsrouter.store.tables import accounts, payouts, wallet_ops
 from satsrouter.units import UNIT_MSAT
 
@@ -89,6 +89,11 @@ class LightningRefunds:
 
     async def close(self) -> None:
         await self.lnurl.close()
+
+    def check_destination(self, destination: str) -> None:
+        """Refuse a destination that is no Lightning address or LNURL (LnurlError, 400),
+        without contacting it: a key's refund address is checked when the key is made."""
+        self.lnurl.url_of(destination)
 
     # ---- refunds ----
 
