@@ -59,9 +59,9 @@ class Node:
         self.redeemer = Redeemer(self.ledger, self.wallet)
         self.payouts = Payouts(self.ledger, self.wallet)
         self.billing = Billing(self.ledger, self.redeemer, self.payouts)
-        self.lightning = LightningFunding(self.ledger, self.wallet)
+        self.lightning = LightningFunding(self.tx, self.ledger, self.wallet)
         self.lightning_refunds = LightningRefunds(
-            self.ledger, self.payouts, self.wallet, allow_http=settings.lnurl_allow_http
+            self.tx, self.ledger, self.payouts, self.wallet, allow_http=settings.lnurl_allow_http
         )
         self.keys = Keys(self.billing, self.payouts)
         self.keys.lightning = self.lightning_refunds
