@@ -63,8 +63,7 @@ class Node:
         self.lightning_refunds = LightningRefunds(
             self.tx, self.ledger, self.payouts, self.wallet, allow_http=settings.lnurl_allow_http
         )
-        self.keys = Keys(self.billing, self.payouts)
-        self.keys.lightning = self.lightning_refunds
+        self.keys = Keys(self.tx, self.billing, self.payouts, lightning=self.lightning_refunds)
         self.upstream = Upstream(
             settings.upstream_base_url,
             settings.upstream_api_key,
