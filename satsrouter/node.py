@@ -45,9 +45,7 @@ class Node:
         self.engine: AsyncEngine = make_engine(settings.effective_database_url)
         self.tx = make_tx_runner(settings.effective_database_url, self.engine)
         self.locks = InstanceLocks(instance_lock_dir(settings.effective_database_url))
-        self.ledger = Ledger(
-            self.engine, self.instance_id, self.tx, self.locks, settings.instance_dead_after
-        )
+        self.ledger = Ledger(self.tx, self.instance_id, self.locks, settings.instance_dead_after)
         self.wallet = NodeWallet(
             settings.cashu_mints,
             self.tx,
@@ -56,8 +54,8 @@ class Node:
             legacy_dir=settings.data_dir,
         )
         faults.configure(settings.fault_crash_at)
-        self.redeemer = Redeemer(self.ledger, self.wallet)
-        self.payouts = Payouts(self.ledger, self.wallet)
+        self.redeemer = Redeemer(self.tx, self.ledger, self.wallet)
+        self.payouts = Payouts(self.tx, self.ledger, self.wallet)
         self.billing = Billing(self.ledger, self.redeemer, self.payouts)
         self.lightning = LightningFunding(self.tx, self.ledger, self.wallet)
         self.lightning_refunds = LightningRefunds(

@@ -91,7 +91,7 @@ class Keys:
         payouts: Payouts,
         lightning: LightningPayer | None = None,
     ) -> None:
-        self.tx = tx
+        self._tx = tx
         self.billing = billing
         self.ledger: Ledger = billing.ledger
         self.payouts = payouts
@@ -120,7 +120,7 @@ class Keys:
             raise ecash_api_error(EcashError("cashu_token_already_spent"))
         if refund_address is not None or expires_at is not None:
             params = {"id": redeemed.account_id, "lnurl": refund_address, "expires": expires_at}
-            await self.tx.run(lambda tx: tx.execute(_SET_REFUND, params), durable=True)
+            await self._tx.run(lambda tx: tx.execute(_SET_REFUND, params), durable=True)
         return key, await self.ledger.get_account_by_id(redeemed.account_id)
 
     async def parent_account(self, key: str) -> Account:
@@ -194,7 +194,7 @@ class Keys:
     async def _debited(self, account_id: int, payout_id: str) -> int:
         """What a payout took from the balance (a Lightning payout sends less: the fee)."""
         params = {"id": account_id, "ref": payout_id}
-        rows, _ = await self.tx.read(lambda tx: tx.execute(_DEBITED, params))
+        rows, _ = await self._tx.read(lambda tx: tx.execute(_DEBITED, params))
         return -int(rows[0][0])
 
     async def _state(self, account_id: int) -> _KeyState:
@@ -203,7 +203,7 @@ class Keys:
         Read apart, a refund finishing between the two reads paired "money left" with
         "refunded since", and a concurrent refund answered as if there were nothing to pay.
         """
-        rows, _ = await self.tx.read(lambda tx: tx.execute(_STATE, {"id": account_id}))
+        rows, _ = await self._tx.read(lambda tx: tx.execute(_STATE, {"id": account_id}))
         ((balance, reserved, row_id, kind, ref),) = rows
         last_row = (int(row_id), str(kind), str(ref)) if row_id is not None else None
         return _KeyState(int(balance) - int(reserved), int(reserved), last_row)
@@ -236,7 +236,7 @@ class Keys:
         account = await self.billing.account(key)
         params: dict[str, int] = {"id": account.id, "limit": limit}
         if account.parent_id is not None:
-            charges, _ = await self.tx.read(lambda tx: tx.execute(_CHILD_CHARGES, params))
+            charges, _ = await self._tx.read(lambda tx: tx.execute(_CHILD_CHARGES, params))
             return [
                 {
                     "kind": "charge",
@@ -250,7 +250,7 @@ class Keys:
         query = _JOURNAL
         if before is not None:
             query, params["before"] = _JOURNAL_BEFORE, before
-        rows, _ = await self.tx.read(lambda tx: tx.execute(query, params))
+        rows, _ = await self._tx.read(lambda tx: tx.execute(query, params))
         return [
             {
                 "id": row_id,
@@ -297,5 +297,5 @@ class Keys:
                 child_id = open_account_tx(tx, kh, "child", parent.mint_url, parent.unit, now)
                 tx.execute(_MAKE_CHILD, {**limits, "id": child_id})
 
-        await self.tx.run(create, durable=True)
+        await self._tx.run(create, durable=True)
         return keys

@@ -167,10 +167,10 @@ class LightningFunding:
     """
 
     def __init__(self, tx: TxRunner, ledger: Ledger, wallet: NodeWallet) -> None:
-        self.tx = tx
+        self._tx = tx
         self.ledger = ledger
         self.wallet = wallet
-        self.minter = QuoteMinter(wallet)
+        self.minter = QuoteMinter(wallet, tx)
         # In-process only: saves duplicate mint calls; exactly-once comes from the row's CAS.
         self._locks = [asyncio.Lock() for _ in range(_LOCK_STRIPES)]
         self._next_check: dict[str, float] = {}  # row id -> when the watcher asks again
@@ -223,7 +223,7 @@ class LightningFunding:
             "expires": quote.expires_at,
             "now": time.time(),
         }
-        await self.tx.run(lambda tx: tx.execute(_INSERT, params), durable=True)
+        await self._tx.run(lambda tx: tx.execute(_INSERT, params), durable=True)
         log.info("lightning invoice %s: %d sat to %s", row_id[:12], amount_sats, purpose)
         return Invoice(invoice_id, quote.bolt11, amount_sats, quote.expires_at, purpose)
 
@@ -270,7 +270,7 @@ class LightningFunding:
 
     async def poll_once(self) -> int:
         """One pass over every unfinished invoice; returns how many this pass credited."""
-        rows = dict(await self.tx.read(lambda tx: tx.execute(_ACTIVE, {})[0]))
+        rows = dict(await self._tx.read(lambda tx: tx.execute(_ACTIVE, {})[0]))
         for gone in set(self._next_check) - set(rows):
             self._next_check.pop(gone, None)
             self._failures.pop(gone, None)
@@ -336,7 +336,7 @@ class LightningFunding:
             "amounts": outputs.encode_amounts(),
             "now": time.time(),
         }
-        _, recorded = await self.tx.run(
+        _, recorded = await self._tx.run(
             lambda tx: tx.execute(_RECORD_OUTPUTS, params), durable=True
         )
         # Not recorded means someone else recorded theirs first: the unused range is just
@@ -368,32 +368,32 @@ class LightningFunding:
             credit_tx(tx, account_id, amount_msat, "credit", f"ln:{row.quote_id}", now)
             return True
 
-        if not await self.tx.run(credit, durable=True):
+        if not await self._tx.run(credit, durable=True):
             return False
         log.info("lightning invoice %s credited %d msat", row.id[:12], amount_msat)
         return True
 
     async def _move(self, row_id: str, from_state: str, to_state: str) -> bool:
         params = {"id": row_id, "old": from_state, "new": to_state, "now": time.time()}
-        _, moved = await self.tx.run(lambda tx: tx.execute(_MOVE, params), durable=True)
+        _, moved = await self._tx.run(lambda tx: tx.execute(_MOVE, params), durable=True)
         return moved == 1
 
     # ---- reads ----
 
     async def _get(self, row_id: str) -> _Row | None:
-        rows, _ = await self.tx.read(lambda tx: tx.execute(_ROW, {"id": row_id}))
+        rows, _ = await self._tx.read(lambda tx: tx.execute(_ROW, {"id": row_id}))
         return _Row.of(rows[0]) if rows else None
 
     async def _account_of(self, row_id: str) -> int:
-        rows, _ = await self.tx.read(lambda tx: tx.execute(_ACCOUNT_OF, {"id": row_id}))
+        rows, _ = await self._tx.read(lambda tx: tx.execute(_ACCOUNT_OF, {"id": row_id}))
         return int(rows[0][0])
 
     async def _pending_count(self) -> int:
-        rows, _ = await self.tx.read(lambda tx: tx.execute(_PENDING_COUNT, {}))
+        rows, _ = await self._tx.read(lambda tx: tx.execute(_PENDING_COUNT, {}))
         return int(rows[0][0])
 
     async def _check_topup_target(self, account_id: int) -> None:
-        rows, _ = await self.tx.read(lambda tx: tx.execute(_PARENT_OF, {"id": account_id}))
+        rows, _ = await self._tx.read(lambda tx: tx.execute(_PARENT_OF, {"id": account_id}))
         parent = rows[0][0] if rows else None
         if parent is not None:
             raise ApiError(

@@ -107,10 +107,10 @@ class LightningRefunds:
         lnurl: LnurlClient | None = None,
         reconcile_after: float = RECONCILE_AFTER_S,
     ) -> None:
-        self.tx = tx
+        self._tx = tx
         self.ledger = ledger
         self.payouts = payouts
-        self.melter = melter or Melter(wallet)
+        self.melter = melter or Melter(wallet, tx)
         self.lnurl = lnurl or LnurlClient(allow_http=allow_http)
         self.reconcile_after = reconcile_after
         # Payout ids this process is sending or reconciling right now: never touched twice.
@@ -220,7 +220,7 @@ class LightningRefunds:
             separators=(",", ":"),
         )
         params = {"id": step.id, "detail": detail, "now": time.time()}
-        _, moved = await self.tx.run(lambda tx: tx.execute(_RECORD_TICKET, params), durable=True)
+        _, moved = await self._tx.run(lambda tx: tx.execute(_RECORD_TICKET, params), durable=True)
         if moved != 1:
             raise PayoutConflict("payout changed while paying; retry")
 
@@ -258,7 +258,7 @@ class LightningRefunds:
             rows, _ = tx.execute(_SENT_BEFORE, {"id": step.id})
             return (int(rows[0][0]), int(rows[0][1])) if rows else (fee_msat, sent_msat)
 
-        fee_msat, sent_msat = await self.tx.run(sent, durable=True)
+        fee_msat, sent_msat = await self._tx.run(sent, durable=True)
         detail = result.preimage or f"quote:{ticket.quote}"
         payout = await self.payouts.complete(
             replace(step, amount_msat=sent_msat), detail=detail, fee_msat=fee_msat
@@ -277,7 +277,7 @@ class LightningRefunds:
         """
         age = self.reconcile_after if min_age is None else min_age
         now = time.time()
-        pending, _ = await self.tx.read(lambda tx: tx.execute(_PENDING, {}))
+        pending, _ = await self._tx.read(lambda tx: tx.execute(_PENDING, {}))
         rows = [
             _PendingRow(r[0], int(r[1]), int(r[2]), r[3], r[4], r[5], float(r[6]), r[7])
             for r in pending
@@ -301,7 +301,7 @@ class LightningRefunds:
 
     async def _claim(self, row: _PendingRow) -> bool:
         params = {"id": row.id, "seen": row.updated_at, "now": time.time()}
-        _, moved = await self.tx.run(lambda tx: tx.execute(_CLAIM, params), durable=True)
+        _, moved = await self._tx.run(lambda tx: tx.execute(_CLAIM, params), durable=True)
         return moved == 1
 
     async def _reconcile_one(self, row: _PendingRow) -> int:
@@ -345,7 +345,7 @@ class LightningRefunds:
                 if not tx.execute(_PAYOUT_EXISTS, {"id": expiry_payout_id(int(account_id))})[0]
             ]
 
-        due = await self.tx.read(due_now)
+        due = await self._tx.read(due_now)
         refunded = 0
         for account_id, destination in due:
             payout_id = expiry_payout_id(account_id)

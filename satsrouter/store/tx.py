@@ -314,7 +314,7 @@ class _SqlAlchemyTx:
         return rows, result.rowcount
 
 
-async def run_on(conn: AsyncConnection, fn: Callable[[Tx], T]) -> T:
+async def _run_on(conn: AsyncConnection, fn: Callable[[Tx], T]) -> T:
     """Run a transaction function inside a caller's open SQLAlchemy transaction."""
     return await conn.run_sync(lambda sync_conn: fn(_SqlAlchemyTx(sync_conn)))
 
@@ -328,12 +328,12 @@ class EngineTxRunner:
     async def run(self, fn: Callable[[Tx], T], durable: bool = False) -> T:
         # Every commit is synced here (a node refuses a server that would not).
         async with self.engine.begin() as conn:
-            return await run_on(conn, fn)
+            return await _run_on(conn, fn)
 
     async def read(self, fn: Callable[[Tx], T]) -> T:
         # Rolled back when the block ends: there is nothing to commit.
         async with self.engine.connect() as conn:
-            return await run_on(conn, fn)
+            return await _run_on(conn, fn)
 
     async def close(self) -> None:
         return None
