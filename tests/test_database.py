@@ -12,11 +12,11 @@ import openai
 import pytest
 import pytest_asyncio
 from conftest import NodeFactory, RunningNode, expected_cost, model_entry
-from satsrouter_dev.mint import LocalMint, TestWallet
+from satsrouter_dev.mint import TestWallet
 from satsrouter_dev.postgres import LocalPostgres
 from sqlalchemy import func, select
 from test_lightning_funding import invoice, poll_until_paid
-from test_lightning_refund import LnurlServer
+from test_lightning_refund import LnurlServer, external_payee
 
 from satsrouter.node import Node
 from satsrouter.settings import Settings
@@ -65,13 +65,8 @@ async def test_paid_requests_on_postgres(
 @pytest_asyncio.fixture(scope="module")
 async def payee() -> AsyncIterator[LnurlServer]:
     """A Lightning address whose invoices are quotes at a second mint (external payments)."""
-    with LocalMint() as mint:
-        server = LnurlServer(mint.url)
-        await server.start()
-        try:
-            yield server
-        finally:
-            await server.stop()
+    async with external_payee() as server:
+        yield server
 
 
 async def test_lightning_and_key_management_on_postgres(
