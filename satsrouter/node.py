@@ -42,6 +42,8 @@ class Node:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.instance_id = os.urandom(12).hex()
+        # The engine migrates (and, on Postgres, carries the runner); every component that
+        # keeps money or ecash is handed the runner and uses nothing else of the database.
         self.engine: AsyncEngine = make_engine(settings.effective_database_url)
         self.tx = make_tx_runner(settings.effective_database_url, self.engine)
         self.locks = InstanceLocks(instance_lock_dir(settings.effective_database_url))
