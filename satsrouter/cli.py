@@ -107,7 +107,7 @@ async def _wallet_command(settings: Settings, action: str) -> int:
             print(result.report())
             return 0 if result.ok else 1
         try:
-            restored = await restore_wallet(wallet)
+            restored = await restore_wallet(wallet, tx)
         except PendingOperations as exc:
             print(f"satsrouter: {exc}", file=sys.stderr)
             return 1

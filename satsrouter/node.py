@@ -14,14 +14,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from satsrouter import faults
 from satsrouter.billing.keys import Keys
 from satsrouter.billing.ledger import Ledger
-from satsrouter.billing.lightning import LightningFunding
-from satsrouter.billing.lightning_refund import LightningRefunds
 from satsrouter.billing.payments import Billing
 from satsrouter.billing.payouts import Payouts
 from satsrouter.billing.quote import PriceBook
 from satsrouter.billing.redeem import Redeemer
 from satsrouter.ecash.wallet import NodeWallet
 from satsrouter.identity import npub_of
+from satsrouter.lightning.invoices import LightningFunding
+from satsrouter.lightning.refunds import LightningRefunds
 from satsrouter.logs import secure_logging
 from satsrouter.market.catalogue import Catalogue
 from satsrouter.market.health import ProviderHealth
@@ -42,12 +42,12 @@ class Node:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.instance_id = os.urandom(12).hex()
+        # The engine migrates (and, on Postgres, carries the runner); every component that
+        # keeps money or ecash is handed the runner and uses nothing else of the database.
         self.engine: AsyncEngine = make_engine(settings.effective_database_url)
         self.tx = make_tx_runner(settings.effective_database_url, self.engine)
         self.locks = InstanceLocks(instance_lock_dir(settings.effective_database_url))
-        self.ledger = Ledger(
-            self.engine, self.instance_id, self.tx, self.locks, settings.instance_dead_after
-        )
+        self.ledger = Ledger(self.tx, self.instance_id, self.locks, settings.instance_dead_after)
         self.wallet = NodeWallet(
             settings.cashu_mints,
             self.tx,
@@ -56,15 +56,14 @@ class Node:
             legacy_dir=settings.data_dir,
         )
         faults.configure(settings.fault_crash_at)
-        self.redeemer = Redeemer(self.ledger, self.wallet)
-        self.payouts = Payouts(self.ledger, self.wallet)
+        self.redeemer = Redeemer(self.tx, self.ledger, self.wallet)
+        self.payouts = Payouts(self.tx, self.ledger, self.wallet)
         self.billing = Billing(self.ledger, self.redeemer, self.payouts)
-        self.lightning = LightningFunding(self.ledger, self.wallet)
+        self.lightning = LightningFunding(self.tx, self.ledger, self.wallet)
         self.lightning_refunds = LightningRefunds(
-            self.ledger, self.payouts, self.wallet, allow_http=settings.lnurl_allow_http
+            self.tx, self.ledger, self.payouts, self.wallet, allow_http=settings.lnurl_allow_http
         )
-        self.keys = Keys(self.billing, self.payouts)
-        self.keys.lightning = self.lightning_refunds
+        self.keys = Keys(self.tx, self.billing, self.payouts, lightning=self.lightning_refunds)
         self.upstream = Upstream(
             settings.upstream_base_url,
             settings.upstream_api_key,

@@ -17,8 +17,8 @@ import httpx
 import pytest
 import pytest_asyncio
 from killable import KillableNode
-from satsrouter_dev.mint import LocalMint, TestWallet
-from test_lightning_refund import LnurlServer
+from satsrouter_dev.mint import TestWallet
+from test_lightning_refund import LnurlServer, external_payee
 
 CHAT = {"model": "test/priced", "messages": [{"role": "user", "content": "hi"}]}
 CRASHED = 137
@@ -185,13 +185,8 @@ async def test_lightning_funding_and_withdraw_killed_at_each_step(
 @pytest_asyncio.fixture(scope="module")
 async def payee() -> AsyncIterator[LnurlServer]:
     """A Lightning address whose invoices are quotes at a second mint (external payments)."""
-    with LocalMint() as mint:
-        server = LnurlServer(mint.url)
-        await server.start()
-        try:
-            yield server
-        finally:
-            await server.stop()
+    async with external_payee() as server:
+        yield server
 
 
 @pytest.mark.parametrize(

@@ -66,8 +66,8 @@ async def test_sweeper_releases_only_reservations_of_dead_instances(
         __import__("hashlib").sha256(token.encode()).hexdigest()
     )
     assert account is not None
-    dead = Ledger(engine, "dead-instance", running.node.tx)
-    alive = Ledger(engine, "alive-instance", running.node.tx)
+    dead = Ledger(running.node.tx, "dead-instance")
+    alive = Ledger(running.node.tx, "alive-instance")
     await dead.heartbeat()
     await alive.heartbeat()
     r_dead = await dead.reserve(account.key_hash, "req-dead", 1000, "m")

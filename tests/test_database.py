@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import time
+from collections.abc import AsyncIterator
 
 import httpx
 import openai
 import pytest
+import pytest_asyncio
 from conftest import NodeFactory, RunningNode, expected_cost, model_entry
 from satsrouter_dev.mint import TestWallet
 from satsrouter_dev.postgres import LocalPostgres
 from sqlalchemy import func, select
+from test_lightning_funding import invoice, poll_until_paid
+from test_lightning_refund import LnurlServer, external_payee
 
 from satsrouter.node import Node
 from satsrouter.settings import Settings
@@ -54,6 +60,69 @@ async def test_paid_requests_on_postgres(
     await node.check_invariants()
     async with node.node.engine.connect() as conn:  # the journal is in Postgres
         assert (await conn.execute(select(func.count()).select_from(journal))).scalar_one() > 4
+
+
+@pytest_asyncio.fixture(scope="module")
+async def payee() -> AsyncIterator[LnurlServer]:
+    """A Lightning address whose invoices are quotes at a second mint (external payments)."""
+    async with external_payee() as server:
+        yield server
+
+
+async def test_lightning_and_key_management_on_postgres(
+    node_factory: NodeFactory, postgres_url: str, user_wallet: TestWallet, payee: LnurlServer
+) -> None:
+    """The money that moves beside the paid path runs on Postgres too: Lightning funding and
+    top-up, child keys and their history, Lightning withdrawals (replayed) and key expiry."""
+    node = await node_factory(
+        database_url=postgres_url,
+        lnurl_allow_http=True,
+        invoice_poll_interval=3600.0,
+        expiry_check_interval=3600.0,
+    )
+    key = (await poll_until_paid(node, await invoice(node, 300)))["api_key"]
+    await poll_until_paid(node, await invoice(node, 100, "topup", key=key))
+    (token,) = await user_wallet.mint_tokens(50)
+    async with httpx.AsyncClient(base_url=node.url) as http:
+        made = await http.post(
+            "/v1/balance/child-key",
+            headers=_auth(key),
+            json={"count": 1, "balance_limit": 50_000, "balance_limit_reset": "daily"},
+        )
+        assert made.status_code == 200, made.text
+        (child,) = made.json()["api_keys"]
+        api = openai.AsyncOpenAI(base_url=node.api, api_key=child, max_retries=0)
+        await api.chat.completions.create(model="test/priced", messages=MESSAGES, max_tokens=4)
+        charged = (await http.get("/v1/balance/history", headers=_auth(child))).json()["entries"]
+        assert [e["kind"] for e in charged] == ["charge"]
+        entries = (await http.get("/v1/balance/history", headers=_auth(key))).json()["entries"]
+        assert [e["kind"] for e in entries] == ["charge", "credit", "credit"]
+        older = await http.get(
+            "/v1/balance/history", headers=_auth(key), params={"before": entries[0]["id"]}
+        )
+        assert older.json()["entries"] == entries[1:]
+        # A key that pays out to a Lightning address, and is refunded there at expiry.
+        created = await http.post(
+            "/v1/wallet/create",
+            json={"cashu_token": token},
+            headers={"Refund-LNURL": payee.address(), "Key-Expiry-Time": str(time.time() + 1)},
+        )
+        assert created.status_code == 200, created.text
+        expiring = created.json()["api_key"]
+        paid = await http.post("/v1/wallet/withdraw", json={"amount": 10}, headers=_auth(expiring))
+        assert paid.status_code == 200 and paid.json()["method"] == "lightning", paid.text
+        again = await http.post("/v1/wallet/withdraw", json={"amount": 10}, headers=_auth(expiring))
+        assert again.json() == paid.json()  # a replay: the same payout, nothing paid twice
+    await asyncio.sleep(max(0.0, created.json()["expires_at"] - time.time()) + 0.1)
+    assert await node.node.lightning_refunds.expire_once() == 1
+    assert await node.node.lightning_refunds.expire_once() == 0
+    # Paid out but what the mint's fee reserve left over (it stays on the key).
+    assert (await node.balance(expiring))["balance"] < 5000
+    await node.check_invariants()
+
+
+def _auth(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
 
 
 async def test_a_node_refuses_postgres_that_may_lose_commits(

@@ -15,7 +15,7 @@ from conftest import NodeFactory, RunningNode, eventually
 from satsrouter_dev.mint import LocalMint
 from sqlalchemy import func, select
 
-from satsrouter.billing.lightning import LightningFunding
+from satsrouter.lightning.invoices import LightningFunding
 from satsrouter.logs import mask_secrets
 from satsrouter.store.tables import accounts, journal, lightning_invoices
 
@@ -296,7 +296,7 @@ async def test_concurrent_polls_and_watchers_never_double_credit(
     ids = [await invoice(node, amount) for amount in amounts]
     # A second funding component on the same database and wallet stands in for another
     # process: it shares none of the in-process locks, only the rows' compare-and-set.
-    other = LightningFunding(node.node.ledger, node.node.wallet)
+    other = LightningFunding(node.node.tx, node.node.ledger, node.node.wallet)
     polls = [status(node, i) for i in ids for _ in range(10)]
     passes = [other.poll_once() for _ in range(5)] + [node.node.lightning.poll_once()]
     results = await asyncio.gather(*polls, *passes)

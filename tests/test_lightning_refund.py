@@ -7,6 +7,7 @@ so the node's melt is a real NUT-05 payment settled by the mints' fake Lightning
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -22,11 +23,11 @@ from conftest import NodeFactory, RunningNode
 from satsrouter_dev.mint import LocalMint, TestWallet, free_port
 from sqlalchemy import select, update
 
-from satsrouter.billing.lightning_refund import RefundPending, expiry_payout_id
-from satsrouter.billing.lnurl import LnurlClient, LnurlError, encode_lnurl
 from satsrouter.billing.payments import sha256_hex
 from satsrouter.billing.payouts import PayoutConflict
 from satsrouter.errors import ApiError
+from satsrouter.lightning.lnurl import LnurlClient, LnurlError, encode_lnurl
+from satsrouter.lightning.refunds import RefundPending, expiry_payout_id
 from satsrouter.store.tables import accounts, journal, payouts
 
 # The FakeWallet backend quotes max(2 sat, 1%) as fee reserve and charges 1 sat when it pays.
@@ -91,21 +92,23 @@ class LnurlServer:
         return web.json_response({"pr": resp.json()["request"], "routes": []})
 
 
-@pytest.fixture(scope="module")
-def payee_mint() -> Iterator[LocalMint]:
-    """A second mint: invoices from here are external Lightning payments for the node's mint."""
+@contextlib.asynccontextmanager
+async def external_payee() -> AsyncIterator[LnurlServer]:
+    """A Lightning address whose invoices are quotes at a mint of its own (external payments)."""
     with LocalMint() as mint:
-        yield mint
+        server = LnurlServer(mint.url)
+        await server.start()
+        try:
+            yield server
+        finally:
+            await server.stop()
 
 
 @pytest_asyncio.fixture(scope="module")
-async def lnurl_server(payee_mint: LocalMint) -> AsyncIterator[LnurlServer]:
-    server = LnurlServer(payee_mint.url)
-    await server.start()
-    try:
+async def lnurl_server() -> AsyncIterator[LnurlServer]:
+    """Invoices from a second mint: external Lightning payments for the node's mint."""
+    async with external_payee() as server:
         yield server
-    finally:
-        await server.stop()
 
 
 def _mint(**env: str) -> Iterator[LocalMint]:

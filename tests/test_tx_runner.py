@@ -54,15 +54,23 @@ def _insert_then_fail(item: int) -> Callable[[Tx], int]:
     return op
 
 
-async def _hold_thread(runner: SqliteTxRunner) -> tuple[threading.Event, asyncio.Future[None]]:
-    """Occupy the runner's thread so that what is submitted next queues into one batch."""
+def _count(tx: Tx) -> int:
+    rows, _ = tx.execute("SELECT count(*) FROM item", {})
+    return int(rows[0][0])
+
+
+async def _hold_thread(
+    runner: SqliteTxRunner, reader: bool = False
+) -> tuple[threading.Event, asyncio.Future[None]]:
+    """Occupy the runner's (writing or reading) thread so that what is submitted next queues
+    into one batch."""
     started, release = threading.Event(), threading.Event()
 
     def wait(tx: Tx) -> None:
         started.set()
         release.wait(10)
 
-    holder = asyncio.ensure_future(runner.run(wait))
+    holder = asyncio.ensure_future(runner.read(wait) if reader else runner.run(wait))
     await asyncio.to_thread(started.wait, 10)
     return release, holder
 
@@ -122,3 +130,36 @@ async def test_close_runs_what_is_queued_first(tmp_path: Path, runner: SqliteTxR
     assert await asyncio.gather(*jobs) == [1, 1, 1]
     assert _ids(runner) == [1, 2, 3]
     await runner.close()  # a second close returns at once
+
+
+async def test_a_read_sees_every_earlier_commit_without_waiting_for_the_writer(
+    runner: SqliteTxRunner,
+) -> None:
+    assert await runner.run(_insert(1)) == 1
+    release, holder = await _hold_thread(runner)
+    queued = asyncio.ensure_future(runner.run(_insert(2)))
+    # The writer is busy (a batch and its fsync, say): the read does not queue behind it.
+    assert await asyncio.wait_for(runner.read(_count), 5) == 1
+    release.set()
+    await holder
+    assert await queued == 1
+    assert await runner.read(_count) == 2
+
+
+async def test_a_read_may_not_write(runner: SqliteTxRunner) -> None:
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        await runner.read(_insert(1))
+    assert _ids(runner) == []
+
+
+async def test_reads_queued_together_fail_one_by_one(runner: SqliteTxRunner) -> None:
+    await runner.run(_insert(1))
+    release, holder = await _hold_thread(runner, reader=True)
+    reads = [asyncio.ensure_future(runner.read(_count)) for _ in range(3)]
+    reads.insert(1, asyncio.ensure_future(runner.read(_insert_then_fail(2))))
+    await asyncio.sleep(0.01)
+    release.set()
+    await holder
+    results = await asyncio.gather(*reads, return_exceptions=True)
+    assert isinstance(results[1], sqlite3.OperationalError)
+    assert results[:1] + results[2:] == [1, 1, 1]

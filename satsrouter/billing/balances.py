@@ -1,8 +1,9 @@
 """Balance changes as steps of a caller's transaction: open, credit, debit (I1).
 
-Each is a plain function of a `Tx`, so the redemption and payout transactions run in one hop
-on the hot-path runner, and the SQLAlchemy callers (Lightning, keys) run the same SQL through
-`run_on`. Every change of a balance writes its journal row in the same transaction.
+Each is a plain function of a `Tx`, called inside the transaction function of whichever
+module moves the money (a redemption, a payout, a paid Lightning invoice, a melt's unused
+fee reserve, new child keys), so the change lands in the same commit as what it pays for.
+Every change of a balance writes its journal row in the same transaction.
 """
 
 from __future__ import annotations

@@ -8,17 +8,44 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from sqlalchemy import desc, func, select, update
-
+from satsrouter.billing.balances import open_account_tx
 from satsrouter.billing.ledger import PERIODS, Account, Ledger
 from satsrouter.billing.payments import Billing, ecash_api_error, nothing_to_refund, sha256_hex
 from satsrouter.billing.payouts import NothingToPayOut, Payout, PayoutConflict, Payouts
 from satsrouter.ecash.errors import EcashError
 from satsrouter.errors import ApiError
-from satsrouter.store.tables import accounts, journal, reservations
+from satsrouter.store.tx import Tx, TxRunner
 from satsrouter.units import UNIT_MSAT
 
 MAX_CHILD_KEYS = 50
+
+_SET_REFUND = "UPDATE accounts SET refund_lnurl = :lnurl, expires_at = :expires WHERE id = :id"
+_MAKE_CHILD = (
+    "UPDATE accounts SET parent_id = :parent, spend_limit_msat = :limit, "
+    "limit_period = :period, period_start = :start, expires_at = :expires WHERE id = :id"
+)
+_DEBITED = (
+    "SELECT coalesce(sum(amount_msat), 0) FROM journal "
+    "WHERE account_id = :id AND ref = :ref AND kind = 'payout'"
+)
+# The balance and the last journal row, in one statement (see `_state`).
+_STATE = (
+    "SELECT a.balance_msat, a.reserved_msat, j.id, j.kind, j.ref FROM accounts a "
+    "LEFT OUTER JOIN journal j "
+    "ON j.id = (SELECT max(id) FROM journal WHERE account_id = :id) WHERE a.id = :id"
+)
+_CHILD_CHARGES = (
+    "SELECT id, charged_msat, model, settled_at FROM reservations "
+    "WHERE child_id = :id AND state = 'charged' ORDER BY settled_at DESC LIMIT :limit"
+)
+_JOURNAL = (
+    "SELECT id, amount_msat, kind, ref, created_at FROM journal WHERE account_id = :id "
+    "ORDER BY id DESC LIMIT :limit"
+)
+_JOURNAL_BEFORE = (
+    "SELECT id, amount_msat, kind, ref, created_at FROM journal "
+    "WHERE account_id = :id AND id < :before ORDER BY id DESC LIMIT :limit"
+)
 
 
 class LightningPayer(Protocol):
@@ -51,13 +78,24 @@ def new_key() -> str:
 
 
 class Keys:
-    """Key management over the one ledger: every movement is a journaled transaction."""
+    """Key management over the one ledger: every movement is a journaled transaction.
 
-    def __init__(self, billing: Billing, payouts: Payouts) -> None:
+    Its own writes (a key's refund address and expiry, child keys) are durable, as every
+    write of a key's settings always was.
+    """
+
+    def __init__(
+        self,
+        tx: TxRunner,
+        billing: Billing,
+        payouts: Payouts,
+        lightning: LightningPayer | None = None,
+    ) -> None:
+        self._tx = tx
         self.billing = billing
         self.ledger: Ledger = billing.ledger
         self.payouts = payouts
-        self.lightning: LightningPayer | None = None
+        self.lightning = lightning
 
     async def create(
         self,
@@ -81,12 +119,8 @@ class Keys:
         if redeemed.already:
             raise ecash_api_error(EcashError("cashu_token_already_spent"))
         if refund_address is not None or expires_at is not None:
-            async with self.ledger.engine.begin() as conn:
-                await conn.execute(
-                    update(accounts)
-                    .where(accounts.c.id == redeemed.account_id)
-                    .values(refund_lnurl=refund_address, expires_at=expires_at)
-                )
+            params = {"id": redeemed.account_id, "lnurl": refund_address, "expires": expires_at}
+            await self._tx.run(lambda tx: tx.execute(_SET_REFUND, params), durable=True)
         return key, await self.ledger.get_account_by_id(redeemed.account_id)
 
     async def parent_account(self, key: str) -> Account:
@@ -159,17 +193,9 @@ class Keys:
 
     async def _debited(self, account_id: int, payout_id: str) -> int:
         """What a payout took from the balance (a Lightning payout sends less: the fee)."""
-        async with self.ledger.engine.connect() as conn:
-            total = (
-                await conn.execute(
-                    select(func.coalesce(func.sum(journal.c.amount_msat), 0)).where(
-                        journal.c.account_id == account_id,
-                        journal.c.ref == payout_id,
-                        journal.c.kind == "payout",
-                    )
-                )
-            ).scalar_one()
-        return -int(total)
+        params = {"id": account_id, "ref": payout_id}
+        rows, _ = await self._tx.read(lambda tx: tx.execute(_DEBITED, params))
+        return -int(rows[0][0])
 
     async def _state(self, account_id: int) -> _KeyState:
         """The balance and the last journal row, read together in one statement.
@@ -177,23 +203,8 @@ class Keys:
         Read apart, a refund finishing between the two reads paired "money left" with
         "refunded since", and a concurrent refund answered as if there were nothing to pay.
         """
-        last = journal.alias("last")
-        last_id = (
-            select(func.max(journal.c.id)).where(journal.c.account_id == account_id)
-        ).scalar_subquery()
-        query = (
-            select(
-                accounts.c.balance_msat,
-                accounts.c.reserved_msat,
-                last.c.id,
-                last.c.kind,
-                last.c.ref,
-            )
-            .select_from(accounts.outerjoin(last, last.c.id == last_id))
-            .where(accounts.c.id == account_id)
-        )
-        async with self.ledger.engine.connect() as conn:
-            balance, reserved, row_id, kind, ref = (await conn.execute(query)).one()
+        rows, _ = await self._tx.read(lambda tx: tx.execute(_STATE, {"id": account_id}))
+        ((balance, reserved, row_id, kind, ref),) = rows
         last_row = (int(row_id), str(kind), str(ref)) if row_id is not None else None
         return _KeyState(int(balance) - int(reserved), int(reserved), last_row)
 
@@ -223,46 +234,23 @@ class Keys:
     async def history(self, key: str, limit: int, before: int | None) -> list[dict[str, Any]]:
         """The key's journal, newest first (a child key: the requests it paid for)."""
         account = await self.billing.account(key)
-        async with self.ledger.engine.connect() as conn:
-            if account.parent_id is not None:
-                query = (
-                    select(
-                        reservations.c.id,
-                        reservations.c.charged_msat,
-                        reservations.c.model,
-                        reservations.c.settled_at,
-                        reservations.c.state,
-                    )
-                    .where(reservations.c.child_id == account.id)
-                    .where(reservations.c.state == "charged")
-                    .order_by(desc(reservations.c.settled_at))
-                    .limit(limit)
-                )
-                return [
-                    {
-                        "kind": "charge",
-                        "amount_msat": -int(charged or 0),
-                        "request_id": rid,
-                        "model": model,
-                        "created_at": settled_at,
-                    }
-                    for rid, charged, model, settled_at, _ in (await conn.execute(query)).all()
-                ]
-            query = (
-                select(
-                    journal.c.id,
-                    journal.c.amount_msat,
-                    journal.c.kind,
-                    journal.c.ref,
-                    journal.c.created_at,
-                )
-                .where(journal.c.account_id == account.id)
-                .order_by(desc(journal.c.id))
-                .limit(limit)
-            )
-            if before is not None:
-                query = query.where(journal.c.id < before)
-            rows = (await conn.execute(query)).all()
+        params: dict[str, int] = {"id": account.id, "limit": limit}
+        if account.parent_id is not None:
+            charges, _ = await self._tx.read(lambda tx: tx.execute(_CHILD_CHARGES, params))
+            return [
+                {
+                    "kind": "charge",
+                    "amount_msat": -int(charged or 0),
+                    "request_id": rid,
+                    "model": model,
+                    "created_at": settled_at,
+                }
+                for rid, charged, model, settled_at in charges
+            ]
+        query = _JOURNAL
+        if before is not None:
+            query, params["before"] = _JOURNAL_BEFORE, before
+        rows, _ = await self._tx.read(lambda tx: tx.execute(query, params))
         return [
             {
                 "id": row_id,
@@ -295,20 +283,19 @@ class Keys:
             raise ApiError(400, "invalid_request", "A reset period needs a spend limit.")
         keys = [new_key() for _ in range(count)]
         now = time.time()
-        async with self.ledger.engine.begin() as conn:
+        limits = {
+            "parent": parent.id,
+            "limit": spend_limit_msat,
+            "period": period,
+            "start": now if period else None,
+            "expires": expires_at,
+        }
+
+        def create(tx: Tx) -> None:
             for child in keys:
-                child_id = await self.ledger.open_account(
-                    conn, sha256_hex(child), "child", parent.mint_url, parent.unit
-                )
-                await conn.execute(
-                    update(accounts)
-                    .where(accounts.c.id == child_id)
-                    .values(
-                        parent_id=parent.id,
-                        spend_limit_msat=spend_limit_msat,
-                        limit_period=period,
-                        period_start=now if period else None,
-                        expires_at=expires_at,
-                    )
-                )
+                kh = sha256_hex(child)
+                child_id = open_account_tx(tx, kh, "child", parent.mint_url, parent.unit, now)
+                tx.execute(_MAKE_CHILD, {**limits, "id": child_id})
+
+        await self._tx.run(create, durable=True)
         return keys

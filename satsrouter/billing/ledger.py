@@ -7,13 +7,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-
-from satsrouter.billing.balances import credit_tx, debit_available_tx, journal_tx, open_account_tx
+from satsrouter.billing.balances import journal_tx
 from satsrouter.store.liveness import InstanceLocks
-from satsrouter.store.tables import accounts, journal
-from satsrouter.store.tx import Tx, TxRunner, run_on
+from satsrouter.store.tx import Tx, TxRunner
 
 # The hot-path statements, as plain SQL that SQLite and Postgres both run.
 _RESERVE = (
@@ -75,6 +71,16 @@ _RETIRE_INSTANCE = "DELETE FROM instances WHERE id = :id"
 _HEARTBEAT_OF = "SELECT heartbeat_at FROM instances WHERE id = :id"
 _ACTIVE_INSTANCES = "SELECT DISTINCT instance_id FROM reservations WHERE state = 'active'"
 _FORGET_INSTANCES = "DELETE FROM instances WHERE heartbeat_at < :before"
+# The columns of `Account`, in its order.
+_ACCOUNT = (
+    "SELECT id, key_hash, kind, mint_url, unit, balance_msat, reserved_msat, total_spent_msat, "
+    "total_requests, created_at, parent_id, spend_limit_msat, limit_period, period_start, "
+    "period_spent_msat, refund_lnurl, expires_at FROM accounts"
+)
+_ACCOUNT_BY_HASH = _ACCOUNT + " WHERE key_hash = :kh"
+_ACCOUNT_BY_ID = _ACCOUNT + " WHERE id = :id"
+_JOURNAL_SUM = "SELECT coalesce(sum(amount_msat), 0) FROM journal WHERE account_id = :id"
+_LIABILITIES = "SELECT coalesce(sum(balance_msat), 0) FROM accounts"
 
 
 def _release_tx(
@@ -111,7 +117,7 @@ def _reserve_child(tx: Tx, key_state: tuple[Any, ...], amount: int, now: float) 
 
 @dataclass(frozen=True)
 class Account:
-    """A balance as read from the database."""
+    """A balance as read from the database (fields in the order of `_ACCOUNT`'s columns)."""
 
     id: int
     key_hash: str
@@ -203,41 +209,22 @@ def period_bounds(period: str, now: float) -> tuple[float, float]:
     return start.timestamp(), end.timestamp()
 
 
-_ACCOUNT_COLUMNS = (
-    accounts.c.id,
-    accounts.c.key_hash,
-    accounts.c.kind,
-    accounts.c.mint_url,
-    accounts.c.unit,
-    accounts.c.balance_msat,
-    accounts.c.reserved_msat,
-    accounts.c.total_spent_msat,
-    accounts.c.total_requests,
-    accounts.c.created_at,
-    accounts.c.parent_id,
-    accounts.c.spend_limit_msat,
-    accounts.c.limit_period,
-    accounts.c.period_start,
-    accounts.c.period_spent_msat,
-    accounts.c.refund_lnurl,
-    accounts.c.expires_at,
-)
-
-
 class Ledger:
-    """All reads and writes of balances. Amounts are integer millisatoshis."""
+    """All reads and writes of balances. Amounts are integer millisatoshis.
+
+    Balance changes made as steps of other modules' transactions (a redemption's credit, a
+    payout's debit) are the functions of `billing.balances`, run in those transactions.
+    """
 
     def __init__(
         self,
-        engine: AsyncEngine,
-        instance_id: str,
         tx: TxRunner,
+        instance_id: str,
         locks: InstanceLocks | None = None,
         dead_after: float = 30.0,
     ) -> None:
-        self.engine = engine
+        self._tx = tx
         self.instance_id = instance_id
-        self.tx = tx
         self.locks = locks or InstanceLocks(None)
         self.dead_after = dead_after
 
@@ -245,53 +232,14 @@ class Ledger:
 
     async def get_account(self, key_hash: str) -> Account | None:
         """The account for a key hash, or None."""
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(select(*_ACCOUNT_COLUMNS).where(accounts.c.key_hash == key_hash))
-            ).first()
-        return Account(*row) if row else None
+        rows, _ = await self._tx.read(lambda tx: tx.execute(_ACCOUNT_BY_HASH, {"kh": key_hash}))
+        return Account(*rows[0]) if rows else None
 
     async def get_account_by_id(self, account_id: int) -> Account:
         """The account with this id (it must exist)."""
-        async with self.engine.connect() as conn:
-            row = (
-                await conn.execute(select(*_ACCOUNT_COLUMNS).where(accounts.c.id == account_id))
-            ).one()
+        rows, _ = await self._tx.read(lambda tx: tx.execute(_ACCOUNT_BY_ID, {"id": account_id}))
+        (row,) = rows
         return Account(*row)
-
-    async def open_account(
-        self,
-        conn: AsyncConnection,
-        key_hash: str,
-        kind: str,
-        mint_url: str,
-        unit: str,
-    ) -> int:
-        """Create an empty account inside the caller's transaction; returns its id.
-
-        If the key hash already exists the existing id is returned (a token used as a key
-        may race with itself across requests).
-        """
-        now = time.time()
-        return await run_on(
-            conn, lambda tx: open_account_tx(tx, key_hash, kind, mint_url, unit, now)
-        )
-
-    async def credit(
-        self, conn: AsyncConnection, account_id: int, amount_msat: int, kind: str, ref: str
-    ) -> int:
-        """Add to a balance inside the caller's transaction; returns the new balance."""
-        now = time.time()
-        return await run_on(conn, lambda tx: credit_tx(tx, account_id, amount_msat, kind, ref, now))
-
-    async def debit_available(
-        self, conn: AsyncConnection, account_id: int, amount_msat: int, kind: str, ref: str
-    ) -> int | None:
-        """Take `amount_msat` from the unreserved balance; None if it is not there."""
-        now = time.time()
-        return await run_on(
-            conn, lambda tx: debit_available_tx(tx, account_id, amount_msat, kind, ref, now)
-        )
 
     # -- reservations (I2): one transaction each, in one hop to the database ---------------
 
@@ -328,7 +276,7 @@ class Ledger:
             )
             return account_id, child_id
 
-        account_id, child_id = await self.tx.run(op)
+        account_id, child_id = await self._tx.run(op)
         return Reservation(request_id, account_id, amount_msat, child_id)
 
     async def settle(self, reservation: Reservation, cost_msat: int) -> Settlement | None:
@@ -367,12 +315,12 @@ class Ledger:
                 )
             return Settlement(charged, int(rows[0][0]))
 
-        return await self.tx.run(op)
+        return await self._tx.run(op)
 
     async def release(self, reservation: Reservation) -> bool:
         """Give a reservation back untouched (CAS active → released); False if already settled."""
         now = time.time()
-        return await self.tx.run(
+        return await self._tx.run(
             lambda tx: _release_tx(
                 tx,
                 reservation.id,
@@ -393,13 +341,13 @@ class Ledger:
         verdict = self.locks.is_dead(instance_id)
         if verdict is not None:
             return verdict
-        rows, _ = await self.tx.run(lambda tx: tx.execute(_HEARTBEAT_OF, {"id": instance_id}))
+        rows, _ = await self._tx.read(lambda tx: tx.execute(_HEARTBEAT_OF, {"id": instance_id}))
         return not rows or float(rows[0][0]) < time.time() - self.dead_after
 
     async def retire(self) -> None:
         """Forget this instance at a clean stop (its requests are over)."""
         self_id = self.instance_id
-        await self.tx.run(lambda tx: tx.execute(_RETIRE_INSTANCE, {"id": self_id}))
+        await self._tx.run(lambda tx: tx.execute(_RETIRE_INSTANCE, {"id": self_id}))
 
     async def heartbeat(self) -> None:
         """Record that this instance is alive (its reservations belong to live requests)."""
@@ -410,7 +358,7 @@ class Ledger:
             if moved == 0:
                 tx.execute(_INSERT_INSTANCE, {"id": self.instance_id, "now": now})
 
-        await self.tx.run(op)
+        await self._tx.run(op)
 
     async def sweep(self, dead_after: float, live_ids: set[str], min_age: float) -> int:
         """Release reservations whose request is provably gone; returns how many.
@@ -420,7 +368,7 @@ class Ledger:
         to this instance but no live request holds it (and it is older than `min_age`).
         """
         now = time.time()
-        holders = await self.tx.run(lambda tx: tx.execute(_ACTIVE_INSTANCES, {})[0])
+        holders = await self._tx.read(lambda tx: tx.execute(_ACTIVE_INSTANCES, {})[0])
         verdicts = {
             row[0]: self.locks.is_dead(row[0]) for row in holders if row[0] != self.instance_id
         }
@@ -443,29 +391,19 @@ class Ledger:
             tx.execute(_FORGET_INSTANCES, {"before": now - 10 * dead_after})
             return released
 
-        return await self.tx.run(op)
+        return await self._tx.run(op)
 
     # -- invariant checks (used by tests and the admin view) ------------------------------
 
     async def journal_sum(self, account_id: int) -> int:
         """Sum of the account's journal rows; equals its balance when I1 holds."""
-        async with self.engine.connect() as conn:
-            total = (
-                await conn.execute(
-                    select(func.coalesce(func.sum(journal.c.amount_msat), 0)).where(
-                        journal.c.account_id == account_id
-                    )
-                )
-            ).scalar_one()
-        return int(total)
+        rows, _ = await self._tx.read(lambda tx: tx.execute(_JOURNAL_SUM, {"id": account_id}))
+        return int(rows[0][0])
 
     async def total_liabilities(self) -> int:
         """Sum of all user balances, in msat."""
-        async with self.engine.connect() as conn:
-            total = (
-                await conn.execute(select(func.coalesce(func.sum(accounts.c.balance_msat), 0)))
-            ).scalar_one()
-        return int(total)
+        rows, _ = await self._tx.read(lambda tx: tx.execute(_LIABILITIES, {}))
+        return int(rows[0][0])
 
 
 __all__ = [

@@ -12,7 +12,7 @@ from satsrouter.billing.balances import credit_tx, debit_available_tx
 from satsrouter.billing.ledger import Ledger
 from satsrouter.ecash.errors import EcashError
 from satsrouter.ecash.wallet import NodeWallet
-from satsrouter.store.tx import Tx
+from satsrouter.store.tx import Tx, TxRunner
 from satsrouter.units import UNIT_MSAT
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,8 @@ class PendingPayout:
 class Payouts:
     """Debit-first, idempotent payouts; `pay_out` issues Cashu, other methods reuse the steps."""
 
-    def __init__(self, ledger: Ledger, wallet: NodeWallet) -> None:
+    def __init__(self, tx: TxRunner, ledger: Ledger, wallet: NodeWallet) -> None:
+        self._tx = tx
         self.ledger = ledger
         self.wallet = wallet
         # Payout ids being sent by calls in this process (recovery leaves them alone).
@@ -114,7 +115,7 @@ class Payouts:
 
     async def get(self, payout_id: str) -> Payout | None:
         """A payout already made under this id, if any; 409-style conflict if in flight."""
-        return await self.ledger.tx.run(lambda tx: _issued(tx, payout_id))
+        return await self._tx.read(lambda tx: _issued(tx, payout_id))
 
     async def pay_out_all(self, account_id: int, payout_id: str) -> Payout:
         """Pay out the unreserved balance in whole units as Cashu; a sub-unit rest stays."""
@@ -214,7 +215,7 @@ class Payouts:
             return PendingPayout(payout_id, account_id, payout_msat, unit, mint_url)
 
         try:
-            return await self.ledger.tx.run(op)
+            return await self._tx.run(op)
         except _Raced:
             done = await self.get(payout_id)
             if done is None:
@@ -230,7 +231,7 @@ class Payouts:
     ) -> Payout:
         """Record what was sent; from now on the same id returns this payout."""
         now = time.time()
-        return await self.ledger.tx.run(
+        return await self._tx.run(
             lambda tx: _complete_tx(tx, step, token, detail, fee_msat, now), durable=True
         )
 
@@ -249,7 +250,7 @@ class Payouts:
             credit_tx(tx, step.account_id, step.amount_msat, "payout_undo", step.id, now)
             return True
 
-        return await self.ledger.tx.run(op, durable=True)
+        return await self._tx.run(op, durable=True)
 
     async def recover_cashu(self) -> int:
         """Undo Cashu payouts left `pending` by nobody sending them; returns how many.
@@ -261,7 +262,7 @@ class Payouts:
         transaction that completes it. Crediting the debit back is therefore safe, and the
         proofs are still the node's.
         """
-        rows, _ = await self.ledger.tx.run(lambda tx: tx.execute(_PENDING_CASHU, {}))
+        rows, _ = await self._tx.read(lambda tx: tx.execute(_PENDING_CASHU, {}))
         undone = 0
         for payout_id, account_id, amount, unit, mint_url, instance_id, _ in rows:
             if instance_id == self.ledger.instance_id:

@@ -26,7 +26,7 @@ from satsrouter.ecash.store import Op, finish_op_tx, pending_ops_tx, store_proof
 from satsrouter.ecash.tokens import ParsedToken
 from satsrouter.ecash.wallet import NodeWallet
 from satsrouter.errors import ApiError
-from satsrouter.store.tx import Tx
+from satsrouter.store.tx import Tx, TxRunner
 from satsrouter.units import UNIT_MSAT
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,8 @@ def credit_redemption_tx(tx: Tx, token_hash: str, now: float, state: str = "pend
 class Redeemer:
     """Swaps tokens at the mint and credits accounts, recording intent first."""
 
-    def __init__(self, ledger: Ledger, wallet: NodeWallet) -> None:
+    def __init__(self, tx: TxRunner, ledger: Ledger, wallet: NodeWallet) -> None:
+        self._tx = tx
         self.ledger = ledger
         self.wallet = wallet
         self._finishing: set[asyncio.Future[Redeemed]] = set()
@@ -144,7 +145,7 @@ class Redeemer:
             rows, _ = tx.execute(_EXISTING, {"th": token.raw_hash})
             return rows[0]
 
-        existing = await self.ledger.tx.run(record_intent)
+        existing = await self._tx.run(record_intent)
         if existing is not None:
             return _already(*existing)
         faults.reach("redeem.after_intent")
@@ -182,12 +183,12 @@ class Redeemer:
                 await self._mark_failed(th, exc.code)
             else:
                 # Nothing happened at the mint: the token stays its owner's, to use again.
-                await self.ledger.tx.run(lambda tx: tx.execute(_FORGET, {"th": th}))
+                await self._tx.run(lambda tx: tx.execute(_FORGET, {"th": th}))
             raise
 
     async def _mark_failed(self, token_hash: str, reason: str) -> None:
         params = {"th": token_hash, "error": reason[:200], "now": time.time()}
-        await self.ledger.tx.run(lambda tx: tx.execute(_MARK_FAILED, params))
+        await self._tx.run(lambda tx: tx.execute(_MARK_FAILED, params))
 
     # ---- recovery ----
 
@@ -201,7 +202,7 @@ class Redeemer:
         """
         credited = 0
         if ask_mint:
-            ops = await self.ledger.tx.run(pending_ops_tx)
+            ops = await self._tx.read(pending_ops_tx)
             for op in ops:
                 if op.kind != "receive" or not await self.wallet.orphaned(op):
                     continue
@@ -209,12 +210,12 @@ class Redeemer:
                     credited += await self._recover_op(op)
                 except EcashError as exc:
                     log.warning("recovery of swap %s postponed: %s", op.id[:20], exc.code)
-        rows = await self.ledger.tx.run(lambda tx: tx.execute(_UNSENT, {})[0])
+        rows = await self._tx.read(lambda tx: tx.execute(_UNSENT, {})[0])
         for token_hash, instance_id, state, _ in rows:
             if state == "swapped":  # written by a version that kept ecash elsewhere
                 credited += await self._credit_legacy(token_hash)
             elif await self._abandoned(token_hash, instance_id):
-                await self.ledger.tx.run(_forget(token_hash))
+                await self._tx.run(_forget(token_hash))
                 log.info("redemption %s never reached the mint; forgotten", token_hash[:12])
         return credited
 
@@ -234,7 +235,7 @@ class Redeemer:
                 if finish_op_tx(tx, op.id, "undone"):
                     tx.execute(_FORGET_OF_OP, {"op": op.id})
 
-            await self.wallet.tx.run(undo)
+            await self._tx.run(undo, durable=True)  # records ecash
             log.info("swap %s never happened; its tokens are usable again", op.id[:20])
             return 0
         received = sum(int(p.amount) for p in proofs) * slot.per_unit_msat
@@ -249,14 +250,14 @@ class Redeemer:
             store_proofs_tx(tx, proofs, op.mint_url, op.unit, op.id)
             return len(rows)
 
-        count = await self.wallet.tx.run(complete)
+        count = await self._tx.run(complete, durable=True)  # records ecash
         slot.add(proofs)
         log.info("swap %s restored from the mint: %d redemptions credited", op.id[:20], count)
         return count
 
     async def _credit_legacy(self, token_hash: str) -> int:
         try:
-            await self.ledger.tx.run(
+            await self._tx.run(
                 lambda tx: credit_redemption_tx(tx, token_hash, time.time(), state="swapped")
             )
         except RuntimeError:

@@ -31,7 +31,7 @@ from satsrouter.ecash.store import (
 )
 from satsrouter.ecash.swap import blind, unblind_answered
 from satsrouter.ecash.wallet import NodeWallet
-from satsrouter.store.tx import Tx
+from satsrouter.store.tx import Tx, TxRunner
 
 log = logging.getLogger(__name__)
 
@@ -129,8 +129,9 @@ def _change_outputs_for(fee_reserve: int) -> int:
 class Melter:
     """NUT-05 over the node's wallet: quote, melt (serialised per mint/unit), quote state."""
 
-    def __init__(self, wallet: NodeWallet, timeout: float = MELT_TIMEOUT_S) -> None:
+    def __init__(self, wallet: NodeWallet, tx: TxRunner, timeout: float = MELT_TIMEOUT_S) -> None:
         self.wallet = wallet
+        self._tx = tx  # every transaction here records ecash: all are durable
         self.timeout = timeout
 
     async def quote(self, bolt11: str, unit: str = "sat", mint: str | None = None) -> MeltQuote:
@@ -204,7 +205,7 @@ class Melter:
                     detail=ticket.to_json(),
                 )
 
-            await self.wallet.tx.run(intent)
+            await self._tx.run(intent, durable=True)
             slot.take(proofs)
         faults.reach("melt.after_intent")
         blinded = await blind(wallet, keyset_id, change)
@@ -290,7 +291,7 @@ class Melter:
                 return proofs
             return []
 
-        released = await self.wallet.tx.run(undo)
+        released = await self._tx.run(undo, durable=True)
         slot.add(released)
         log.info("melt %s released %d proofs", ticket.quote[:12], len(released))
 
@@ -321,7 +322,7 @@ class Melter:
             store_proofs_tx(tx, change, slot.mint, slot.unit, op_id)
             return True
 
-        if await self.wallet.tx.run(settle):
+        if await self._tx.run(settle, durable=True):
             slot.add(change)
         preimage = str(resp.payment_preimage) if resp.payment_preimage else None
         log.info(

@@ -23,6 +23,7 @@ from satsrouter.ecash.slot import Slot
 from satsrouter.ecash.store import Output, held_secrets_tx, store_proofs_tx
 from satsrouter.ecash.swap import blind, restore, unblind_signed
 from satsrouter.ecash.wallet import NodeWallet
+from satsrouter.store.tx import TxRunner
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +68,14 @@ class MintOutputs:
 
 
 class QuoteMinter:
-    """Mint quotes at accepted mints, using the node wallet's slots and clients."""
+    """Mint quotes at accepted mints, using the node wallet's slots and clients.
 
-    def __init__(self, wallet: NodeWallet) -> None:
+    Its transactions record ecash, so every one is durable (as all of the wallet's are).
+    """
+
+    def __init__(self, wallet: NodeWallet, tx: TxRunner) -> None:
         self.wallet = wallet
+        self._tx = tx
         # Test hook: raise after the mint signed, before the proofs are stored (lost response).
         self.fail_after_mint: Exception | None = None
 
@@ -143,7 +148,7 @@ class QuoteMinter:
         slot = await self.wallet.loaded_slot(mint, unit)
         wanted = [Output(a, outputs.counter + i) for i, a in enumerate(outputs.amounts)]
         blinded = await blind(slot.wallet, outputs.keyset_id, wanted)
-        held = await self.wallet.tx.run(lambda tx: held_secrets_tx(tx, blinded.secrets))
+        held = await self._tx.run(lambda tx: held_secrets_tx(tx, blinded.secrets), durable=True)
         if len(held) == len(wanted):
             return outputs.amount
         promises: list[Any] | None = None
@@ -173,7 +178,9 @@ class QuoteMinter:
         if self.fail_after_mint is not None:
             raise self.fail_after_mint
         proofs = await unblind_signed(slot.wallet, blinded, promises)
-        await self.wallet.tx.run(lambda tx: store_proofs_tx(tx, proofs, slot.mint, slot.unit))
+        await self._tx.run(
+            lambda tx: store_proofs_tx(tx, proofs, slot.mint, slot.unit), durable=True
+        )
         slot.add(proofs)
         return outputs.amount
 

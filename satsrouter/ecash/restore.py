@@ -32,7 +32,7 @@ from satsrouter.ecash.store import (
 )
 from satsrouter.ecash.swap import blind, restore, unblind_answered
 from satsrouter.ecash.wallet import NodeWallet
-from satsrouter.store.tx import Tx
+from satsrouter.store.tx import Tx, TxRunner
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +58,13 @@ class PendingOperations(Exception):
 
 
 async def restore_wallet(
-    wallet: NodeWallet, units: tuple[str, ...] = ("sat", "msat")
+    wallet: NodeWallet, tx: TxRunner, units: tuple[str, ...] = ("sat", "msat")
 ) -> list[Restored]:
-    """Walk every keyset of every accepted mint and take back unrecorded unspent proofs."""
-    if await wallet.tx.run(pending_ops_tx):
+    """Walk every keyset of every accepted mint and take back unrecorded unspent proofs.
+
+    `tx` runs on the wallet's database; what it takes back is recorded durably.
+    """
+    if await tx.read(pending_ops_tx):
         raise PendingOperations(
             "wallet operations are pending: start the node once so recovery finishes them"
         )
@@ -75,12 +78,14 @@ async def restore_wallet(
                     continue
                 raise
             for keyset_id in list(slot.wallet.keysets):
-                results.append(await _restore_keyset(wallet, slot, keyset_id))
+                results.append(await _restore_keyset(wallet, tx, slot, keyset_id))
     return results
 
 
-async def _restore_keyset(wallet: NodeWallet, slot: Slot, keyset_id: str) -> Restored:
-    used = await wallet.tx.run(lambda tx: counter_tx(tx, keyset_id))
+async def _restore_keyset(
+    wallet: NodeWallet, runner: TxRunner, slot: Slot, keyset_id: str
+) -> Restored:
+    used = await runner.read(lambda tx: counter_tx(tx, keyset_id))
     found: list[Proof] = []
     last = -1
     start, empty = 0, 0
@@ -116,7 +121,7 @@ async def _restore_keyset(wallet: NodeWallet, slot: Slot, keyset_id: str) -> Res
             finish_op_tx(tx, op_id, "done")
         return new
 
-    new = await wallet.tx.run(take_back)
+    new = await runner.run(take_back, durable=True)
     slot.add(new)
     amount = sum(int(p.amount) for p in new)
     if new:

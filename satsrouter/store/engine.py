@@ -5,9 +5,10 @@ committed, the node may hand out the token it paid for, so a power loss must not
 commit back (the balance would come back and pay the same value twice). On SQLite every
 transaction that records ecash or lets value leave commits with `synchronous=FULL` (in WAL
 mode NORMAL syncs only at checkpoints, so the last commits can vanish), and so does this
-engine (its writes are rare); the hot path's reserve and bearer settle commit with NORMAL
-(`store.tx`). A Postgres server must keep `fsync` and `synchronous_commit` on, and a node
-refuses to start on one that does not (`check_durable`).
+engine (on SQLite it only migrates: every transaction runs through `store.tx`); the hot
+path's reserve and bearer settle commit with NORMAL. A Postgres server must keep `fsync`
+and `synchronous_commit` on, and a node refuses to start on one that does not
+(`check_durable`).
 """
 
 from __future__ import annotations

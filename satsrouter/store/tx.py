@@ -1,9 +1,13 @@
-"""Short transactions for the hot path, each run in a single hop to the database.
+"""The one way the node uses its database: transaction functions, each run in one hop.
+
+A transaction is a plain function of a `Tx` (the SQL is portable text with `:name`
+parameters); a module is handed the `TxRunner` it needs and never opens connections itself.
+`run(fn, durable=...)` runs a function that may write; `read(fn)` one that only reads.
 
 SQLAlchemy over aiosqlite hops to a worker thread for every statement (27 hops for a
 reserve + settle pair, ~3 ms); here a whole transaction is one function run on one
 dedicated thread with the stdlib driver (~0.1 ms). Other databases run the same function
-through SQLAlchemy's `run_sync`. The SQL is plain, portable text with `:name` parameters.
+through SQLAlchemy's `run_sync`.
 """
 
 from __future__ import annotations
@@ -36,14 +40,20 @@ class Tx(Protocol):
 
 
 class TxRunner(Protocol):
-    """Runs a synchronous transaction function without blocking the event loop.
+    """Runs synchronous transaction functions without blocking the event loop.
 
-    `durable=True`: the commit is on disk before the caller hears back, whatever else the
-    database does for speed. Every transaction after which value leaves the node (a token
-    paid out, a request sent to a mint) or that records ecash is durable.
+    `run`: a transaction that may write. `durable=True`: the commit is on disk before the
+    caller hears back, whatever else the database does for speed. Every transaction after
+    which value leaves the node (a token paid out, a request sent to a mint) or that records
+    ecash is durable.
+
+    `read`: a transaction that only reads, off the writers' path: it sees everything
+    committed before it was asked for, never takes the write lock, and may not write.
     """
 
     async def run(self, fn: Callable[[Tx], T], durable: bool = False) -> T: ...
+
+    async def read(self, fn: Callable[[Tx], T]) -> T: ...
 
     async def close(self) -> None: ...
 
@@ -161,6 +171,21 @@ def _in_savepoint(tx: _SqliteTx, fn: Callable[[Tx], Any]) -> Outcome:
     return result, None
 
 
+def _read_all(tx: _SqliteTx, fns: list[Callable[[Tx], Any]]) -> list[Outcome]:
+    """Run a batch of reads in one snapshot; a read that raises fails only itself."""
+    tx.cursor.execute("BEGIN")
+    try:
+        outcomes: list[Outcome] = []
+        for fn in fns:
+            try:
+                outcomes.append((fn(tx), None))
+            except Exception as exc:
+                outcomes.append((None, exc))
+        return outcomes
+    finally:
+        tx.cursor.execute("COMMIT")  # ends the snapshot (nothing was written)
+
+
 class SqliteTxRunner:
     """One thread, one connection: transactions queue instead of fighting over SQLite's lock.
 
@@ -178,6 +203,12 @@ class SqliteTxRunner:
     synced at COMMIT, and with it every commit before); others with `synchronous` (NORMAL:
     synced at checkpoints). So a reserve or a bearer settle costs no fsync, and what a power
     loss can take back is at most the last charges before it, never ecash or a payout.
+
+    Reads have a thread and a connection of their own (`query_only`): in WAL mode they run
+    beside the writer instead of queueing behind a batch's fsync, and they take neither the
+    flock nor SQLite's write lock, so a balance lookup never holds up another process's
+    charges. Reads queued together share one snapshot, taken after the last of them was
+    asked for: each sees every commit its caller could have heard of.
     """
 
     def __init__(self, path: str, synchronous: str = "NORMAL", name: str = "sqlite-tx") -> None:
@@ -190,6 +221,9 @@ class SqliteTxRunner:
         self._conn: sqlite3.Connection | None = None
         self._cursor: sqlite3.Cursor | None = None
         self._lock_fd: int | None = None
+        self._reader: _OneThread[Callable[[Tx], Any]] = _OneThread(f"{name}-read", self._read_batch)
+        self._read_conn: sqlite3.Connection | None = None
+        self._read_tx: _SqliteTx | None = None
         self._closed = False
 
     def _open(self) -> sqlite3.Cursor:
@@ -231,18 +265,37 @@ class SqliteTxRunner:
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
+    def _read_batch(self, fns: list[Callable[[Tx], Any]]) -> list[Outcome]:
+        if self._read_tx is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA busy_timeout=10000")
+            # A read that writes is a bug: it would bypass the writer's lock and durability.
+            conn.execute("PRAGMA query_only=ON")
+            self._read_conn = conn
+            self._read_tx = _SqliteTx(conn.cursor())
+        return _read_all(self._read_tx, fns)
+
     async def run(self, fn: Callable[[Tx], T], durable: bool = False) -> T:
         result: T = await self._thread.submit((fn, durable))
         return result
 
+    async def read(self, fn: Callable[[Tx], T]) -> T:
+        result: T = await self._reader.submit(fn)
+        return result
+
     def _shutdown(self) -> None:
-        self._thread.shutdown()  # runs what is queued first; after it nothing uses the conn
+        # Each runs what is queued first; after it nothing uses its connection.
+        self._thread.shutdown()
+        self._reader.shutdown()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
         if self._conn is not None:
             self._conn.close()
             self._conn = self._cursor = None
+        if self._read_conn is not None:
+            self._read_conn.close()
+            self._read_conn = self._read_tx = None
 
     async def close(self) -> None:
         if self._closed:
@@ -261,7 +314,7 @@ class _SqlAlchemyTx:
         return rows, result.rowcount
 
 
-async def run_on(conn: AsyncConnection, fn: Callable[[Tx], T]) -> T:
+async def _run_on(conn: AsyncConnection, fn: Callable[[Tx], T]) -> T:
     """Run a transaction function inside a caller's open SQLAlchemy transaction."""
     return await conn.run_sync(lambda sync_conn: fn(_SqlAlchemyTx(sync_conn)))
 
@@ -275,7 +328,12 @@ class EngineTxRunner:
     async def run(self, fn: Callable[[Tx], T], durable: bool = False) -> T:
         # Every commit is synced here (a node refuses a server that would not).
         async with self.engine.begin() as conn:
-            return await run_on(conn, fn)
+            return await _run_on(conn, fn)
+
+    async def read(self, fn: Callable[[Tx], T]) -> T:
+        # Rolled back when the block ends: there is nothing to commit.
+        async with self.engine.connect() as conn:
+            return await _run_on(conn, fn)
 
     async def close(self) -> None:
         return None
@@ -289,6 +347,9 @@ class DurableRunner:
 
     async def run(self, fn: Callable[[Tx], T], durable: bool = True) -> T:
         return await self.runner.run(fn, durable=True)
+
+    async def read(self, fn: Callable[[Tx], T]) -> T:
+        return await self.runner.read(fn)
 
     async def close(self) -> None:
         await self.runner.close()

@@ -25,16 +25,15 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import and_, func, insert, select, update
-
 from satsrouter import faults
+from satsrouter.billing.balances import credit_tx, open_account_tx
 from satsrouter.billing.ledger import Ledger
 from satsrouter.billing.payments import sha256_hex
 from satsrouter.ecash.errors import EcashError
 from satsrouter.ecash.minting import MintOutputs, QuoteMinter
 from satsrouter.ecash.wallet import NodeWallet
 from satsrouter.errors import ApiError
-from satsrouter.store.tables import accounts, lightning_invoices
+from satsrouter.store.tx import Tx, TxRunner
 from satsrouter.units import UNIT_MSAT
 
 log = logging.getLogger(__name__)
@@ -56,7 +55,34 @@ ACTIVE = ("pending", "minting")
 _KEY_LABEL = b"satsrouter lightning api key"
 _LOCK_STRIPES = 64
 
-_t = lightning_invoices.c
+_INSERT = (
+    "INSERT INTO lightning_invoices (id, quote_id, mint_url, unit, amount, bolt11, quote_key, "
+    "purpose, account_id, key_hash, state, expires_at, created_at, updated_at) VALUES (:id, "
+    ":quote, :mint, :unit, :amount, :bolt11, :quote_key, :purpose, :account, :key_hash, "
+    "'pending', :expires, :now, :now)"
+)
+_ROW = (
+    "SELECT id, quote_id, mint_url, unit, amount, purpose, account_id, key_hash, state, "
+    "expires_at, created_at, quote_key, mint_keyset, mint_counter, mint_amounts "
+    "FROM lightning_invoices WHERE id = :id"
+)
+_ACTIVE = "SELECT id, created_at FROM lightning_invoices WHERE state IN ('pending', 'minting')"
+_PENDING_COUNT = "SELECT count(*) FROM lightning_invoices WHERE state = 'pending'"
+_ACCOUNT_OF = "SELECT account_id FROM lightning_invoices WHERE id = :id"
+_PARENT_OF = "SELECT parent_id FROM accounts WHERE id = :id"
+_MOVE = (
+    "UPDATE lightning_invoices SET state = :new, updated_at = :now WHERE id = :id AND state = :old"
+)
+_RECORD_OUTPUTS = (
+    "UPDATE lightning_invoices SET mint_keyset = :keyset, mint_counter = :counter, "
+    "mint_amounts = :amounts, updated_at = :now "
+    "WHERE id = :id AND state = 'minting' AND mint_counter IS NULL"
+)
+_CREDITED = (
+    "UPDATE lightning_invoices SET state = 'credited', credited_msat = :msat, updated_at = :now "
+    "WHERE id = :id AND state = 'minting'"
+)
+_SET_ACCOUNT = "UPDATE lightning_invoices SET account_id = :account WHERE id = :id"
 
 
 def api_key_for(invoice_id: str) -> str:
@@ -109,36 +135,42 @@ class _Row:
     quote_key: str | None = None
 
     @classmethod
-    def of(cls, r: Any) -> _Row:
+    def of(cls, r: tuple[Any, ...]) -> _Row:
+        """From the columns of `_ROW`, in order."""
+        id_, quote_id, mint_url, unit, amount, purpose, account_id, key_hash, state = r[:9]
+        expires_at, created_at, quote_key, keyset, counter, amounts = r[9:]
         outputs = None
-        if r.mint_counter is not None:
-            outputs = MintOutputs(
-                r.mint_keyset, int(r.mint_counter), MintOutputs.decode_amounts(r.mint_amounts)
-            )
+        if counter is not None:
+            outputs = MintOutputs(keyset, int(counter), MintOutputs.decode_amounts(amounts))
         return cls(
-            id=r.id,
-            quote_id=r.quote_id,
-            mint_url=r.mint_url,
-            unit=r.unit,
-            amount=int(r.amount),
-            purpose=r.purpose,
-            account_id=r.account_id,
-            key_hash=r.key_hash,
-            state=r.state,
-            expires_at=float(r.expires_at or 0.0),
-            created_at=float(r.created_at),
+            id=id_,
+            quote_id=quote_id,
+            mint_url=mint_url,
+            unit=unit,
+            amount=int(amount),
+            purpose=purpose,
+            account_id=account_id,
+            key_hash=key_hash,
+            state=state,
+            expires_at=float(expires_at or 0.0),
+            created_at=float(created_at),
             outputs=outputs,
-            quote_key=r.quote_key,
+            quote_key=quote_key,
         )
 
 
 class LightningFunding:
-    """Invoices that fund keys, and the watcher that credits them when paid."""
+    """Invoices that fund keys, and the watcher that credits them when paid.
 
-    def __init__(self, ledger: Ledger, wallet: NodeWallet) -> None:
+    Every write is durable: an invoice row holds the only key that can mint its paid quote,
+    and the outputs recorded on it are what a crash is finished from.
+    """
+
+    def __init__(self, tx: TxRunner, ledger: Ledger, wallet: NodeWallet) -> None:
+        self._tx = tx
         self.ledger = ledger
         self.wallet = wallet
-        self.minter = QuoteMinter(wallet)
+        self.minter = QuoteMinter(wallet, tx)
         # In-process only: saves duplicate mint calls; exactly-once comes from the row's CAS.
         self._locks = [asyncio.Lock() for _ in range(_LOCK_STRIPES)]
         self._next_check: dict[str, float] = {}  # row id -> when the watcher asks again
@@ -177,26 +209,21 @@ class LightningFunding:
         invoice_id = secrets.token_urlsafe(24)
         row_id = row_id_for(invoice_id)
         key_hash = sha256_hex(api_key_for(invoice_id)) if purpose == "create" else None
-        now = time.time()
-        async with self.ledger.engine.begin() as conn:
-            await conn.execute(
-                insert(lightning_invoices).values(
-                    id=row_id,
-                    quote_id=quote.quote_id,
-                    mint_url=mint,
-                    unit=UNIT,
-                    amount=amount_sats,
-                    bolt11=quote.bolt11,
-                    quote_key=quote.quote_key,
-                    purpose=purpose,
-                    account_id=account_id,
-                    key_hash=key_hash,
-                    state="pending",
-                    expires_at=quote.expires_at,
-                    created_at=now,
-                    updated_at=now,
-                )
-            )
+        params = {
+            "id": row_id,
+            "quote": quote.quote_id,
+            "mint": mint,
+            "unit": UNIT,
+            "amount": amount_sats,
+            "bolt11": quote.bolt11,
+            "quote_key": quote.quote_key,
+            "purpose": purpose,
+            "account": account_id,
+            "key_hash": key_hash,
+            "expires": quote.expires_at,
+            "now": time.time(),
+        }
+        await self._tx.run(lambda tx: tx.execute(_INSERT, params), durable=True)
         log.info("lightning invoice %s: %d sat to %s", row_id[:12], amount_sats, purpose)
         return Invoice(invoice_id, quote.bolt11, amount_sats, quote.expires_at, purpose)
 
@@ -243,10 +270,7 @@ class LightningFunding:
 
     async def poll_once(self) -> int:
         """One pass over every unfinished invoice; returns how many this pass credited."""
-        async with self.ledger.engine.connect() as conn:
-            rows = dict(
-                (await conn.execute(select(_t.id, _t.created_at).where(_t.state.in_(ACTIVE)))).all()
-            )
+        rows = dict(await self._tx.read(lambda tx: tx.execute(_ACTIVE, {})[0]))
         for gone in set(self._next_check) - set(rows):
             self._next_check.pop(gone, None)
             self._failures.pop(gone, None)
@@ -305,20 +329,19 @@ class LightningFunding:
 
     async def _reserve_outputs(self, row: _Row) -> MintOutputs | None:
         outputs = await self.minter.reserve_outputs(row.amount, row.unit, row.mint_url)
-        async with self.ledger.engine.begin() as conn:
-            result = await conn.execute(
-                update(lightning_invoices)
-                .where(and_(_t.id == row.id, _t.state == "minting", _t.mint_counter.is_(None)))
-                .values(
-                    mint_keyset=outputs.keyset_id,
-                    mint_counter=outputs.counter,
-                    mint_amounts=outputs.encode_amounts(),
-                    updated_at=time.time(),
-                )
-            )
+        params = {
+            "id": row.id,
+            "keyset": outputs.keyset_id,
+            "counter": outputs.counter,
+            "amounts": outputs.encode_amounts(),
+            "now": time.time(),
+        }
+        _, recorded = await self._tx.run(
+            lambda tx: tx.execute(_RECORD_OUTPUTS, params), durable=True
+        )
         # Not recorded means someone else recorded theirs first: the unused range is just
         # skipped (counters are never reused), and the next pass mints with the recorded one.
-        return outputs if result.rowcount == 1 else None
+        return outputs if recorded == 1 else None
 
     async def _credit(self, row: _Row, minted: int) -> bool:
         """`minting → credited` and the credit, in one transaction; False if already done."""
@@ -331,62 +354,47 @@ class LightningFunding:
                 row.unit,
                 row.amount,
             )
-        async with self.ledger.engine.begin() as conn:
-            moved = await conn.execute(
-                update(lightning_invoices)
-                .where(and_(_t.id == row.id, _t.state == "minting"))
-                .values(state="credited", credited_msat=amount_msat, updated_at=time.time())
-            )
-            if moved.rowcount != 1:
+        now = time.time()
+
+        def credit(tx: Tx) -> bool:
+            params = {"id": row.id, "msat": amount_msat, "now": now}
+            if tx.execute(_CREDITED, params)[1] != 1:
                 return False
             account_id = row.account_id
             if account_id is None:
                 assert row.key_hash is not None
-                account_id = await self.ledger.open_account(
-                    conn, row.key_hash, "key", row.mint_url, row.unit
-                )
-                await conn.execute(
-                    update(lightning_invoices).where(_t.id == row.id).values(account_id=account_id)
-                )
-            await self.ledger.credit(conn, account_id, amount_msat, "credit", f"ln:{row.quote_id}")
+                account_id = open_account_tx(tx, row.key_hash, "key", row.mint_url, row.unit, now)
+                tx.execute(_SET_ACCOUNT, {"id": row.id, "account": account_id})
+            credit_tx(tx, account_id, amount_msat, "credit", f"ln:{row.quote_id}", now)
+            return True
+
+        if not await self._tx.run(credit, durable=True):
+            return False
         log.info("lightning invoice %s credited %d msat", row.id[:12], amount_msat)
         return True
 
     async def _move(self, row_id: str, from_state: str, to_state: str) -> bool:
-        async with self.ledger.engine.begin() as conn:
-            result = await conn.execute(
-                update(lightning_invoices)
-                .where(and_(_t.id == row_id, _t.state == from_state))
-                .values(state=to_state, updated_at=time.time())
-            )
-        return bool(result.rowcount == 1)
+        params = {"id": row_id, "old": from_state, "new": to_state, "now": time.time()}
+        _, moved = await self._tx.run(lambda tx: tx.execute(_MOVE, params), durable=True)
+        return moved == 1
 
     # ---- reads ----
 
     async def _get(self, row_id: str) -> _Row | None:
-        async with self.ledger.engine.connect() as conn:
-            r = (await conn.execute(select(lightning_invoices).where(_t.id == row_id))).first()
-        return _Row.of(r) if r is not None else None
+        rows, _ = await self._tx.read(lambda tx: tx.execute(_ROW, {"id": row_id}))
+        return _Row.of(rows[0]) if rows else None
 
     async def _account_of(self, row_id: str) -> int:
-        async with self.ledger.engine.connect() as conn:
-            account_id = (
-                await conn.execute(select(_t.account_id).where(_t.id == row_id))
-            ).scalar_one()
-        return int(account_id)
+        rows, _ = await self._tx.read(lambda tx: tx.execute(_ACCOUNT_OF, {"id": row_id}))
+        return int(rows[0][0])
 
     async def _pending_count(self) -> int:
-        async with self.ledger.engine.connect() as conn:
-            count = (
-                await conn.execute(select(func.count()).where(_t.state == "pending"))
-            ).scalar_one()
-        return int(count)
+        rows, _ = await self._tx.read(lambda tx: tx.execute(_PENDING_COUNT, {}))
+        return int(rows[0][0])
 
     async def _check_topup_target(self, account_id: int) -> None:
-        async with self.ledger.engine.connect() as conn:
-            parent = (
-                await conn.execute(select(accounts.c.parent_id).where(accounts.c.id == account_id))
-            ).scalar()
+        rows, _ = await self._tx.read(lambda tx: tx.execute(_PARENT_OF, {"id": account_id}))
+        parent = rows[0][0] if rows else None
         if parent is not None:
             raise ApiError(
                 400, "child_key", "A child key spends its parent's balance: top up the parent key."

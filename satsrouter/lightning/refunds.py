@@ -14,10 +14,8 @@ import logging
 import time
 from dataclasses import dataclass, replace
 
-from sqlalchemy import and_, case, select, update
-
+from satsrouter.billing.balances import credit_tx
 from satsrouter.billing.ledger import Ledger
-from satsrouter.billing.lnurl import LnurlClient, LnurlError
 from satsrouter.billing.payouts import (
     NothingToPayOut,
     Payout,
@@ -28,7 +26,8 @@ from satsrouter.billing.payouts import (
 from satsrouter.ecash.melting import Melter, MeltFailed, MeltQuote, MeltResult, MeltTicket
 from satsrouter.ecash.wallet import NodeWallet
 from satsrouter.errors import ApiError
-from satsrouter.store.tables import accounts, payouts, wallet_ops
+from satsrouter.lightning.lnurl import LnurlClient, LnurlError
+from satsrouter.store.tx import Tx, TxRunner
 from satsrouter.units import UNIT_MSAT
 
 log = logging.getLogger(__name__)
@@ -39,6 +38,34 @@ log = logging.getLogger(__name__)
 RECONCILE_AFTER_S = 180.0
 # Rounds of invoice + quote to fit amount + fee reserve into the debited budget.
 _FIT_ROUNDS = 3
+
+_RECORD_TICKET = (
+    "UPDATE payouts SET detail = :detail, updated_at = :now WHERE id = :id AND state = 'pending'"
+)
+_SENT = (
+    "UPDATE payouts SET amount_msat = :sent, fee_msat = :fee, updated_at = :now "
+    "WHERE id = :id AND state = 'pending' AND amount_msat = :debited"
+)
+_SENT_BEFORE = "SELECT fee_msat, amount_msat FROM payouts WHERE id = :id"
+_CHARGE_MELT = "UPDATE wallet_ops SET node_delta_msat = node_delta_msat + :msat WHERE id = :op"
+_PENDING = (
+    "SELECT id, account_id, amount_msat, unit, mint_url, detail, updated_at, instance_id "
+    "FROM payouts WHERE method = 'lightning' AND state = 'pending'"
+)
+_CLAIM = (
+    "UPDATE payouts SET updated_at = :now "
+    "WHERE id = :id AND state = 'pending' AND updated_at = :seen"
+)
+# Keys past their expiry with a refund address, idle, and holding at least one unit of
+# their token (less cannot be paid out).
+_EXPIRED = (
+    "SELECT id, refund_lnurl FROM accounts WHERE expires_at IS NOT NULL AND "
+    "expires_at <= :now AND refund_lnurl IS NOT NULL AND reserved_msat = 0 AND balance_msat >= "
+    "CASE unit "
+    + " ".join(f"WHEN '{unit}' THEN {msat}" for unit, msat in UNIT_MSAT.items())
+    + " ELSE 1 END"
+)
+_PAYOUT_EXISTS = "SELECT 1 FROM payouts WHERE id = :id"
 
 
 class RefundPending(ApiError):
@@ -70,6 +97,7 @@ class LightningRefunds:
 
     def __init__(
         self,
+        tx: TxRunner,
         ledger: Ledger,
         payouts: Payouts,
         wallet: NodeWallet,
@@ -79,9 +107,10 @@ class LightningRefunds:
         lnurl: LnurlClient | None = None,
         reconcile_after: float = RECONCILE_AFTER_S,
     ) -> None:
+        self._tx = tx
         self.ledger = ledger
         self.payouts = payouts
-        self.melter = melter or Melter(wallet)
+        self.melter = melter or Melter(wallet, tx)
         self.lnurl = lnurl or LnurlClient(allow_http=allow_http)
         self.reconcile_after = reconcile_after
         # Payout ids this process is sending or reconciling right now: never touched twice.
@@ -89,6 +118,11 @@ class LightningRefunds:
 
     async def close(self) -> None:
         await self.lnurl.close()
+
+    def check_destination(self, destination: str) -> None:
+        """Refuse a destination that is no Lightning address or LNURL (LnurlError, 400),
+        without contacting it: a key's refund address is checked when the key is made."""
+        self.lnurl.url_of(destination)
 
     # ---- refunds ----
 
@@ -185,13 +219,9 @@ class LightningRefunds:
             {"debit_msat": step.amount_msat, "melt": json.loads(ticket.to_json())},
             separators=(",", ":"),
         )
-        async with self.ledger.engine.begin() as conn:
-            moved = await conn.execute(
-                update(payouts)
-                .where(and_(payouts.c.id == step.id, payouts.c.state == "pending"))
-                .values(detail=detail, updated_at=time.time())
-            )
-        if moved.rowcount != 1:
+        params = {"id": step.id, "detail": detail, "now": time.time()}
+        _, moved = await self._tx.run(lambda tx: tx.execute(_RECORD_TICKET, params), durable=True)
+        if moved != 1:
             raise PayoutConflict("payout changed while paying; retry")
 
     async def _finish_paid(self, step: PendingPayout, result: MeltResult) -> Payout:
@@ -203,45 +233,32 @@ class LightningRefunds:
         cost_msat = min(result.cost * per_unit, step.amount_msat)
         fee_msat = max(cost_msat - sent_msat, 0)
         fee_return = step.amount_msat - max(cost_msat, sent_msat)
-        async with self.ledger.engine.begin() as conn:
+        now = time.time()
+
+        def sent(tx: Tx) -> tuple[int, int]:
+            """The fee and the amount sent, as recorded (by this call or an earlier one)."""
             # The amount moves from "debited" to "sent" once: that compare-and-set is what
             # makes the fee return happen exactly once, whoever finishes the payout.
-            moved = await conn.execute(
-                update(payouts)
-                .where(
-                    and_(
-                        payouts.c.id == step.id,
-                        payouts.c.state == "pending",
-                        payouts.c.amount_msat == step.amount_msat,
-                    )
-                )
-                .values(amount_msat=sent_msat, fee_msat=fee_msat, updated_at=time.time())
-            )
-            if moved.rowcount == 1:
+            params = {
+                "id": step.id,
+                "debited": step.amount_msat,
+                "sent": sent_msat,
+                "fee": fee_msat,
+                "now": now,
+            }
+            if tx.execute(_SENT, params)[1] == 1:
                 # The melt's operation charged its whole cost to the node; what the user
                 # paid for it moves over, so ecash held == liabilities + revenue exactly.
-                await conn.execute(
-                    update(wallet_ops)
-                    .where(wallet_ops.c.id == ticket.op_id)
-                    .values(
-                        node_delta_msat=wallet_ops.c.node_delta_msat + max(cost_msat, sent_msat)
-                    )
-                )
+                charged = {"op": ticket.op_id, "msat": max(cost_msat, sent_msat)}
+                tx.execute(_CHARGE_MELT, charged)
                 if fee_return > 0:
-                    await self.ledger.credit(
-                        conn, step.account_id, fee_return, "fee_return", step.id
-                    )
-            else:
-                # finished before (a crash between this and complete()): keep its fee
-                row = (
-                    await conn.execute(
-                        select(payouts.c.fee_msat, payouts.c.amount_msat).where(
-                            payouts.c.id == step.id
-                        )
-                    )
-                ).first()
-                if row is not None:
-                    fee_msat, sent_msat = int(row[0]), int(row[1])
+                    credit_tx(tx, step.account_id, fee_return, "fee_return", step.id, now)
+                return fee_msat, sent_msat
+            # finished before (a crash between this and complete()): keep its fee
+            rows, _ = tx.execute(_SENT_BEFORE, {"id": step.id})
+            return (int(rows[0][0]), int(rows[0][1])) if rows else (fee_msat, sent_msat)
+
+        fee_msat, sent_msat = await self._tx.run(sent, durable=True)
         detail = result.preimage or f"quote:{ticket.quote}"
         payout = await self.payouts.complete(
             replace(step, amount_msat=sent_msat), detail=detail, fee_msat=fee_msat
@@ -260,24 +277,11 @@ class LightningRefunds:
         """
         age = self.reconcile_after if min_age is None else min_age
         now = time.time()
-        async with self.ledger.engine.connect() as conn:
-            rows = [
-                _PendingRow(r[0], int(r[1]), int(r[2]), r[3], r[4], r[5], float(r[6]), r[7])
-                for r in (
-                    await conn.execute(
-                        select(
-                            payouts.c.id,
-                            payouts.c.account_id,
-                            payouts.c.amount_msat,
-                            payouts.c.unit,
-                            payouts.c.mint_url,
-                            payouts.c.detail,
-                            payouts.c.updated_at,
-                            payouts.c.instance_id,
-                        ).where(and_(payouts.c.method == "lightning", payouts.c.state == "pending"))
-                    )
-                ).all()
-            ]
+        pending, _ = await self._tx.read(lambda tx: tx.execute(_PENDING, {}))
+        rows = [
+            _PendingRow(r[0], int(r[1]), int(r[2]), r[3], r[4], r[5], float(r[6]), r[7])
+            for r in pending
+        ]
         finished = 0
         for row in rows:
             if row.id in self._busy:
@@ -296,19 +300,9 @@ class LightningRefunds:
         return finished
 
     async def _claim(self, row: _PendingRow) -> bool:
-        async with self.ledger.engine.begin() as conn:
-            moved = await conn.execute(
-                update(payouts)
-                .where(
-                    and_(
-                        payouts.c.id == row.id,
-                        payouts.c.state == "pending",
-                        payouts.c.updated_at == row.updated_at,
-                    )
-                )
-                .values(updated_at=time.time())
-            )
-        return bool(moved.rowcount == 1)
+        params = {"id": row.id, "seen": row.updated_at, "now": time.time()}
+        _, moved = await self._tx.run(lambda tx: tx.execute(_CLAIM, params), durable=True)
+        return moved == 1
 
     async def _reconcile_one(self, row: _PendingRow) -> int:
         step = PendingPayout(row.id, row.account_id, row.amount_msat, row.unit, row.mint_url)
@@ -341,36 +335,22 @@ class LightningRefunds:
         its token (no payment can carry it, so such a key is not due).
         """
         now = time.time()
-        async with self.ledger.engine.connect() as conn:
-            due = (
-                await conn.execute(
-                    select(accounts.c.id, accounts.c.refund_lnurl).where(
-                        and_(
-                            accounts.c.expires_at.is_not(None),
-                            accounts.c.expires_at <= now,
-                            accounts.c.refund_lnurl.is_not(None),
-                            accounts.c.balance_msat
-                            >= case(UNIT_MSAT, value=accounts.c.unit, else_=1),
-                            accounts.c.reserved_msat == 0,
-                        )
-                    )
-                )
-            ).all()
-            if not due:
-                return 0
-            ids = [expiry_payout_id(int(r[0])) for r in due]
-            done = set(
-                (await conn.execute(select(payouts.c.id).where(payouts.c.id.in_(ids))))
-                .scalars()
-                .all()
-            )
+
+        def due_now(tx: Tx) -> list[tuple[int, str]]:
+            """Expired keys whose expiry refund was never made, with their address."""
+            rows, _ = tx.execute(_EXPIRED, {"now": now})
+            return [
+                (int(account_id), str(destination))
+                for account_id, destination in rows
+                if not tx.execute(_PAYOUT_EXISTS, {"id": expiry_payout_id(int(account_id))})[0]
+            ]
+
+        due = await self._tx.read(due_now)
         refunded = 0
         for account_id, destination in due:
-            payout_id = expiry_payout_id(int(account_id))
-            if payout_id in done:
-                continue
+            payout_id = expiry_payout_id(account_id)
             try:
-                await self.refund(int(account_id), payout_id, None, str(destination))
+                await self.refund(account_id, payout_id, None, destination)
                 refunded += 1
             except RefundPending:
                 refunded += 1
