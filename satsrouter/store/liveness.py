@@ -62,13 +62,6 @@ class InstanceLocks:
             os.close(fd)  # closing drops a lock we may have taken
         return True
 
-    def forget(self, instance_id: str) -> None:
-        """Remove a dead instance's lock file (its work has been taken over)."""
-        path = self._path(instance_id)
-        if path is not None and path != self._own and self.is_dead(instance_id):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-
     def release(self) -> None:
         """Let go of this instance's lock at a clean stop."""
         if self._held is not None:
