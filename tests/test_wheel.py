@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -24,6 +25,7 @@ from satsrouter_dev.fake_upstream import FakeUpstream
 from satsrouter_dev.mint import LocalMint
 
 ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = "satsrouter"
 INSTALL_WITHIN_S = 900
 
 
@@ -56,6 +58,13 @@ class Installed:
 @pytest_asyncio.fixture(scope="module")
 async def installed(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Installed]:
     work = tmp_path_factory.mktemp("wheel")
+    # Built from a clean copy of what the wheel is made of: setuptools never prunes an
+    # in-tree build/, so a module moved since an earlier build would be packaged again.
+    source = work / "source"
+    for name in ("pyproject.toml", "README.md"):
+        source.mkdir(exist_ok=True)
+        shutil.copy2(ROOT / name, source / name)
+    shutil.copytree(ROOT / PACKAGE, source / PACKAGE, ignore=shutil.ignore_patterns("__pycache__"))
     # The venv's own setuptools builds it (no isolated build env to download).
     await asyncio.to_thread(
         _run,
@@ -68,7 +77,7 @@ async def installed(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[I
         "--no-build-isolation",
         "-w",
         work / "dist",
-        ROOT,
+        source,
     )
     (wheel,) = (work / "dist").glob("satsrouter-*.whl")
     venv = work / "venv"
