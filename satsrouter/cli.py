@@ -1,4 +1,4 @@
-"""The `satsrouter` command: serve, migrate, wallet audit/restore."""
+"""The `satsrouter` command: serve, migrate, wallet audit/restore, admin reset-password."""
 
 from __future__ import annotations
 
@@ -123,6 +123,37 @@ async def _wallet_command(settings: Settings, action: str) -> int:
         await engine.dispose()
 
 
+def _admin(args: argparse.Namespace) -> int:
+    settings = Settings.from_env()
+    setup_logging(settings.log_level)
+    return asyncio.run(_reset_password(settings))
+
+
+async def _reset_password(settings: Settings) -> int:
+    from satsrouter.admin.auth import AdminAuth
+    from satsrouter.store.engine import make_engine, migrate
+    from satsrouter.store.tx import make_tx_runner
+
+    url = settings.effective_database_url
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    engine = make_engine(url)
+    tx = make_tx_runner(url, engine)
+    try:
+        await migrate(engine)
+        password = await AdminAuth(tx).reset_password()
+    finally:
+        await tx.close()
+        await engine.dispose()
+    print(f"new admin password (shown once; every admin session has ended):\n{password}")
+    if settings.admin_password:
+        print(
+            "satsrouter: ADMIN_PASSWORD is set in the environment and wins over this one; "
+            "unset it to use the new password",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `satsrouter` console script."""
     parser = argparse.ArgumentParser(prog="satsrouter", description=__doc__)
@@ -151,6 +182,13 @@ def main(argv: list[str] | None = None) -> int:
         "any difference; restore: take back unspent ecash the database lost (NUT-09)",
     )
     wallet.set_defaults(func=_wallet)
+    admin = sub.add_parser("admin", help="the operator's access")
+    admin.add_argument(
+        "action",
+        choices=("reset-password",),
+        help="reset-password: make and print a new admin password, end every session",
+    )
+    admin.set_defaults(func=_admin)
     args = parser.parse_args(argv)
     try:
         code = int(args.func(args))

@@ -6,12 +6,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from satsrouter import faults
+from satsrouter.admin.auth import AdminAuth
 from satsrouter.billing.keys import Keys
 from satsrouter.billing.ledger import Ledger
 from satsrouter.billing.payments import Billing
@@ -63,6 +65,9 @@ class Node:
         self.lightning_refunds = LightningRefunds(
             self.tx, self.ledger, self.payouts, self.wallet, allow_http=settings.lnurl_allow_http
         )
+        self.admin = AdminAuth(
+            self.tx, settings.admin_password, settings.admin_session_hours * 3600
+        )
         self.keys = Keys(self.tx, self.billing, self.payouts, lightning=self.lightning_refunds)
         self.upstream = Upstream(
             settings.upstream_base_url,
@@ -101,6 +106,9 @@ class Node:
         await migrate(self.engine)
         await self.wallet.start()
         await self.ledger.heartbeat()
+        password = await self.admin.ensure_password()
+        if password is not None:
+            show_once(password)
         try:
             # What a dead predecessor (or sibling) left half done is taken over now: its
             # lock is free, so none of it is in flight anywhere.
@@ -168,6 +176,17 @@ class Node:
         self.locks.release()
         await self.tx.close()
         await self.engine.dispose()
+
+
+def show_once(password: str) -> None:
+    """Print a generated admin password on the console, never through logging (I8)."""
+    print(
+        "\n  satsrouter: admin password (shown once; stored only as a hash):\n"
+        f"    {password}\n"
+        "  Log in at /admin. `satsrouter admin reset-password` makes a new one.\n",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _model_list(upstream: Upstream) -> Callable[[], Awaitable[Any]]:

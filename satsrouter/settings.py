@@ -360,6 +360,20 @@ class Settings:
         doc="the node's Nostr key (its `npub` is shown in `/v1/info`)",
         secret=True,
     )
+    admin_password: str = setting(
+        "",
+        env="ADMIN_PASSWORD",
+        doc="the admin password (dashboard at `/admin`, `/admin/api`); it wins over a stored one",
+        shown="generated on first start, shown once, stored hashed",
+        secret=True,
+    )
+    admin_session_hours: float = setting(
+        24.0,
+        env="ADMIN_SESSION_HOURS",
+        doc="how long a dashboard login lasts",
+        parse=_float,
+        check=_positive,
+    )
     log_level: str = setting(
         "INFO",
         env="LOG_LEVEL",

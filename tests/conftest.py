@@ -26,6 +26,8 @@ pytest_plugins = ["conftest_ecash", "conftest_pg"]
 
 BTC_USD = Decimal(100_000)
 FEE = Decimal("1.05")
+# The admin password of the nodes the `node_settings` fixture makes.
+ADMIN_PASSWORD = "admin-test-password"
 
 
 def _test_model(
@@ -254,7 +256,16 @@ def node_settings(local_mint: LocalMint, upstream: FakeUpstream, tmp_path: Path)
         btc_usd_price=BTC_USD,
         provider_fee=FEE,
         drain_timeout=5.0,
+        admin_password=ADMIN_PASSWORD,
     )
+
+
+async def admin_client(running: RunningNode) -> httpx.AsyncClient:
+    """An HTTP client logged in to a node's admin API (its session cookie set); close it."""
+    http = httpx.AsyncClient(base_url=running.url)
+    resp = await http.post("/admin/api/login", json={"password": ADMIN_PASSWORD})
+    assert resp.status_code == 200, resp.text
+    return http
 
 
 @pytest_asyncio.fixture

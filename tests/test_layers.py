@@ -4,7 +4,7 @@ Every module under satsrouter/ is parsed, never imported, and every import in it
 the top or inside a function: a function-local import is a dependency all the same, only a
 later one. The layers, top to bottom:
 
-    wiring (cli, app, node, settings, …) → http → endpoints → lightning → billing, ecash
+    wiring (cli, app, node, settings, …) → http → admin → endpoints → lightning → billing, ecash
     → upstream, market → store → shared vocabulary (errors, faults, usage, units, jsonbody)
 
 A module may import its own package and anything in a lower layer. Within one layer a
@@ -35,6 +35,8 @@ LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
         frozenset({"__main__", "cli", "app", "workers", "node", "settings", "logs", "identity"}),
     ),
     ("http", frozenset({"http"})),
+    # The operator's side: admin authentication, live settings, usage figures.
+    ("admin", frozenset({"admin"})),
     ("endpoints", frozenset({"endpoints"})),
     # Funding and payouts over Lightning: built on billing's balances and payouts and on
     # the wallet's mint protocol; billing reaches it only through a protocol it is handed.

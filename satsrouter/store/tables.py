@@ -43,6 +43,9 @@ accounts = Table(
     # Where the remainder goes at expiry or on refund (a Lightning address or LNURL).
     Column("refund_lnurl", Text, nullable=True),
     Column("expires_at", Float, nullable=True),
+    # Set by the operator: a disabled key is refused (401) and keeps its balance.
+    Column("disabled_at", Float, nullable=True),
+    Column("last_used_at", Float, nullable=True),
     CheckConstraint("balance_msat >= 0", name="ck_balance_nonneg"),
     CheckConstraint("reserved_msat >= 0", name="ck_reserved_nonneg"),
     CheckConstraint("balance_msat - reserved_msat >= 0", name="ck_available_nonneg"),
@@ -75,7 +78,14 @@ reservations = Table(
     Column("created_at", Float, nullable=False),
     Column("settled_at", Float, nullable=True),
     Column("child_id", Integer, nullable=True),
+    # What the request was, for the operator's usage figures (filled when it settles).
+    Column("provider", String(64), nullable=True),
+    Column("endpoint", String(40), nullable=True),
+    Column("input_tokens", BigInteger, nullable=True),
+    Column("output_tokens", BigInteger, nullable=True),
+    Column("error", String(40), nullable=True),  # why it was released, when it was
     Index("ix_reservations_state", "state"),
+    Index("ix_reservations_settled", "settled_at"),
 )
 
 # Redemption intents (I6): written before the swap, finished after the credit.
@@ -224,4 +234,33 @@ instances = Table(
     Column("id", String(40), primary_key=True),
     Column("started_at", Float, nullable=False),
     Column("heartbeat_at", Float, nullable=False),
+)
+
+# The operator's side (migration 0005).
+
+# Values the node keeps about itself: the admin password's hash (`admin_password_hash`).
+node_config = Table(
+    "node_config",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+# Dashboard logins: the sha256 of the session cookie, never the cookie itself.
+admin_sessions = Table(
+    "admin_sessions",
+    metadata,
+    Column("id_hash", String(64), primary_key=True),
+    Column("created_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+
+# Settings changed through the admin API: they win over the environment until reset.
+setting_overrides = Table(
+    "setting_overrides",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Text, nullable=False),  # JSON
+    Column("updated_at", Float, nullable=False),
 )
