@@ -43,8 +43,9 @@ class Node:
     """Settings plus the live components built from them."""
 
     def __init__(self, settings: Settings) -> None:
-        # The environment's settings; `self.settings` is what is in effect (the admin's
-        # overrides applied, see `apply_settings`): read it per request, never keep it.
+        # What is in effect: the environment's settings until the admin's overrides are
+        # applied (`apply_settings` swaps it). Read it when needed, never keep it; the
+        # environment's alone stay in `live_settings.base`.
         self.settings = settings
         self.instance_id = os.urandom(12).hex()
         # The engine migrates (and, on Postgres, carries the runner); every component that

@@ -182,6 +182,12 @@ def _positive(value: float | Decimal | None) -> None:
         raise ValueError("must be positive")
 
 
+def _body_limit(value: int) -> None:
+    # Below this not even a login or a settings change fits: the admin could not undo it.
+    if not value >= 1024:
+        raise ValueError("must be at least 1024")
+
+
 def _not_negative(value: float) -> None:
     if not value >= 0:
         raise ValueError("must not be negative")
@@ -379,9 +385,9 @@ class Settings:
         env="MAX_BODY_BYTES",
         doc="the largest request body, in bytes, any route reads; a larger one gets 413 "
         "`request_too_large` as soon as its `Content-Length` says so, or as it arrives past "
-        "the limit (chunked), and its connection is closed",
+        "the limit (chunked), and its connection is closed; at least 1024",
         parse=_int,
-        check=_positive,
+        check=_body_limit,
         live=True,
     )
     drain_timeout: float = setting(

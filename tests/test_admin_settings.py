@@ -208,6 +208,9 @@ async def test_patch_round_trip_and_field_errors(node: RunningNode) -> None:
         assert "whole number" in fields["max_body_bytes"]
         assert fields["name"] == "must be text"
         assert "null" in fields["sweep_interval"]
+        # Never so small that the admin could not send the change that undoes it.
+        resp = await _patch(http, {"max_body_bytes": 100})
+        assert resp.json()["error"]["fields"] == {"max_body_bytes": "must be at least 1024"}
         for name in ("provider_fee", "drain_timeout", "log_level"):
             assert name in error["message"]
 

@@ -88,6 +88,7 @@ INVALID = [
     ("PROVIDER_FEE", "1,05"),
     ("MAX_BODY_BYTES", "1.5"),
     ("MAX_BODY_BYTES", "0"),
+    ("MAX_BODY_BYTES", "1023"),
     ("DRAIN_TIMEOUT", "-1"),
     ("LOG_LEVEL", "LOUD"),
     ("ADMIN_SESSION_HOURS", "0"),
