@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from satsrouter.billing.ledger import (
@@ -342,10 +343,13 @@ class Billing:
         if undone:
             log.warning("credited back %d Cashu payouts interrupted before issue", undone)
 
-    async def run_sweeper(self, interval: float) -> None:
-        """Heartbeat and take over the work of instances that are provably gone, forever."""
+    async def run_sweeper(self, interval: float | Callable[[], float]) -> None:
+        """Heartbeat and take over the work of instances that are provably gone, forever.
+
+        `interval`: seconds, or a function read every round (the admin may change it).
+        """
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(interval() if callable(interval) else interval)
             try:
                 await self.ledger.heartbeat()
                 await self.recover()

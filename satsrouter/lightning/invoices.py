@@ -22,6 +22,7 @@ import hmac
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -257,8 +258,11 @@ class LightningFunding:
         api_key = api_key_for(invoice_id) if row.purpose == "create" else None
         return replace(status, api_key=api_key, balance_msat=balance)
 
-    async def run_watcher(self, interval: float) -> None:
-        """Credit paid invoices and expire stale ones, forever (no client poll needed)."""
+    async def run_watcher(self, interval: float | Callable[[], float]) -> None:
+        """Credit paid invoices and expire stale ones, forever (no client poll needed).
+
+        `interval`: seconds, or a function read every round (the admin may change it).
+        """
         while True:
             try:
                 credited = await self.poll_once()
@@ -266,7 +270,7 @@ class LightningFunding:
                     log.info("lightning watcher credited %d invoices", credited)
             except Exception:
                 log.exception("lightning watcher pass failed")
-            await asyncio.sleep(interval)
+            await asyncio.sleep(interval() if callable(interval) else interval)
 
     async def poll_once(self) -> int:
         """One pass over every unfinished invoice; returns how many this pass credited."""
