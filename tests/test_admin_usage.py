@@ -254,6 +254,14 @@ async def test_a_disabled_key_pays_for_nothing_and_keeps_its_balance(
             )
         assert (await node.balance(key))["balance"] < before["balance"]
 
+        # A child key disabled on its own: refused; its parent is not.
+        assert (await admin.post(f"/admin/api/keys/{prefix_of(child)}/disable")).status_code == 200
+        with pytest.raises(openai.PermissionDeniedError):
+            await client(node, child).chat.completions.create(
+                model="test/priced", messages=MESSAGES, max_tokens=3
+            )
+        await api.chat.completions.create(model="test/priced", messages=MESSAGES, max_tokens=3)
+
         # Disabled again, its owner can still take the money out: nothing is trapped.
         await admin.post(f"/admin/api/keys/{prefix_of(key)}/disable")
         left = (await node.balance(key))["balance"]

@@ -112,11 +112,9 @@ def _release_tx(
 
 def _reserve_child(tx: Tx, key_state: tuple[Any, ...], amount: int, now: float) -> tuple[int, int]:
     """Reserve on a child key: within its period limit, from its parent's balance."""
-    child_id, parent_id, _, limit, period, start, spent, reserved, expires_at, disabled = key_state
+    child_id, parent_id, _, limit, period, start, spent, reserved, expires_at, _ = key_state
     if expires_at is not None and now >= expires_at:
         raise UnknownAccount("expired child key")
-    if disabled is not None:
-        raise KeyDisabled("child key")
     resets_at = None
     if period:
         period_start, resets_at = period_bounds(period, now)
@@ -297,7 +295,7 @@ class Ledger:
                 found, _ = tx.execute(_KEY_STATE, {"kh": key_hash})
                 if not found:
                     raise UnknownAccount(key_hash[:12])
-                if found[0][9] is not None:
+                if found[0][9] is not None:  # disabled_at: this key (a child's parent: below)
                     raise KeyDisabled(key_hash[:12])
                 if found[0][1] is None:
                     raise InsufficientBalance(int(found[0][2]), amount_msat)
