@@ -13,7 +13,15 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from satsrouter import __version__
-from satsrouter.http import admin, admin_settings, balance, catalog, lightning, proxy
+from satsrouter.http import (
+    admin,
+    admin_settings,
+    admin_usage,
+    balance,
+    catalog,
+    lightning,
+    proxy,
+)
 from satsrouter.http.body_limit import BodyLimit
 from satsrouter.http.cors import LiveCORS
 from satsrouter.http.errors import install_error_handlers
@@ -93,6 +101,7 @@ def create_app(
     app.include_router(admin.router)
     app.include_router(admin.protected)
     app.include_router(admin_settings.router)
+    app.include_router(admin_usage.router)
 
     # Clients probe the base URL before anything else (Claude Code sends `HEAD /v1`, and
     # `HEAD <base>/api/hello` unless its non-essential traffic is off): a 200 that says what

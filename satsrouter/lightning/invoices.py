@@ -29,7 +29,7 @@ from typing import Any
 from satsrouter import faults
 from satsrouter.billing.balances import credit_tx, open_account_tx
 from satsrouter.billing.ledger import Ledger
-from satsrouter.billing.payments import sha256_hex
+from satsrouter.billing.payments import key_disabled, sha256_hex
 from satsrouter.ecash.errors import EcashError
 from satsrouter.ecash.minting import MintOutputs, QuoteMinter
 from satsrouter.ecash.wallet import NodeWallet
@@ -70,7 +70,7 @@ _ROW = (
 _ACTIVE = "SELECT id, created_at FROM lightning_invoices WHERE state IN ('pending', 'minting')"
 _PENDING_COUNT = "SELECT count(*) FROM lightning_invoices WHERE state = 'pending'"
 _ACCOUNT_OF = "SELECT account_id FROM lightning_invoices WHERE id = :id"
-_PARENT_OF = "SELECT parent_id FROM accounts WHERE id = :id"
+_PARENT_OF = "SELECT parent_id, disabled_at FROM accounts WHERE id = :id"
 _MOVE = (
     "UPDATE lightning_invoices SET state = :new, updated_at = :now WHERE id = :id AND state = :old"
 )
@@ -398,11 +398,13 @@ class LightningFunding:
 
     async def _check_topup_target(self, account_id: int) -> None:
         rows, _ = await self._tx.read(lambda tx: tx.execute(_PARENT_OF, {"id": account_id}))
-        parent = rows[0][0] if rows else None
+        parent, disabled = rows[0] if rows else (None, None)
         if parent is not None:
             raise ApiError(
                 400, "child_key", "A child key spends its parent's balance: top up the parent key."
             )
+        if disabled is not None:
+            raise key_disabled()
 
 
 def _invoice_error(exc: EcashError) -> ApiError:
