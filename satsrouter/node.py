@@ -20,6 +20,7 @@ from satsrouter.billing.payments import Billing
 from satsrouter.billing.payouts import Payouts
 from satsrouter.billing.quote import PriceBook
 from satsrouter.billing.redeem import Redeemer
+from satsrouter.billing.revenue import Revenue
 from satsrouter.ecash.wallet import NodeWallet
 from satsrouter.identity import npub_of
 from satsrouter.lightning.invoices import LightningFunding
@@ -65,6 +66,7 @@ class Node:
         self.lightning_refunds = LightningRefunds(
             self.tx, self.ledger, self.payouts, self.wallet, allow_http=settings.lnurl_allow_http
         )
+        self.revenue = Revenue(self.tx, self.payouts, self.wallet, self.lightning_refunds)
         self.admin = AdminAuth(
             self.tx, settings.admin_password, settings.admin_session_hours * 3600
         )
@@ -148,6 +150,15 @@ class Node:
                 self.lightning_refunds.run_expiry(self.settings.expiry_check_interval)
             )
         )
+        self._tasks.append(
+            asyncio.create_task(
+                self.revenue.run_auto_payout(self._auto_payout, self.settings.payout_interval)
+            )
+        )
+
+    def _auto_payout(self) -> tuple[str, int]:
+        """Where automatic revenue payouts go and from what amount (read on every pass)."""
+        return self.settings.receive_ln_address, self.settings.payout_threshold_sat
 
     def rate_status(self) -> dict[str, Any]:
         """The exchange rate in use and where it comes from, for `/v1/info`."""
