@@ -17,7 +17,7 @@ import pytest_asyncio
 from conftest import ADMIN_PASSWORD, NodeFactory, RunningNode, admin_client, eventually
 from killable import KillableNode
 from satsrouter_dev.fake_upstream import FakeUpstream
-from satsrouter_dev.mint import LocalMint, TestWallet
+from satsrouter_dev.mint import LocalMint, TestWallet, free_port
 from test_lightning_refund import FAKE_FEE_MSAT, RESERVE_MSAT, LnurlServer, external_payee
 
 from satsrouter.billing.audit import audit
@@ -413,21 +413,20 @@ async def test_automatic_payout_sends_revenue_over_the_threshold_to_the_address(
     await _books_exact(node)
 
 
-async def test_automatic_payout_is_off_without_an_address_or_threshold(
+async def test_automatic_payout_waits_for_the_threshold_and_is_off_by_default(
     node_factory: NodeFactory, user_wallet: TestWallet, payee: LnurlServer
 ) -> None:
-    node = await node_factory(
-        lnurl_allow_http=True, receive_ln_address=payee.address(), payout_interval=0.05
-    )
+    node = await node_factory(lnurl_allow_http=True, receive_ln_address=payee.address())
+    assert node.node.settings.payout_threshold_sat == 0  # the loop does nothing
     key = await _funded_key(node, user_wallet, 50)
     charged = await _paid_requests(node, key, 2)
     invoices = len(payee.invoices)
-    # Several passes of the loop go by (each one a read of the books at most).
-    for _ in range(5):
-        await asyncio.sleep(0.05)
+    below = await node.node.revenue.pay_out_above(payee.address(), charged // 1000 + 1)
+    assert below is None
     assert len(payee.invoices) == invoices
     assert (await node.node.revenue.books()).available == charged
     assert await node.node.revenue.withdrawals() == []
+    await _books_exact(node)
 
 
 @pytest.mark.parametrize(
@@ -501,5 +500,127 @@ async def test_withdrawal_killed_at_each_step_loses_and_creates_nothing(
         code, report = await node.audit()
         assert code == 0, report
         assert "difference:          0 msat" in report
+    finally:
+        await node.stop()
+
+
+async def test_wallet_view_marks_a_mint_that_does_not_answer(
+    node_factory: NodeFactory, local_mint: LocalMint, user_wallet: TestWallet, tmp_path: Any
+) -> None:
+    with LocalMint() as second:
+        node = await node_factory(cashu_mints=[local_mint.url, second.url])
+        await _funded_key(node, user_wallet, 20)
+        other = await TestWallet.create(second.url, tmp_path / "second-wallet")
+        await _funded_key(node, other, 30)
+        http = await admin_client(node)
+        try:
+            view = await _wallet(http)
+            assert [(m["mint_url"], m["reachable"]) for m in view["mints"]] == sorted(
+                [(local_mint.url, True), (second.url, True)]
+            )
+            assert view["audit"]["ok"]
+        finally:
+            await http.aclose()
+    # the second mint is gone now
+    http = await admin_client(node)
+    try:
+        view = await _wallet(http)
+    finally:
+        await http.aclose()
+    by_mint = {m["mint_url"]: m for m in view["mints"]}
+    assert by_mint[local_mint.url]["reachable"] is True
+    assert by_mint[local_mint.url]["at_mint_msat"] == 20_000
+    gone = by_mint[second.url]
+    assert (gone["reachable"], gone["held_msat"], gone["at_mint_msat"]) == (False, 30_000, 0)
+    # what the mint cannot confirm counts as missing until it answers again
+    assert view["audit"] == {
+        "ok": False,
+        "difference_msat": -30_000,
+        "unreachable": [second.url],
+    }
+    assert view["liabilities_msat"] == 50_000
+
+
+async def test_wallet_view_asks_a_mint_the_node_holds_nothing_at(
+    node_factory: NodeFactory, local_mint: LocalMint, user_wallet: TestWallet
+) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    node = await node_factory(cashu_mints=[local_mint.url, dead])
+    await _funded_key(node, user_wallet, 5)
+    http = await admin_client(node)
+    try:
+        view = await _wallet(http)
+    finally:
+        await http.aclose()
+    assert {m["mint_url"]: m["reachable"] for m in view["mints"]} == {
+        local_mint.url: True,
+        dead: False,
+    }
+    assert view["audit"]["ok"]  # nothing is held there, so nothing is at risk
+
+
+@pytest.mark.parametrize(
+    ("step", "paid"), [("melt.after_intent", False), ("melt.after_melt", True)]
+)
+async def test_lightning_withdrawal_killed_during_the_melt(
+    tmp_path: Any,
+    local_mint: LocalMint,
+    upstream: FakeUpstream,
+    user_wallet: TestWallet,
+    payee: LnurlServer,
+    step: str,
+    paid: bool,
+) -> None:
+    upstream.reset()
+    node = KillableNode(tmp_path, local_mint.url, upstream.url, ADMIN_PASSWORD=ADMIN_PASSWORD)
+    cookies = {"admin_password": ADMIN_PASSWORD}
+    (token,) = await user_wallet.mint_tokens(100)
+    try:
+        await node.start()
+        async with httpx.AsyncClient(base_url=node.url, timeout=30, cookies=cookies) as http:
+            made = await http.post("/v1/wallet/create", json={"cashu_token": token})
+            assert made.status_code == 200, made.text
+            key = made.json()["api_key"]
+            charged = 0
+            for _ in range(3):
+                resp = await http.post(
+                    "/v1/chat/completions",
+                    json={**CHAT, "max_tokens": 256, "fake": {"completion_tokens": 200}},
+                    headers={"Authorization": f"Bearer {key}"},
+                )
+                assert resp.status_code == 200, resp.text
+                charged += int(resp.headers["X-Routstr-Cost-Msats"])
+            await node.stop()
+            await node.start(crash_at=step)
+            with pytest.raises(httpx.TransportError):
+                await http.post(
+                    "/admin/api/withdraw",
+                    json={"amount": 10, "unit": "sat", "destination": payee.address()},
+                )
+            assert await node.wait_exit() == 137, f"the node did not crash at {step}"
+            await node.start()  # the dead predecessor's melt is settled from the mint's answer
+            view = (await http.get("/admin/api/wallet")).json()
+            listed = (await http.get("/admin/api/withdrawals")).json()["withdrawals"]
+            balance = (
+                await http.get("/v1/balance/info", headers={"Authorization": f"Bearer {key}"})
+            ).json()
+        assert balance["balance"] == 100_000 - charged
+        if paid:
+            ((sent, fee),) = [(w["amount_msat"], w["fee_msat"]) for w in listed]
+            assert listed[0]["state"] == "issued"
+            assert 0 < sent and sent + fee <= 10_000
+            withdrawn = sent + fee
+        else:
+            assert listed == []  # undone: the revenue is available again
+            withdrawn = 0
+        assert view["revenue"] == {
+            "earned_msat": charged,
+            "withdrawn_msat": withdrawn,
+            "available_msat": charged - withdrawn,
+        }
+        assert view["audit"] == {"ok": True, "difference_msat": 0, "unreachable": []}
+        node.check_books()
+        code, report = await node.audit()
+        assert code == 0, report
     finally:
         await node.stop()

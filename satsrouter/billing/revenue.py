@@ -203,6 +203,10 @@ class Revenue:
         books = await self.books()
         at_mint = {(h.mint, h.unit): h for h in checked.holdings}
         keys = set(books.keys()) | {(m, "sat") for m in self.wallet.mints}
+        unreachable = set(checked.unreachable)
+        for mint, unit in keys - set(at_mint):
+            if mint not in unreachable and not await self._answers(mint, unit):
+                unreachable.add(mint)
         mints = []
         for mint, unit in sorted(keys):
             per_unit = UNIT_MSAT[unit]
@@ -217,7 +221,7 @@ class Revenue:
                     "liabilities_msat": books.liabilities.get((mint, unit), 0),
                     "payouts_in_flight_msat": books.in_flight.get((mint, unit), 0),
                     "surplus_msat": books.surplus((mint, unit)),
-                    "reachable": mint not in checked.unreachable,
+                    "reachable": mint not in unreachable,
                 }
             )
         return {
@@ -234,6 +238,14 @@ class Revenue:
                 "unreachable": checked.unreachable,
             },
         }
+
+    async def _answers(self, mint: str, unit: str) -> bool:
+        """Whether a mint the node holds nothing at answers a (NUT-07) state check."""
+        try:
+            await self.wallet.proof_states(await self.wallet.loaded_slot(mint, unit), [])
+        except Exception:
+            return False
+        return True
 
     def check_request(
         self, amount: object, unit: object, mint_url: object, destination: object
