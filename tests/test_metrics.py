@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from satsrouter_dev.fake_upstream import FakeUpstream
 from satsrouter_dev.mint import TestWallet
 
+from satsrouter.ecash.mint_http import mint_operation
 from satsrouter.logs import REDACTED, setup_logging
 from satsrouter.settings import Settings
 
@@ -297,3 +298,50 @@ async def test_json_logs_carry_request_ids_and_mask_secrets(
     assert failed["level"] == "ERROR"
     assert "ValueError: cannot use cashuB" in failed["exception"]
     assert token[6:22] not in logged
+
+
+async def test_upstream_errors_are_counted_by_kind(
+    node_factory: NodeFactory, user_wallet: TestWallet, upstream: FakeUpstream
+) -> None:
+    upstream.reset()
+    node = await node_factory(metrics_token=TOKEN)
+    provider = node.node.settings.upstream_name
+    (token,) = await user_wallet.mint_tokens(50)
+    assert (await node.balance(token))["balance"] == 50_000
+    before = await scrape(node)
+    auth = {"Authorization": f"Bearer {token}"}
+    body: dict[str, Any] = {"model": "test/priced", "messages": MESSAGES, "max_tokens": 5}
+    async with httpx.AsyncClient(base_url=node.url, headers=auth, timeout=30) as http:
+        try:
+            for fail, status in (("429", 429), ("400", 400), ("drop", 502)):
+                upstream.configure(fail=fail)
+                resp = await http.post(CHAT, json=body)
+                assert resp.status_code == status, resp.text
+            upstream.configure(fail="drop_midstream")
+            async with http.stream("POST", CHAT, json={**body, "stream": True}) as resp:
+                assert resp.status_code == 200
+                events = [line async for line in resp.aiter_lines() if line.startswith("data:")]
+            assert any('"error"' in event for event in events)
+        finally:
+            upstream.reset()
+    after = await scrape(node)
+    for kind in ("rate_limited", "rejected", "transport", "stream"):
+        errors = "satsrouter_upstream_errors_total"
+        labels = {"provider": provider, "kind": kind}
+        assert value(after, errors, **labels) - value(before, errors, **labels) == 1, kind
+    # Nothing was charged for any of them.
+    assert (await node.balance(token))["balance"] == 50_000
+    assert value(after, "satsrouter_liabilities_msat") == 50_000
+
+
+def test_mint_operations_are_bounded_labels() -> None:
+    assert mint_operation("http://127.0.0.1:3338", "/v1/swap") == "/v1/swap"
+    assert (
+        mint_operation("https://mint.example/Bitcoin", "/Bitcoin/v1/keys/009a1f293253e41e")
+        == "/v1/keys/{id}"
+    )
+    assert (
+        mint_operation("http://127.0.0.1:3338/", "/v1/mint/quote/bolt11/Qx7rT2kL9")
+        == "/v1/mint/quote/bolt11/{id}"
+    )
+    assert mint_operation("http://m", "/" + "/".join(["a1"] * 50)) == "/" + "/".join(["{id}"] * 6)
