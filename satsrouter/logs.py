@@ -19,6 +19,7 @@ Two formats (`LOG_FORMAT`): text lines, or one JSON object per line (`time`, `le
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import traceback
@@ -123,7 +124,8 @@ def secure_logging() -> None:
     def factory(*args: object, **kwargs: object) -> logging.LogRecord:
         record = previous(*args, **kwargs)  # type: ignore[arg-type]
         mask_record(record)
-        record.request_id = REQUEST_ID.get()
+        # Not `request_id`: a caller's `extra={"request_id": …}` must not collide with it.
+        record.satsrouter_request_id = REQUEST_ID.get()
         return record
 
     logging.setLogRecordFactory(factory)
@@ -147,8 +149,10 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        # Made before secure_logging's factory was installed, or handed over from elsewhere.
-        request_id = getattr(record, "request_id", None) or REQUEST_ID.get()
+        # A caller's own (`extra`), else the one in force when the record was made.
+        request_id = getattr(record, "request_id", None) or getattr(
+            record, "satsrouter_request_id", REQUEST_ID.get()
+        )
         if request_id:
             entry["request_id"] = request_id
         if record.exc_info and not record.exc_text:
@@ -157,7 +161,10 @@ class JsonFormatter(logging.Formatter):
             entry["exception"] = record.exc_text
         if record.stack_info:
             entry["stack"] = record.stack_info
-        return orjson.dumps(entry, default=str).decode()
+        try:
+            return orjson.dumps(entry, default=str).decode()
+        except orjson.JSONEncodeError:  # e.g. a lone surrogate from undecodable bytes
+            return json.dumps(entry, default=str)
 
 
 def formatter_for(log_format: str) -> logging.Formatter:

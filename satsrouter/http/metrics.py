@@ -74,7 +74,7 @@ async def metrics(request: Request) -> Response:
         raise ApiError(
             401,
             "metrics_unauthorized",
-            "Metrics need Authorization: Bearer <METRICS_TOKEN> or an admin login.",
+            "Metrics need the METRICS_TOKEN as a bearer token, or an admin login.",
             headers={"WWW-Authenticate": "Bearer"},
         )
     return Response(await node.metrics.exposition(), media_type=node.metrics.content_type)
