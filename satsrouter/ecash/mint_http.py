@@ -12,6 +12,7 @@ uses for everything else. Each reports (mint, operation, outcome, seconds) to a
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from types import SimpleNamespace
@@ -97,6 +98,8 @@ def _timing_trace(mint_url: str, observe: MintCallObserver) -> aiohttp.TraceConf
         ctx: SimpleNamespace,
         params: aiohttp.TraceRequestExceptionParams,
     ) -> None:
+        if isinstance(params.exception, asyncio.CancelledError):
+            return  # the caller gave up: nothing to say about the mint
         seconds = time.perf_counter() - ctx.started
         observe(mint_url, mint_operation(mint_url, params.url.path), "error", seconds)
 
