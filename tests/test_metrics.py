@@ -52,11 +52,17 @@ async def scrape(node: RunningNode) -> Samples:
     return parse(resp.text)
 
 
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
 async def test_counters_move_by_exactly_the_requests_made(
-    node_factory: NodeFactory, user_wallet: TestWallet, upstream: FakeUpstream
+    database: str,
+    request: pytest.FixtureRequest,
+    node_factory: NodeFactory,
+    user_wallet: TestWallet,
+    upstream: FakeUpstream,
 ) -> None:
     upstream.reset()
-    node = await node_factory(metrics_token=TOKEN)
+    url = request.getfixturevalue("postgres_url") if database == "postgres" else ""
+    node = await node_factory(metrics_token=TOKEN, database_url=url)
     provider = node.node.settings.upstream_name
     (token,) = await user_wallet.mint_tokens(100)
     mint = node.node.wallet.primary_mint
