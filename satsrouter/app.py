@@ -21,17 +21,21 @@ from satsrouter.http import (
     balance,
     catalog,
     lightning,
+    metrics,
     proxy,
 )
 from satsrouter.http.body_limit import BodyLimit
 from satsrouter.http.cors import LiveCORS
 from satsrouter.http.errors import install_error_handlers
+from satsrouter.logs import REQUEST_ID
+from satsrouter.metrics import RequestMetrics
 from satsrouter.node import Node
 from satsrouter.settings import Settings
 
 
 class RequestIdMiddleware:
-    """Give every request an id (`request.state.request_id`) and every response `x-request-id`.
+    """Give every request an id (`request.state.request_id`, and `logs.REQUEST_ID` for the log
+    records made while serving it) and every response `x-request-id`.
 
     Ids are a random per-process prefix plus a counter: unique across processes and
     restarts (they key reservations), without a getrandom syscall per request.
@@ -57,7 +61,11 @@ class RequestIdMiddleware:
                     message = {**message, "headers": [*headers, header]}
             await send(message)
 
-        await self.app(scope, receive, send_with_id)
+        token = REQUEST_ID.set(request_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            REQUEST_ID.reset(token)
 
 
 def create_app(
@@ -104,6 +112,7 @@ def create_app(
     app.include_router(admin_settings.router)
     app.include_router(admin_usage.router)
     app.include_router(admin_money.router)
+    app.include_router(metrics.router)
 
     # Clients probe the base URL before anything else (Claude Code sends `HEAD /v1`, and
     # `HEAD <base>/api/hello` unless its non-essential traffic is off): a 200 that says what
@@ -135,6 +144,13 @@ def create_app(
             "X-Routstr-Cost-Msats",
             "X-Routstr-Balance-Msats",
         ],
+    )
+    # Outside the body limit and CORS, so that their answers are counted too.
+    app.add_middleware(
+        RequestMetrics,
+        metrics=the_node.metrics,
+        paths=proxy.PAID_ROUTES,
+        model_key=proxy.MODEL_STATE,
     )
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -13,7 +13,7 @@ from satsrouter.settings import Settings, SettingsError
 
 def _serve(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     if args.workers < 1:
         print("satsrouter: --workers must be at least 1", file=sys.stderr)
         return 2
@@ -65,7 +65,7 @@ def _run_migrations(settings: Settings) -> None:
 
 def _migrate(_: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     _run_migrations(settings)
     print("database is up to date")
     return 0
@@ -73,7 +73,7 @@ def _migrate(_: argparse.Namespace) -> int:
 
 def _wallet(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     return asyncio.run(_wallet_command(settings, args.action))
 
 
@@ -125,7 +125,7 @@ async def _wallet_command(settings: Settings, action: str) -> int:
 
 def _admin(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     return asyncio.run(_reset_password(settings))
 
 

@@ -11,13 +11,22 @@ goes: its message, its traceback and its stack. Masking removes a secret whole, 
 any long opaque run of letters and digits — the tail a truncating library leaves after the
 head (SQLAlchemy shows 150 characters of each end of a long parameter), a proof's secret or
 C, a key without its prefix.
+
+Two formats (`LOG_FORMAT`): text lines, or one JSON object per line (`time`, `level`,
+`logger`, `message`, `request_id` when the record was made while serving a request,
+`exception`, `stack`) built from the same masked record.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import traceback
+from contextvars import ContextVar
+from datetime import UTC, datetime
+
+import orjson
 
 # Cashu tokens, sk- keys and bearer values: the prefix stays, to say what was there. So do
 # Lightning invoice ids in status paths: a paid `create` invoice's id yields its key.
@@ -40,6 +49,12 @@ REDACTED = "…[redacted]"
 # (httpx), headers (httpcore) or cookies (aiohttp): warnings and errors only.
 QUIET_LOGGERS = ("sqlalchemy", "aiosqlite", "asyncpg", "httpx", "httpcore", "aiohttp")
 _ACCESS_LOGGER = "uvicorn.access"
+
+# The id of the request being served (set by the app's RequestIdMiddleware): every record
+# made while serving it carries it. Tasks started by a request inherit it, so a swap batch
+# shared by several requests logs under the request that started it.
+REQUEST_ID: ContextVar[str | None] = ContextVar("satsrouter_request_id", default=None)
+LOG_FORMATS = ("text", "json")
 
 
 def mask_secrets(text: str) -> str:
@@ -109,6 +124,8 @@ def secure_logging() -> None:
     def factory(*args: object, **kwargs: object) -> logging.LogRecord:
         record = previous(*args, **kwargs)  # type: ignore[arg-type]
         mask_record(record)
+        # Not `request_id`: a caller's `extra={"request_id": …}` must not collide with it.
+        record.satsrouter_request_id = REQUEST_ID.get()
         return record
 
     logging.setLogRecordFactory(factory)
@@ -121,10 +138,46 @@ def set_level(level: str) -> None:
     quiet_libraries(max(logging.WARNING, root.level))
 
 
-def setup_logging(level: str = "INFO") -> None:
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time (UTC, ISO 8601), level, logger, message, request_id,
+    exception and stack when there are any. Masking is the record's (`mask_record`)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        # A caller's own (`extra`), else the one in force when the record was made.
+        request_id = getattr(record, "request_id", None) or getattr(
+            record, "satsrouter_request_id", REQUEST_ID.get()
+        )
+        if request_id:
+            entry["request_id"] = request_id
+        if record.exc_info and not record.exc_text:
+            record.exc_text = mask_secrets(self.formatException(record.exc_info))
+        if record.exc_text:
+            entry["exception"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = record.stack_info
+        try:
+            return orjson.dumps(entry, default=str).decode()
+        except orjson.JSONEncodeError:  # e.g. a lone surrogate from undecodable bytes
+            return json.dumps(entry, default=str)
+
+
+def formatter_for(log_format: str) -> logging.Formatter:
+    """The formatter of `LOG_FORMAT` (`text` or `json`)."""
+    if log_format == "json":
+        return JsonFormatter()
+    return logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def setup_logging(level: str = "INFO", log_format: str = "text") -> None:
     """Configure root logging once, with secrets masked on every handler."""
     handler = logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(formatter_for(log_format))
     handler.addFilter(SecretFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -31,6 +31,7 @@ from satsrouter.market.catalogue import Catalogue
 from satsrouter.market.health import ProviderHealth
 from satsrouter.market.rates import LiveRate, PinnedRate, RateSource, select_feeds
 from satsrouter.market.sync import CatalogueSync
+from satsrouter.metrics import Metrics
 from satsrouter.settings import Settings, declared_settings
 from satsrouter.store.engine import check_durable, instance_lock_dir, make_engine, migrate
 from satsrouter.store.liveness import InstanceLocks
@@ -53,6 +54,7 @@ class Node:
         # keeps money or ecash is handed the runner and uses nothing else of the database.
         self.engine: AsyncEngine = make_engine(settings.effective_database_url)
         self.tx = make_tx_runner(settings.effective_database_url, self.engine)
+        self.metrics = Metrics(self.tx)  # its own registry: many nodes may share a process
         self.locks = InstanceLocks(instance_lock_dir(settings.effective_database_url))
         self.ledger = Ledger(self.tx, self.instance_id, self.locks, settings.instance_dead_after)
         self.wallet = NodeWallet(
@@ -61,6 +63,7 @@ class Node:
             self.instance_id,
             self.ledger.is_dead,
             legacy_dir=settings.data_dir,
+            observe_mint_call=self.metrics.mint_call,
         )
         faults.configure(settings.fault_crash_at)
         self.redeemer = Redeemer(self.tx, self.ledger, self.wallet)
@@ -72,7 +75,10 @@ class Node:
         )
         self.revenue = Revenue(self.tx, self.payouts, self.wallet, self.lightning_refunds)
         self.admin = AdminAuth(
-            self.tx, settings.admin_password, settings.admin_session_hours * 3600
+            self.tx,
+            settings.admin_password,
+            settings.admin_session_hours * 3600,
+            on_failure=self.metrics.admin_login_failed,
         )
         self.keys = Keys(self.tx, self.billing, self.payouts, lightning=self.lightning_refunds)
         self.upstream = Upstream(

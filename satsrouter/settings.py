@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from satsrouter import faults
+from satsrouter.logs import LOG_FORMATS
 from satsrouter.market.rates import FEEDS, select_feeds
 from satsrouter.upstream.client import DIALECTS
 
@@ -210,6 +211,11 @@ def _known_sources(sources: dict[str, str]) -> None:
 def _log_level(level: str) -> None:
     if level.upper() not in logging.getLevelNamesMapping():  # as `setup_logging` reads it
         raise ValueError(f"{level!r} is not a logging level (DEBUG, INFO, WARNING, ERROR)")
+
+
+def _log_format(log_format: str) -> None:
+    if log_format not in LOG_FORMATS:
+        raise ValueError(f"{log_format!r} is not one of {', '.join(LOG_FORMATS)}")
 
 
 def _fault_step(step: str) -> None:
@@ -448,6 +454,30 @@ class Settings:
         doc="how much the node logs: `DEBUG`, `INFO`, `WARNING` or `ERROR`",
         check=_log_level,
         live=True,
+    )
+    log_format: str = setting(
+        "text",
+        env="LOG_FORMAT",
+        doc="`text`, or `json`: one JSON object per line (`time`, `level`, `logger`, "
+        "`message`, `request_id`, `exception`), secrets masked as in text",
+        parse=_lower,
+        check=_log_format,
+    )
+    metrics_token: str = setting(
+        "",
+        env="METRICS_TOKEN",
+        doc="lets Prometheus read `/metrics` with `Authorization: Bearer <token>` (an admin "
+        "login always may)",
+        shown="none: `/metrics` needs the admin login",
+        secret=True,
+    )
+    metrics_loopback: bool = setting(
+        False,
+        env="METRICS_LOOPBACK",
+        doc="`true`: requests from the loopback address (127.0.0.1, ::1) with no forwarding "
+        "header read `/metrics` without credentials; unsafe behind a reverse proxy on the same "
+        "host that sets no `X-Forwarded-For`",
+        parse=_flag,
     )
     sweep_interval: float = setting(
         10.0,

@@ -41,7 +41,7 @@ def _worker(host: str, port: int, options: dict[str, Any], ready: Event) -> None
     from satsrouter.settings import Settings
 
     settings = Settings.from_env()
-    setup_logging(settings.log_level)
+    setup_logging(settings.log_level, settings.log_format)
     sock = _bind(host, port)
     config = uvicorn.Config(create_app(settings, freeze_heap=True), **options)
     server = uvicorn.Server(config)

@@ -32,7 +32,9 @@ PACKAGE = "satsrouter"
 LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
     (
         "wiring",
-        frozenset({"__main__", "cli", "app", "workers", "node", "settings", "logs", "identity"}),
+        frozenset(
+            {"__main__", "cli", "app", "workers", "node", "settings", "logs", "identity", "metrics"}
+        ),
     ),
     ("http", frozenset({"http"})),
     # The operator's side: admin authentication, live settings, usage figures.

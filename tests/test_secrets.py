@@ -24,7 +24,14 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from satsrouter.ecash._cashu import TokenV3, TokenV4
-from satsrouter.logs import QUIET_LOGGERS, REDACTED, mask_secrets, secure_logging, setup_logging
+from satsrouter.logs import (
+    QUIET_LOGGERS,
+    REDACTED,
+    JsonFormatter,
+    mask_secrets,
+    secure_logging,
+    setup_logging,
+)
 from satsrouter.settings import Settings
 from satsrouter.store.engine import make_engine
 
@@ -33,15 +40,19 @@ WINDOW = 16
 
 
 class _Capture(logging.Handler):
-    """Every record, formatted as a production handler would (tracebacks included)."""
+    """Every record, formatted as a production handler would (tracebacks included), as text
+    and as `LOG_FORMAT=json` writes it."""
 
     def __init__(self) -> None:
         super().__init__(logging.DEBUG)
         self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        self.json = JsonFormatter()
         self.lines: list[str] = []
+        self.json_lines: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(self.format(record))
+        self.json_lines.append(self.json.format(record))
 
 
 @pytest.fixture
@@ -251,7 +262,7 @@ async def test_a_paid_session_at_debug_logs_no_fragment_of_a_secret(
     secrets |= {f"stored value {i}": value for i, value in enumerate(stored)}
 
     out, err = capfd.readouterr()
-    logged = "\n".join(debug_log.lines) + out + err
+    logged = "\n".join(debug_log.lines + debug_log.json_lines) + out + err
     assert len(debug_log.lines) > 20, "expected the node to log at DEBUG"
     assert any("/v1/chat/completions" in line for line in debug_log.lines), "no access log"
     assert any("GET /v1/balance/create?[query hidden]" in line for line in debug_log.lines)
@@ -298,6 +309,31 @@ async def test_tracebacks_are_masked(user_wallet: TestWallet) -> None:
     (logged,) = capture.lines
     assert "ValueError: cannot use cashu" in logged  # the traceback is there, masked
     assert _leaks({"token": token}, logged) == []
+
+
+async def test_json_log_lines_are_masked(user_wallet: TestWallet) -> None:
+    """LOG_FORMAT=json: message, exception and stack come from the masked record."""
+    (token,) = await user_wallet.mint_tokens(3)
+    secure_logging()
+    logger = logging.getLogger("satsrouter.tests.json")
+    capture = _Capture()
+    logger.addHandler(capture)
+    try:
+        logger.warning("redeeming %s for key sk-%s", token, "4" * 48, stack_info=True)
+        try:
+            raise ValueError(f"cannot use {token} or its tail {token[-60:]}")
+        except ValueError:
+            logger.exception("request failed with %s", token)
+    finally:
+        logger.removeHandler(capture)
+    warned, failed = (json.loads(line) for line in capture.json_lines)
+    assert warned["message"] == f"redeeming cashuB{REDACTED} for key sk-{REDACTED}"
+    assert warned["level"] == "WARNING" and warned["logger"] == "satsrouter.tests.json"
+    assert "stack" in warned
+    assert failed["message"] == f"request failed with cashuB{REDACTED}"
+    assert "ValueError: cannot use cashuB" in failed["exception"]
+    logged = "\n".join(capture.json_lines)
+    assert _leaks({"token": token, "key": "sk-" + "4" * 48}, logged) == []
 
 
 @pytest.mark.parametrize("database", ["sqlite", "postgres"])

@@ -20,6 +20,7 @@ import os
 import secrets
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from satsrouter.store.tx import Tx, TxRunner
@@ -134,8 +135,11 @@ class AdminAuth:
         env_password: str = "",
         session_seconds: float = 86_400.0,
         limiter: AttemptLimiter | None = None,
+        on_failure: Callable[[str], None] | None = None,
     ) -> None:
         self._tx = tx
+        # Told of each refused check: "wrong_password" or "rate_limited" (the metrics).
+        self._on_failure = on_failure or (lambda reason: None)
         self._env_password = env_password
         self.session_seconds = session_seconds
         self.limiter = limiter or AttemptLimiter()
@@ -190,10 +194,15 @@ class AdminAuth:
 
         Raises TooManyAttempts before checking anything when `client` is over its limit.
         """
-        self.limiter.check(client)
+        try:
+            self.limiter.check(client)
+        except TooManyAttempts:
+            self._on_failure("rate_limited")
+            raise
         ok = await self._check(password)
         if not ok:
             self.limiter.failed(client)
+            self._on_failure("wrong_password")
         return ok
 
     async def _check(self, password: str) -> bool:

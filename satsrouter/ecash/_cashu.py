@@ -148,8 +148,13 @@ def pooled_client(client: httpx.AsyncClient | None) -> Iterator[None]:
 UNCOMPRESSED = {"Accept-Encoding": "identity"}
 
 
-def new_mint_client(mint_url: str, timeout: float = 30.0) -> httpx.AsyncClient | None:
-    """A long-lived client for one mint, or None when nutshell must build its own (proxies)."""
+def new_mint_client(
+    mint_url: str, timeout: float = 30.0, transport: httpx.AsyncBaseTransport | None = None
+) -> httpx.AsyncClient | None:
+    """A long-lived client for one mint, or None when nutshell must build its own (proxies).
+
+    `transport` (one that verifies TLS) replaces httpx's own, e.g. to time each call.
+    """
     if cashu_settings.socks_proxy or cashu_settings.http_proxy or cashu_settings.tor:
         return None
     return httpx.AsyncClient(
@@ -157,4 +162,5 @@ def new_mint_client(mint_url: str, timeout: float = 30.0) -> httpx.AsyncClient |
         headers={"Client-version": cashu_settings.version, **UNCOMPRESSED},
         timeout=httpx.Timeout(timeout, connect=min(timeout, 5.0)),
         verify=True,
+        transport=transport,
     )

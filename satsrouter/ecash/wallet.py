@@ -30,7 +30,7 @@ from satsrouter.ecash._cashu import (
 )
 from satsrouter.ecash.errors import EcashError, insufficient_funds, map_mint_error
 from satsrouter.ecash.legacy import read_legacy
-from satsrouter.ecash.mint_http import new_mint_session
+from satsrouter.ecash.mint_http import MintCallObserver, TimedTransport, new_mint_session
 from satsrouter.ecash.receiving import Link, SwapBatcher
 from satsrouter.ecash.recovery import recover_split
 from satsrouter.ecash.slot import Slot
@@ -68,6 +68,7 @@ class NodeWallet:
         instance_id: str,
         is_dead: Callable[[str], Awaitable[bool]],
         legacy_dir: Path | None = None,
+        observe_mint_call: MintCallObserver | None = None,
     ) -> None:
         if not mints:
             raise ValueError("at least one mint URL is required")
@@ -79,6 +80,7 @@ class NodeWallet:
         self.instance_id = instance_id
         self.is_dead = is_dead  # whether another instance's process is provably gone
         self._legacy_dir = legacy_dir  # where an older node may have left its wallet file
+        self._observe = observe_mint_call  # the node's metrics: each call to a mint, timed
         self.splitter = Splitter(self.tx, instance_id)
         self._mnemonic = ""
         self._slots: dict[tuple[str, str], Slot] = {}
@@ -388,9 +390,10 @@ class NodeWallet:
                 wallet.keysets = {}
                 wallet.proofs = []
                 if mint not in self._clients:
-                    self._clients[mint] = client = new_mint_client(mint)
+                    timed = TimedTransport(mint, self._observe) if self._observe else None
+                    self._clients[mint] = client = new_mint_client(mint, transport=timed)
                     if client is not None:
-                        self._sessions[mint] = new_mint_session()
+                        self._sessions[mint] = new_mint_session(mint, self._observe)
                 slot = Slot(
                     mint=mint,
                     unit=unit,

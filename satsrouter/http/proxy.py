@@ -35,6 +35,10 @@ from satsrouter.usage import estimate_prompt_tokens
 log = logging.getLogger(__name__)
 
 router = APIRouter()
+# Each paid route's path → the endpoint it is counted under in the metrics.
+PAID_ROUTES: dict[str, str] = {}
+# The state key `satsrouter.metrics` reads the priced model from (a catalogue id).
+MODEL_STATE = "metrics_model"
 
 
 def _payment_required(node: Node, quote: Quote) -> ApiError:
@@ -64,6 +68,13 @@ async def _failed(charge: Charge, error: ApiError) -> Response:
     """Charge nothing (I4); an X-Cashu payer gets the whole value back as change."""
     error.headers.update(receipt_headers(await charge.fail(error.code)))
     return error_response(error)
+
+
+def _error_kind(status: int) -> str:
+    """An upstream's error status as the metrics count it."""
+    if status == 429:
+        return "rate_limited"
+    return "rejected" if status < 500 else "server_error"
 
 
 def _upstream_error(status: int, body: bytes, retry_after: str | None = None) -> ApiError:
@@ -112,6 +123,7 @@ async def paid(request: Request, endpoint: Endpoint) -> Response:
         choices=call.choices,
         prompts=call.prompts,
     )
+    setattr(request.state, MODEL_STATE, quote.model.id)  # priced: a catalogue model
     upstream = node.upstreams.get(quote.model.provider, node.upstream)
     api_path = endpoint.path  # what the client called, whatever the upstream speaks
     endpoint = endpoint.for_dialect(upstream.dialect)
@@ -144,27 +156,38 @@ async def _forward(
     charge: Charge,
 ) -> Response:
     upstream_name = charge.quote.model.provider
+    metrics = node.metrics
     try:
         resp = await upstream.post(
             endpoint.path, body, forwardable_headers(request.headers), call.content_type
         )
         node.health.record(upstream_name, resp.status < 500)
         if resp.status >= 400:
+            metrics.upstream_error(upstream_name, _error_kind(resp.status))
             retry_after = resp.headers.get("Retry-After")
             error = _upstream_error(resp.status, await read_body(resp), retry_after)
             return await _failed(charge, error)
         if call.stream:
             meter = endpoint.meter(call)
             headers = _stream_headers(charge)
-            return MeteredStream(resp, charge, meter, headers, node.settings.drain_timeout)
+            return MeteredStream(
+                resp,
+                charge,
+                meter,
+                headers,
+                node.settings.drain_timeout,
+                on_failure=lambda: metrics.upstream_error(upstream_name, "stream"),
+            )
         media_type = resp.content_type or JSON
         reply = endpoint.reply(call, await read_body(resp), media_type)
     except UpstreamFailure as exc:
         node.health.record(upstream_name, False)
+        metrics.upstream_error(upstream_name, exc.kind)
         status = 504 if exc.kind == "timeout" else 502
         message = "The upstream provider did not answer in full; nothing was charged."
         return await _failed(charge, ApiError(status, f"upstream_{exc.kind}", message))
     except ValueError:
+        metrics.upstream_error(upstream_name, "unreadable")
         message = "The upstream sent an unreadable answer; nothing was charged."
         return await _failed(charge, ApiError(502, "upstream_error", message))
 
@@ -182,6 +205,7 @@ def _route(path: str, endpoint: Endpoint) -> None:
     # A plain Starlette route: FastAPI's dependency solving and query parsing cost ~4% of the
     # CPU of a paid request, and these handlers only need the request itself.
     router.add_route(path, handler, methods=["POST"], name=path)
+    PAID_ROUTES[path] = path.replace("/v1/v1/", "/v1/")
 
 
 _route("/v1/chat/completions", ChatCompletions())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 import aiohttp
 from starlette.responses import Response
@@ -31,8 +32,10 @@ class MeteredStream(Response):
         meter: StreamMeter,
         headers: dict[str, str],
         drain_timeout: float,
+        on_failure: Callable[[], None] | None = None,
     ) -> None:
         self.upstream = upstream
+        self.on_failure = on_failure  # told when the upstream fails mid-stream
         self.charge = charge
         self.meter = meter
         self.out_headers = headers
@@ -113,6 +116,8 @@ class MeteredStream(Response):
         except ValueError:
             failed = "invalid upstream stream"
 
+        if failed and self.on_failure is not None:
+            self.on_failure()
         if failed and not self.disconnected.is_set():
             receipt = await self.charge.fail(error)
             log.warning(
