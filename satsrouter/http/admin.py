@@ -36,12 +36,13 @@ def _unauthorized() -> ApiError:
     )
 
 
-def _too_many(exc: TooManyAttempts) -> ApiError:
+def too_many(exc: TooManyAttempts) -> ApiError:
+    """429 with `Retry-After` for a client over its failed-attempt limit."""
     seconds = max(1, int(exc.retry_after + 0.999))
     return ApiError(
         429,
         "too_many_attempts",
-        f"Too many failed admin logins from this address; retry in {seconds} s.",
+        f"Too many failed attempts from this address; retry in {seconds} s.",
         headers={"Retry-After": str(seconds)},
     )
 
@@ -57,7 +58,7 @@ async def is_admin(request: Request) -> bool:
     try:
         return await node.admin.password_ok(password, client_of(request))
     except TooManyAttempts as exc:
-        raise _too_many(exc) from None
+        raise too_many(exc) from None
 
 
 async def require_admin(request: Request) -> None:
@@ -94,7 +95,7 @@ async def login(request: Request) -> Response:
     try:
         session = await node.admin.login(password, client_of(request))
     except TooManyAttempts as exc:
-        raise _too_many(exc) from None
+        raise too_many(exc) from None
     if session is None:
         raise ApiError(401, "admin_unauthorized", "Wrong admin password.")
     response = json_response({"ok": True, "expires_at": session.expires_at})

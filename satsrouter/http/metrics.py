@@ -18,7 +18,7 @@ from starlette.responses import Response
 
 from satsrouter.admin.auth import TooManyAttempts
 from satsrouter.errors import ApiError
-from satsrouter.http.admin import client_of, is_admin
+from satsrouter.http.admin import client_of, is_admin, too_many
 from satsrouter.node import Node
 
 router = APIRouter()
@@ -63,13 +63,7 @@ async def metrics(request: Request) -> Response:
     try:
         allowed = await _allowed(request, node)
     except TooManyAttempts as exc:
-        seconds = max(1, int(exc.retry_after + 0.999))
-        raise ApiError(
-            429,
-            "too_many_attempts",
-            f"Too many failed attempts from this address; retry in {seconds} s.",
-            headers={"Retry-After": str(seconds)},
-        ) from None
+        raise too_many(exc) from None
     if not allowed:
         raise ApiError(
             401,
