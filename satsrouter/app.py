@@ -14,7 +14,7 @@ from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from satsrouter import __version__
-from satsrouter.http import admin, balance, catalog, lightning, proxy
+from satsrouter.http import admin, balance, catalog, dashboard, lightning, proxy
 from satsrouter.http.body_limit import BodyLimit
 from satsrouter.http.errors import install_error_handlers
 from satsrouter.node import Node
@@ -92,6 +92,7 @@ def create_app(
     app.include_router(lightning.router)
     app.include_router(admin.router)
     app.include_router(admin.protected)
+    app.include_router(dashboard.router)
 
     # Clients probe the base URL before anything else (Claude Code sends `HEAD /v1`, and
     # `HEAD <base>/api/hello` unless its non-essential traffic is off): a 200 that says what
