@@ -10,12 +10,21 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from starlette.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from satsrouter import __version__
-from satsrouter.http import admin, balance, catalog, dashboard, lightning, proxy
+from satsrouter.http import (
+    admin,
+    admin_settings,
+    admin_usage,
+    balance,
+    catalog,
+    dashboard,
+    lightning,
+    proxy,
+)
 from satsrouter.http.body_limit import BodyLimit
+from satsrouter.http.cors import LiveCORS
 from satsrouter.http.errors import install_error_handlers
 from satsrouter.node import Node
 from satsrouter.settings import Settings
@@ -92,6 +101,8 @@ def create_app(
     app.include_router(lightning.router)
     app.include_router(admin.router)
     app.include_router(admin.protected)
+    app.include_router(admin_settings.router)
+    app.include_router(admin_usage.router)
     app.include_router(dashboard.router)
 
     # Clients probe the base URL before anything else (Claude Code sends `HEAD /v1`, and
@@ -102,18 +113,20 @@ def create_app(
     @app.api_route("/api/hello", methods=["GET", "HEAD"])
     @app.api_route("/v1/api/hello", methods=["GET", "HEAD"])
     async def root() -> dict[str, object]:
+        current = the_node.settings  # the admin may have renamed the node since start
         return {
-            "name": settings.name,
+            "name": current.name,
             "version": __version__,
-            "mints": settings.cashu_mints,
+            "mints": current.cashu_mints,
             "api": "/v1 (OpenAI and Anthropic compatible); node details at /v1/info",
         }
 
-    # Innermost, so that its 413 still gets CORS headers and a request id.
-    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    # Innermost, so that its 413 still gets CORS headers and a request id. Both read the
+    # node's settings per request: the admin may change them.
+    app.add_middleware(BodyLimit, max_bytes=lambda: the_node.settings.max_body_bytes)
     app.add_middleware(
-        CORSMiddleware,
-        allow_origins=settings.cors_origins,
+        LiveCORS,
+        origins=lambda: the_node.settings.cors_origins,
         allow_methods=["*"],
         allow_headers=["*"],
         expose_headers=[

@@ -114,6 +114,13 @@ def secure_logging() -> None:
     logging.setLogRecordFactory(factory)
 
 
+def set_level(level: str) -> None:
+    """Change how much the node logs while it runs (the admin's `log_level`)."""
+    root = logging.getLogger()
+    root.setLevel(level.upper())
+    quiet_libraries(max(logging.WARNING, root.level))
+
+
 def setup_logging(level: str = "INFO") -> None:
     """Configure root logging once, with secrets masked on every handler."""
     handler = logging.StreamHandler()

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from satsrouter import faults
 from satsrouter.admin.auth import AdminAuth
+from satsrouter.admin.live_settings import LiveSettings
 from satsrouter.billing.keys import Keys
 from satsrouter.billing.ledger import Ledger
 from satsrouter.billing.payments import Billing
@@ -24,12 +25,12 @@ from satsrouter.ecash.wallet import NodeWallet
 from satsrouter.identity import npub_of
 from satsrouter.lightning.invoices import LightningFunding
 from satsrouter.lightning.refunds import LightningRefunds
-from satsrouter.logs import secure_logging
+from satsrouter.logs import secure_logging, set_level
 from satsrouter.market.catalogue import Catalogue
 from satsrouter.market.health import ProviderHealth
 from satsrouter.market.rates import LiveRate, PinnedRate, RateSource, select_feeds
 from satsrouter.market.sync import CatalogueSync
-from satsrouter.settings import Settings
+from satsrouter.settings import Settings, declared_settings
 from satsrouter.store.engine import check_durable, instance_lock_dir, make_engine, migrate
 from satsrouter.store.liveness import InstanceLocks
 from satsrouter.store.tx import make_tx_runner
@@ -42,6 +43,9 @@ class Node:
     """Settings plus the live components built from them."""
 
     def __init__(self, settings: Settings) -> None:
+        # What is in effect: the environment's settings until the admin's overrides are
+        # applied (`apply_settings` swaps it). Read it when needed, never keep it; the
+        # environment's alone stay in `live_settings.base`.
         self.settings = settings
         self.instance_id = os.urandom(12).hex()
         # The engine migrates (and, on Postgres, carries the runner); every component that
@@ -94,6 +98,9 @@ class Node:
             else LiveRate(select_feeds(settings.btc_usd_sources), settings.btc_usd_max_age_seconds)
         )
         self.prices = PriceBook(self.catalogue, self.rate, settings.provider_fee)
+        self.live_settings = LiveSettings(
+            self.tx, settings, Settings(), declared_settings(), self.apply_settings
+        )
         self._tasks: list[asyncio.Task[None]] = []
         self.npub = npub_of(settings.nsec) if settings.nsec else None
 
@@ -104,6 +111,8 @@ class Node:
         await check_durable(self.engine)
         self.locks.hold(self.instance_id)
         await migrate(self.engine)
+        # The admin's overrides, before anything reads the settings they change.
+        await self.live_settings.refresh()
         await self.wallet.start()
         await self.ledger.heartbeat()
         password = await self.admin.ensure_password()
@@ -127,27 +136,41 @@ class Node:
             if await self.rate.refresh() is None:
                 log.error("no BTC/USD price yet: paid requests are refused until one arrives")
             self._tasks.append(
-                asyncio.create_task(self.rate.run(self.settings.btc_usd_refresh_seconds))
+                asyncio.create_task(self.rate.run(lambda: self.settings.btc_usd_refresh_seconds))
             )
         if await self.catalogue_sync.refresh():
             log.info("serving %d models", len(self.catalogue))
         else:
             log.error("no models yet: the upstream's model list is unavailable; retrying")
-        self._tasks.append(
-            asyncio.create_task(self.catalogue_sync.run(self.settings.models_refresh_seconds))
-        )
-        self._tasks.append(asyncio.create_task(self.health.run()))  # first check right away
-        self._tasks.append(
-            asyncio.create_task(self.billing.run_sweeper(self.settings.sweep_interval))
-        )
-        self._tasks.append(
-            asyncio.create_task(self.lightning.run_watcher(self.settings.invoice_poll_interval))
-        )
-        self._tasks.append(
-            asyncio.create_task(
-                self.lightning_refunds.run_expiry(self.settings.expiry_check_interval)
-            )
-        )
+        # Each loop reads its interval every round: the admin may change it.
+        loops = [
+            self.catalogue_sync.run(lambda: self.settings.models_refresh_seconds),
+            self.health.run(),  # first check right away
+            self.billing.run_sweeper(lambda: self.settings.sweep_interval),
+            self.lightning.run_watcher(lambda: self.settings.invoice_poll_interval),
+            self.lightning_refunds.run_expiry(lambda: self.settings.expiry_check_interval),
+            self.live_settings.run(lambda: self.settings.settings_refresh_seconds),
+        ]
+        self._tasks += [asyncio.create_task(loop) for loop in loops]
+
+    def apply_settings(self, new: Settings) -> None:
+        """Make `new` the settings in effect and push the live ones into the components.
+
+        Handlers and loops read `self.settings` when they need a value; what a component
+        holds itself is set here. Settings not declared `live` never differ from the start.
+        """
+        old, self.settings = self.settings, new
+        self.prices.fee = new.provider_fee
+        for upstream in self.upstreams.values():
+            upstream.timeout = new.upstream_timeout
+        self.health.interval = new.health_check_interval
+        self.admin.session_seconds = new.admin_session_hours * 3600
+        if isinstance(self.rate, LiveRate):
+            self.rate.max_age = new.btc_usd_max_age_seconds
+        if new.log_level != old.log_level:
+            # Only on a change: a node embedded in another program (or tests) keeps the
+            # host's logging until the admin asks for something else.
+            set_level(new.log_level)
 
     def rate_status(self) -> dict[str, Any]:
         """The exchange rate in use and where it comes from, for `/v1/info`."""

@@ -32,18 +32,25 @@ DECLARED = "satsrouter.setting"  # the key of a field's `Declared` in its metada
 
 
 class SettingsError(ValueError):
-    """A setting has a value the node cannot run with."""
+    """A setting has a value the node cannot run with; `fields` names the settings at fault."""
+
+    def __init__(self, message: str, fields: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.fields = fields
 
 
 @dataclass(frozen=True)
 class Declared:
-    """What `setting(...)` records about a field: the environment side of it."""
+    """What `setting(...)` records about a field: its variable, its docs, its admin side."""
 
     env: str  # the environment variable
     doc: str  # its meaning, one line (the README's "meaning" column)
     parse: Callable[[str], Any]  # from the variable's stripped, non-empty text
     check: Callable[[Any], None] | None  # raises ValueError(reason) for a value refused
     shown: str  # the default as the README shows it
+    kind: str  # the value's type as the admin API names it: one of KINDS
+    secret: bool  # never shown: not in `repr`, "[redacted]" in the admin API
+    live: bool  # the admin may change it, and a change applies at once (admin/live_settings.py)
 
 
 def setting(
@@ -55,19 +62,53 @@ def setting(
     check: Callable[[T], None] | None = None,
     shown: str | None = None,
     secret: bool = False,
+    kind: str | None = None,
+    live: bool = False,
 ) -> T:
     """A dataclass field declared with its environment variable (text unless `parse` says).
 
     `shown` replaces the default in the docs where it is derived or a literal would mislead;
-    `secret` keeps the value out of `repr` (and so out of logs and tracebacks).
+    `secret` keeps the value out of `repr` (and so out of logs and tracebacks); `kind` is
+    the value's type where the default (None) does not tell it. `live`: the admin API may
+    change it and the node applies the change at once; without it the setting comes from the
+    environment only.
     """
     declared = Declared(
-        env, doc, parse or _text, check, _shown(default) if shown is None else shown
+        env,
+        doc,
+        parse or _text,
+        check,
+        _shown(default) if shown is None else shown,
+        kind or _kind(default),
+        secret,
+        live,
     )
     metadata = {DECLARED: declared}
     if isinstance(default, (list, dict)):  # mutable: each Settings gets its own copy
         return field(default_factory=partial(copy, default), repr=not secret, metadata=metadata)
     return field(default=default, repr=not secret, metadata=metadata)
+
+
+# The value types the admin API names (`type` in /admin/api/settings/schema).
+KINDS = ("string", "boolean", "integer", "number", "decimal", "list", "object", "path")
+
+
+def _kind(default: object) -> str:
+    """A setting's kind, from its default (a setting whose default is None names its kind)."""
+    # bool before int: a bool is an int to isinstance.
+    for python_type, kind in (
+        (bool, "boolean"),
+        (int, "integer"),
+        (float, "number"),
+        (Decimal, "decimal"),
+        (str, "string"),
+        (list, "list"),
+        (dict, "object"),
+        (Path, "path"),
+    ):
+        if isinstance(default, python_type):
+            return kind
+    raise TypeError(f"declare the kind of a setting whose default is {default!r}")
 
 
 # --- parsers: the variable's text (stripped, never empty) → the field's value ----------------
@@ -139,6 +180,12 @@ def _parse_sources(value: str) -> dict[str, str]:
 def _positive(value: float | Decimal | None) -> None:
     if value is not None and not value > 0:  # `not >` also refuses a float NaN
         raise ValueError("must be positive")
+
+
+def _body_limit(value: int) -> None:
+    # Below this not even a login or a settings change fits: the admin could not undo it.
+    if not value >= 1024:
+        raise ValueError("must be at least 1024")
 
 
 def _not_negative(value: float) -> None:
@@ -226,6 +273,7 @@ class Settings:
         "charged",
         parse=_float,
         check=_positive,
+        live=True,
     )
     # Derived from the URL in `__post_init__` when left empty.
     upstream_dialect: str = setting(
@@ -251,6 +299,7 @@ class Settings:
         "latency measured)",
         parse=_float,
         check=_positive,
+        live=True,
     )
     cashu_mints: list[str] = setting(
         ["https://mint.minibits.cash/Bitcoin"],
@@ -279,6 +328,7 @@ class Settings:
         "feeds",
         parse=_decimal,
         check=_positive,
+        kind="decimal",
     )
     # Empty means every built-in feed; a URL of "" keeps that feed's public one.
     btc_usd_sources: dict[str, str] = setting(
@@ -295,6 +345,7 @@ class Settings:
         doc="how often the feeds are asked (every 10 s at most while none answers)",
         parse=_float,
         check=_positive,
+        live=True,
     )
     btc_usd_max_age_seconds: float = setting(
         600.0,
@@ -302,6 +353,7 @@ class Settings:
         doc="past this age without a fresh price, paid requests get 503 `price_unavailable`",
         parse=_float,
         check=_positive,
+        live=True,
     )
     models_path: Path | None = setting(
         None,
@@ -310,6 +362,7 @@ class Settings:
         "`sats_per_million`, per-model `fee`), `disabled` ids, `aliases` — see "
         "`satsrouter/market/overrides.py`",
         parse=Path,
+        kind="path",
     )
     models_refresh_seconds: float = setting(
         600.0,
@@ -317,6 +370,7 @@ class Settings:
         doc="how often the upstream's model list is re-read (a failure keeps the last good one)",
         parse=_float,
         check=_positive,
+        live=True,
     )
     provider_fee: Decimal = setting(
         Decimal("1.05"),
@@ -324,15 +378,17 @@ class Settings:
         doc="multiplier on upstream prices",
         parse=_decimal,
         check=_positive,
+        live=True,
     )
     max_body_bytes: int = setting(
         8 * 1024 * 1024,
         env="MAX_BODY_BYTES",
         doc="the largest request body, in bytes, any route reads; a larger one gets 413 "
         "`request_too_large` as soon as its `Content-Length` says so, or as it arrives past "
-        "the limit (chunked), and its connection is closed",
+        "the limit (chunked), and its connection is closed; at least 1024",
         parse=_int,
-        check=_positive,
+        check=_body_limit,
+        live=True,
     )
     drain_timeout: float = setting(
         30.0,
@@ -341,19 +397,30 @@ class Settings:
         "charge what was produced",
         parse=_float,
         check=_not_negative,
+        live=True,
     )
     cors_origins: list[str] = setting(
         ["*"],
         env="CORS_ORIGINS",
         doc="origins browsers may call the node from, comma separated",
         parse=_split_list,
+        live=True,
     )
-    name: str = setting("satsrouter", env="NAME", doc="the node's name in `/v1/info` and at `/`")
+    name: str = setting(
+        "satsrouter", env="NAME", doc="the node's name in `/v1/info` and at `/`", live=True
+    )
     description: str = setting(
-        "An LLM node paid in Cashu ecash", env="DESCRIPTION", doc="its description in `/v1/info`"
+        "An LLM node paid in Cashu ecash",
+        env="DESCRIPTION",
+        doc="its description in `/v1/info`",
+        live=True,
     )
-    http_url: str = setting("", env="HTTP_URL", doc="its public URL, shown in `/v1/info`")
-    onion_url: str = setting("", env="ONION_URL", doc="its Tor onion URL, shown in `/v1/info`")
+    http_url: str = setting(
+        "", env="HTTP_URL", doc="its public URL, shown in `/v1/info`", live=True
+    )
+    onion_url: str = setting(
+        "", env="ONION_URL", doc="its Tor onion URL, shown in `/v1/info`", live=True
+    )
     nsec: str = setting(
         "",
         env="NSEC",
@@ -373,12 +440,14 @@ class Settings:
         doc="how long a dashboard login lasts",
         parse=_float,
         check=_positive,
+        live=True,
     )
     log_level: str = setting(
         "INFO",
         env="LOG_LEVEL",
         doc="how much the node logs: `DEBUG`, `INFO`, `WARNING` or `ERROR`",
         check=_log_level,
+        live=True,
     )
     sweep_interval: float = setting(
         10.0,
@@ -387,6 +456,7 @@ class Settings:
         "(reservations, swaps, payouts)",
         parse=_float,
         check=_positive,
+        live=True,
     )
     # Where the process lock cannot be seen: another machine on a shared Postgres.
     instance_dead_after: float = setting(
@@ -403,6 +473,7 @@ class Settings:
         doc="seconds between checks of unpaid Lightning funding invoices",
         parse=_float,
         check=_positive,
+        live=True,
     )
     expiry_check_interval: float = setting(
         30.0,
@@ -411,6 +482,16 @@ class Settings:
         "finish pending Lightning payments)",
         parse=_float,
         check=_positive,
+        live=True,
+    )
+    # Other nodes on the same database apply an admin's change within this time.
+    settings_refresh_seconds: float = setting(
+        5.0,
+        env="SETTINGS_REFRESH_SECONDS",
+        doc="seconds between looks for settings another node changed through the admin API",
+        parse=_float,
+        check=_positive,
+        live=True,
     )
     # Tests serve LNURL endpoints on loopback over plain http; real ones must be https.
     lnurl_allow_http: bool = setting(
@@ -454,7 +535,7 @@ class Settings:
             try:
                 values[name] = declared.parse(raw)
             except ValueError as exc:
-                raise SettingsError(f"{declared.env}: {exc}") from exc
+                raise SettingsError(f"{declared.env}: {exc}", (name,)) from exc
         # Built afresh, not `replace`d on the defaults: `__post_init__` derives the upstream's
         # name and dialect from the URL read here, not from the default URL.
         settings = cls(**values)
@@ -468,11 +549,12 @@ class Settings:
                 try:
                     declared.check(getattr(self, name))
                 except ValueError as exc:
-                    raise SettingsError(f"{declared.env}: {exc}") from exc
+                    raise SettingsError(f"{declared.env}: {exc}", (name,)) from exc
         if not self.btc_usd_refresh_seconds < self.btc_usd_max_age_seconds:
             # Otherwise the price would go stale between two refreshes and pause paid requests.
             raise SettingsError(
-                "BTC_USD_REFRESH_SECONDS must be shorter than BTC_USD_MAX_AGE_SECONDS"
+                "BTC_USD_REFRESH_SECONDS must be shorter than BTC_USD_MAX_AGE_SECONDS",
+                ("btc_usd_refresh_seconds", "btc_usd_max_age_seconds"),
             )
 
 
@@ -483,8 +565,11 @@ def declared_settings() -> list[tuple[str, Declared]]:
 
 def markdown_table() -> str:
     """The README's settings table, one row per declared setting."""
-    rows = ["| variable | meaning | default |", "|---|---|---|"]
-    rows += [f"| `{d.env}` | {d.doc} | {d.shown} |" for _, d in declared_settings()]
+    rows = ["| variable | meaning | default | admin |", "|---|---|---|---|"]
+    rows += [
+        f"| `{d.env}` | {d.doc} | {d.shown} | {'live' if d.live else '—'} |"
+        for _, d in declared_settings()
+    ]
     return "\n".join(rows) + "\n"
 
 

@@ -16,7 +16,12 @@ from satsrouter_dev.fake_upstream import FakeUpstream
 from satsrouter_dev.mint import LocalMint
 
 import satsrouter.http as http_pkg
-from satsrouter.admin.auth import SESSION_COOKIE, hash_password, verify_password
+from satsrouter.admin.auth import (
+    SESSION_COOKIE,
+    AttemptLimiter,
+    hash_password,
+    verify_password,
+)
 from satsrouter.http.admin import PREFIX
 
 # The routes that answer without a login: how one logs in, out, and asks whether one is.
@@ -69,6 +74,9 @@ async def test_every_admin_route_refuses_without_a_valid_login(
 ) -> None:
     async with httpx.AsyncClient(base_url=node.url, cookies=cookies) as http:
         for method, path in PROTECTED:
+            # A fresh count per route: each wrong password cookie is a failed login, and
+            # the sixth would be a 429 (tested below) rather than the 401 checked here.
+            node.node.admin.limiter = AttemptLimiter()
             resp = await http.request(method, _concrete(path), json={})
             assert resp.status_code == 401, (method, path, resp.status_code, resp.text)
             assert resp.json()["error"]["type"] == "admin_unauthorized"

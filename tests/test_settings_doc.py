@@ -65,6 +65,7 @@ EVERY_VARIABLE: dict[str, tuple[str, Any]] = {
     "INSTANCE_DEAD_AFTER": ("90", 90.0),
     "INVOICE_POLL_INTERVAL": ("0.2", 0.2),
     "EXPIRY_CHECK_INTERVAL": ("3600", 3600.0),
+    "SETTINGS_REFRESH_SECONDS": ("0.5", 0.5),
     "LNURL_ALLOW_HTTP": ("TRUE", True),
     "FAULT_CRASH_AT": ("melt.after_melt", "melt.after_melt"),
 }
@@ -87,6 +88,7 @@ INVALID = [
     ("PROVIDER_FEE", "1,05"),
     ("MAX_BODY_BYTES", "1.5"),
     ("MAX_BODY_BYTES", "0"),
+    ("MAX_BODY_BYTES", "1023"),
     ("DRAIN_TIMEOUT", "-1"),
     ("LOG_LEVEL", "LOUD"),
     ("ADMIN_SESSION_HOURS", "0"),
@@ -94,6 +96,7 @@ INVALID = [
     ("INSTANCE_DEAD_AFTER", "nan"),
     ("INVOICE_POLL_INTERVAL", "0"),
     ("EXPIRY_CHECK_INTERVAL", "0"),
+    ("SETTINGS_REFRESH_SECONDS", "0"),
     ("LNURL_ALLOW_HTTP", "maybe"),
     ("FAULT_CRASH_AT", "nowhere"),
 ]

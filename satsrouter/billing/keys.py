@@ -10,7 +10,13 @@ from typing import Any, Protocol
 
 from satsrouter.billing.balances import open_account_tx
 from satsrouter.billing.ledger import PERIODS, Account, Ledger
-from satsrouter.billing.payments import Billing, ecash_api_error, nothing_to_refund, sha256_hex
+from satsrouter.billing.payments import (
+    Billing,
+    ecash_api_error,
+    key_disabled,
+    nothing_to_refund,
+    sha256_hex,
+)
 from satsrouter.billing.payouts import NothingToPayOut, Payout, PayoutConflict, Payouts
 from satsrouter.ecash.errors import EcashError
 from satsrouter.errors import ApiError
@@ -135,8 +141,10 @@ class Keys:
         return account
 
     async def topup(self, key: str, token_text: str) -> Topup:
-        """Add a token's value to the key's balance."""
+        """Add a token's value to the key's balance; refused for a disabled key."""
         account = await self.parent_account(key)
+        if account.disabled_at is not None:
+            raise key_disabled()
         token = self.billing.parse(token_text)
         if token.mint != account.mint_url or token.unit != account.unit:
             raise ApiError(
@@ -273,6 +281,8 @@ class Keys:
     ) -> list[str]:
         """New keys that spend this key's balance, each within its own limit per period."""
         parent = await self.parent_account(key)
+        if parent.disabled_at is not None:
+            raise key_disabled()
         if not 1 <= count <= MAX_CHILD_KEYS:
             raise ApiError(400, "invalid_request", f"count must be 1 to {MAX_CHILD_KEYS}.")
         if spend_limit_msat is not None and spend_limit_msat <= 0:

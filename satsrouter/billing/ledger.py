@@ -10,23 +10,28 @@ from typing import Any
 from satsrouter.billing.balances import journal_tx
 from satsrouter.store.liveness import InstanceLocks
 from satsrouter.store.tx import Tx, TxRunner
+from satsrouter.usage import Usage
+
+# The error code of a reservation the sweeper released: its request was gone.
+RECOVERED = "recovered"
 
 # The hot-path statements, as plain SQL that SQLite and Postgres both run.
 _RESERVE = (
     "UPDATE accounts SET reserved_msat = reserved_msat + :amount "
-    "WHERE key_hash = :kh AND parent_id IS NULL AND balance_msat - reserved_msat >= :amount "
-    "RETURNING id"
+    "WHERE key_hash = :kh AND parent_id IS NULL AND disabled_at IS NULL "
+    "AND balance_msat - reserved_msat >= :amount RETURNING id"
 )
 _KEY_STATE = (
     "SELECT id, parent_id, balance_msat - reserved_msat, spend_limit_msat, limit_period, "
-    "period_start, period_spent_msat, period_reserved_msat, expires_at FROM accounts "
-    "WHERE key_hash = :kh"
+    "period_start, period_spent_msat, period_reserved_msat, expires_at, disabled_at "
+    "FROM accounts WHERE key_hash = :kh"
 )
 _RESERVE_PARENT = (
     "UPDATE accounts SET reserved_msat = reserved_msat + :amount "
-    "WHERE id = :id AND balance_msat - reserved_msat >= :amount RETURNING id"
+    "WHERE id = :id AND disabled_at IS NULL AND balance_msat - reserved_msat >= :amount "
+    "RETURNING id"
 )
-_AVAILABLE_BY_ID = "SELECT balance_msat - reserved_msat FROM accounts WHERE id = :id"
+_AVAILABLE_BY_ID = "SELECT balance_msat - reserved_msat, disabled_at FROM accounts WHERE id = :id"
 _RESERVE_CHILD = (
     "UPDATE accounts SET period_reserved_msat = period_reserved_msat + :amount, "
     "period_spent_msat = :spent, period_start = :start WHERE id = :id"
@@ -34,30 +39,33 @@ _RESERVE_CHILD = (
 _SETTLE_CHILD = (
     "UPDATE accounts SET period_reserved_msat = period_reserved_msat - :reserved, "
     "period_spent_msat = period_spent_msat + :charged, "
-    "total_spent_msat = total_spent_msat + :charged, total_requests = total_requests + 1 "
-    "WHERE id = :id"
+    "total_spent_msat = total_spent_msat + :charged, total_requests = total_requests + 1, "
+    "last_used_at = :now WHERE id = :id"
 )
 _RELEASE_CHILD = (
     "UPDATE accounts SET period_reserved_msat = period_reserved_msat - :amount WHERE id = :id"
 )
+# The request's provider and endpoint go in with the reservation, its tokens with the
+# charge and a failure's code with the release: the operator's usage figures (admin/usage.py)
+# cost the hot path no statement of its own.
 _INSERT_RESERVATION = (
     "INSERT INTO reservations (id, account_id, child_id, amount_msat, state, instance_id, "
-    "model, created_at) VALUES (:id, :account, :child, :amount, 'active', :instance, :model, "
-    ":now)"
+    "model, provider, endpoint, created_at) VALUES (:id, :account, :child, :amount, 'active', "
+    ":instance, :model, :provider, :endpoint, :now)"
 )
 _CHARGE_RESERVATION = (
-    "UPDATE reservations SET state = 'charged', charged_msat = :charged, settled_at = :now "
-    "WHERE id = :id AND state = 'active'"
+    "UPDATE reservations SET state = 'charged', charged_msat = :charged, settled_at = :now, "
+    "input_tokens = :input, output_tokens = :output WHERE id = :id AND state = 'active'"
 )
 _CHARGE_ACCOUNT = (
     "UPDATE accounts SET balance_msat = balance_msat - :charged, "
     "reserved_msat = reserved_msat - :reserved, "
-    "total_spent_msat = total_spent_msat + :charged, total_requests = total_requests + 1 "
-    "WHERE id = :account RETURNING balance_msat"
+    "total_spent_msat = total_spent_msat + :charged, total_requests = total_requests + 1, "
+    "last_used_at = :now WHERE id = :account RETURNING balance_msat"
 )
 _RELEASE_RESERVATION = (
-    "UPDATE reservations SET state = 'released', charged_msat = 0, settled_at = :now "
-    "WHERE id = :id AND state = 'active'"
+    "UPDATE reservations SET state = 'released', charged_msat = 0, settled_at = :now, "
+    "error = :error WHERE id = :id AND state = 'active'"
 )
 _UNRESERVE = "UPDATE accounts SET reserved_msat = reserved_msat - :amount WHERE id = :account"
 _HEARTBEAT = "UPDATE instances SET heartbeat_at = :now WHERE id = :id"
@@ -75,7 +83,7 @@ _FORGET_INSTANCES = "DELETE FROM instances WHERE heartbeat_at < :before"
 _ACCOUNT = (
     "SELECT id, key_hash, kind, mint_url, unit, balance_msat, reserved_msat, total_spent_msat, "
     "total_requests, created_at, parent_id, spend_limit_msat, limit_period, period_start, "
-    "period_spent_msat, refund_lnurl, expires_at FROM accounts"
+    "period_spent_msat, refund_lnurl, expires_at, disabled_at, last_used_at FROM accounts"
 )
 _ACCOUNT_BY_HASH = _ACCOUNT + " WHERE key_hash = :kh"
 _ACCOUNT_BY_ID = _ACCOUNT + " WHERE id = :id"
@@ -84,9 +92,16 @@ _LIABILITIES = "SELECT coalesce(sum(balance_msat), 0) FROM accounts"
 
 
 def _release_tx(
-    tx: Tx, request_id: str, account_id: int, child_id: int | None, amount: int, now: float
+    tx: Tx,
+    request_id: str,
+    account_id: int,
+    child_id: int | None,
+    amount: int,
+    now: float,
+    error: str | None,
 ) -> bool:
-    _, moved = tx.execute(_RELEASE_RESERVATION, {"id": request_id, "now": now})
+    params = {"id": request_id, "now": now, "error": error[:40] if error else None}
+    _, moved = tx.execute(_RELEASE_RESERVATION, params)
     if moved != 1:
         return False
     tx.execute(_UNRESERVE, {"account": account_id, "amount": amount})
@@ -97,7 +112,7 @@ def _release_tx(
 
 def _reserve_child(tx: Tx, key_state: tuple[Any, ...], amount: int, now: float) -> tuple[int, int]:
     """Reserve on a child key: within its period limit, from its parent's balance."""
-    child_id, parent_id, _, limit, period, start, spent, reserved, expires_at = key_state
+    child_id, parent_id, _, limit, period, start, spent, reserved, expires_at, _ = key_state
     if expires_at is not None and now >= expires_at:
         raise UnknownAccount("expired child key")
     resets_at = None
@@ -110,6 +125,8 @@ def _reserve_child(tx: Tx, key_state: tuple[Any, ...], amount: int, now: float) 
     rows, _ = tx.execute(_RESERVE_PARENT, {"id": parent_id, "amount": amount})
     if not rows:
         found, _ = tx.execute(_AVAILABLE_BY_ID, {"id": parent_id})
+        if found and found[0][1] is not None:
+            raise KeyDisabled("parent key")
         raise InsufficientBalance(int(found[0][0]) if found else 0, amount)
     tx.execute(_RESERVE_CHILD, {"id": child_id, "amount": amount, "spent": spent, "start": start})
     return int(parent_id), int(child_id)
@@ -136,6 +153,8 @@ class Account:
     period_spent_msat: int = 0
     refund_lnurl: str | None = None
     expires_at: float | None = None
+    disabled_at: float | None = None  # set by the operator: requests are refused
+    last_used_at: float | None = None  # when it last paid for a request
 
     @property
     def available_msat(self) -> int:
@@ -178,6 +197,13 @@ class InsufficientBalance(Exception):
 
 class UnknownAccount(Exception):
     """No account has this key hash."""
+
+
+class KeyDisabled(Exception):
+    """The operator disabled this key (or a child key's parent): it pays for nothing.
+
+    Its balance stays as it was, withdrawable by its owner.
+    """
 
 
 class SpendLimitReached(Exception):
@@ -244,9 +270,19 @@ class Ledger:
     # -- reservations (I2): one transaction each, in one hop to the database ---------------
 
     async def reserve(
-        self, key_hash: str, request_id: str, amount_msat: int, model: str
+        self,
+        key_hash: str,
+        request_id: str,
+        amount_msat: int,
+        model: str,
+        *,
+        provider: str | None = None,
+        endpoint: str | None = None,
     ) -> Reservation:
-        """Hold `amount_msat` of the key's balance with one conditional UPDATE."""
+        """Hold `amount_msat` of the key's balance with one conditional UPDATE.
+
+        `provider` and `endpoint` are recorded with it for the operator's usage figures.
+        """
         now = time.time()
 
         def op(tx: Tx) -> tuple[int, int | None]:
@@ -259,6 +295,8 @@ class Ledger:
                 found, _ = tx.execute(_KEY_STATE, {"kh": key_hash})
                 if not found:
                     raise UnknownAccount(key_hash[:12])
+                if found[0][9] is not None:  # disabled_at: this key (a child's parent: below)
+                    raise KeyDisabled(key_hash[:12])
                 if found[0][1] is None:
                     raise InsufficientBalance(int(found[0][2]), amount_msat)
                 account_id, child_id = _reserve_child(tx, found[0], amount_msat, now)
@@ -271,6 +309,8 @@ class Ledger:
                     "amount": amount_msat,
                     "instance": self.instance_id,
                     "model": model[:200],
+                    "provider": provider[:64] if provider else None,
+                    "endpoint": endpoint[:40] if endpoint else None,
                     "now": now,
                 },
             )
@@ -279,18 +319,27 @@ class Ledger:
         account_id, child_id = await self._tx.run(op)
         return Reservation(request_id, account_id, amount_msat, child_id)
 
-    async def settle(self, reservation: Reservation, cost_msat: int) -> Settlement | None:
+    async def settle(
+        self, reservation: Reservation, cost_msat: int, usage: Usage | None = None
+    ) -> Settlement | None:
         """Charge a reservation exactly once (CAS active → charged); None if already settled.
 
         The charge never exceeds the reservation: the reservation is the most the user agreed
-        to risk on this request.
+        to risk on this request. `usage`'s token counts are recorded with the charge.
         """
         charged = max(0, min(cost_msat, reservation.amount_msat))
         now = time.time()
 
         def op(tx: Tx) -> Settlement | None:
             _, moved = tx.execute(
-                _CHARGE_RESERVATION, {"id": reservation.id, "charged": charged, "now": now}
+                _CHARGE_RESERVATION,
+                {
+                    "id": reservation.id,
+                    "charged": charged,
+                    "now": now,
+                    "input": usage.prompt_tokens if usage is not None else None,
+                    "output": usage.completion_tokens if usage is not None else None,
+                },
             )
             if moved != 1:
                 return None
@@ -300,6 +349,7 @@ class Ledger:
                     "account": reservation.account_id,
                     "charged": charged,
                     "reserved": reservation.amount_msat,
+                    "now": now,
                 },
             )
             if charged:
@@ -311,14 +361,18 @@ class Ledger:
                         "id": reservation.child_id,
                         "charged": charged,
                         "reserved": reservation.amount_msat,
+                        "now": now,
                     },
                 )
             return Settlement(charged, int(rows[0][0]))
 
         return await self._tx.run(op)
 
-    async def release(self, reservation: Reservation) -> bool:
-        """Give a reservation back untouched (CAS active → released); False if already settled."""
+    async def release(self, reservation: Reservation, error: str | None = None) -> bool:
+        """Give a reservation back untouched (CAS active → released); False if already settled.
+
+        `error` is the short code of why (`upstream_error`, `client_gone`, …), kept with it.
+        """
         now = time.time()
         return await self._tx.run(
             lambda tx: _release_tx(
@@ -328,6 +382,7 @@ class Ledger:
                 reservation.child_id,
                 reservation.amount_msat,
                 now,
+                error,
             )
         )
 
@@ -386,7 +441,7 @@ class Ledger:
                     and rid not in live_ids
                     and created_at < now - min_age
                 )
-                if orphan and _release_tx(tx, rid, account_id, child_id, amount, now):
+                if orphan and _release_tx(tx, rid, account_id, child_id, amount, now, RECOVERED):
                     released += 1
             tx.execute(_FORGET_INSTANCES, {"before": now - 10 * dead_after})
             return released
@@ -409,6 +464,7 @@ class Ledger:
 __all__ = [
     "Account",
     "InsufficientBalance",
+    "KeyDisabled",
     "Ledger",
     "Reservation",
     "Settlement",

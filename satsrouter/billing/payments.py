@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from satsrouter.billing.ledger import (
     Account,
     InsufficientBalance,
+    KeyDisabled,
     Ledger,
     Reservation,
     Settlement,
@@ -57,6 +59,16 @@ def nothing_to_refund(exc: NothingToPayOut, holder: str, fate: str) -> ApiError:
         "nothing_to_refund",
         f"Nothing to refund: {holder} has {exc.available_msat} msat left, less than "
         f"1 {exc.unit}, the smallest amount a Cashu token can carry. {fate}",
+    )
+
+
+def key_disabled() -> ApiError:
+    """403 for a key the operator disabled: it pays for nothing, its money stays its owner's."""
+    return ApiError(
+        403,
+        "key_disabled",
+        "This key was disabled by the node's operator. Its balance is kept: withdraw it with "
+        "POST /v1/balance/refund, or ask the operator to enable the key again.",
     )
 
 
@@ -123,7 +135,7 @@ class Charge:
     async def finish(self, usage: Usage) -> Receipt:
         """Charge what `usage` cost (at most the reservation), then issue X-Cashu change."""
         cost = self.quote.cost(usage)
-        settlement = await self.settle(cost.total_msats)
+        settlement = await self.settle(cost.total_msats, usage)
         charged = settlement.charged_msat if settlement is not None else 0
         balance = settlement.balance_msat if settlement is not None else None
         change = await self._change_or_none()
@@ -133,32 +145,34 @@ class Charge:
             change,
         )
 
-    async def fail(self, *, change: bool = True) -> Receipt:
+    async def fail(self, error: str, *, change: bool = True) -> Receipt:
         """Charge nothing (I4); an X-Cashu payer's whole value comes back as change.
 
-        `change=False` when no one is left to hand it to: it stays refundable by the token.
+        `error` is a short code saying why (`upstream_error`, `client_gone`, …), recorded for
+        the operator. `change=False` when no one is left to hand it to: it stays refundable by
+        the token.
         """
-        await self.release()
+        await self.release(error)
         return Receipt({}, None, await self._change_or_none() if change else None)
 
-    async def settle(self, cost_msat: int) -> Settlement | None:
+    async def settle(self, cost_msat: int, usage: Usage | None = None) -> Settlement | None:
         """Charge `cost_msat` (capped at the reservation); idempotent. A step of `finish`."""
         if self.done:
             return self.settlement
         self.done = True
         try:
-            self.settlement = await self.billing.ledger.settle(self.reservation, cost_msat)
+            self.settlement = await self.billing.ledger.settle(self.reservation, cost_msat, usage)
         finally:
             self.billing.live.discard(self.reservation.id)
         return self.settlement
 
-    async def release(self) -> None:
+    async def release(self, error: str) -> None:
         """Charge nothing and free the reservation (I4); idempotent. A step of `fail`."""
         if self.done:
             return
         self.done = True
         try:
-            await self.billing.ledger.release(self.reservation)
+            await self.billing.ledger.release(self.reservation, error)
         finally:
             self.billing.live.discard(self.reservation.id)
 
@@ -202,14 +216,20 @@ class Billing:
         # Reservations held by requests alive in this process; the sweeper never touches them.
         self.live: set[str] = set()
 
-    async def begin(self, creds: Credentials, quote: Quote, request_id: str) -> Charge:
-        """Reserve the quote's maximum cost from whoever pays for this request."""
+    async def begin(
+        self, creds: Credentials, quote: Quote, request_id: str, endpoint: str | None = None
+    ) -> Charge:
+        """Reserve the quote's maximum cost from whoever pays for this request.
+
+        `endpoint` (the client's API path, e.g. `/chat/completions`) and the quote's provider
+        are recorded with the reservation for the operator's usage figures.
+        """
         if creds.x_cashu:
-            return await self._begin_x_cashu(creds.x_cashu, quote, request_id)
+            return await self._begin_x_cashu(creds.x_cashu, quote, request_id, endpoint)
         key = creds.bearer or ""
         key_hash = sha256_hex(key)
         try:
-            return await self._reserve(key_hash, quote, request_id, None)
+            return await self._reserve(key_hash, quote, request_id, None, endpoint)
         except UnknownAccount:
             if not is_cashu_token(key):
                 raise ApiError(
@@ -217,7 +237,7 @@ class Billing:
                 ) from None
         # A token used as an API key for the first time: redeem it into its own balance.
         await self.redeem(self.parse(key), key_hash, "token")
-        return await self._reserve(key_hash, quote, request_id, None)
+        return await self._reserve(key_hash, quote, request_id, None, endpoint)
 
     async def account(self, key: str) -> Account:
         """The balance behind an `sk-` key or a Cashu token used as a key (redeemed once)."""
@@ -249,7 +269,9 @@ class Billing:
             raise ecash_api_error(exc) from exc
         return token
 
-    async def _begin_x_cashu(self, text: str, quote: Quote, request_id: str) -> Charge:
+    async def _begin_x_cashu(
+        self, text: str, quote: Quote, request_id: str, endpoint: str | None
+    ) -> Charge:
         token = self.parse(text)
         if token.amount_msat < quote.max_cost_msat:
             # Refused before redeeming: the token stays spendable by its owner.
@@ -264,7 +286,7 @@ class Billing:
                 "it in X-Cashu to collect its change.",
             )
         try:
-            return await self._reserve(key_hash, quote, request_id, token)
+            return await self._reserve(key_hash, quote, request_id, token, endpoint)
         except ApiError as exc:
             # The mint's fee left less than the request may cost: hand everything back.
             try:
@@ -278,12 +300,24 @@ class Billing:
             raise
 
     async def _reserve(
-        self, key_hash: str, quote: Quote, request_id: str, x_cashu: ParsedToken | None
+        self,
+        key_hash: str,
+        quote: Quote,
+        request_id: str,
+        x_cashu: ParsedToken | None,
+        endpoint: str | None,
     ) -> Charge:
         try:
             reservation = await self.ledger.reserve(
-                key_hash, request_id, quote.max_cost_msat, quote.model.id
+                key_hash,
+                request_id,
+                quote.max_cost_msat,
+                quote.model.id,
+                provider=quote.model.provider or None,
+                endpoint=endpoint,
             )
+        except KeyDisabled:
+            raise key_disabled() from None
         except InsufficientBalance as exc:
             raise insufficient_balance(exc.available_msat, exc.required_msat) from None
         except SpendLimitReached as exc:
@@ -342,10 +376,13 @@ class Billing:
         if undone:
             log.warning("credited back %d Cashu payouts interrupted before issue", undone)
 
-    async def run_sweeper(self, interval: float) -> None:
-        """Heartbeat and take over the work of instances that are provably gone, forever."""
+    async def run_sweeper(self, interval: float | Callable[[], float]) -> None:
+        """Heartbeat and take over the work of instances that are provably gone, forever.
+
+        `interval`: seconds, or a function read every round (the admin may change it).
+        """
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(interval() if callable(interval) else interval)
             try:
                 await self.ledger.heartbeat()
                 await self.recover()

@@ -36,13 +36,25 @@ class Quote:
 
 
 class PriceBook:
-    """Model prices in msat at the current BTC/USD rate, cached per rate."""
+    """Model prices in msat at the current BTC/USD rate and fee, cached per rate."""
 
     def __init__(self, catalogue: Catalogue, rate: RateSource, fee: Decimal) -> None:
         self.catalogue = catalogue
         self.rate = rate
-        self.fee = fee
+        self._fee = fee
         self._cache: dict[tuple[str, Decimal], MsatPrices] = {}
+
+    @property
+    def fee(self) -> Decimal:
+        """The multiplier on upstream prices (a model's own `fee` wins over it)."""
+        return self._fee
+
+    @fee.setter
+    def fee(self, fee: Decimal) -> None:
+        # The admin changed it: the next quote must be priced with it, not from the cache.
+        if fee != self._fee:
+            self._fee = fee
+            self._cache = {}
 
     def usd_per_btc(self) -> Decimal:
         try:

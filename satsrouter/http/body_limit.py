@@ -9,6 +9,8 @@ request whose body was never read to its end closes the connection too, for the 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import orjson
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -51,9 +53,12 @@ def _refusal(limit: int) -> tuple[Message, Message]:
 
 
 class BodyLimit:
-    """ASGI middleware: no route reads more than `max_bytes` of a request body."""
+    """ASGI middleware: no route reads more than `max_bytes` of a request body.
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    `max_bytes` is a number, or a function read per request (the admin may change it).
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int | Callable[[], int]) -> None:
         self.app = app
         self.max_bytes = max_bytes
 
@@ -61,7 +66,7 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.max_bytes
+        limit = self.max_bytes() if callable(self.max_bytes) else self.max_bytes
         declared, has_body = _declared_length(scope)
         if declared is not None and declared > limit:
             for message in _refusal(limit):

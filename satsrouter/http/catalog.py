@@ -115,13 +115,13 @@ def model_entry(node: Node, model: Model) -> dict[str, Any]:
 async def list_models(request: Request) -> Response:
     """OpenAI list shape with OpenRouter fields, `sats_pricing` and `max_cost`."""
     node: Node = request.app.state.node
-    # The list only changes with the catalogue or the rate: build it once per pair (pricing
-    # every model per request made this the slowest GET the node serves).
+    # The list only changes with the catalogue, the rate or the fee: build it once per
+    # combination (pricing every model per request made this the slowest GET the node serves).
     try:
         rate: Decimal | None = node.prices.usd_per_btc()
     except ApiError:
         rate = None
-    key = (node.catalogue.version, rate)
+    key = (node.catalogue.version, rate, node.prices.fee)
     cached: tuple[Any, bytes] | None = getattr(request.app.state, "models_list", None)
     if cached is None or cached[0] != key:
         data = [model_entry(node, m) for m in node.catalogue.models()]

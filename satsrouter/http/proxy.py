@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import orjson
@@ -61,7 +62,7 @@ def receipt_headers(receipt: Receipt) -> dict[str, str]:
 
 async def _failed(charge: Charge, error: ApiError) -> Response:
     """Charge nothing (I4); an X-Cashu payer gets the whole value back as change."""
-    error.headers.update(receipt_headers(await charge.fail()))
+    error.headers.update(receipt_headers(await charge.fail(error.code)))
     return error_response(error)
 
 
@@ -112,22 +113,24 @@ async def paid(request: Request, endpoint: Endpoint) -> Response:
         prompts=call.prompts,
     )
     upstream = node.upstreams.get(quote.model.provider, node.upstream)
+    api_path = endpoint.path  # what the client called, whatever the upstream speaks
     endpoint = endpoint.for_dialect(upstream.dialect)
     # Built before anything is reserved: a body that cannot be sent is a plain 400.
     body = endpoint.upstream_body(call, quote.model)
     creds = credentials(request.headers)
     if not creds.present:
         raise _payment_required(node, quote)
-    charge = await node.billing.begin(creds, quote, call.request_id)
+    charge = await node.billing.begin(creds, quote, call.request_id, api_path)
     try:
         return await _forward(node, request, upstream, endpoint, call, body, charge)
     except ApiError as error:
         if charge.done:
             raise
         return await _failed(charge, error)
-    except BaseException:
+    except BaseException as exc:
         if not charge.done:  # e.g. cancelled: no one is left to take change
-            await charge.fail(change=False)
+            gone = isinstance(exc, asyncio.CancelledError)
+            await charge.fail("client_gone" if gone else "internal_error", change=False)
         raise
 
 

@@ -61,7 +61,7 @@ class MeteredStream(Response):
             if not self.charge.done:
                 # Only reached on a bug or server shutdown: never keep money held for nothing.
                 # No one is left to take change: it stays refundable by the token.
-                await asyncio.shield(self.charge.fail(change=False))
+                await asyncio.shield(self.charge.fail("interrupted", change=False))
 
     async def _send(self, send: Send, data: bytes, more: bool = True) -> None:
         if not self.disconnected.is_set():
@@ -72,7 +72,8 @@ class MeteredStream(Response):
         await send({"type": "http.response.start", "status": 200, "headers": raw_headers})
 
         meter = self.meter
-        failed: str | None = None
+        failed: str | None = None  # why the upstream failed, for the log
+        error = "upstream_error"  # and as the reservation's error code
         drain_deadline: float | None = None
         buf = b""
         try:
@@ -105,13 +106,15 @@ class MeteredStream(Response):
                     drain_deadline = time.monotonic() + self.drain_timeout
         except (aiohttp.ClientError, TimeoutError) as exc:
             failed = type(exc).__name__
+            if isinstance(exc, TimeoutError):
+                error = "upstream_timeout"
         except UpstreamStreamError:
             failed = "error reported by the upstream"
         except ValueError:
             failed = "invalid upstream stream"
 
         if failed and not self.disconnected.is_set():
-            receipt = await self.charge.fail()
+            receipt = await self.charge.fail(error)
             log.warning(
                 "stream %s: upstream failed (%s); nothing charged", self.charge.request_id, failed
             )

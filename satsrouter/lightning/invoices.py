@@ -22,13 +22,14 @@ import hmac
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from satsrouter import faults
 from satsrouter.billing.balances import credit_tx, open_account_tx
 from satsrouter.billing.ledger import Ledger
-from satsrouter.billing.payments import sha256_hex
+from satsrouter.billing.payments import key_disabled, sha256_hex
 from satsrouter.ecash.errors import EcashError
 from satsrouter.ecash.minting import MintOutputs, QuoteMinter
 from satsrouter.ecash.wallet import NodeWallet
@@ -69,7 +70,7 @@ _ROW = (
 _ACTIVE = "SELECT id, created_at FROM lightning_invoices WHERE state IN ('pending', 'minting')"
 _PENDING_COUNT = "SELECT count(*) FROM lightning_invoices WHERE state = 'pending'"
 _ACCOUNT_OF = "SELECT account_id FROM lightning_invoices WHERE id = :id"
-_PARENT_OF = "SELECT parent_id FROM accounts WHERE id = :id"
+_PARENT_OF = "SELECT parent_id, disabled_at FROM accounts WHERE id = :id"
 _MOVE = (
     "UPDATE lightning_invoices SET state = :new, updated_at = :now WHERE id = :id AND state = :old"
 )
@@ -257,8 +258,11 @@ class LightningFunding:
         api_key = api_key_for(invoice_id) if row.purpose == "create" else None
         return replace(status, api_key=api_key, balance_msat=balance)
 
-    async def run_watcher(self, interval: float) -> None:
-        """Credit paid invoices and expire stale ones, forever (no client poll needed)."""
+    async def run_watcher(self, interval: float | Callable[[], float]) -> None:
+        """Credit paid invoices and expire stale ones, forever (no client poll needed).
+
+        `interval`: seconds, or a function read every round (the admin may change it).
+        """
         while True:
             try:
                 credited = await self.poll_once()
@@ -266,7 +270,7 @@ class LightningFunding:
                     log.info("lightning watcher credited %d invoices", credited)
             except Exception:
                 log.exception("lightning watcher pass failed")
-            await asyncio.sleep(interval)
+            await asyncio.sleep(interval() if callable(interval) else interval)
 
     async def poll_once(self) -> int:
         """One pass over every unfinished invoice; returns how many this pass credited."""
@@ -394,11 +398,13 @@ class LightningFunding:
 
     async def _check_topup_target(self, account_id: int) -> None:
         rows, _ = await self._tx.read(lambda tx: tx.execute(_PARENT_OF, {"id": account_id}))
-        parent = rows[0][0] if rows else None
+        parent, disabled = rows[0] if rows else (None, None)
         if parent is not None:
             raise ApiError(
                 400, "child_key", "A child key spends its parent's balance: top up the parent key."
             )
+        if disabled is not None:
+            raise key_disabled()
 
 
 def _invoice_error(exc: EcashError) -> ApiError:

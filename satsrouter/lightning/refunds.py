@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from satsrouter.billing.balances import credit_tx
@@ -363,15 +364,18 @@ class LightningRefunds:
                 log.exception("expiry refund of account %d failed", account_id)
         return refunded
 
-    async def run_expiry(self, interval: float) -> None:
-        """Every `interval` seconds: finish pending melts, then refund expired keys."""
+    async def run_expiry(self, interval: float | Callable[[], float]) -> None:
+        """Every `interval` seconds: finish pending melts, then refund expired keys.
+
+        `interval`: seconds, or a function read every round (the admin may change it).
+        """
         while True:
             for job in (self.reconcile, self.expire_once):
                 try:
                     await job()
                 except Exception:
                     log.exception("lightning %s pass failed", job.__name__)
-            await asyncio.sleep(interval)
+            await asyncio.sleep(interval() if callable(interval) else interval)
 
 
 def expiry_payout_id(account_id: int) -> str:

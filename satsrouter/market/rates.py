@@ -251,10 +251,14 @@ class LiveRate:
         self._price, self._updated = min(kept.values()), now
         return self._price
 
-    async def run(self, interval: float) -> None:
-        """Refresh every `interval` seconds until cancelled (more often while stale)."""
+    async def run(self, interval: float | Callable[[], float]) -> None:
+        """Refresh every `interval` seconds until cancelled (more often while stale).
+
+        `interval`: seconds, or a function read every round (the admin may change it).
+        """
         while True:
-            await asyncio.sleep(interval if self._last_round_ok else min(interval, RETRY_SECONDS))
+            seconds = interval() if callable(interval) else interval
+            await asyncio.sleep(seconds if self._last_round_ok else min(seconds, RETRY_SECONDS))
             try:
                 await self.refresh()
             except Exception:  # the loop must outlive any one bad round

@@ -112,10 +112,14 @@ class CatalogueSync:
                     log.warning("skipping model from %s: %s", provider, exc)
         return list(seen.values())
 
-    async def run(self, interval: float) -> None:
-        """Refresh forever, every `interval` seconds (sooner while nothing is loaded)."""
+    async def run(self, interval: float | Callable[[], float]) -> None:
+        """Refresh forever, every `interval` seconds (sooner while nothing is loaded).
+
+        `interval`: seconds, or a function read every round (the admin may change it).
+        """
         while True:
-            await asyncio.sleep(interval if len(self.catalogue) else min(interval, 30.0))
+            seconds = interval() if callable(interval) else interval
+            await asyncio.sleep(seconds if len(self.catalogue) else min(seconds, 30.0))
             try:
                 await self.refresh()
             except Exception:

@@ -43,7 +43,7 @@ accounts = Table(
     # Where the remainder goes at expiry or on refund (a Lightning address or LNURL).
     Column("refund_lnurl", Text, nullable=True),
     Column("expires_at", Float, nullable=True),
-    # Set by the operator: a disabled key is refused (401) and keeps its balance.
+    # Set by the operator: a disabled key is refused (403 key_disabled), keeps its balance.
     Column("disabled_at", Float, nullable=True),
     Column("last_used_at", Float, nullable=True),
     CheckConstraint("balance_msat >= 0", name="ck_balance_nonneg"),

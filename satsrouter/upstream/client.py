@@ -67,6 +67,16 @@ class Upstream:
         self._session: aiohttp.ClientSession | None = None
 
     @property
+    def timeout(self) -> float:
+        """Seconds to wait for the first byte and between two chunks (per request)."""
+        return self._timeout.sock_read or 0.0
+
+    @timeout.setter
+    def timeout(self, seconds: float) -> None:
+        # Given with each request rather than fixed in the session: the admin may change it.
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=seconds)
+
+    @property
     def has_credentials(self) -> bool:
         return bool(self._api_key)
 
@@ -74,11 +84,9 @@ class Upstream:
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
             connector = aiohttp.TCPConnector(limit=1000, keepalive_timeout=60, ttl_dns_cache=300)
-            # sock_read bounds both the first byte and every gap between stream chunks.
-            timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=self.timeout)
             self._session = aiohttp.ClientSession(
                 connector=connector,
-                timeout=timeout,
+                timeout=self._timeout,
                 auto_decompress=True,
                 json_serialize=lambda o: orjson.dumps(o).decode(),
             )
@@ -111,8 +119,12 @@ class Upstream:
     ) -> aiohttp.ClientResponse:
         """Send a request and return once response headers arrived (body still unread)."""
         try:
+            # sock_read bounds both the first byte and every gap between stream chunks.
             return await self.session.post(
-                f"{self.base_url}{path}", data=body, headers=self._headers(headers, content_type)
+                f"{self.base_url}{path}",
+                data=body,
+                headers=self._headers(headers, content_type),
+                timeout=self._timeout,
             )
         except TimeoutError as exc:
             raise UpstreamFailure("timeout", "no response in time") from exc
@@ -123,7 +135,7 @@ class Upstream:
         """GET a JSON document (e.g. the model list)."""
         try:
             async with self.session.get(
-                f"{self.base_url}{path}", headers=self._headers(None)
+                f"{self.base_url}{path}", headers=self._headers(None), timeout=self._timeout
             ) as resp:
                 resp.raise_for_status()
                 return orjson.loads(await resp.read())
