@@ -4,7 +4,7 @@
 const SVG = "http://www.w3.org/2000/svg";
 const WIDTH = 640;
 const HEIGHT = 180;
-const PAD = { top: 16, right: 8, bottom: 24, left: 56 };
+const PAD = { top: 16, right: 8, bottom: 24, left: 84 };
 
 function s(tag, attrs = {}, text) {
   const el = document.createElementNS(SVG, tag);

@@ -6,16 +6,22 @@ import { h, problem, show } from "./dom.js";
 
 const SCHEMA = "/admin/api/settings/schema";
 
+// The schema's `type`: boolean, integer, number, decimal (sent as a string), string, path,
+// list or object. The value's own JSON type stands in for a kind this page does not know.
 function isBool(s) {
-  return typeof s.value === "boolean" || /\bbool\b/.test(s.type ?? "");
+  return s.type === "boolean" || typeof s.value === "boolean";
 }
 
 function isList(s) {
-  return Array.isArray(s.value) || /\blist\b/.test(s.type ?? "");
+  return s.type === "list" || Array.isArray(s.value);
 }
 
 function isNumber(s) {
-  return typeof s.value === "number" || /\b(int|float)\b/.test(s.type ?? "");
+  return s.type === "integer" || s.type === "number" || typeof s.value === "number";
+}
+
+function isObject(s) {
+  return s.type === "object" || (typeof s.value === "object" && s.value !== null && !isList(s));
 }
 
 function scalarList(value) {
@@ -27,7 +33,7 @@ function asText(s) {
   if (s.secret) return "";
   if (s.value === null || s.value === undefined) return "";
   if (isList(s)) return scalarList(s.value) ? s.value.join(", ") : JSON.stringify(s.value);
-  if (typeof s.value === "object") return JSON.stringify(s.value);
+  if (isObject(s)) return JSON.stringify(s.value);
   return String(s.value);
 }
 
@@ -46,7 +52,7 @@ function fromText(s, text) {
     return trimmed ? trimmed.split(",").map((part) => part.trim()) : [];
   }
   if (isNumber(s) && trimmed !== "" && Number.isFinite(Number(trimmed))) return Number(trimmed);
-  if (typeof s.value === "object" && s.value !== null) {
+  if (isObject(s)) {
     try {
       return JSON.parse(trimmed);
     } catch {
@@ -68,7 +74,7 @@ function control(s) {
     attrs.placeholder = s.value ? "set (type to replace)" : "not set";
     attrs.autocomplete = "new-password";
   }
-  if (!s.secret && (text.length > 80 || (isList(s) && !scalarList(s.value)))) {
+  if (!s.secret && (text.length > 80 || isObject(s) || (isList(s) && !scalarList(s.value)))) {
     const area = h("textarea", { ...attrs, rows: 3 });
     area.value = text;
     return area;
