@@ -12,8 +12,8 @@ export function whenUnauthorized(handler) {
  * Call the API. Never throws: returns {ok, status, data, error, missing}, where `missing`
  * means this node has no such route (an endpoint not built yet), not a failure of one.
  */
-export async function api(path, { method = "GET", body } = {}) {
-  const init = { method, credentials: "same-origin", cache: "no-store", headers: {} };
+export async function api(path, { method = "GET", body, headers = {} } = {}) {
+  const init = { method, credentials: "same-origin", cache: "no-store", headers: { ...headers } };
   if (body !== undefined) {
     init.headers["content-type"] = "application/json";
     init.body = JSON.stringify(body);

@@ -53,6 +53,11 @@ function outcome(w) {
   );
 }
 
+function newKey() {
+  const bytes = crypto.getRandomValues(new Uint8Array(16)); // randomUUID needs https
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
 function withdrawForm(mints, available, onDone) {
   const result = h("div", { id: "withdraw-result" });
   const amount = h("input", { id: "withdraw-amount", type: "number", min: 1, step: 1, required: true });
@@ -60,10 +65,13 @@ function withdrawForm(mints, available, onDone) {
   const mint = h(
     "select",
     { id: "withdraw-mint" },
-    mints.map((m) => h("option", { value: m.mint_url }, m.mint_url)),
+    [...new Set(mints.map((m) => m.mint_url))].map((url) => h("option", { value: url }, url)),
   );
   const destination = h("input", { id: "withdraw-destination", type: "text", placeholder: "optional: bolt11 invoice or Lightning address", autocomplete: "off", spellcheck: "false" });
   const button = h("button", { type: "submit" }, "Withdraw");
+  // One key per withdrawal: sent again after a lost answer, the node returns the same
+  // withdrawal instead of making a second one.
+  let idempotencyKey = newKey();
   const form = h(
     "form",
     {
@@ -74,7 +82,13 @@ function withdrawForm(mints, available, onDone) {
         const body = { amount: Number(amount.value), unit: "sat" };
         if (mint.value) body.mint_url = mint.value;
         if (destination.value.trim()) body.destination = destination.value.trim();
-        const done = await api("/admin/api/withdraw", { method: "POST", body });
+        const done = await api("/admin/api/withdraw", {
+          method: "POST",
+          body,
+          headers: { "Idempotency-Key": idempotencyKey },
+        });
+        // A clear answer ends this withdrawal; after no answer or a 5xx, a retry is the same one.
+        if (done.status !== 0 && done.status < 500) idempotencyKey = newKey();
         button.disabled = false;
         show(result, done.ok ? outcome(done.data) : problem(done, "Withdraw"));
         if (done.ok) onDone();
