@@ -247,6 +247,15 @@ async def test_withdraw_shows_a_token_the_mint_redeems(
     try:
         # The revenue available is the API's; withdrawing it all shows a token that a
         # user's wallet redeems at the mint for exactly that amount.
+        sent: list[str | None] = []
+        page.on(
+            "request",
+            lambda r: (
+                sent.append(r.headers.get("idempotency-key"))
+                if r.url.endswith("/admin/api/withdraw")
+                else None
+            ),
+        )
         await page.click('#nav a[href="#wallet"]')
         money = (await get(admin, "/admin/api/wallet"))["revenue"]
         available = money["available_msat"]
@@ -277,6 +286,8 @@ async def test_withdraw_shows_a_token_the_mint_redeems(
         await expect(listed).to_have_count(1)
         await tab.shot("withdrawn")
         assert await user_wallet.redeem(token) == amount
+        # Each withdrawal went with its own idempotency key (a retry would reuse it).
+        assert len(sent) == 2 and None not in sent and len(set(sent)) == 2
         after = (await get(admin, "/admin/api/wallet"))["revenue"]
         assert after["available_msat"] == available - amount * 1000
         await node.check_invariants()
