@@ -20,7 +20,14 @@ import httpx
 import pytest
 import pytest_asyncio
 from conftest import ADMIN_PASSWORD, RunningNode, admin_client
-from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
+from playwright.async_api import (
+    Browser,
+    ConsoleMessage,
+    Page,
+    Request,
+    async_playwright,
+    expect,
+)
 from satsrouter_dev.mint import TestWallet
 
 pytestmark = pytest.mark.browser
@@ -248,14 +255,12 @@ async def test_withdraw_shows_a_token_the_mint_redeems(
         # The revenue available is the API's; withdrawing it all shows a token that a
         # user's wallet redeems at the mint for exactly that amount.
         sent: list[str | None] = []
-        page.on(
-            "request",
-            lambda r: (
-                sent.append(r.headers.get("idempotency-key"))
-                if r.url.endswith("/admin/api/withdraw")
-                else None
-            ),
-        )
+
+        def record(request: Request) -> None:
+            if request.url.endswith("/admin/api/withdraw"):
+                sent.append(request.headers.get("idempotency-key"))
+
+        page.on("request", record)
         await page.click('#nav a[href="#wallet"]')
         money = (await get(admin, "/admin/api/wallet"))["revenue"]
         available = money["available_msat"]
