@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from satsrouter import __version__
 from satsrouter.http import (
     admin,
+    admin_money,
     admin_settings,
     admin_usage,
     balance,
@@ -103,6 +104,7 @@ def create_app(
     app.include_router(admin.protected)
     app.include_router(admin_settings.router)
     app.include_router(admin_usage.router)
+    app.include_router(admin_money.router)
     app.include_router(dashboard.router)
 
     # Clients probe the base URL before anything else (Claude Code sends `HEAD /v1`, and

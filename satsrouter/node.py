@@ -21,6 +21,7 @@ from satsrouter.billing.payments import Billing
 from satsrouter.billing.payouts import Payouts
 from satsrouter.billing.quote import PriceBook
 from satsrouter.billing.redeem import Redeemer
+from satsrouter.billing.revenue import Revenue
 from satsrouter.ecash.wallet import NodeWallet
 from satsrouter.identity import npub_of
 from satsrouter.lightning.invoices import LightningFunding
@@ -69,6 +70,7 @@ class Node:
         self.lightning_refunds = LightningRefunds(
             self.tx, self.ledger, self.payouts, self.wallet, allow_http=settings.lnurl_allow_http
         )
+        self.revenue = Revenue(self.tx, self.payouts, self.wallet, self.lightning_refunds)
         self.admin = AdminAuth(
             self.tx, settings.admin_password, settings.admin_session_hours * 3600
         )
@@ -150,8 +152,13 @@ class Node:
             self.lightning.run_watcher(lambda: self.settings.invoice_poll_interval),
             self.lightning_refunds.run_expiry(lambda: self.settings.expiry_check_interval),
             self.live_settings.run(lambda: self.settings.settings_refresh_seconds),
+            self.revenue.run_auto_payout(self._auto_payout, lambda: self.settings.payout_interval),
         ]
         self._tasks += [asyncio.create_task(loop) for loop in loops]
+
+    def _auto_payout(self) -> tuple[str, int]:
+        """Where automatic revenue payouts go and from what amount (read on every pass)."""
+        return self.settings.receive_ln_address, self.settings.payout_threshold_sat
 
     def apply_settings(self, new: Settings) -> None:
         """Make `new` the settings in effect and push the live ones into the components.

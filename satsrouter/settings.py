@@ -493,6 +493,31 @@ class Settings:
         check=_positive,
         live=True,
     )
+    receive_ln_address: str = setting(
+        "",
+        env="RECEIVE_LN_ADDRESS",
+        doc="Lightning address (or LNURL) the node's revenue is paid to automatically once it "
+        "reaches `PAYOUT_THRESHOLD_SAT`",
+        live=True,
+    )
+    payout_threshold_sat: int = setting(
+        0,
+        env="PAYOUT_THRESHOLD_SAT",
+        doc="revenue, in sat, at which all of it is paid to `RECEIVE_LN_ADDRESS` (Lightning "
+        "fees come out of it); 0 turns automatic payouts off",
+        shown="`0` (off)",
+        parse=_int,
+        check=_not_negative,
+        live=True,
+    )
+    payout_interval: float = setting(
+        600.0,
+        env="PAYOUT_INTERVAL",
+        doc="seconds between checks for an automatic revenue payout",
+        parse=_float,
+        check=_positive,
+        live=True,
+    )
     # Tests serve LNURL endpoints on loopback over plain http; real ones must be https.
     lnurl_allow_http: bool = setting(
         False,

@@ -66,6 +66,9 @@ EVERY_VARIABLE: dict[str, tuple[str, Any]] = {
     "INVOICE_POLL_INTERVAL": ("0.2", 0.2),
     "EXPIRY_CHECK_INTERVAL": ("3600", 3600.0),
     "SETTINGS_REFRESH_SECONDS": ("0.5", 0.5),
+    "RECEIVE_LN_ADDRESS": ("me@example.com", "me@example.com"),
+    "PAYOUT_THRESHOLD_SAT": ("5000", 5000),
+    "PAYOUT_INTERVAL": ("60", 60.0),
     "LNURL_ALLOW_HTTP": ("TRUE", True),
     "FAULT_CRASH_AT": ("melt.after_melt", "melt.after_melt"),
 }
@@ -97,6 +100,9 @@ INVALID = [
     ("INVOICE_POLL_INTERVAL", "0"),
     ("EXPIRY_CHECK_INTERVAL", "0"),
     ("SETTINGS_REFRESH_SECONDS", "0"),
+    ("PAYOUT_THRESHOLD_SAT", "-1"),
+    ("PAYOUT_THRESHOLD_SAT", "1.5"),
+    ("PAYOUT_INTERVAL", "0"),
     ("LNURL_ALLOW_HTTP", "maybe"),
     ("FAULT_CRASH_AT", "nowhere"),
 ]

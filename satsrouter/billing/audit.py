@@ -7,7 +7,9 @@ Two identities, each exact to the msat:
 - *balanced*: ecash held == liabilities + revenue, where liabilities are the users'
   balances (reserved included) plus payouts debited but not yet sent, and revenue is what
   was charged, sub-unit remainders kept at payout, and what the node's own wallet
-  operations gained or paid (batched swap remainders, swap fees, Lightning fees).
+  operations gained or paid (batched swap remainders, swap fees, Lightning fees), less
+  what was moved onto the operator's accounts to be withdrawn (journal kind `revenue`,
+  billing/revenue.py): from then on it is a balance like any other.
 
 Any lost or created value shows up as a difference in one of them.
 """
@@ -27,9 +29,11 @@ _HELD = (
 )
 _BALANCES = "SELECT coalesce(sum(balance_msat), 0) FROM accounts"
 _PAYOUTS_IN_FLIGHT = "SELECT coalesce(sum(amount_msat), 0) FROM payouts WHERE state = 'pending'"
-# Operator income recorded in the ledger: charges and the sub-unit remainders of payouts.
+# Operator income recorded in the ledger: charges and the sub-unit remainders of payouts
+# (negative rows), less revenue moved onto operator accounts for withdrawal (positive rows).
 _JOURNAL_REVENUE = (
-    "SELECT coalesce(-sum(amount_msat), 0) FROM journal WHERE kind IN ('charge', 'rounding')"
+    "SELECT coalesce(-sum(amount_msat), 0) FROM journal "
+    "WHERE kind IN ('charge', 'rounding', 'revenue')"
 )
 _WALLET_REVENUE = "SELECT coalesce(sum(node_delta_msat), 0) FROM wallet_ops"
 _MSAT = {"sat": 1000, "msat": 1}

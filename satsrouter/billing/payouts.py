@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from satsrouter import faults
@@ -44,8 +46,8 @@ class PayoutCancelled(PayoutConflict):
     """A payout was undone (by recovery) before its result could be recorded."""
 
 
-class _Raced(Exception):
-    """Another transaction recorded a payout with the same id first."""
+class PayoutRaced(Exception):
+    """Another transaction recorded a payout with the same id first (this one rolls back)."""
 
 
 class PayoutInvalid(ValueError):
@@ -78,6 +80,7 @@ class Payout:
 
 
 def _issued(tx: Tx, payout_id: str) -> Payout | None:
+    """The payout made under this id, if any; PayoutConflict while it is still pending."""
     rows, _ = tx.execute(_ISSUED, {"id": payout_id})
     if not rows:
         return None
@@ -123,9 +126,15 @@ class Payouts:
 
     async def pay_out(self, account_id: int, payout_id: str, amount_msat: int | None) -> Payout:
         """Pay `amount_msat` (None: everything available) out as a Cashu token."""
+        with self.sending(payout_id):
+            return await self._pay_out(account_id, payout_id, amount_msat)
+
+    @contextlib.contextmanager
+    def sending(self, payout_id: str) -> Iterator[None]:
+        """Mark `payout_id` as being sent by this process, so recovery leaves it alone."""
         self._sending[payout_id] += 1
         try:
-            return await self._pay_out(account_id, payout_id, amount_msat)
+            yield
         finally:
             self._sending[payout_id] -= 1
             if not self._sending[payout_id]:
@@ -135,6 +144,14 @@ class Payouts:
         step = await self.begin(account_id, payout_id, amount_msat)
         if isinstance(step, Payout):
             return step
+        return await self.issue(step)
+
+    async def issue(self, step: PendingPayout) -> Payout:
+        """Hand a debited Cashu payout over as a token; undo the debit if none was issued.
+
+        The caller holds `sending(step.id)` from before the debit, so recovery cannot undo
+        the payout while it is being issued.
+        """
         faults.reach("payout.after_begin")
         try:
             # The token's proofs leave the wallet in the transaction that completes the
@@ -170,53 +187,16 @@ class Payouts:
         NothingToPayOut is raised when not even one unit is there.
         """
         now = time.time()
+        instance = self.ledger.instance_id
 
         def op(tx: Tx) -> Payout | PendingPayout:
-            done = _issued(tx, payout_id)
-            if done is not None:
-                return done
-            rows, _ = tx.execute(_ACCOUNT, {"id": account_id})
-            balance, reserved, unit, mint_url = rows[0]
-            per_unit = UNIT_MSAT[unit]
-            available = int(balance - reserved)
-            if amount_msat is None:
-                # Whole units only: a token cannot carry the rest, so it stays on the account.
-                payout_msat = available - available % per_unit
-                if not payout_msat:
-                    raise NothingToPayOut(available, unit)
-            else:
-                if amount_msat % per_unit or amount_msat <= 0:
-                    raise PayoutInvalid(f"amount must be a positive multiple of {per_unit} msat")
-                payout_msat = amount_msat
-            if payout_msat > available:
-                raise PayoutConflict(
-                    f"only {available} msat available, {payout_msat} msat requested"
-                )
-            if debit_available_tx(tx, account_id, payout_msat, "payout", payout_id, now) is None:
-                raise PayoutConflict("balance changed during payout; retry")
-            _, inserted = tx.execute(
-                _INSERT_PAYOUT,
-                {
-                    "id": payout_id,
-                    "account": account_id,
-                    "amount": payout_msat,
-                    "unit": unit,
-                    "mint": mint_url,
-                    "state": "pending",
-                    "method": method,
-                    "destination": destination,
-                    "instance": self.ledger.instance_id,
-                    "now": now,
-                },
+            return begin_tx(
+                tx, account_id, payout_id, amount_msat, method, destination, instance, now
             )
-            if inserted != 1:
-                # The same id was recorded concurrently (Postgres): undo this debit.
-                raise _Raced
-            return PendingPayout(payout_id, account_id, payout_msat, unit, mint_url)
 
         try:
             return await self._tx.run(op)
-        except _Raced:
+        except PayoutRaced:
             done = await self.get(payout_id)
             if done is None:
                 raise PayoutConflict("payout raced with itself; retry") from None
@@ -273,6 +253,63 @@ class Payouts:
             step = PendingPayout(payout_id, account_id, int(amount), unit, mint_url)
             undone += await self.undo(step)
         return undone
+
+
+def existing_tx(tx: Tx, payout_id: str) -> Payout | None:
+    """`Payouts.get` as a step of a caller's transaction."""
+    return _issued(tx, payout_id)
+
+
+def begin_tx(
+    tx: Tx,
+    account_id: int,
+    payout_id: str,
+    amount_msat: int | None,
+    method: str,
+    destination: str | None,
+    instance_id: str,
+    now: float,
+) -> Payout | PendingPayout:
+    """`Payouts.begin` as a step of a caller's transaction; raises PayoutRaced on a race."""
+    done = _issued(tx, payout_id)
+    if done is not None:
+        return done
+    rows, _ = tx.execute(_ACCOUNT, {"id": account_id})
+    balance, reserved, unit, mint_url = rows[0]
+    per_unit = UNIT_MSAT[unit]
+    available = int(balance - reserved)
+    if amount_msat is None:
+        # Whole units only: a token cannot carry the rest, so it stays on the account.
+        payout_msat = available - available % per_unit
+        if not payout_msat:
+            raise NothingToPayOut(available, unit)
+    else:
+        if amount_msat % per_unit or amount_msat <= 0:
+            raise PayoutInvalid(f"amount must be a positive multiple of {per_unit} msat")
+        payout_msat = amount_msat
+    if payout_msat > available:
+        raise PayoutConflict(f"only {available} msat available, {payout_msat} msat requested")
+    if debit_available_tx(tx, account_id, payout_msat, "payout", payout_id, now) is None:
+        raise PayoutConflict("balance changed during payout; retry")
+    _, inserted = tx.execute(
+        _INSERT_PAYOUT,
+        {
+            "id": payout_id,
+            "account": account_id,
+            "amount": payout_msat,
+            "unit": unit,
+            "mint": mint_url,
+            "state": "pending",
+            "method": method,
+            "destination": destination,
+            "instance": instance_id,
+            "now": now,
+        },
+    )
+    if inserted != 1:
+        # The same id was recorded concurrently (Postgres): undo this debit.
+        raise PayoutRaced
+    return PendingPayout(payout_id, account_id, payout_msat, unit, mint_url)
 
 
 def _complete_tx(

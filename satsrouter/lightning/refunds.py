@@ -143,11 +143,26 @@ class LightningRefunds:
         )
         if isinstance(step, Payout):
             return step
+        return await self.send(step, destination)
+
+    async def send(self, step: PendingPayout, destination: str) -> Payout:
+        """Pay an already debited payout to a Lightning address, LNURL or bolt11 invoice.
+
+        The same outcomes as `refund`; an invoice whose amount plus the mint's fees does not
+        fit the debit is refused (400 `invoice_exceeds_amount`) with the payout undone.
+        """
         self._busy.add(step.id)
         try:
+            if is_invoice(destination):
+                return await self._send_invoice(step, invoice_of(destination))
             return await self._send(step, destination)
         finally:
             self._busy.discard(step.id)
+
+    def check_payee(self, destination: str) -> None:
+        """Refuse (400) what is neither a bolt11 invoice nor a Lightning address / LNURL."""
+        if not is_invoice(destination):
+            self.check_destination(destination)
 
     async def _send(self, step: PendingPayout, destination: str) -> Payout:
         try:
@@ -156,6 +171,27 @@ class LightningRefunds:
             # nothing was sent: the balance is whole again and the id may be retried
             await self.payouts.undo(step)
             raise
+        return await self._melt(step, quote)
+
+    async def _send_invoice(self, step: PendingPayout, bolt11: str) -> Payout:
+        try:
+            quote = await self.melter.quote(bolt11, step.unit, step.mint_url)
+            spend = quote.amount + quote.fee_reserve
+            spend += await self.melter.input_fee(spend, step.unit, step.mint_url)
+            if spend * UNIT_MSAT[step.unit] > step.amount_msat:
+                raise ApiError(
+                    400,
+                    "invoice_exceeds_amount",
+                    f"The invoice ({quote.amount} {step.unit}) plus the mint's fee reserve "
+                    f"needs {spend} {step.unit}, more than the {step.amount} {step.unit} "
+                    "asked for. Ask for a larger amount or send a smaller invoice.",
+                )
+        except Exception:
+            await self.payouts.undo(step)
+            raise
+        return await self._melt(step, quote)
+
+    async def _melt(self, step: PendingPayout, quote: MeltQuote) -> Payout:
         try:
             result = await self.melter.melt(quote, lambda ticket: self._record(step, ticket))
         except MeltFailed as exc:
@@ -376,6 +412,20 @@ class LightningRefunds:
                 except Exception:
                     log.exception("lightning %s pass failed", job.__name__)
             await asyncio.sleep(interval() if callable(interval) else interval)
+
+
+_INVOICE_PREFIXES = ("lnbc", "lntb", "lntbs", "lnbcrt", "lnsb")
+
+
+def invoice_of(destination: str) -> str:
+    """The bolt11 invoice in `destination` (a `lightning:` prefix dropped, lower case)."""
+    text = destination.strip().lower()
+    return text.removeprefix("lightning:")
+
+
+def is_invoice(destination: str) -> bool:
+    """Whether `destination` is a bolt11 invoice rather than a Lightning address or LNURL."""
+    return invoice_of(destination).startswith(_INVOICE_PREFIXES)
 
 
 def expiry_payout_id(account_id: int) -> str:
