@@ -82,7 +82,11 @@ export function table(headings, rows, attrs = {}) {
     "table",
     attrs,
     h("thead", {}, h("tr", {}, headings.map((t) => h("th", {}, t)))),
-    h("tbody", {}, rows),
+    h(
+      "tbody",
+      {},
+      rows.length ? rows : h("tr", {}, h("td", { colspan: headings.length, class: "muted" }, "None yet.")),
+    ),
   );
 }
 
