@@ -28,10 +28,19 @@ test: lint test-tools
 TEST_TOOLS := $(if $(wildcard /usr/lib/postgresql/*/bin/initdb),ok)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
+# The dashboard's browser test (tests/test_dashboard_browser.py, marker `browser`) drives
+# Debian's Chromium through Playwright: no browser is downloaded (`playwright install` is
+# never run).
+CHROMIUM := $(if $(wildcard /usr/bin/chromium),ok)
+
 test-tools: client-tools
 ifneq ($(TEST_TOOLS),ok)
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
+endif
+ifneq ($(CHROMIUM),ok)
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
 endif
 
 # The real-program tests (tests/test_real_clients.py, marker `clients`) run Claude Code, the

@@ -20,6 +20,7 @@ from satsrouter.http import (
     admin_usage,
     balance,
     catalog,
+    dashboard,
     lightning,
     metrics,
     proxy,
@@ -113,6 +114,7 @@ def create_app(
     app.include_router(admin_usage.router)
     app.include_router(admin_money.router)
     app.include_router(metrics.router)
+    app.include_router(dashboard.router)
 
     # Clients probe the base URL before anything else (Claude Code sends `HEAD /v1`, and
     # `HEAD <base>/api/hello` unless its non-essential traffic is off): a 200 that says what

@@ -94,6 +94,11 @@ async def test_the_wheel_carries_no_test_doubles(installed: Installed) -> None:
     assert any(n == "satsrouter/app.py" for n in code)
     assert all(n.startswith("satsrouter/") for n in code), code
     assert not [n for n in code if "fake" in n or "testing" in n or "demo" in n]
+    # The dashboard's files are package data: every one in the source is in the wheel.
+    static = ROOT / PACKAGE / "http" / "static"
+    shipped = {f"{PACKAGE}/http/static/{f.name}" for f in static.iterdir() if f.is_file()}
+    assert {"index.html", "app.js", "style.css"} <= {f.name for f in static.iterdir()}
+    assert shipped <= set(names), shipped - set(names)
     # Nor any dev-only dependency.
     (metadata,) = [n for n in names if n.endswith("/METADATA")]
     requires = {
@@ -123,6 +128,11 @@ async def test_migrate_and_serve_from_a_plain_install(
     try:
         async with httpx.AsyncClient(base_url=node.url) as http:
             models = (await http.get("/v1/models")).json()["data"]
+            # The dashboard, served from the installed package's data.
+            page = await http.get("/admin")
+            script = await http.get("/admin/static/app.js")
         assert "openai/gpt-4o-mini" in {m["id"] for m in models}
+        assert page.status_code == 200 and "/admin/static/app.js" in page.text
+        assert script.status_code == 200 and "showLogin" in script.text
     finally:
         await node.stop()
