@@ -35,6 +35,9 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from satsrouter.errors import ApiError
 
 
+LINGER_S = 2.0  # how long a refused client may go on sending (dropped) before the close
+
+
 @dataclass(frozen=True)
 class ConnectionLimits:
     """The bounds `GuardedHttpTools` holds each connection to."""
@@ -173,11 +176,24 @@ class GuardedHttpTools(HttpToolsProtocol):
         self._disarm_deadline()
         if self.transport.is_closing():
             return
-        if self.cycle is None or self.cycle.response_complete:
-            self.transport.write(_too_large(self.limits))
-        # Otherwise a pipelined request is refused while an earlier response is being sent:
-        # a 431 now would land inside that response.
-        self.transport.close()
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A pipelined request refused while an earlier response is being sent: a 431
+            # now would land inside that response.
+            self.transport.close()
+            return
+        self.transport.write(_too_large(self.limits))
+        # A lingering close: closing with the client's bytes unread would send a reset, and
+        # the client, still sending, would likely lose the 431 with it. So: end our side,
+        # read and drop what still comes (`data_received`) for a moment, then close.
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self.loop.call_later(LINGER_S, self._close)
+        else:
+            self.transport.close()
+
+    def _close(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.close()
 
 
 def guarded_protocol(limits: ConnectionLimits) -> type[GuardedHttpTools]:
