@@ -34,7 +34,6 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from satsrouter.errors import ApiError
 
-
 LINGER_S = 2.0  # how long a refused client may go on sending (dropped) before the close
 
 
