@@ -1,5 +1,5 @@
 """Build the ASGI app: the node's components, its routes, and the middleware around them
-(request ids, CORS, the body size limit)."""
+(request ids, CORS, the concurrency and body size limits)."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ from satsrouter.http import (
     proxy,
 )
 from satsrouter.http.body_limit import BodyLimit
+from satsrouter.http.concurrency import ConcurrencyLimit
 from satsrouter.http.cors import LiveCORS
 from satsrouter.http.errors import install_error_handlers
 from satsrouter.logs import REQUEST_ID
@@ -135,6 +136,9 @@ def create_app(
     # Innermost, so that its 413 still gets CORS headers and a request id. Both read the
     # node's settings per request: the admin may change them.
     app.add_middleware(BodyLimit, max_bytes=lambda: the_node.settings.max_body_bytes)
+    # Outside the body limit (a refused request reads nothing), inside CORS, so that a
+    # browser can read the 503.
+    app.add_middleware(ConcurrencyLimit, limit=lambda: the_node.settings.max_concurrent_requests)
     app.add_middleware(
         LiveCORS,
         origins=lambda: the_node.settings.cors_origins,

@@ -21,12 +21,14 @@ def _serve(args: argparse.Namespace) -> int:
         import uvicorn
 
         from satsrouter.app import create_app
+        from satsrouter.http.connections import connection_options
 
         uvicorn.run(
             create_app(settings, freeze_heap=True),
             host=args.host,
             port=args.port,
             **_uvicorn_options(args),
+            **connection_options(settings),
         )
         return 0
     from satsrouter.workers import serve_workers
@@ -44,8 +46,7 @@ def _uvicorn_options(args: argparse.Namespace) -> dict[str, Any]:
         # Only the access log shows client addresses: parsing X-Forwarded-For (and the IP
         # checks around it) on every request is wasted work otherwise.
         "proxy_headers": args.access_log,
-        "loop": "uvloop",
-        "http": "httptools",
+        "loop": "uvloop",  # the HTTP protocol comes from `connection_options`
         "timeout_graceful_shutdown": 10,
     }
 

@@ -396,6 +396,46 @@ class Settings:
         check=_body_limit,
         live=True,
     )
+    max_header_bytes: int = setting(
+        32 * 1024,
+        env="MAX_HEADER_BYTES",
+        doc="the largest request line plus headers, in bytes (an `X-Cashu` token counts); a "
+        "larger one gets 431 `request_header_fields_too_large` and its connection is closed; "
+        "at least 1024",
+        parse=_int,
+        check=_body_limit,
+    )
+    max_header_count: int = setting(
+        100,
+        env="MAX_HEADER_COUNT",
+        doc="the most header fields a request may have; more gets 431 and a closed connection",
+        parse=_int,
+        check=_positive,
+    )
+    header_timeout: float = setting(
+        10.0,
+        env="HEADER_TIMEOUT",
+        doc="seconds a connection has to send a request's line and headers, from its opening "
+        "(first request) or the request's first byte; a slower one is closed (slow-loris)",
+        parse=_float,
+        check=_positive,
+    )
+    keepalive_timeout: float = setting(
+        5.0,
+        env="KEEPALIVE_TIMEOUT",
+        doc="seconds an idle keep-alive connection stays open after a response",
+        parse=_float,
+        check=_positive,
+    )
+    max_concurrent_requests: int = setting(
+        1000,
+        env="MAX_CONCURRENT_REQUESTS",
+        doc="requests each node process serves at once (streams count until they end); past "
+        "it, 503 `overloaded` with `Retry-After`; 0: no limit",
+        parse=_int,
+        check=_not_negative,
+        live=True,
+    )
     drain_timeout: float = setting(
         30.0,
         env="DRAIN_TIMEOUT",

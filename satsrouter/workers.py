@@ -37,13 +37,16 @@ def _worker(host: str, port: int, options: dict[str, Any], ready: Event) -> None
     import uvicorn
 
     from satsrouter.app import create_app
+    from satsrouter.http.connections import connection_options
     from satsrouter.logs import setup_logging
     from satsrouter.settings import Settings
 
     settings = Settings.from_env()
     setup_logging(settings.log_level, settings.log_format)
     sock = _bind(host, port)
-    config = uvicorn.Config(create_app(settings, freeze_heap=True), **options)
+    config = uvicorn.Config(
+        create_app(settings, freeze_heap=True), **options, **connection_options(settings)
+    )
     server = uvicorn.Server(config)
 
     async def serve() -> None:

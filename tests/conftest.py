@@ -19,6 +19,7 @@ from satsrouter_dev.fake_upstream import FakeUpstream, default_models
 from satsrouter_dev.mint import LocalMint, free_port
 
 from satsrouter.app import create_app
+from satsrouter.http.connections import connection_options
 from satsrouter.node import Node
 from satsrouter.settings import Settings
 
@@ -227,7 +228,13 @@ async def start_node(settings: Settings, *, access_log: bool = False) -> Running
     app = create_app(node=node)
     port = free_port()
     config = uvicorn.Config(
-        app, host="127.0.0.1", port=port, log_config=None, lifespan="on", access_log=access_log
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_config=None,
+        lifespan="on",
+        access_log=access_log,
+        **connection_options(settings),  # the header limits and timeouts `serve` has
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

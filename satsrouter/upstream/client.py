@@ -7,23 +7,16 @@ from typing import Any
 import aiohttp
 import orjson
 
-# Headers a client sends that must not reach the upstream (hop-by-hop, or the client's own
-# credentials for this node).
-_DROP_REQUEST_HEADERS = frozenset(
+# The only client headers passed on to the upstream: options of the APIs themselves, which
+# change what the upstream does or how it answers. Everything else stays here: the client's
+# credentials for this node (Authorization, X-Cashu, cookies), hop-by-hop and proxy headers
+# (X-Forwarded-*), and whatever else a client sends, which the upstream's operator has no
+# business seeing. Content-Type is the node's own (the body is rebuilt), as is Accept.
+FORWARDED_CLIENT_HEADERS = frozenset(
     {
-        "host",
-        "content-length",
-        "authorization",
-        "x-api-key",
-        "x-cashu",
-        "connection",
-        "keep-alive",
-        "transfer-encoding",
-        "accept-encoding",
-        "cookie",
-        "te",
-        "upgrade",
-        "proxy-authorization",
+        "anthropic-version",  # the Messages API version the client speaks
+        "anthropic-beta",  # Anthropic features the client opts into
+        "openai-beta",  # OpenAI features the client opts into (Assistants, Realtime…)
     }
 )
 
@@ -46,12 +39,8 @@ class UpstreamFailure(Exception):
 
 
 def forwardable_headers(headers: Any) -> dict[str, str]:
-    """The client's headers worth passing on (e.g. `anthropic-version`), minus credentials."""
-    return {
-        k: v
-        for k, v in headers.items()
-        if k.lower() not in _DROP_REQUEST_HEADERS and not k.lower().startswith("x-forwarded")
-    }
+    """The client's headers the upstream gets: those in `FORWARDED_CLIENT_HEADERS` only."""
+    return {k: v for k, v in headers.items() if k.lower() in FORWARDED_CLIENT_HEADERS}
 
 
 class Upstream:
