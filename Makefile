@@ -33,6 +33,10 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # never run).
 CHROMIUM := $(if $(wildcard /usr/bin/chromium),ok)
 
+# Rate limits shared through Redis (tests/test_rate_limits.py) run Debian's `redis-server`,
+# started by the tests on a free loopback port (tests/conftest_redis.py).
+REDIS := $(if $(wildcard /usr/bin/redis-server),ok)
+
 test-tools: client-tools
 ifneq ($(TEST_TOOLS),ok)
 	$(SUDO) apt-get update -qq
@@ -41,6 +45,10 @@ endif
 ifneq ($(CHROMIUM),ok)
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium
+endif
+ifneq ($(REDIS),ok)
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
 endif
 
 # The real-program tests (tests/test_real_clients.py, marker `clients`) run Claude Code, the

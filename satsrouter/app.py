@@ -29,6 +29,7 @@ from satsrouter.http.body_limit import BodyLimit
 from satsrouter.http.concurrency import ConcurrencyLimit
 from satsrouter.http.cors import LiveCORS
 from satsrouter.http.errors import install_error_handlers
+from satsrouter.http.rate_limit import RateLimit
 from satsrouter.logs import REQUEST_ID
 from satsrouter.metrics import RequestMetrics
 from satsrouter.node import Node
@@ -135,6 +136,9 @@ def create_app(
 
     # Innermost, so that its 413 still gets CORS headers and a request id. Both read the
     # node's settings per request: the admin may change them.
+    # Inside the body limit, whose rules close a connection whose body was never read (a
+    # refused request's); before any handler, so that a refusal reserves nothing.
+    app.add_middleware(RateLimit, node=the_node, paths=frozenset(proxy.PAID_ROUTES))
     app.add_middleware(BodyLimit, max_bytes=lambda: the_node.settings.max_body_bytes)
     # Outside the body limit (a refused request reads nothing), inside CORS, so that a
     # browser can read the 503.
@@ -149,6 +153,10 @@ def create_app(
             "X-Cashu",
             "X-Routstr-Cost-Msats",
             "X-Routstr-Balance-Msats",
+            "X-RateLimit-Limit",
+            "X-RateLimit-Remaining",
+            "X-RateLimit-Reset",
+            "Retry-After",
         ],
     )
     # Outside the body limit and CORS, so that their answers are counted too.

@@ -43,9 +43,9 @@ def _uvicorn_options(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "log_config": None,  # our handlers, with the secret filter
         "access_log": args.access_log,
-        # Only the access log shows client addresses: parsing X-Forwarded-For (and the IP
-        # checks around it) on every request is wasted work otherwise.
-        "proxy_headers": args.access_log,
+        # Never uvicorn's: it believes X-Forwarded-For from 127.0.0.1 and rewrites the client
+        # address the rate limits count by. TRUSTED_PROXIES decides (http/client_ip.py).
+        "proxy_headers": False,
         "loop": "uvloop",  # the HTTP protocol comes from `connection_options`
         "timeout_graceful_shutdown": 10,
     }

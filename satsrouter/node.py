@@ -15,6 +15,15 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from satsrouter import faults
 from satsrouter.admin.auth import AdminAuth
 from satsrouter.admin.live_settings import LiveSettings
+from satsrouter.admin.ratelimit import (
+    AttemptLimiter,
+    InFlight,
+    KeyLimits,
+    RateLimiter,
+    close_storage,
+    make_storage,
+    parse_limits,
+)
 from satsrouter.billing.keys import Keys
 from satsrouter.billing.ledger import Ledger
 from satsrouter.billing.payments import Billing
@@ -74,10 +83,16 @@ class Node:
             self.tx, self.ledger, self.payouts, self.wallet, allow_http=settings.lnurl_allow_http
         )
         self.revenue = Revenue(self.tx, self.payouts, self.wallet, self.lightning_refunds)
+        # Rate-limit counters: this process's memory, or Redis shared by several nodes.
+        self.rate_storage = make_storage(settings.redis_url)
+        self.rate_limiter = RateLimiter(self.rate_storage)
+        self.key_limits = KeyLimits(self.tx)
+        self.in_flight = InFlight()
         self.admin = AdminAuth(
             self.tx,
             settings.admin_password,
             settings.admin_session_hours * 3600,
+            limiter=AttemptLimiter(settings.auth_failure_limit, self.rate_storage),
             on_failure=self.metrics.admin_login_failed,
         )
         self.keys = Keys(self.tx, self.billing, self.payouts, lightning=self.lightning_refunds)
@@ -121,6 +136,7 @@ class Node:
         await migrate(self.engine)
         # The admin's overrides, before anything reads the settings they change.
         await self.live_settings.refresh()
+        await self.key_limits.refresh()
         await self.wallet.start()
         await self.ledger.heartbeat()
         password = await self.admin.ensure_password()
@@ -158,6 +174,7 @@ class Node:
             self.lightning.run_watcher(lambda: self.settings.invoice_poll_interval),
             self.lightning_refunds.run_expiry(lambda: self.settings.expiry_check_interval),
             self.live_settings.run(lambda: self.settings.settings_refresh_seconds),
+            self.key_limits.run(lambda: self.settings.settings_refresh_seconds),
             self.revenue.run_auto_payout(self._auto_payout, lambda: self.settings.payout_interval),
         ]
         self._tasks += [asyncio.create_task(loop) for loop in loops]
@@ -178,6 +195,8 @@ class Node:
             upstream.timeout = new.upstream_timeout
         self.health.interval = new.health_check_interval
         self.admin.session_seconds = new.admin_session_hours * 3600
+        if new.auth_failure_limit != old.auth_failure_limit:
+            self.admin.limiter.items = parse_limits(new.auth_failure_limit)
         if isinstance(self.rate, LiveRate):
             self.rate.max_age = new.btc_usd_max_age_seconds
         if new.log_level != old.log_level:
@@ -206,6 +225,8 @@ class Node:
         if isinstance(self.rate, LiveRate):
             await self.rate.close()
         await self.lightning_refunds.close()
+        with contextlib.suppress(Exception):
+            await close_storage(self.rate_storage)
         await self.wallet.close()
         with contextlib.suppress(Exception):
             await self.ledger.retire()  # siblings need not wait for our heartbeat to age

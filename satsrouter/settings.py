@@ -23,6 +23,8 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from satsrouter import faults
+from satsrouter.admin.ratelimit import check_limits
+from satsrouter.http.client_ip import check_networks
 from satsrouter.logs import LOG_FORMATS
 from satsrouter.market.rates import FEEDS, select_feeds
 from satsrouter.upstream.client import DIALECTS
@@ -451,6 +453,52 @@ class Settings:
         doc="origins browsers may call the node from, comma separated",
         parse=_split_list,
         live=True,
+    )
+    rate_limit: str = setting(
+        "60/minute;1000/hour;10000/day",
+        env="RATE_LIMIT",
+        doc="paid requests allowed per key (per client IP for X-Cashu and unauthenticated "
+        "requests), `;`-separated `N/second|minute|hour|day` windows; `off` disables; the admin "
+        "may set a key's own (`PATCH /admin/api/keys/{hash_prefix}`); over it: 429 "
+        "`rate_limited`, nothing reserved",
+        check=check_limits,
+        live=True,
+    )
+    auth_failure_limit: str = setting(
+        "10/minute",
+        env="AUTH_FAILURE_LIMIT",
+        doc="failed authentications (wrong API key or token, wrong admin password or metrics "
+        "token) allowed per client IP; past it that IP gets 429 until the window ends; `off` "
+        "disables",
+        check=check_limits,
+        live=True,
+    )
+    max_concurrent_per_key: int = setting(
+        16,
+        env="MAX_CONCURRENT_PER_KEY",
+        doc="paid requests one key (or client IP) may have in flight on one node process; "
+        "past it 429 `too_many_concurrent`; 0 means no cap",
+        parse=_int,
+        check=_not_negative,
+        live=True,
+    )
+    trusted_proxies: list[str] = setting(
+        [],
+        env="TRUSTED_PROXIES",
+        doc="reverse proxies (IPs or CIDRs, comma separated) whose `X-Forwarded-For` names "
+        "the client; from any other peer the socket's address is the client",
+        shown="none",
+        parse=_split_list,
+        check=check_networks,
+        live=True,
+    )
+    redis_url: str = setting(
+        "",
+        env="REDIS_URL",
+        doc="Redis for the rate-limit counters (`redis://[:password@]host:port/db`), shared by "
+        "every node using it",
+        shown="none: counters in each process's memory",
+        secret=True,  # it may carry a password
     )
     name: str = setting(
         "satsrouter", env="NAME", doc="the node's name in `/v1/info` and at `/`", live=True

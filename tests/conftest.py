@@ -23,7 +23,7 @@ from satsrouter.http.connections import connection_options
 from satsrouter.node import Node
 from satsrouter.settings import Settings
 
-pytest_plugins = ["conftest_ecash", "conftest_pg"]
+pytest_plugins = ["conftest_ecash", "conftest_pg", "conftest_redis"]
 
 BTC_USD = Decimal(100_000)
 FEE = Decimal("1.05")
@@ -235,6 +235,7 @@ async def start_node(settings: Settings, *, access_log: bool = False) -> Running
         lifespan="on",
         access_log=access_log,
         **connection_options(settings),  # the header limits and timeouts `serve` has
+        proxy_headers=False,  # as `satsrouter serve`: TRUSTED_PROXIES alone reads XFF
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
@@ -264,6 +265,9 @@ def node_settings(local_mint: LocalMint, upstream: FakeUpstream, tmp_path: Path)
         provider_fee=FEE,
         drain_timeout=5.0,
         admin_password=ADMIN_PASSWORD,
+        # Tests send many requests per key: no request limits unless a test asks for them.
+        rate_limit="off",
+        max_concurrent_per_key=0,
     )
 
 

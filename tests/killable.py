@@ -42,6 +42,9 @@ class KillableNode:
             "SWEEP_INTERVAL": "0.5",
             "INVOICE_POLL_INTERVAL": "0.2",
             "LNURL_ALLOW_HTTP": "true",
+            # Many requests per key: no request limits unless a test asks for them.
+            "RATE_LIMIT": "off",
+            "MAX_CONCURRENT_PER_KEY": "0",
             **env,
         }
         self.proc: subprocess.Popen[bytes] | None = None

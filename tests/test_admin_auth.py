@@ -89,7 +89,7 @@ async def test_every_admin_route_refuses_without_a_valid_login(
     async with httpx.AsyncClient(base_url=node.url, cookies=cookies) as http:
         for method, path in PROTECTED:
             # A fresh count per route: each wrong password cookie is a failed login, and
-            # the sixth would be a 429 (tested below) rather than the 401 checked here.
+            # the one past the limit would be a 429 (tested below), not the 401 checked here.
             node.node.admin.limiter = AttemptLimiter()
             resp = await http.request(method, _concrete(path), json={})
             assert resp.status_code == 401, (method, path, resp.status_code, resp.text)
@@ -176,12 +176,14 @@ async def test_the_seed_admin_password_cookie_works_unchanged(node: RunningNode)
 
 
 async def test_failed_logins_are_rate_limited_per_address(node: RunningNode) -> None:
+    limit = node.node.admin.limiter.limit  # AUTH_FAILURE_LIMIT's
+    assert limit == 10
     async with httpx.AsyncClient(base_url=node.url) as http:
         codes = [
             (await http.post(f"{PREFIX}/login", json={"password": f"guess-{i}"})).status_code
-            for i in range(5)
+            for i in range(limit)
         ]
-        assert codes == [401] * 5
+        assert codes == [401] * limit
         limited = await http.post(f"{PREFIX}/login", json={"password": ADMIN_PASSWORD})
         # Over the limit even the right password waits: a guesser learns nothing.
         assert limited.status_code == 429

@@ -88,6 +88,9 @@ def node_process(
         "DATA_DIR": str(workdir / "node"),
         "BTC_USD_PRICE": "100000",
         "LOG_LEVEL": "WARNING",
+        # The demo and the bench send far more than the seed's 60 requests a minute per key.
+        "RATE_LIMIT": "off",
+        "MAX_CONCURRENT_PER_KEY": "0",
     }
     cmd = [sys.executable, "-m", "satsrouter", "serve", "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--workers", str(workers)]

@@ -19,10 +19,12 @@ import hmac
 import os
 import secrets
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+# Re-exported: the limiter is this module's, built on the shared rate-limit storage.
+from satsrouter.admin.ratelimit import AttemptLimiter as AttemptLimiter
+from satsrouter.admin.ratelimit import TooManyAttempts as TooManyAttempts
 from satsrouter.store.tx import Tx, TxRunner
 
 PASSWORD_HASH = "admin_password_hash"  # its row in node_config
@@ -71,47 +73,6 @@ def verify_password(password: str, stored: str) -> bool:
 def new_password() -> str:
     """A password to show once: 24 characters, about 143 bits."""
     return secrets.token_urlsafe(18)
-
-
-class TooManyAttempts(Exception):
-    """Too many failed logins from one client; try again after `retry_after` seconds."""
-
-    def __init__(self, retry_after: float) -> None:
-        super().__init__(f"too many failed attempts; retry in {retry_after:.0f} s")
-        self.retry_after = retry_after
-
-
-class AttemptLimiter:
-    """At most `limit` failures per client in a sliding `window` (seconds), in this process.
-
-    Failures only: a right password is never slowed down. Several nodes each keep their own
-    count, so a guesser spread over N nodes gets N times the attempts — still a handful a
-    minute against a password of 140 bits.
-    """
-
-    def __init__(self, limit: int = 5, window: float = 60.0, max_clients: int = 10_000) -> None:
-        self.limit = limit
-        self.window = window
-        self._max_clients = max_clients
-        self._failures: dict[str, deque[float]] = {}
-
-    def check(self, client: str) -> None:
-        """Raise TooManyAttempts if `client` is over its limit now."""
-        failures = self._failures.get(client)
-        if not failures:
-            return
-        now = time.monotonic()
-        while failures and failures[0] <= now - self.window:
-            failures.popleft()
-        if len(failures) >= self.limit:
-            raise TooManyAttempts(failures[0] + self.window - now)
-
-    def failed(self, client: str) -> None:
-        """Count one failure for `client`."""
-        if client not in self._failures and len(self._failures) >= self._max_clients:
-            # Bounded memory under a spray of addresses: forget the oldest client.
-            self._failures.pop(next(iter(self._failures)))
-        self._failures.setdefault(client, deque()).append(time.monotonic())
 
 
 @dataclass(frozen=True)
@@ -195,13 +156,13 @@ class AdminAuth:
         Raises TooManyAttempts before checking anything when `client` is over its limit.
         """
         try:
-            self.limiter.check(client)
+            await self.limiter.check(client)
         except TooManyAttempts:
             self._on_failure("rate_limited")
             raise
         ok = await self._check(password)
         if not ok:
-            self.limiter.failed(client)
+            await self.limiter.failed(client)
             self._on_failure("wrong_password")
         return ok
 

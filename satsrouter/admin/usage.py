@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from satsrouter.admin.ratelimit import parse_limits
 from satsrouter.errors import ApiError
 from satsrouter.store.tx import Tx, TxRunner
 
@@ -44,13 +46,15 @@ _DAY_FIGURES = (
 _KEY_COLUMNS = (
     "SELECT a.key_hash, a.kind, a.mint_url, a.unit, a.balance_msat, a.reserved_msat, "
     "a.total_spent_msat, a.total_requests, a.created_at, a.last_used_at, a.expires_at, "
-    "a.disabled_at, p.key_hash FROM accounts a LEFT OUTER JOIN accounts p ON p.id = a.parent_id"
+    "a.disabled_at, p.key_hash, a.rate_limit "
+    "FROM accounts a LEFT OUTER JOIN accounts p ON p.id = a.parent_id"
 )
 _KEY_BY_ID = _KEY_COLUMNS + " WHERE a.id = :id"
 # Hex sorts the same in every collation: the keys starting with `lo` are those in [lo, hi).
 _FIND_PREFIX = "SELECT id FROM accounts WHERE key_hash >= :lo AND key_hash < :hi LIMIT 2"
 _DISABLE = "UPDATE accounts SET disabled_at = :now WHERE id = :id AND disabled_at IS NULL"
 _ENABLE = "UPDATE accounts SET disabled_at = NULL WHERE id = :id"
+_SET_RATE_LIMIT = "UPDATE accounts SET rate_limit = :limit WHERE id = :id"
 _HEX = re.compile(r"[0-9a-f]+")
 
 
@@ -98,7 +102,7 @@ def _grouped(groups: dict[Any, Figures], name: str) -> list[dict[str, Any]]:
 
 def _key_object(row: tuple[Any, ...]) -> dict[str, Any]:
     (key_hash, kind, mint_url, unit, balance, reserved, spent, requests) = row[:8]
-    created_at, last_used_at, expires_at, disabled_at, parent_hash = row[8:]
+    created_at, last_used_at, expires_at, disabled_at, parent_hash, rate_limit = row[8:]
     return {
         "hash_prefix": key_hash[:PREFIX_CHARS],
         "kind": kind,
@@ -113,6 +117,7 @@ def _key_object(row: tuple[Any, ...]) -> dict[str, Any]:
         "expires_at": expires_at,
         "disabled": disabled_at is not None,
         "parent": parent_hash[:PREFIX_CHARS] if parent_hash else None,
+        "rate_limit": rate_limit,  # None: the node's RATE_LIMIT
     }
 
 
@@ -199,6 +204,36 @@ class OperatorUsage:
 
         Its balance stays; requests already running finish and are charged as usual.
         """
+        now = time.time()
+
+        def change(tx: Tx, account_id: int) -> None:
+            if disabled:
+                tx.execute(_DISABLE, {"id": account_id, "now": now})
+            else:
+                tx.execute(_ENABLE, {"id": account_id})
+
+        return _key_object(await self._change(hash_prefix, change))
+
+    async def set_rate_limit(self, hash_prefix: str, limit: str | None) -> tuple[str, Any]:
+        """Give a key its own rate limit (`limits` syntax), or None for the node's again.
+
+        Returns the key's full hash (for the node's in-memory overrides) and its key object.
+        """
+        if limit is not None:
+            try:
+                parse_limits(limit)
+            except ValueError as exc:
+                raise ApiError(400, "invalid_request", f"rate_limit: {exc}") from None
+            limit = limit.strip()
+
+        def change(tx: Tx, account_id: int) -> None:
+            tx.execute(_SET_RATE_LIMIT, {"id": account_id, "limit": limit})
+
+        row = await self._change(hash_prefix, change)
+        return str(row[0]), _key_object(row)
+
+    async def _change(self, hash_prefix: str, change: Callable[[Tx, int], None]) -> tuple[Any, ...]:
+        """Apply `change` to the one key whose hash starts with `hash_prefix`; its row after."""
         prefix = hash_prefix.strip().lower()
         if not MIN_PREFIX_CHARS <= len(prefix) <= 64 or not _HEX.fullmatch(prefix):
             raise ApiError(
@@ -207,7 +242,6 @@ class OperatorUsage:
                 f"Name the key by {MIN_PREFIX_CHARS} to 64 hex characters of its hash "
                 "(its hash_prefix in GET /admin/api/keys).",
             )
-        now = time.time()
 
         def write(tx: Tx) -> tuple[Any, ...]:
             found, _ = tx.execute(_FIND_PREFIX, {"lo": prefix, "hi": prefix + "g"})
@@ -219,12 +253,9 @@ class OperatorUsage:
                     "ambiguous_key",
                     f"Several keys' hashes start with {prefix}; give more of the hash.",
                 )
-            account_id = found[0][0]
-            if disabled:
-                tx.execute(_DISABLE, {"id": account_id, "now": now})
-            else:
-                tx.execute(_ENABLE, {"id": account_id})
+            account_id = int(found[0][0])
+            change(tx, account_id)
             rows, _ = tx.execute(_KEY_BY_ID, {"id": account_id})
-            return rows[0]
+            return tuple(rows[0])
 
-        return _key_object(await self._tx.run(write, durable=True))
+        return await self._tx.run(write, durable=True)

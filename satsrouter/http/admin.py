@@ -15,6 +15,7 @@ from starlette.responses import Response
 from satsrouter import __version__
 from satsrouter.admin.auth import PASSWORD_COOKIE, SESSION_COOKIE, TooManyAttempts
 from satsrouter.errors import ApiError
+from satsrouter.http.client_ip import client_ip
 from satsrouter.jsonbody import json_object
 from satsrouter.node import Node
 
@@ -24,8 +25,10 @@ router = APIRouter(prefix=PREFIX)
 
 
 def client_of(request: Request) -> str:
-    """The address failed logins are counted against."""
-    return request.client.host if request.client else "unknown"
+    """The address failed logins are counted against (a trusted proxy's client)."""
+    node: Node = request.app.state.node
+    forwarded = request.headers.get("x-forwarded-for")
+    return client_ip(request.client, forwarded, node.settings.trusted_proxies)
 
 
 def _unauthorized() -> ApiError:

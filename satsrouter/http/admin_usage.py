@@ -8,6 +8,7 @@ from starlette.responses import Response
 from satsrouter.admin.usage import MAX_DAYS, OperatorUsage, parse_kinds
 from satsrouter.errors import ApiError
 from satsrouter.http.admin import admin_router, json_response
+from satsrouter.jsonbody import json_object
 from satsrouter.node import Node
 
 router = admin_router()
@@ -60,3 +61,18 @@ async def disable_key(request: Request, hash_prefix: str) -> Response:
 async def enable_key(request: Request, hash_prefix: str) -> Response:
     """Let a disabled key pay for requests again."""
     return json_response(await _usage(request).set_disabled(hash_prefix, False))
+
+
+@router.patch("/keys/{hash_prefix}")
+async def patch_key(request: Request, hash_prefix: str) -> Response:
+    """Set a key's own rate limit: `{"rate_limit": "120/minute"}`, or null for the node's."""
+    node: Node = request.app.state.node
+    body = json_object(await request.body())
+    if set(body) != {"rate_limit"}:
+        raise ApiError(400, "invalid_request", 'Send {"rate_limit": "120/minute"} or null.')
+    limit = body["rate_limit"]
+    if limit is not None and not isinstance(limit, str):
+        raise ApiError(400, "invalid_request", "rate_limit must be a string or null.")
+    key_hash, key = await _usage(request).set_rate_limit(hash_prefix, limit)
+    node.key_limits.set(key_hash, limit)  # here at once; other nodes at their next refresh
+    return json_response(key)

@@ -46,10 +46,10 @@ async def _allowed(request: Request, node: Node) -> bool:
     given = _bearer(request)
     if settings.metrics_token and given is not None:
         client = client_of(request)
-        node.admin.limiter.check(client)
+        await node.admin.limiter.check(client)
         if hmac.compare_digest(given.encode(), settings.metrics_token.encode()):
             return True
-        node.admin.limiter.failed(client)
+        await node.admin.limiter.failed(client)
         return False
     if settings.metrics_loopback and _from_loopback(request):
         return True

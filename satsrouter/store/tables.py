@@ -46,6 +46,8 @@ accounts = Table(
     # Set by the operator: a disabled key is refused (403 key_disabled), keeps its balance.
     Column("disabled_at", Float, nullable=True),
     Column("last_used_at", Float, nullable=True),
+    # Set by the operator: this key's rate limit instead of RATE_LIMIT (`limits` syntax).
+    Column("rate_limit", String(200), nullable=True),
     CheckConstraint("balance_msat >= 0", name="ck_balance_nonneg"),
     CheckConstraint("reserved_msat >= 0", name="ck_reserved_nonneg"),
     CheckConstraint("balance_msat - reserved_msat >= 0", name="ck_available_nonneg"),
