@@ -13,7 +13,7 @@ import pytest
 import redis
 from conftest import ADMIN_PASSWORD, NodeFactory, RunningNode, admin_client, eventually
 from satsrouter_dev.fake_upstream import FakeUpstream
-from satsrouter_dev.mint import TestWallet
+from satsrouter_dev.mint import TestWallet, free_port
 from satsrouter_dev.redis_server import LocalRedis
 
 from satsrouter.admin.ratelimit import parse_limits
@@ -290,3 +290,21 @@ def test_limits_sorted_shortest_window_first() -> None:
     assert [item.amount for item in items] == [60, 1000, 10000]
     with pytest.raises(ValueError):
         parse_limits("sixty a minute")
+
+
+async def test_a_redis_outage_limits_nothing_rather_than_refusing(
+    node_factory: NodeFactory, upstream: FakeUpstream, user_wallet: TestWallet
+) -> None:
+    upstream.reset()
+    down = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    node = await node_factory(rate_limit="1/minute", auth_failure_limit="1/minute", redis_url=down)
+    key = await new_key(node, user_wallet)
+    async with httpx.AsyncClient(base_url=node.url) as http:
+        for _ in range(2):
+            resp = await http.post(CHAT, json=BODY, headers=bearer(key))
+            assert resp.status_code == 200, resp.text
+            assert "x-ratelimit-limit" not in resp.headers
+        for _ in range(2):
+            wrong = await http.post(CHAT, json=BODY, headers=bearer("sk-wrong"))
+            assert wrong.status_code == 401
+    await node.check_invariants()

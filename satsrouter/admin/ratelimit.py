@@ -88,6 +88,24 @@ class Verdict:
         ]
 
 
+class _Outage:
+    """Says (at most once a minute) that the counters' storage failed: limits fail open."""
+
+    def __init__(self) -> None:
+        self._said = 0.0
+
+    def __call__(self, what: str, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._said >= 60:
+            self._said = now
+            log.warning(
+                "rate-limit storage failed (%s): %s; not limiting", what, type(exc).__name__
+            )
+
+
+_outage = _Outage()
+
+
 class RateLimiter:
     """Counts requests per identity against a set of limits (fixed windows)."""
 
@@ -98,10 +116,18 @@ class RateLimiter:
     async def hit(self, items: Limits, identity: str) -> Verdict | None:
         """Count one request against every limit, shortest window first; None when unlimited.
 
-        Refused as soon as one limit is over: the longer windows are not counted then.
+        Refused as soon as one limit is over: the longer windows are not counted then. A
+        storage that fails (Redis down) limits nothing rather than refuse every request.
         """
         if not items:
             return None
+        try:
+            return await self._hit(items, identity)
+        except Exception as exc:
+            _outage("counting a request", exc)
+            return None
+
+    async def _hit(self, items: Limits, identity: str) -> Verdict:
         worst: tuple[int, RateLimitItem, str] | None = None
         for item in items:
             key = item.key_for(self._namespace, identity)
@@ -189,18 +215,28 @@ class AttemptLimiter:
         if left is not None:
             raise TooManyAttempts(left)
         for item in self.items:
-            if not await self._limiter.test(item, "auth", client):
-                raise TooManyAttempts(await self._block(item, client))
+            try:
+                allowed = await self._limiter.test(item, "auth", client)
+                if not allowed:
+                    left = await self._block(item, client)
+            except Exception as exc:
+                _outage("reading failed attempts", exc)
+                return
+            if not allowed:
+                raise TooManyAttempts(left or 0.0)
 
     async def failed(self, client: str) -> bool:
         """Count one failure for `client`; True when that used up its allowance."""
         over = False
-        for item in self.items:
-            await self._limiter.hit(item, "auth", client)
-            stats = await self._limiter.get_window_stats(item, "auth", client)
-            if stats.remaining <= 0:
-                self._remember(client, stats.reset_time)
-                over = True
+        try:
+            for item in self.items:
+                await self._limiter.hit(item, "auth", client)
+                stats = await self._limiter.get_window_stats(item, "auth", client)
+                if stats.remaining <= 0:
+                    self._remember(client, stats.reset_time)
+                    over = True
+        except Exception as exc:
+            _outage("counting a failed attempt", exc)
         return over
 
     async def _block(self, item: RateLimitItem, client: str) -> float:
