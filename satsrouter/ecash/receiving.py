@@ -22,6 +22,7 @@ from typing import Any, TypeVar
 
 from satsrouter import faults
 from satsrouter.ecash._cashu import Proof
+from satsrouter.ecash.mint_gate import bounded_wait, current_wait
 from satsrouter.ecash.slot import Slot
 from satsrouter.ecash.store import (
     Output,
@@ -53,6 +54,7 @@ class _Receive:
     link: Link
     finish: Callable[[Tx, int], Any]
     done: asyncio.Future[Any]
+    wait: float | None  # how long it may wait for the mint (None: as long as it takes)
 
 
 @dataclass
@@ -86,7 +88,7 @@ class SwapBatcher:
         wallet.verify_proofs_dleq(proofs)
         owed = _total(proofs) - wallet.get_fees_for_proofs(proofs)
         done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Receive(proofs, owed, link, finish, done))
+        self._waiting.append(_Receive(proofs, owed, link, finish, done, current_wait()))
         if self._feeder is None:
             self._feeder = asyncio.create_task(self._feed())
         # shielded: a caller that gives up does not cancel a swap others share
@@ -128,7 +130,7 @@ class SwapBatcher:
             try:
                 results = await self._swap(batch, at_mint)
             except Refused as refused:
-                if len(batch) == 1:
+                if len(batch) == 1 or refused.error.code == "mint_busy":
                     raise refused.error from None
                 for receive in batch:  # someone's proofs spoiled the swap: each alone
                     await self._run([receive], at_mint)
@@ -196,10 +198,17 @@ class SwapBatcher:
         faults.reach("receive.after_intent")
         blinded = await blind(wallet, keyset_id, outputs)
         signed_inputs = wallet.sign_proofs_inplace_swap(proofs, blinded.messages)
+        waits = [receive.wait for receive in batch]
+        # The batch waits for the mint as long as its most patient receive would.
+        wait = None if None in waits else max(w for w in waits if w is not None)
         async with self._mint_turn:
             at_mint.set()
             try:
-                promises = await swap(slot, signed_inputs, blinded)
+                if wait is None:
+                    promises = await swap(slot, signed_inputs, blinded)
+                else:
+                    with bounded_wait(wait):
+                        promises = await swap(slot, signed_inputs, blinded)
             except Refused:
                 await self._refused(op_id, keyset_id, reused, first, fresh)
                 raise
