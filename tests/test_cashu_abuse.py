@@ -166,6 +166,22 @@ async def test_foreign_mint_token_is_refused_without_contacting_it(
 # ---- bounded mint calls ----
 
 
+async def test_one_x_cashu_request_makes_at_most_two_mint_calls(
+    node: RunningNode, user_wallet: TestWallet, local_mint: LocalMint
+) -> None:
+    tokens = await user_wallet.mint_tokens(25, 4)
+    log = MintLog(local_mint)
+    async with httpx.AsyncClient(base_url=node.url) as http:
+        for token in tokens:
+            log.mark()
+            resp = await _chat(http, **{"X-Cashu": token})
+            assert resp.status_code == 200, resp.text
+            calls = log.calls()
+            # the token's swap, and a split only when no coins make the change exactly
+            assert 1 <= len(calls) <= 2 and set(calls) == {"POST /v1/swap"}, calls
+    await node.check_invariants()
+
+
 async def test_mint_busy_refuses_before_redeeming_and_leaves_the_token(
     node_factory: NodeFactory, user_wallet: TestWallet, local_mint: LocalMint
 ) -> None:
