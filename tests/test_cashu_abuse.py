@@ -24,8 +24,12 @@ from satsrouter_dev.mint import LocalMint, TestWallet, free_port
 from sqlalchemy import func, select
 
 from satsrouter.billing.audit import audit
+from satsrouter.billing.dead_tokens import DeadTokens
 from satsrouter.billing.payments import sha256_hex
+from satsrouter.ecash import swap as swap_module
+from satsrouter.ecash.errors import EcashError
 from satsrouter.ecash.mint_gate import MintBusy, MintGate
+from satsrouter.errors import ApiError
 from satsrouter.lightning.lnurl import LnurlClient, LnurlError, encode_lnurl
 from satsrouter.store.tables import journal, redemptions
 
@@ -161,6 +165,50 @@ async def test_foreign_mint_token_is_refused_without_contacting_it(
     assert connections == [] and log.calls() == []
     assert await _redemption_count(node) == 0
     assert await user_wallet.redeem(real) == 8
+
+
+async def test_token_whose_outcome_is_unknown_is_not_remembered_as_dead(
+    node: RunningNode, user_wallet: TestWallet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (token,) = await user_wallet.mint_tokens(30)
+
+    async def lost(*args: Any) -> Any:
+        raise EcashError("mint_unreachable")  # as if the answer never came back
+
+    monkeypatch.setattr(swap_module, "post_swap", lost)
+    async with httpx.AsyncClient(base_url=node.url) as http:
+        first = await _chat(http, **{"X-Cashu": token})
+        assert first.status_code == 503 and _code(first) == "mint_unreachable", first.text
+        assert len(node.node.billing.dead_tokens) == 0
+        again = await _chat(http, **{"X-Cashu": token})
+        assert again.status_code == 409  # its swap may have happened: recovery decides
+        monkeypatch.undo()
+        await node.node.billing.recover()  # the mint signed nothing: the token is free again
+        paid = await _chat(http, **{"X-Cashu": token})
+    assert paid.status_code == 200, paid.text
+    await node.check_invariants()
+
+
+def test_dead_tokens_are_bounded_in_age_and_number_and_keep_only_dead_verdicts() -> None:
+    now = [0.0]
+    dead = DeadTokens(seconds=600, size=3, clock=lambda: now[0])
+    spent = ApiError(400, "cashu_token_already_spent", "spent")
+    for code, status in (("mint_unreachable", 503), ("mint_busy", 503), ("mint_error", 502)):
+        dead.remember("h-" + code, ApiError(status, code, "maybe later"))
+    dead.remember("h-pending", ApiError(400, "cashu_token_pending", "pending"))
+    dead.remember("h-progress", ApiError(409, "redemption_in_progress", "wait"))
+    dead.remember("h-small", ApiError(402, "insufficient_balance", "more"))
+    assert len(dead) == 0  # none of those is final
+    for i in range(5):
+        dead.remember(f"h{i}", spent)
+    assert len(dead) == 3
+    dead.check("h0")  # the oldest went first: not known any more
+    with pytest.raises(ApiError) as caught:
+        dead.check("h4")
+    assert (caught.value.status, caught.value.code) == (400, "cashu_token_already_spent")
+    now[0] = 600.0
+    dead.check("h4")  # expired: the next attempt asks again
+    assert len(dead) == 2
 
 
 # ---- bounded mint calls ----
