@@ -112,6 +112,26 @@ async def test_token_spent_here_is_dead_for_paying_but_its_change_still_collecta
     await node.check_invariants()
 
 
+async def test_same_token_sent_concurrently_is_redeemed_once(
+    node: RunningNode, user_wallet: TestWallet, local_mint: LocalMint
+) -> None:
+    (token,) = await user_wallet.mint_tokens(30)
+    log = MintLog(local_mint)
+    log.mark()
+    async with httpx.AsyncClient(base_url=node.url) as http:
+        replies = await asyncio.gather(*(_chat(http, **{"X-Cashu": token}) for _ in range(8)))
+    statuses = sorted(r.status_code for r in replies)
+    assert statuses.count(200) == 1, [r.text for r in replies]
+    for resp in replies:
+        if resp.status_code != 200:
+            assert (resp.status_code, _code(resp)) in {
+                (409, "redemption_in_progress"),
+                (400, "cashu_token_already_spent"),
+            }
+    assert log.calls().count("POST /v1/swap") <= 2  # the token's swap (+ the change's split)
+    await node.check_invariants()
+
+
 async def test_forged_token_replays_do_not_reach_the_mint_again(
     node: RunningNode, user_wallet: TestWallet, local_mint: LocalMint
 ) -> None:

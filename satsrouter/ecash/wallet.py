@@ -92,7 +92,8 @@ class NodeWallet:
         self._clients: dict[str, httpx.AsyncClient | None] = {}
         self._sessions: dict[str, Any] = {}
         # One bound per mint, whatever the unit: it is the mint's capacity being spared.
-        self.gates = {m: MintGate(mint_max_concurrency, mint_calls_per_second) for m in self.mints}
+        self._bounds = (mint_max_concurrency, mint_calls_per_second)
+        self.gates = {m: MintGate(*self._bounds) for m in self.mints}
         self._create_lock = asyncio.Lock()
         # nutshell wants a database for the mint's public keysets; ours holds everything else
         self._keyset_cache = Path(tempfile.mkdtemp(prefix="satsrouter-keysets-"))
@@ -393,7 +394,7 @@ class NodeWallet:
                     skip_db_read=True,
                 )
                 use_seed(wallet, self._mnemonic)
-                gate = self.gates[mint]
+                gate = self.gates.setdefault(mint, MintGate(*self._bounds))
                 use_gate(wallet, gate.call)
                 wallet.keysets = {}
                 wallet.proofs = []
