@@ -24,6 +24,7 @@ from satsrouter.admin.ratelimit import (
     make_storage,
     parse_limits,
 )
+from satsrouter.billing.dead_tokens import DeadTokens
 from satsrouter.billing.keys import Keys
 from satsrouter.billing.ledger import Ledger
 from satsrouter.billing.payments import Billing
@@ -73,11 +74,19 @@ class Node:
             self.ledger.is_dead,
             legacy_dir=settings.data_dir,
             observe_mint_call=self.metrics.mint_call,
+            mint_max_concurrency=settings.mint_max_concurrency,
+            mint_calls_per_second=settings.mint_calls_per_second,
         )
         faults.configure(settings.fault_crash_at)
         self.redeemer = Redeemer(self.tx, self.ledger, self.wallet)
         self.payouts = Payouts(self.tx, self.ledger, self.wallet)
-        self.billing = Billing(self.ledger, self.redeemer, self.payouts)
+        self.billing = Billing(
+            self.ledger,
+            self.redeemer,
+            self.payouts,
+            DeadTokens(settings.dead_token_cache_seconds, settings.dead_token_cache_size),
+            mint_wait=settings.mint_busy_wait,
+        )
         self.lightning = LightningFunding(self.tx, self.ledger, self.wallet)
         self.lightning_refunds = LightningRefunds(
             self.tx, self.ledger, self.payouts, self.wallet, allow_http=settings.lnurl_allow_http

@@ -316,6 +316,45 @@ class Settings:
         parse=_split_list,
         check=_some_mint,
     )
+    # A flood of X-Cashu requests must not become a flood at the mint (per node process).
+    mint_max_concurrency: int = setting(
+        8,
+        env="MINT_MAX_CONCURRENCY",
+        doc="most calls this node process has at one mint at once",
+        parse=_int,
+        check=_positive,
+    )
+    mint_calls_per_second: float = setting(
+        50.0,
+        env="MINT_CALLS_PER_SECOND",
+        doc="most calls a second this node process makes to one mint (bursts of one second's "
+        "worth); 0 leaves the rate unbounded",
+        parse=_float,
+        check=_not_negative,
+    )
+    mint_busy_wait: float = setting(
+        2.0,
+        env="MINT_BUSY_WAIT",
+        doc="seconds a token's redemption waits for the mint within those bounds before the "
+        "request gets 503 `mint_busy` (with `Retry-After`; the token is left unused)",
+        parse=_float,
+        check=_not_negative,
+    )
+    dead_token_cache_seconds: float = setting(
+        600.0,
+        env="DEAD_TOKEN_CACHE_SECONDS",
+        doc="seconds a token found spent, unreadable or from a mint not accepted is answered "
+        "from memory, without the mint; 0 turns this off",
+        parse=_float,
+        check=_not_negative,
+    )
+    dead_token_cache_size: int = setting(
+        10_000,
+        env="DEAD_TOKEN_CACHE_SIZE",
+        doc="most dead tokens remembered (their hashes) per node process",
+        parse=_int,
+        check=_positive,
+    )
     data_dir: Path = setting(
         Path("./data"),
         env="DATA_DIR",
@@ -640,7 +679,8 @@ class Settings:
     lnurl_allow_http: bool = setting(
         False,
         env="LNURL_ALLOW_HTTP",
-        doc="allow plain-http LNURL endpoints (tests only)",
+        doc="**tests only**: allow plain-http LNURL endpoints, and ones on loopback "
+        "(127.0.0.0/8, ::1); private, link-local and other non-global addresses stay refused",
         parse=_flag,
     )
     fault_crash_at: str = setting(

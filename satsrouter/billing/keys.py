@@ -12,13 +12,11 @@ from satsrouter.billing.balances import open_account_tx
 from satsrouter.billing.ledger import PERIODS, Account, Ledger
 from satsrouter.billing.payments import (
     Billing,
-    ecash_api_error,
     key_disabled,
     nothing_to_refund,
     sha256_hex,
 )
 from satsrouter.billing.payouts import NothingToPayOut, Payout, PayoutConflict, Payouts
-from satsrouter.ecash.errors import EcashError
 from satsrouter.errors import ApiError
 from satsrouter.store.tx import Tx, TxRunner
 from satsrouter.units import UNIT_MSAT
@@ -123,7 +121,7 @@ class Keys:
         key = new_key()
         redeemed = await self.billing.redeem(token, sha256_hex(key), "key")
         if redeemed.already:
-            raise ecash_api_error(EcashError("cashu_token_already_spent"))
+            raise self.billing.spent_here(token)
         if refund_address is not None or expires_at is not None:
             params = {"id": redeemed.account_id, "lnurl": refund_address, "expires": expires_at}
             await self._tx.run(lambda tx: tx.execute(_SET_REFUND, params), durable=True)
@@ -155,7 +153,7 @@ class Keys:
             )
         redeemed = await self.billing.redeem(token, account.key_hash, account.kind)
         if redeemed.already:
-            raise ecash_api_error(EcashError("cashu_token_already_spent"))
+            raise self.billing.spent_here(token)
         return Topup(await self.ledger.get_account_by_id(account.id), redeemed.credited_msat)
 
     async def withdraw(

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from satsrouter.billing.dead_tokens import DeadTokens
 from satsrouter.billing.ledger import (
     Account,
     InsufficientBalance,
@@ -28,7 +29,8 @@ from satsrouter.billing.payouts import NothingToPayOut, Payout, Payouts
 from satsrouter.billing.quote import Quote
 from satsrouter.billing.redeem import Redeemed, Redeemer
 from satsrouter.ecash.errors import EcashError
-from satsrouter.ecash.tokens import ParsedToken, parse_token
+from satsrouter.ecash.mint_gate import bounded_wait
+from satsrouter.ecash.tokens import ParsedToken, parse_token, token_hash
 from satsrouter.errors import ApiError, insufficient_balance
 from satsrouter.usage import Usage
 
@@ -47,7 +49,8 @@ def is_cashu_token(text: str) -> bool:
 
 def ecash_api_error(exc: EcashError) -> ApiError:
     """The client-facing form of a wallet failure (one mapping for every path)."""
-    return ApiError(exc.status, exc.code, exc.message)
+    headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after else None
+    return ApiError(exc.status, exc.code, exc.message, headers)
 
 
 def nothing_to_refund(exc: NothingToPayOut, holder: str, fate: str) -> ApiError:
@@ -209,10 +212,21 @@ def change_payout_id(token: ParsedToken) -> str:
 class Billing:
     """Resolves who pays and holds their money for the length of one request."""
 
-    def __init__(self, ledger: Ledger, redeemer: Redeemer, payouts: Payouts) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        redeemer: Redeemer,
+        payouts: Payouts,
+        dead_tokens: DeadTokens | None = None,
+        mint_wait: float = 2.0,
+    ) -> None:
         self.ledger = ledger
         self.redeemer = redeemer
         self.payouts = payouts
+        # Replays of dead tokens are answered from here: no mint call, no database write.
+        self.dead_tokens = dead_tokens or DeadTokens()
+        # How long a redemption waits for the mint (the node's bound on it) before a 503.
+        self.mint_wait = mint_wait
         # Reservations held by requests alive in this process; the sweeper never touches them.
         self.live: set[str] = set()
 
@@ -236,7 +250,9 @@ class Billing:
                     401, "invalid_api_key", "Unknown API key. Check the key or create a new one."
                 ) from None
         # A token used as an API key for the first time: redeem it into its own balance.
-        await self.redeem(self.parse(key), key_hash, "token")
+        token = self.parse(key)
+        if (await self.redeem(token, key_hash, "token")).already:
+            raise self.spent_here(token)  # redeemed into another key's balance before
         return await self._reserve(key_hash, quote, request_id, None, endpoint)
 
     async def account(self, key: str) -> Account:
@@ -247,7 +263,9 @@ class Billing:
             return account
         if not is_cashu_token(key):
             raise ApiError(401, "invalid_api_key", "Unknown API key.")
-        await self.redeem(self.parse(key), key_hash, "token")
+        token = self.parse(key)
+        if (await self.redeem(token, key_hash, "token")).already:
+            raise self.spent_here(token)
         account = await self.ledger.get_account(key_hash)
         if account is None:
             raise ApiError(401, "invalid_api_key", "Unknown API key.")
@@ -256,12 +274,33 @@ class Billing:
     async def redeem(self, token: ParsedToken, key_hash: str, kind: str) -> Redeemed:
         """Redeem a token into `key_hash`'s balance; mint failures become client errors."""
         try:
-            return await self.redeemer.redeem(token, key_hash, kind)
+            # New work for the mint: refused (`mint_busy`, the token untouched) rather than
+            # queued without end when the node's bound on the mint is reached.
+            with bounded_wait(self.mint_wait):
+                return await self.redeemer.redeem(token, key_hash, kind)
         except EcashError as exc:
-            raise ecash_api_error(exc) from exc
+            error = ecash_api_error(exc)
+            self.dead_tokens.remember(token.raw_hash, error)
+            raise error from exc
+
+    def spent_here(self, token: ParsedToken, message: str | None = None) -> ApiError:
+        """400 for a token this node already redeemed (into another balance), remembered."""
+        error = ecash_api_error(EcashError("cashu_token_already_spent", message))
+        self.dead_tokens.remember(token.raw_hash, error)
+        return error
 
     def parse(self, text: str) -> ParsedToken:
-        """Decode a token and check its mint is accepted (400 otherwise, nothing contacted)."""
+        """Decode a token to redeem and check its mint is accepted (400 otherwise, nothing
+        contacted); a token known dead gets its earlier error straight away."""
+        digest = token_hash(text)
+        self.dead_tokens.check(digest)
+        try:
+            return self._parse(text)
+        except ApiError as error:
+            self.dead_tokens.remember(digest, error)
+            raise
+
+    def _parse(self, text: str) -> ParsedToken:
         try:
             token = parse_token(text)
             self.redeemer.wallet.check_accepted(token)
@@ -279,9 +318,8 @@ class Billing:
         key_hash = xcashu_key_hash(token)
         redeemed = await self.redeem(token, key_hash, "xcashu")
         if redeemed.already:
-            raise ApiError(
-                400,
-                "cashu_token_already_spent",
+            raise self.spent_here(
+                token,
                 "This Cashu token was already spent here. Use POST /v1/balance/refund with "
                 "it in X-Cashu to collect its change.",
             )
@@ -337,7 +375,8 @@ class Billing:
         Returns the payout and the token's account after it: what stays behind (less than
         one unit) is its balance. 400 `nothing_to_refund` when no token can be made.
         """
-        token = self.parse(text)
+        # Not `parse`: a token spent here as X-Cashu is dead for paying, alive for this.
+        token = self._parse(text)
         account = await self.ledger.get_account(xcashu_key_hash(token))
         if account is None:
             raise ApiError(404, "not_found", "This token was never used to pay here.")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Any
 
@@ -86,6 +86,7 @@ __all__ = [
     "new_mnemonic",
     "nut20",
     "pooled_client",
+    "use_gate",
     "use_seed",
 ]
 
@@ -140,6 +141,34 @@ def pooled_client(client: httpx.AsyncClient | None) -> Iterator[None]:
         yield
     finally:
         _current_client.reset(token)
+
+
+# Every HTTP call nutshell makes goes through `LedgerAPI._request`: the one place to hold a
+# call back until the node's bound on that mint (`ecash/mint_gate.py`) lets it go.
+_GATE_ATTR = "_satsrouter_gate"
+_ungated_request = LedgerAPI._request
+
+
+async def _gated_request(
+    self: Any, method: str, path: str, noprefix: bool = False, **kw: Any
+) -> Any:
+    gate: Callable[[], contextlib.AbstractAsyncContextManager[Any]] | None = getattr(
+        self, _GATE_ATTR, None
+    )
+    if gate is None:
+        return await _ungated_request(self, method, path, noprefix, **kw)
+    async with gate():
+        return await _ungated_request(self, method, path, noprefix, **kw)
+
+
+LedgerAPI._request = _gated_request  # type: ignore[method-assign]
+
+
+def use_gate(
+    wallet: Wallet, gate: Callable[[], contextlib.AbstractAsyncContextManager[Any]]
+) -> None:
+    """Make every call `wallet` makes to its mint enter `gate()` first."""
+    setattr(wallet, _GATE_ATTR, gate)
 
 
 # nutshell's mint compresses every answer the client accepts compressed, brotli at quality 11:

@@ -15,6 +15,7 @@ STATUS: dict[str, int] = {
     "token_too_small": 400,
     "unit_not_supported": 400,
     "mint_unreachable": 503,
+    "mint_busy": 503,
     "mint_error": 502,
     "insufficient_node_funds": 503,
 }
@@ -32,6 +33,8 @@ _DEFAULT_MESSAGES: dict[str, str] = {
     "unit_not_supported": "Only tokens denominated in sat or msat are accepted.",
     "mint_unreachable": "The mint could not be reached. Try again shortly; "
     "your token has not been spent.",
+    "mint_busy": "The mint is busy with this node's other requests. Try again shortly; "
+    "your token has not been used.",
     "mint_error": "The mint rejected the operation. Try again, or use a different token.",
     "insufficient_node_funds": "The node cannot issue that token right now. "
     "Try again later or contact the operator.",
@@ -47,6 +50,7 @@ class EcashError(Exception):
         self.code = code
         self.status = STATUS[code]
         self.message = message or _DEFAULT_MESSAGES[code]
+        self.retry_after: int | None = None  # seconds to wait before trying again, if known
         super().__init__(self.message)
 
     def __repr__(self) -> str:

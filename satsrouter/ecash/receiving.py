@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from satsrouter import faults
 from satsrouter.ecash._cashu import Proof
+from satsrouter.ecash.mint_gate import MintBusy, bounded_wait, current_wait
 from satsrouter.ecash.slot import Slot
 from satsrouter.ecash.store import (
     Output,
@@ -53,6 +55,8 @@ class _Receive:
     link: Link
     finish: Callable[[Tx, int], Any]
     done: asyncio.Future[Any]
+    # When it stops waiting for the mint (monotonic; None: it waits as long as it takes).
+    deadline: float | None
 
 
 @dataclass
@@ -86,7 +90,9 @@ class SwapBatcher:
         wallet.verify_proofs_dleq(proofs)
         owed = _total(proofs) - wallet.get_fees_for_proofs(proofs)
         done: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._waiting.append(_Receive(proofs, owed, link, finish, done))
+        wait = current_wait()
+        deadline = None if wait is None else time.monotonic() + wait
+        self._waiting.append(_Receive(proofs, owed, link, finish, done, deadline))
         if self._feeder is None:
             self._feeder = asyncio.create_task(self._feed())
         # shielded: a caller that gives up does not cancel a swap others share
@@ -103,6 +109,8 @@ class SwapBatcher:
         try:
             while self._waiting:
                 batch = self._take()
+                if not batch:
+                    continue
                 at_mint = asyncio.Event()
                 task = asyncio.create_task(self._run(batch, at_mint))
                 self._running.add(task)
@@ -113,6 +121,17 @@ class SwapBatcher:
             self._feeder = None
 
     def _take(self) -> list[_Receive]:
+        """The next batch; receives whose wait for the mint ran out in the queue get
+        `mint_busy` instead (nothing of theirs was recorded here or sent)."""
+        now = time.monotonic()
+        late = [r for r in self._waiting if r.deadline is not None and r.deadline <= now]
+        if late:
+            self._waiting = [r for r in self._waiting if all(r is not x for x in late)]
+            for receive in late:
+                receive.done.set_exception(MintBusy(1.0))
+                receive.done.exception()  # retrieved: a caller that gave up logs nothing
+            if not self._waiting:
+                return []
         batch = [self._waiting.pop(0)]
         inputs = len(batch[0].proofs)
         while self._waiting and _batchable(batch[0].proofs):
@@ -128,7 +147,7 @@ class SwapBatcher:
             try:
                 results = await self._swap(batch, at_mint)
             except Refused as refused:
-                if len(batch) == 1:
+                if len(batch) == 1 or refused.error.code == "mint_busy":
                     raise refused.error from None
                 for receive in batch:  # someone's proofs spoiled the swap: each alone
                     await self._run([receive], at_mint)
@@ -196,10 +215,19 @@ class SwapBatcher:
         faults.reach("receive.after_intent")
         blinded = await blind(wallet, keyset_id, outputs)
         signed_inputs = wallet.sign_proofs_inplace_swap(proofs, blinded.messages)
+        deadlines = [receive.deadline for receive in batch]
+        # The batch waits for the mint as long as its most patient receive would.
+        wait = None
+        if None not in deadlines:
+            wait = max(d for d in deadlines if d is not None) - time.monotonic()
         async with self._mint_turn:
             at_mint.set()
             try:
-                promises = await swap(slot, signed_inputs, blinded)
+                if wait is None:
+                    promises = await swap(slot, signed_inputs, blinded)
+                else:
+                    with bounded_wait(wait):
+                        promises = await swap(slot, signed_inputs, blinded)
             except Refused:
                 await self._refused(op_id, keyset_id, reused, first, fresh)
                 raise

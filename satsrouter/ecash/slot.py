@@ -9,6 +9,7 @@ import aiohttp
 import httpx
 
 from satsrouter.ecash._cashu import Proof, Wallet
+from satsrouter.ecash.mint_gate import MintGate
 
 
 @dataclass
@@ -26,6 +27,7 @@ class Slot:
     wallet: Wallet
     client: httpx.AsyncClient | None
     session: aiohttp.ClientSession | None = None  # for swaps; None through a proxy
+    gate: MintGate = field(default_factory=MintGate)  # the mint's bound, shared by its units
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     loaded: bool = False
 

@@ -65,8 +65,9 @@ async def blind(wallet: Wallet, keyset_id: str, outputs: Sequence[Output]) -> Bl
 async def swap(slot: Slot, inputs: list[Proof], blinded: Blinded) -> list[BlindedSignature]:
     """Spend `inputs` for signatures on `blinded`, in output order.
 
-    Raises `Refused` when the mint said no (nothing happened), EcashError `mint_unreachable`
-    when the outcome is unknown (recovery asks the mint later).
+    Raises `Refused` when the mint said no or the node's bound on the mint held the swap
+    back (`mint_busy`): nothing happened; EcashError `mint_unreachable` when the outcome is
+    unknown (recovery asks the mint later).
     """
     outputs = blinded.messages
     # The mint wants outputs sorted by amount; its signatures come back in that order.
@@ -74,7 +75,8 @@ async def swap(slot: Slot, inputs: list[Proof], blinded: Blinded) -> list[Blinde
     sorted_outputs = [outputs[i] for i in order]
     try:
         if slot.session is not None:
-            signed = await post_swap(slot.session, slot.wallet.url, inputs, sorted_outputs)
+            async with slot.gate.call():  # (nutshell's calls pass it in `_cashu`)
+                signed = await post_swap(slot.session, slot.wallet.url, inputs, sorted_outputs)
         else:  # through a proxy: nutshell's own client knows how
             with pooled_client(slot.client):
                 signed = await LedgerAPI.split(slot.wallet, inputs, sorted_outputs)

@@ -26,10 +26,12 @@ from satsrouter.ecash._cashu import (
     new_mint_client,
     new_mnemonic,
     pooled_client,
+    use_gate,
     use_seed,
 )
 from satsrouter.ecash.errors import EcashError, insufficient_funds, map_mint_error
 from satsrouter.ecash.legacy import read_legacy
+from satsrouter.ecash.mint_gate import MintGate
 from satsrouter.ecash.mint_http import MintCallObserver, TimedTransport, new_mint_session
 from satsrouter.ecash.receiving import Link, SwapBatcher
 from satsrouter.ecash.recovery import recover_split
@@ -69,6 +71,8 @@ class NodeWallet:
         is_dead: Callable[[str], Awaitable[bool]],
         legacy_dir: Path | None = None,
         observe_mint_call: MintCallObserver | None = None,
+        mint_max_concurrency: int = 8,
+        mint_calls_per_second: float = 0.0,
     ) -> None:
         if not mints:
             raise ValueError("at least one mint URL is required")
@@ -87,6 +91,9 @@ class NodeWallet:
         self._receivers: dict[tuple[str, str], SwapBatcher] = {}
         self._clients: dict[str, httpx.AsyncClient | None] = {}
         self._sessions: dict[str, Any] = {}
+        # One bound per mint, whatever the unit: it is the mint's capacity being spared.
+        self._bounds = (mint_max_concurrency, mint_calls_per_second)
+        self.gates = {m: MintGate(*self._bounds) for m in self.mints}
         self._create_lock = asyncio.Lock()
         # nutshell wants a database for the mint's public keysets; ours holds everything else
         self._keyset_cache = Path(tempfile.mkdtemp(prefix="satsrouter-keysets-"))
@@ -387,6 +394,8 @@ class NodeWallet:
                     skip_db_read=True,
                 )
                 use_seed(wallet, self._mnemonic)
+                gate = self.gates.setdefault(mint, MintGate(*self._bounds))
+                use_gate(wallet, gate.call)
                 wallet.keysets = {}
                 wallet.proofs = []
                 if mint not in self._clients:
@@ -400,6 +409,7 @@ class NodeWallet:
                     wallet=wallet,
                     client=self._clients[mint],
                     session=self._sessions.get(mint),
+                    gate=gate,
                 )
                 self._receivers[key] = SwapBatcher(slot, self.tx, self.instance_id)
                 self._slots[key] = slot

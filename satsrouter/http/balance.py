@@ -59,7 +59,7 @@ async def create_key(request: Request) -> dict[str, Any]:
     node: Node = request.app.state.node
     refund = request.headers.get("refund-lnurl", "").strip() or None
     if refund is not None:
-        node.lightning_refunds.check_destination(refund)
+        await node.lightning_refunds.vet_destination(refund)
     key, account = await node.keys.create(await _token_from(request), refund, _expiry(request))
     body: dict[str, Any] = {"api_key": key, "mint": account.mint_url, "unit": account.unit}
     amounts_for(request, account.unit).put(body, balance=account.balance_msat)

@@ -2,13 +2,13 @@
 
 This is the one place the node fetches a URL a user chose (I8 exception, required for
 refunds to a Lightning address), so it is fenced: https only (plain http only when the
-operator allows it, for tests), no redirects, small responses, short timeouts, no private
-IP literals, and only the host is ever logged (a callback's query may carry secrets).
+operator allows it, for tests), no redirects, small responses, short timeouts, public
+addresses only — checked after DNS resolution, on the address actually connected to
+(`addresses.py`) — and only the host is ever logged (a callback's query may carry secrets).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import re
@@ -20,6 +20,15 @@ import bolt11
 import httpx
 
 from satsrouter.errors import ApiError
+from satsrouter.lightning.addresses import (
+    BlockedAddress,
+    Resolver,
+    checked_addresses,
+    guarded_transport,
+    is_public,
+    literal_ip,
+    resolve,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,12 +96,25 @@ def encode_lnurl(url: str) -> str:
     return bech32.bech32_encode("lnurl", data)
 
 
-class LnurlClient:
-    """Resolves LNURL-pay destinations and fetches invoices, within the fences above."""
+_PRIVATE = "LNURL services on private or local addresses are not allowed."
 
-    def __init__(self, allow_http: bool = False, max_bytes: int = MAX_RESPONSE_BYTES) -> None:
+
+class LnurlClient:
+    """Resolves LNURL-pay destinations and fetches invoices, within the fences above.
+
+    `allow_http` (tests only) also lets loopback through: the tests' LNURL servers listen on
+    127.0.0.1. Private, link-local and other non-global addresses are refused regardless.
+    """
+
+    def __init__(
+        self,
+        allow_http: bool = False,
+        max_bytes: int = MAX_RESPONSE_BYTES,
+        resolver: Resolver = resolve,
+    ) -> None:
         self.allow_http = allow_http
         self.max_bytes = max_bytes
+        self.resolver = resolver  # host name -> addresses (a test may stand in for DNS)
         self._client: httpx.AsyncClient | None = None
 
     async def close(self) -> None:
@@ -122,6 +144,19 @@ class LnurlClient:
             )
         self._check_url(url)
         return url
+
+    async def vet(self, destination: str) -> None:
+        """Refuse (400) a destination whose host resolves to an address not allowed, before
+        any money moves. Each connection is checked again (DNS may answer otherwise then);
+        a host that does not resolve now is left for the fetch to report."""
+        url = httpx.URL(self.url_of(destination))
+        port = url.port or (443 if url.scheme == "https" else 80)
+        try:
+            await checked_addresses(url.host, port, self.resolver, self.allow_http)
+        except BlockedAddress:
+            raise invalid(_PRIVATE) from None
+        except OSError:
+            return
 
     async def params(self, destination: str) -> PayParams:
         """Fetch the LNURL-pay parameters (callback, min/max sendable in msat)."""
@@ -159,6 +194,9 @@ class LnurlClient:
 
     # ---- internals ----
 
+    async def _resolve(self, host: str, port: int) -> list[str]:
+        return await self.resolver(host, port)
+
     def _check_url(self, url: str) -> None:
         try:
             parsed = httpx.URL(url)
@@ -169,13 +207,21 @@ class LnurlClient:
             raise invalid("LNURL services must use https.")
         if not parsed.host or parsed.userinfo:
             raise invalid("The LNURL does not contain a valid URL.")
-        if not self.allow_http and _is_private_host(parsed.host):
-            raise invalid("LNURL services on private or local addresses are not allowed.")
+        host = parsed.host.lower().rstrip(".")
+        ip = literal_ip(host)
+        local_name = host == "localhost" or host.endswith(".localhost")
+        if (ip is not None and not is_public(ip, self.allow_http)) or (
+            local_name and not self.allow_http
+        ):
+            raise invalid(_PRIVATE)
 
     async def _get_json(self, url: str) -> dict[str, Any]:
         if self._client is None:
             self._client = httpx.AsyncClient(
-                timeout=TIMEOUT, follow_redirects=False, trust_env=False
+                timeout=TIMEOUT,
+                follow_redirects=False,
+                trust_env=False,  # no proxy from the environment: it would connect for us
+                transport=guarded_transport(self._resolve, allow_loopback=self.allow_http),
             )
         host = httpx.URL(url).host
         try:
@@ -192,6 +238,9 @@ class LnurlClient:
                     if len(raw) > self.max_bytes:
                         raise service_error("The Lightning address sent an oversized answer.")
                 status = resp.status_code
+        except BlockedAddress:
+            log.info("lnurl request to %s refused: not a public address", host)
+            raise invalid(_PRIVATE) from None
         except httpx.HTTPError as exc:
             log.info("lnurl request to %s failed: %s", host, type(exc).__name__)
             raise service_error(
@@ -214,16 +263,6 @@ class LnurlClient:
 
 def _as_int(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _is_private_host(host: str) -> bool:
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        ip = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return not ip.is_global
 
 
 def _clean(reason: object) -> str:

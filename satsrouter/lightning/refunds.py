@@ -125,6 +125,10 @@ class LightningRefunds:
         without contacting it: a key's refund address is checked when the key is made."""
         self.lnurl.url_of(destination)
 
+    async def vet_destination(self, destination: str) -> None:
+        """`check_destination`, and its host must not resolve to a private or local address."""
+        await self.lnurl.vet(destination)
+
     # ---- refunds ----
 
     async def refund(
@@ -138,6 +142,8 @@ class LightningRefunds:
         destination or amount, ApiError `lightning_payment_failed` when the payment failed
         (balance restored), RefundPending when the outcome is not known yet.
         """
+        if not is_invoice(destination):
+            await self.lnurl.vet(destination)  # a private address: refused before the debit
         step = await self.payouts.begin(
             account_id, payout_id, amount_msat, method="lightning", destination=destination
         )
