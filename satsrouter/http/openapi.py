@@ -244,6 +244,9 @@ SCHEMAS: dict[str, Schema] = {
         },
         ("model", "messages"),
     ),
+    "ServerSentEvent": _obj(
+        {"event": STR, "data": {"type": "string", "description": "JSON, or [DONE]"}, "id": STR}
+    ),
     "TokenCount": _obj({"input_tokens": INT}, ("input_tokens",)),
     "Model": _obj(
         {
@@ -680,7 +683,8 @@ _PAID_ERRORS = _errors(
     "GatewayTimeout",
     "UpstreamRejected",
 )
-_SSE = {"text/event-stream": {"schema": {"type": "string"}}}
+# Each server-sent event (the stream ends with `data: [DONE]` on the OpenAI endpoints).
+_SSE = {"text/event-stream": {"schema": _ref("ServerSentEvent")}}
 
 
 def _paid(request: str, response: str, streams: bool, tag: str) -> Schema:

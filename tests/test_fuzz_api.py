@@ -1,0 +1,224 @@
+"""schemathesis over the whole `/openapi.json`, paid endpoints included, against a real node.
+
+A real mint funds the keys; the fake upstream answers. Every operation of the served document
+is fuzzed (positive and negative cases) with a funded key, no credentials, an unknown key or
+a bad X-Cashu token, and the admin cookie, except the two admin routes that would move the
+operator's money or lock the funded key out (withdraw, disable). Checked on every answer:
+no 5xx, the status, content type, headers and body conform to the document, and a rejected
+request (4xx) changed no balance and wrote no journal row. Afterwards every account's
+balance equals the sum of its journal and nothing stays reserved.
+
+Bounded: a few examples per operation, derandomised (the same cases on every run), and a
+total deadline past which the remaining operations each get only their first examples.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from conftest import ADMIN_PASSWORD, RunningNode
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from satsrouter_dev.mint import TestWallet
+from schemathesis import GenerationMode
+from schemathesis.checks import (
+    content_type_conformance,
+    not_a_server_error,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+EXAMPLES_PER_OPERATION = 30
+ALWAYS = 3  # examples every operation runs, even past the deadline
+DEADLINE_SECONDS = 80.0
+# Moving the operator's money, or disabling the funded key, is not what fuzzing is for:
+# test_admin_withdraw.py and test_admin_usage.py cover them.
+EXCLUDED = {("POST", "/admin/api/withdraw"), ("POST", "/admin/api/keys/{hash_prefix}/disable")}
+# Paying a key out changes the ledger on a 2xx: these get a key of their own, so the funded
+# key keeps paying for everything else.
+PAYOUTS = {"/v1/wallet/withdraw", "/v1/balance/refund", "/v1/wallet/refund"}
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+]
+AUTH_HEADERS = ("authorization", "x-api-key", "x-cashu")
+CREDENTIALS = ("key", "key-as-x-api-key", "none", "unknown-key", "bad-x-cashu")
+
+Ledger = tuple[list[tuple[Any, ...]], tuple[Any, ...]]
+
+
+# Lightning invoices are paid by the test mint's fake backend on its own, and credited by
+# the node's watcher whenever it sees them: those credits (journal ref `ln:…`) land between
+# any two requests, so they are left out of the before/after comparison.
+_ACCOUNTS = """
+SELECT id, adjusted, reserved FROM (
+  SELECT a.id, a.balance_msat - coalesce(ln.total, 0) AS adjusted,
+         a.reserved_msat AS reserved, coalesce(other.n, 0) AS n
+  FROM accounts a
+  LEFT JOIN (SELECT account_id, sum(amount_msat) AS total FROM journal
+             WHERE ref LIKE 'ln:%' GROUP BY account_id) ln ON ln.account_id = a.id
+  LEFT JOIN (SELECT account_id, count(*) AS n FROM journal
+             WHERE ref NOT LIKE 'ln:%' GROUP BY account_id) other ON other.account_id = a.id
+) WHERE adjusted != 0 OR n > 0 OR reserved != 0 ORDER BY id
+"""
+_JOURNAL = "SELECT count(*), coalesce(sum(amount_msat), 0) FROM journal WHERE ref NOT LIKE 'ln:%'"
+
+
+def ledger_state(db: str) -> Ledger:
+    """Every account's balance and reservation, and the journal's size and sum (less the
+    Lightning funding credits, see above)."""
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        return conn.execute(_ACCOUNTS).fetchall(), conn.execute(_JOURNAL).fetchone()
+
+
+def quiet(db: str, within: float = 20.0) -> Ledger:
+    """The ledger once no reservation is active (a stream settles after its last byte)."""
+    deadline = time.monotonic() + within
+    while True:
+        state = ledger_state(db)
+        if all(reserved == 0 for _, _, reserved in state[0]):
+            return state
+        assert time.monotonic() < deadline, f"reservations still active: {state[0]}"
+        time.sleep(0.01)
+
+
+def credentials(kind: str, key: str) -> tuple[dict[str, str], dict[str, str]]:
+    """Headers and cookies for one of `CREDENTIALS` (the admin cookie goes with a key)."""
+    admin = {"admin_password": ADMIN_PASSWORD}
+    if kind == "key":
+        return {"Authorization": f"Bearer {key}"}, admin
+    if kind == "key-as-x-api-key":
+        return {"x-api-key": key}, admin
+    if kind == "unknown-key":
+        return {"Authorization": "Bearer sk-unknown0000000000000000"}, {}
+    if kind == "bad-x-cashu":
+        return {"X-Cashu": "cashuBnot-a-token"}, {}
+    return {}, {}
+
+
+def fuzz_operation(
+    operation: Any,
+    base_url: str,
+    db: str,
+    key: str,
+    models: list[str],
+    past_deadline: Callable[[], bool],
+    failures: list[str],
+) -> int:
+    """Run one operation's examples; returns how many requests were sent."""
+    sent = 0
+    label = f"{operation.method.upper()} {operation.path}"
+    cases = st.one_of(
+        operation.as_strategy(GenerationMode.POSITIVE),
+        operation.as_strategy(GenerationMode.NEGATIVE),
+    )
+
+    @settings(
+        max_examples=EXAMPLES_PER_OPERATION,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=cases, kind=st.sampled_from(CREDENTIALS), model=st.sampled_from(models))
+    def run(case: Any, kind: str, model: str) -> None:
+        nonlocal sent
+        if sent >= ALWAYS and past_deadline():
+            return
+        # The generated security values would shadow the credentials chosen here.
+        for name in list(case.headers or {}):
+            if name.lower() in AUTH_HEADERS:
+                del case.headers[name]
+        case.cookies = {}
+        if isinstance(case.body, dict) and model:
+            case.body["model"] = model  # reach the paid path, not only 404 model_not_found
+        headers, cookies = credentials(kind, key)
+        before = quiet(db)
+        response = case.call(base_url=base_url, headers=headers, cookies=cookies, timeout=30)
+        sent += 1
+        try:
+            case.validate_response(response, checks=CHECKS, headers=headers)
+        except (AssertionError, BaseExceptionGroup) as exc:  # schemathesis' failures
+            failures.append(f"{label} [{kind}] -> {response.status_code}: {str(exc)[:600]}")
+            return
+        if 400 <= response.status_code < 500:
+            after = quiet(db)
+            if after != before:
+                failures.append(
+                    f"{label} [{kind}] -> {response.status_code} moved money: {before} -> {after}"
+                )
+
+    run()
+    return sent
+
+
+async def new_key(node: RunningNode, wallet: TestWallet, sats: int) -> str:
+    (token,) = await wallet.mint_tokens(sats)
+    async with httpx.AsyncClient(base_url=node.url) as http:
+        made = await http.post("/v1/wallet/create", json={"cashu_token": token})
+    assert made.status_code == 200, made.text
+    key: str = made.json()["api_key"]
+    return key
+
+
+@pytest.mark.timeout(240)
+async def test_fuzz_the_whole_schema(node: RunningNode, user_wallet: TestWallet) -> None:
+    key = await new_key(node, user_wallet, 50_000)
+    payout_key = await new_key(node, user_wallet, 300)
+    # Wrong admin passwords are part of the fuzz; counting them would lock the admin cookie
+    # out for a minute (the limit itself is tested in test_admin_auth.py).
+    node.node.admin.limiter.limit = 10**9
+    async with httpx.AsyncClient(base_url=node.url) as http:
+        document = (await http.get("/openapi.json")).json()
+        listed = (await http.get("/v1/models")).json()["data"]
+    schema = schemathesis.openapi.from_dict(document)
+    schema.validate()  # the document is valid OpenAPI 3.1 (schemathesis' meta-schema check)
+    served = [m["id"] for m in listed]
+    models = ["", "no-such/model", "test/priced", "test/flat", "test/image", "test/whisper"]
+    models += served[:3]
+    db = str(node.node.settings.data_dir / "satsrouter.sqlite")
+
+    operations = [result.ok() for result in schema.get_all_operations()]
+    todo = [op for op in operations if (op.method.upper(), op.path) not in EXCLUDED]
+    assert len(todo) == len(operations) - len(EXCLUDED)
+    # Payouts and settings last: what they change should not shape the rest.
+    todo.sort(key=lambda op: (op.path in PAYOUTS or op.method.upper() == "PATCH", op.path))
+    started = time.monotonic()
+    failures: list[str] = []
+
+    def fuzz_all() -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for op in todo:
+            counts[f"{op.method.upper()} {op.path}"] = fuzz_operation(
+                op,
+                node.url,
+                db,
+                payout_key if op.path in PAYOUTS else key,
+                models,
+                lambda: time.monotonic() - started > DEADLINE_SECONDS,
+                failures,
+            )
+        return counts
+
+    # The node serves from this event loop; the fuzzer's blocking calls run beside it.
+    counts = await asyncio.to_thread(fuzz_all)
+
+    assert not failures, "\n".join(failures[:20])
+    assert all(sent >= 1 for sent in counts.values()), counts
+    # The paid path was really taken: the funded key paid for some requests.
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        kinds = dict(conn.execute("SELECT kind, count(*) FROM journal GROUP BY kind").fetchall())
+    assert kinds.get("charge", 0) >= 5, kinds
+    await node.check_invariants()
