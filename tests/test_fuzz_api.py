@@ -15,6 +15,7 @@ total deadline past which the remaining operations each get only their first exa
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 import time
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from schemathesis.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
+from starlette.routing import Route
 
 EXAMPLES_PER_OPERATION = 30
 ALWAYS = 3  # examples every operation runs, even past the deadline
@@ -173,6 +175,58 @@ async def new_key(node: RunningNode, wallet: TestWallet, sats: int) -> str:
     return key
 
 
+PAID = [
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/images/generations",
+    "/v1/audio/transcriptions",
+    "/v1/audio/translations",
+    "/v1/responses",
+    "/v1/messages",
+    "/v1/v1/messages",
+]
+
+
+async def test_openapi_describes_every_public_route(node: RunningNode) -> None:
+    async with httpx.AsyncClient(base_url=node.url) as http:
+        document = (await http.get("/openapi.json")).json()
+    schemathesis.openapi.from_dict(document).validate()  # valid OpenAPI 3.1
+    assert document["openapi"] == "3.1.0"
+    app = node.server.config.app
+    served = {
+        (method.lower(), re.sub(r"\{(\w+):\w+\}", r"{\1}", route.path))
+        for route in app.routes
+        if isinstance(route, Route) and route.include_in_schema
+        for method in route.methods or ()
+    }
+    described = {(m, path) for path, ops in document["paths"].items() for m in ops}
+    assert described == served
+    assert not any(path.startswith("/admin/static") for _, path in described)
+    schemes = document["components"]["securitySchemes"]
+    assert schemes["bearer"] == {**schemes["bearer"], "type": "http", "scheme": "bearer"}
+    assert (schemes["apiKey"]["in"], schemes["apiKey"]["name"]) == ("header", "x-api-key")
+    assert (schemes["cashu"]["in"], schemes["cashu"]["name"]) == ("header", "X-Cashu")
+    assert schemes["adminSession"]["in"] == schemes["adminPassword"]["in"] == "cookie"
+    assert schemes["adminPassword"]["name"] == "admin_password"
+    for path in PAID:
+        op = document["paths"][path]["post"]
+        assert op["security"] == [{"bearer": []}, {"apiKey": []}, {"cashu": []}]
+        assert op["requestBody"]["required"] is True
+        for status in ("400", "401", "402", "413", "429", "502", "503", "504"):
+            assert status in op["responses"], (path, status)
+        ok = op["responses"]["200"]
+        assert "X-Routstr-Cost-Msats" in ok["headers"]
+    payment = document["components"]["responses"]["PaymentRequired"]
+    assert "X-Cashu" in payment["headers"]
+    audio = document["paths"]["/v1/audio/transcriptions"]["post"]["requestBody"]["content"]
+    assert list(audio) == ["multipart/form-data"]
+    admin = document["paths"]["/admin/api/settings"]["patch"]
+    assert admin["security"] == [{"adminSession": []}, {"adminPassword": []}]
+    error = document["components"]["schemas"]["Error"]["properties"]["error"]
+    assert error["required"] == ["message", "type", "code"]
+
+
 @pytest.mark.timeout(240)
 async def test_fuzz_the_whole_schema(node: RunningNode, user_wallet: TestWallet) -> None:
     key = await new_key(node, user_wallet, 50_000)
@@ -222,3 +276,21 @@ async def test_fuzz_the_whole_schema(node: RunningNode, user_wallet: TestWallet)
         kinds = dict(conn.execute("SELECT kind, count(*) FROM journal GROUP BY kind").fetchall())
     assert kinds.get("charge", 0) >= 5, kinds
     await node.check_invariants()
+
+
+async def test_a_history_cursor_past_the_integer_range_is_a_400(
+    node: RunningNode, user_wallet: TestWallet
+) -> None:
+    """Found by the fuzzer: `before` past SQLite's integer range was a 500 (an overflow)."""
+    key = await new_key(node, user_wallet, 10)
+    async with httpx.AsyncClient(base_url=node.url) as http:
+        for before in ("99999999999999999999", "-1"):
+            resp = await http.get(
+                "/v1/balance/history",
+                params={"before": before},
+                headers={"Authorization": f"Bearer {key}"},
+            )
+            assert resp.status_code == 400, resp.text
+            assert resp.json()["error"]["type"] == "invalid_request"
+        ok = await http.get("/v1/balance/history", headers={"Authorization": f"Bearer {key}"})
+    assert ok.status_code == 200 and len(ok.json()["entries"]) == 1

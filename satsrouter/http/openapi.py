@@ -687,15 +687,41 @@ _PAID_ERRORS = _errors(
 _SSE = {"text/event-stream": {"schema": _ref("ServerSentEvent")}}
 
 
+_HELLO_MESSAGES = [{"role": "user", "content": "Hello"}]
+EXAMPLES: dict[str, Schema] = {
+    "ChatCompletionRequest": {
+        "model": "openai/gpt-4o-mini",
+        "messages": _HELLO_MESSAGES,
+        "max_tokens": 16,
+    },
+    "CompletionRequest": {"model": "openai/gpt-4o-mini", "prompt": "Hello", "max_tokens": 16},
+    "EmbeddingRequest": {"model": "openai/text-embedding-3-small", "input": "Hello"},
+    "ImageRequest": {"model": "openai/dall-e-3", "prompt": "A lighthouse", "n": 1},
+    "ResponsesRequest": {
+        "model": "openai/gpt-4o-mini",
+        "input": "Hello",
+        "max_output_tokens": 16,
+    },
+    "MessagesRequest": {
+        "model": "anthropic/claude-sonnet-4.5",
+        "messages": _HELLO_MESSAGES,
+        "max_tokens": 16,
+    },
+    "CountTokensRequest": {"model": "anthropic/claude-sonnet-4.5", "messages": _HELLO_MESSAGES},
+}
+
+
 def _paid(request: str, response: str, streams: bool, tag: str) -> Schema:
     ok = _json(response, "The answer, with `usage.cost`.", **_PAID_HEADERS)
     if streams:
         ok["content"].update(_SSE)
         ok["description"] += " With `stream: true`: server-sent events, usage and cost last."
+    body = _body(request)
+    body["content"]["application/json"]["example"] = EXAMPLES[request]
     return {
         "tags": [tag],
         "security": PAYERS,
-        "requestBody": _body(request),
+        "requestBody": body,
         "responses": {"200": ok, **_PAID_ERRORS},
     }
 
@@ -844,7 +870,15 @@ _MESSAGES = _paid("MessagesRequest", "Message", True, "paid")
 _COUNT_TOKENS = {
     "tags": ["paid"],
     "security": [],
-    "requestBody": _body("CountTokensRequest"),
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": _ref("CountTokensRequest"),
+                "example": EXAMPLES["CountTokensRequest"],
+            }
+        },
+    },
     "responses": {
         "200": _json("TokenCount", "Free: the upstream's count, or the node's own."),
         **_errors("BadRequest", "NotFound", "UpstreamRejected"),
