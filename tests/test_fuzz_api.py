@@ -24,9 +24,10 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-from conftest import ADMIN_PASSWORD, RunningNode
+from conftest import ADMIN_PASSWORD, NodeFactory, RunningNode
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from satsrouter_dev.fake_upstream import FakeUpstream
 from satsrouter_dev.mint import TestWallet
 from schemathesis import GenerationMode
 from schemathesis.checks import (
@@ -228,7 +229,13 @@ async def test_openapi_describes_every_public_route(node: RunningNode) -> None:
 
 
 @pytest.mark.timeout(240)
-async def test_fuzz_the_whole_schema(node: RunningNode, user_wallet: TestWallet) -> None:
+async def test_fuzz_the_whole_schema(
+    node_factory: NodeFactory, upstream: FakeUpstream, user_wallet: TestWallet
+) -> None:
+    upstream.reset()
+    # A loaded machine may be slow to generate a long answer: the fuzz is about the API,
+    # not about the upstream timeout (test_streaming_and_failures.py has that).
+    node = await node_factory(upstream_timeout=30.0)
     key = await new_key(node, user_wallet, 50_000)
     payout_key = await new_key(node, user_wallet, 300)
     # Wrong admin passwords are part of the fuzz; counting them would lock the admin cookie
