@@ -529,6 +529,17 @@ SCHEMAS: dict[str, Schema] = {
         },
         ("hash_prefix",),
     ),
+    "KeyRateLimit": _obj(
+        {
+            "rate_limit": {
+                "type": ["string", "null"],
+                "description": "`N/second|minute|hour|day` windows, `;`-separated; null: the "
+                "node's RATE_LIMIT",
+            }
+        },
+        ("rate_limit",),
+        additionalProperties=False,
+    ),
     "AdminKeys": _obj(
         {"keys": {"type": "array", "items": _ref("AdminKey")}, "total": INT}, ("keys", "total")
     ),
@@ -546,6 +557,9 @@ HEADERS: dict[str, Schema] = {
         **_STR_HEADER,
     },
     "RetryAfter": {"description": "Seconds to wait before retrying.", **_STR_HEADER},
+    "RateLimitLimit": {"description": "Requests allowed in the tightest window.", **_STR_HEADER},
+    "RateLimitRemaining": {"description": "Requests left in that window.", **_STR_HEADER},
+    "RateLimitReset": {"description": "When that window resets (Unix time).", **_STR_HEADER},
 }
 
 
@@ -573,6 +587,7 @@ RESPONSES: dict[str, Schema] = {
     "NotFound": _error("Unknown model, key, invoice or route."),
     "Conflict": _error("A conflicting operation on the same key or token is in progress."),
     "PayloadTooLarge": _error("The request body is over MAX_BODY_BYTES."),
+    "HeadersTooLarge": _error("Request headers over the size or count limit (connection closed)."),
     "Unprocessable": _error("Settings refused (error.fields says which and why)."),
     "RateLimited": _error(
         "Rate limited (ours, or the upstream's passed through).",
@@ -655,6 +670,7 @@ def _errors(*names: str) -> dict[str, Schema]:
         "NotFound": "404",
         "Conflict": "409",
         "PayloadTooLarge": "413",
+        "HeadersTooLarge": "431",
         "Unprocessable": "422",
         "RateLimited": "429",
         "BadGateway": "502",
@@ -662,8 +678,9 @@ def _errors(*names: str) -> dict[str, Schema]:
         "GatewayTimeout": "504",
         "UpstreamRejected": "4XX",
     }
-    # Every route can meet the body limit and the node's rate and concurrency limits.
-    wanted = {*names, "PayloadTooLarge", "RateLimited", "Unavailable"}
+    # Every route can meet the body and header limits and the node's rate and concurrency
+    # limits (503 `overloaded`).
+    wanted = {*names, "PayloadTooLarge", "HeadersTooLarge", "RateLimited", "Unavailable"}
     return {codes[name]: {"$ref": f"#/components/responses/{name}"} for name in sorted(wanted)}
 
 
@@ -671,6 +688,9 @@ _PAID_HEADERS = {
     "X-Routstr-Cost-Msats": "Cost",
     "X-Routstr-Balance-Msats": "Balance",
     "X-Cashu": "Change",
+    "X-RateLimit-Limit": "RateLimitLimit",
+    "X-RateLimit-Remaining": "RateLimitRemaining",
+    "X-RateLimit-Reset": "RateLimitReset",
 }
 _PAID_ERRORS = _errors(
     "BadRequest",
@@ -997,6 +1017,20 @@ OPERATIONS: dict[tuple[str, str], Schema] = {
             _query("offset", {"type": "integer", "minimum": 0}, "Keys to skip."),
         ],
     ),
+    ("patch", "/admin/api/keys/{hash_prefix}"): {
+        **_post(
+            "KeyRateLimit",
+            "AdminKey",
+            "BadRequest",
+            "Unauthorized",
+            "NotFound",
+            "Conflict",
+            tag="admin",
+            security=ADMIN,
+            parameters=_path_param("hash_prefix", "The start of the key's sha256 (hex)."),
+        ),
+        "requestBody": _body("KeyRateLimit"),
+    },
     ("post", "/admin/api/keys/{hash_prefix}/disable"): _post(
         None,
         "AdminKey",
