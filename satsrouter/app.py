@@ -29,6 +29,7 @@ from satsrouter.http.body_limit import BodyLimit
 from satsrouter.http.concurrency import ConcurrencyLimit
 from satsrouter.http.cors import LiveCORS
 from satsrouter.http.errors import install_error_handlers
+from satsrouter.http.openapi import install_openapi
 from satsrouter.http.rate_limit import RateLimit
 from satsrouter.logs import REQUEST_ID
 from satsrouter.metrics import RequestMetrics
@@ -133,6 +134,8 @@ def create_app(
             "mints": current.cashu_mints,
             "api": "/v1 (OpenAI and Anthropic compatible); node details at /v1/info",
         }
+
+    install_openapi(app)  # after every route: the document describes them all
 
     # Innermost, so that its 413 still gets CORS headers and a request id. Both read the
     # node's settings per request: the admin may change them.

@@ -35,6 +35,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from satsrouter_dev.fake_core import (
     Host,
@@ -99,7 +100,11 @@ async def translations(host: Host, request: web.Request) -> web.StreamResponse:
 async def _audio(host: Host, request: web.Request, task: str) -> web.StreamResponse:
     if not request.content_type.startswith("multipart/"):
         return openai_error(400, "expected a multipart/form-data body")
-    form = await request.post()
+    try:
+        form = await request.post()
+    except (ValueError, HttpProcessingError, web.HTTPException):
+        # A real API answers a malformed upload with a 400, not a 500.
+        return openai_error(400, "could not parse the multipart body")
     fields: dict[str, Any] = {}
     upload: web.FileField | None = None
     for name, value in form.items():

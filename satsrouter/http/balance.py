@@ -199,6 +199,9 @@ async def history(request: Request) -> dict[str, Any]:
         before = int(before_text) if before_text else None
     except ValueError:
         raise ApiError(400, "invalid_request", "limit and before must be integers.") from None
+    if before is not None and not 0 <= before < 2**63:
+        # A journal id: past the database's integer range it is a 400, not an overflow (500).
+        raise ApiError(400, "invalid_request", "before must be a journal entry id.")
     entries = await node.keys.history(key, max(limit, 1), before)
     return {"entries": entries, "unit": "msat"}
 
