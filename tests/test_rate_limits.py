@@ -6,14 +6,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import redis
 from conftest import ADMIN_PASSWORD, NodeFactory, RunningNode, admin_client, eventually
+from killable import KillableNode
 from satsrouter_dev.fake_upstream import FakeUpstream
-from satsrouter_dev.mint import TestWallet, free_port
+from satsrouter_dev.mint import LocalMint, TestWallet, free_port
 from satsrouter_dev.redis_server import LocalRedis
 
 from satsrouter.admin.ratelimit import parse_limits
@@ -127,6 +129,52 @@ async def test_limits_are_shared_through_redis(
             assert refused.status_code == 429, refused.text
             assert int(refused.headers["retry-after"]) >= 1
     await one.check_invariants()
+
+
+async def test_two_node_processes_share_the_counters_through_redis(
+    local_mint: LocalMint,
+    upstream: FakeUpstream,
+    user_wallet: TestWallet,
+    redis_server: LocalRedis,
+    tmp_path: Path,
+) -> None:
+    """Two `satsrouter serve` processes on one database and one Redis: one set of counters."""
+    upstream.reset()
+    redis.Redis.from_url(redis_server.url).flushdb()
+    shared = {"RATE_LIMIT": "4/minute", "REDIS_URL": redis_server.url}
+    one = KillableNode(tmp_path / "one", local_mint.url, upstream.url, **shared)
+    # The second process serves the first one's data: the same keys, another port.
+    two = KillableNode(
+        tmp_path / "two",
+        local_mint.url,
+        upstream.url,
+        DATA_DIR=str(tmp_path / "one" / "node"),
+        **shared,
+    )
+    for workdir in (one.workdir, two.workdir):
+        workdir.mkdir()
+    await one.start()
+    try:
+        await two.start()
+        (token,) = await user_wallet.mint_tokens(100)
+        async with httpx.AsyncClient() as http:
+            made = await http.post(f"{one.url}/v1/wallet/create", json={"cashu_token": token})
+            assert made.status_code == 200, made.text
+            key = made.json()["api_key"]
+            codes = []
+            for node in (one, two, one, two):
+                resp = await http.post(f"{node.url}{CHAT}", json=BODY, headers=bearer(key))
+                codes.append(resp.status_code)
+            assert codes == [200] * 4
+            for node in (two, one):
+                refused = await http.post(f"{node.url}{CHAT}", json=BODY, headers=bearer(key))
+                assert refused.status_code == 429, refused.text
+                assert refused.headers["x-ratelimit-remaining"] == "0"
+                assert int(refused.headers["retry-after"]) >= 1
+    finally:
+        await two.stop()
+        await one.stop()
+    one.check_books()
 
 
 async def test_failed_authentication_is_limited_per_ip_and_shared_with_admin_login(
