@@ -124,21 +124,25 @@ class Cost:
 
 
 def usage_cost(prices: MsatPrices, usage: Usage) -> Cost:
-    """Exact cost of `usage`; each component rounded up to the msat."""
+    """Exact cost of `usage`; each component (input, output, ...) rounded up to the msat once."""
     # Missing cache/reasoning prices mean "no discount / no surcharge": charge them like
     # ordinary tokens so the node never undercharges.
     cache_read = prices.input_cache_read or prices.prompt
     cache_write = prices.input_cache_write or prices.prompt
     plain_prompt = usage.prompt_tokens - usage.cached_tokens - usage.cache_write_tokens
-    input_msats = (
-        ceil_msat(plain_prompt * prices.prompt)
-        + ceil_msat(usage.cached_tokens * cache_read)
-        + ceil_msat(usage.cache_write_tokens * cache_write)
+    # One rounding per component, not per part: the reservation prices every prompt token at
+    # the dearest input price and rounds once, so a usage split into cached, cache-write and
+    # plain parts can never round past it (three separate roundings could, by 2 msat).
+    input_msats = ceil_msat(
+        plain_prompt * prices.prompt
+        + usage.cached_tokens * cache_read
+        + usage.cache_write_tokens * cache_write
     )
     if prices.internal_reasoning:
         output_msats = ceil_msat(
             (usage.completion_tokens - usage.reasoning_tokens) * prices.completion
-        ) + ceil_msat(usage.reasoning_tokens * prices.internal_reasoning)
+            + usage.reasoning_tokens * prices.internal_reasoning
+        )
     else:
         output_msats = ceil_msat(usage.completion_tokens * prices.completion)
     return Cost(
@@ -208,8 +212,12 @@ def max_request_cost(
     completion_tokens = budget * max(choices, 1)
     # Reasoning may be priced above completion; reserve for the dearer of the two.
     reasoning = completion_tokens if prices.internal_reasoning > prices.completion else 0
+    # Likewise every prompt token at the dearest input price: cache writes cost more than
+    # plain prompt tokens at some providers (Anthropic: 1.25x), and settle caps a charge at
+    # the reservation, so a cheaper reservation would undercharge.
+    dearest_input = max(prices.prompt, prices.input_cache_read, prices.input_cache_write)
     worst = usage_cost(
-        prices,
+        replace(prices, prompt=dearest_input),
         replace(
             units,
             prompt_tokens=prompt_tokens,
