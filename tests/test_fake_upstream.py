@@ -1048,6 +1048,17 @@ async def test_anthropic_cache_read_and_omit_usage(anth: FakeUpstream) -> None:
         anth.configure(cache_read_tokens=1000)
         m = await c.messages.create(model="claude", messages=A_MESSAGES, max_tokens=100)
         assert (m.usage.input_tokens, m.usage.cache_read_input_tokens) == (0, A_INPUT_TOKENS - 3)
+        # Cache writes take from what the reads leave; the three parts add up to the prompt.
+        anth.configure(cache_read_tokens=5, cache_write_tokens=7)
+        m = await c.messages.create(
+            model="claude", system=A_SYSTEM, messages=A_MESSAGES, max_tokens=100
+        )
+        u = m.usage
+        assert (u.input_tokens, u.cache_read_input_tokens, u.cache_creation_input_tokens) == (
+            A_INPUT_TOKENS - 12,
+            5,
+            7,
+        )
         anth.reset()
         anth.configure(omit_usage=True)
         m = await c.messages.create(model="claude", messages=A_MESSAGES, max_tokens=100)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import math
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,14 @@ import pytest
 import pytest_asyncio
 from aiohttp import web
 from anthropic.types import ImageBlockParam, MessageParam, TextBlockParam, ToolParam
-from conftest import TEST_MODELS, NodeFactory, RunningNode, expected_cost, model_entry
+from conftest import (
+    TEST_MODELS,
+    NodeFactory,
+    RunningNode,
+    expected_cost,
+    model_entry,
+    msat_per_token,
+)
 from satsrouter_dev.fake_anthropic import input_tokens_of
 from satsrouter_dev.fake_models import anthropic_models
 from satsrouter_dev.fake_upstream import FakeUpstream, default_models, prompt_tokens_of
@@ -661,17 +669,63 @@ async def test_missing_usage_is_counted_locally(
 async def test_native_cache_reads_are_part_of_the_prompt(
     anthropic_node: RunningNode, anthropic_upstream: FakeUpstream, user_wallet: TestWallet
 ) -> None:
-    # test/priced has no cache price: a cached token costs what a fresh one does, each part
-    # rounded up on its own (5 fresh + 5 cached of the 10 input tokens).
+    # test/priced has no cache price: a cached token costs what a fresh one does, and the
+    # input is rounded up once however it splits (5 fresh + 5 cached of the 10 tokens).
     anthropic_upstream.configure(cache_read_tokens=5)
     token = await funded_token(anthropic_node, user_wallet)
     message = await client(anthropic_node, token).messages.create(
         model=MODEL, max_tokens=50, system=SYSTEM, messages=QUESTION
     )
     assert (message.usage.input_tokens, message.usage.cache_read_input_tokens) == (5, 5)
-    charged = 2 * cost(5, 0) + cost(0, 10)
+    charged = cost(10, 10)
     assert cost_of(message.usage) == charged
     assert await spent(anthropic_node, token) == charged
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+async def test_cache_writes_dearer_than_the_prompt_are_charged_in_full(
+    node_factory: NodeFactory,
+    anthropic_upstream: FakeUpstream,
+    user_wallet: TestWallet,
+    streamed: bool,
+) -> None:
+    # Anthropic prices a cache write at 1.25x the prompt. A prompt that fills the context and
+    # is all cache writes costs more than the same prompt at the plain price: the reservation
+    # must cover it, or settle would cap the charge there (undercharging by a quarter).
+    cached_model = {
+        **model_entry(MODEL),
+        "id": "test/cached",
+        "pricing": {
+            **model_entry(MODEL)["pricing"],
+            "input_cache_read": "0.000001",
+            "input_cache_write": "0.0000125",
+        },
+    }
+    anthropic_upstream.reset()
+    anthropic_upstream.set_models([*default_models(), *TEST_MODELS, cached_model])
+    node = await node_factory(
+        upstream_base_url=anthropic_upstream.url, upstream_dialect="anthropic"
+    )
+    context = cached_model["context_length"]
+    anthropic_upstream.configure(prompt_tokens=context, cache_write_tokens=context)
+    token = await funded_token(node, user_wallet)
+    # More bytes than the context holds tokens: the reservation's prompt is the whole context.
+    long_question: list[MessageParam] = [{"role": "user", "content": "word " * context}]
+    request: dict[str, Any] = {"model": "test/cached", "max_tokens": 50}
+    api = client(node, token)
+    if streamed:
+        async with api.messages.stream(**request, messages=long_question) as stream:
+            message = await stream.get_final_message()
+    else:
+        message = await api.messages.create(**request, messages=long_question)
+    assert (message.usage.input_tokens, message.usage.cache_creation_input_tokens) == (0, context)
+    pricing = cached_model["pricing"]
+    charged = math.ceil(context * msat_per_token(pricing["input_cache_write"])) + math.ceil(
+        10 * msat_per_token(pricing["completion"])
+    )
+    assert charged > expected_cost(cached_model, context, 10)
+    assert await spent(node, token) == charged
+    await node.check_invariants()
 
 
 async def test_untranslatable_request_is_free(node: RunningNode, user_wallet: TestWallet) -> None:

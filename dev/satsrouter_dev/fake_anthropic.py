@@ -12,8 +12,9 @@ Anthropic's body ``{"type": "error", "error": {"type", "message"}}``; a wrong
       + words of system
 
 (image, tool_use and tool_result blocks count 0). With ``cache_read_tokens: K``,
-min(K, formula) moves to ``cache_read_input_tokens`` so that ``input_tokens +
-cache_read_input_tokens`` = the formula; ``cache_creation_input_tokens`` is 0.
+min(K, formula) moves to ``cache_read_input_tokens``, and with ``cache_write_tokens: W``
+min(W, what is left) to ``cache_creation_input_tokens``, so that the three add up to
+the formula; both are 0 by default.
 
 Reply: text ``"w1 … wN"``, N = ``completion_tokens`` capped by ``max_tokens``
 (``stop_reason`` ``max_tokens`` when capped, else ``end_turn``). Tool call: when
@@ -125,13 +126,14 @@ def _validate(body: dict[str, Any], *, need_max_tokens: bool) -> web.Response | 
     return None
 
 
-def _input_counts(plan: Plan, body: dict[str, Any]) -> tuple[int, int]:
-    """(input_tokens, cache_read_input_tokens)."""
+def _input_counts(plan: Plan, body: dict[str, Any]) -> tuple[int, int, int]:
+    """(input_tokens, cache_read_input_tokens, cache_creation_input_tokens)."""
     total = plan.prompt_tokens
     if total is None:
         total = input_tokens_of(body.get("messages"), body.get("system"))
     cached = min(plan.cache_read_tokens, total)
-    return total - cached, cached
+    written = min(plan.cache_write_tokens, total - cached)
+    return total - cached - written, cached, written
 
 
 async def count_tokens(host: Host, request: web.Request) -> web.StreamResponse:
@@ -180,14 +182,14 @@ async def messages(host: Host, request: web.Request) -> web.StreamResponse:
             "name": tool[0],
             "input": dict(TOOL_CALL_INPUT) if tool[1] is None else orjson.loads(tool[1]),
         }
-    input_tokens, cached = _input_counts(plan, body)
+    input_tokens, cached, written = _input_counts(plan, body)
     output_tokens = n
     if plan.omit_usage:
-        input_tokens, cached, output_tokens = 0, 0, 0
+        input_tokens, cached, written, output_tokens = 0, 0, 0, 0
     usage = {
         "input_tokens": input_tokens,
         "output_tokens": output_tokens,
-        "cache_creation_input_tokens": 0,
+        "cache_creation_input_tokens": written,
         "cache_read_input_tokens": cached,
     }
     message: dict[str, Any] = {

@@ -44,6 +44,7 @@ class Behaviour(TypedDict, total=False):
     audio_seconds: float
     audio_usage: str
     cache_read_tokens: int
+    cache_write_tokens: int
     count_tokens: bool
     tool_call: str | dict[str, Any]
 
@@ -72,6 +73,7 @@ class Plan:
     audio_seconds: float = 1.0
     audio_usage: str = "duration"
     cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
     count_tokens: bool = True
     tool_call: str | ScriptedCall = "first"
 
@@ -104,7 +106,12 @@ def check_behaviour(raw: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in raw.items():
         if key in ("latency_ms", "chunk_delay_ms", "audio_seconds"):
             out[key] = _number(key, value)
-        elif key in ("completion_tokens", "fail_after_chunks", "cache_read_tokens"):
+        elif key in (
+            "completion_tokens",
+            "fail_after_chunks",
+            "cache_read_tokens",
+            "cache_write_tokens",
+        ):
             out[key] = _count(key, value)
         elif key == "prompt_tokens":
             out[key] = None if value is None else _count(key, value)

@@ -52,6 +52,7 @@ for multipart requests, a form field ``fake`` holding the JSON object)
     ``audio_seconds``     audio: duration of a non-WAV upload (default 1.0)
     ``audio_usage``       audio: ``"duration"`` (default) | ``"tokens"`` | ``"none"``
     ``cache_read_tokens`` Anthropic: input tokens reported as cache reads instead
+    ``cache_write_tokens`` Anthropic: input tokens reported as cache writes instead
     ``count_tokens``      Anthropic: false → ``/v1/messages/count_tokens`` is 404
     ``tool_call``         chat and Anthropic: ``"first"`` (default, the rule above) |
                           ``"none"`` (text replies even when tools are declared) |
