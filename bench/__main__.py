@@ -30,7 +30,7 @@ from satsrouter_dev.stack import Stack, log_tail, running_stack
 
 from bench.load import RunResult, Scenario, request_body
 from bench.mintload import access_counts, wallet_outputs
-from bench.nginx import capture_replies, nginx_upstream
+from bench.nginx import SLOW_HEADER, capture_replies, nginx_upstream
 from bench.report import Row, append_jsonl, records, rss_mb, run_info, table, targets
 from bench.scenarios import (
     XSTREAM_MAX_REQUESTS,
@@ -311,7 +311,14 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="satsrouter-bench-") as tmp:
         workdir = Path(tmp)
         try:
-            with running_stack(workdir, SLOW_UPSTREAM, workers=args.workers, front=_front) as stack:
+            with running_stack(
+                workdir,
+                SLOW_UPSTREAM,
+                workers=args.workers,
+                front=_front,
+                # nginx sends this header's requests to the slow Python fake (xstream).
+                settings={"FORWARD_HEADERS": SLOW_HEADER},
+            ) as stack:
                 print(
                     f"mint {stack.mint_url}, nginx {stack.upstream_url}, "
                     f"slow fake {stack.fake_url}, node {stack.node_url}"

@@ -168,6 +168,10 @@ def _split_list(value: str) -> list[str]:
     return [item.strip().rstrip("/") for item in value.split(",") if item.strip()]
 
 
+def _header_names(value: str) -> list[str]:
+    return [name.lower() for name in _split_list(value)]
+
+
 def _parse_sources(value: str) -> dict[str, str]:
     """`BTC_USD_SOURCES`: `kraken,coinbase=http://127.0.0.1:8001` → name → base URL."""
     sources: dict[str, str] = {}
@@ -189,6 +193,35 @@ def _body_limit(value: int) -> None:
     # Below this not even a login or a settings change fits: the admin could not undo it.
     if not value >= 1024:
         raise ValueError("must be at least 1024")
+
+
+# Client headers that carry this node's credentials or describe this hop: never passed on,
+# whatever an operator lists (a key or token would reach the upstream's operator and logs).
+NEVER_FORWARDED = frozenset(
+    {
+        "authorization",
+        "x-cashu",
+        "x-api-key",
+        "cookie",
+        "proxy-authorization",
+        "host",
+        "content-length",
+        "content-type",
+        "transfer-encoding",
+        "connection",
+        "forwarded",
+        "x-forwarded-for",
+        "x-real-ip",
+    }
+)
+
+
+def _forwardable(names: list[str]) -> None:
+    refused = sorted(set(names) & NEVER_FORWARDED)
+    if refused:
+        raise ValueError(f"never forwarded (credentials or this hop's): {', '.join(refused)}")
+    if any(not name or not name.isascii() or " " in name for name in names):
+        raise ValueError("not header names")
 
 
 def _not_negative(value: float) -> None:
@@ -529,6 +562,17 @@ class Settings:
         shown="none",
         parse=_split_list,
         check=check_networks,
+        live=True,
+    )
+    forward_headers: list[str] = setting(
+        [],
+        env="FORWARD_HEADERS",
+        doc="more client headers passed on to the upstream (comma separated), besides the "
+        "API options `anthropic-version`, `anthropic-beta` and `openai-beta`: e.g. "
+        "`HTTP-Referer,X-Title` for OpenRouter's app attribution; credentials never are",
+        shown="none",
+        parse=_header_names,
+        check=_forwardable,
         live=True,
     )
     redis_url: str = setting(

@@ -23,6 +23,8 @@ from satsrouter_dev.fake_upstream import FakeUpstream, FakeUpstreamProcess
 from satsrouter_dev.mint import LocalMint, TestWallet
 from satsrouter_dev.stack import node_process
 
+from satsrouter.settings import Settings, SettingsError
+
 HEADER_TIMEOUT_S = 2.0
 KEEPALIVE_TIMEOUT_S = 1.0
 SLACK_S = 8.0  # on top of a timeout, for a loaded machine: closed by then, or it failed
@@ -344,4 +346,40 @@ async def test_only_allowed_client_headers_reach_the_upstream(
     text = str(seen)
     for secret in (token, "secret-cookie", "steer-me", "203.0.113.7"):
         assert secret not in text
+    await running.check_invariants()
+
+
+async def test_the_operator_may_forward_more_headers_but_never_credentials(
+    node_factory: NodeFactory, upstream: FakeUpstream, user_wallet: TestWallet
+) -> None:
+    # OpenRouter attributes usage to an app by HTTP-Referer and X-Title; an operator may pass
+    # them on. A stream is asked for as one: some upstreams and proxies choose by Accept.
+    upstream.reset()
+    running = await node_factory(forward_headers=["http-referer", "x-title"])
+    (token,) = await user_wallet.mint_tokens(100)
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "HTTP-Referer": "https://app.example",
+        "X-Title": "Example App",
+        "X-Unknown-Thing": "steer-me",
+    }
+    body = {"model": "test/priced", "messages": QUESTION, "max_tokens": 3}
+    async with httpx.AsyncClient(base_url=running.api, timeout=30) as http:
+        resp = await http.post("/chat/completions", headers=headers, json=body)
+        assert resp.status_code == 200, resp.text
+        seen: dict[str, str] = upstream.stats["last_headers"]
+        assert (seen["http-referer"], seen["x-title"]) == ("https://app.example", "Example App")
+        assert "x-unknown-thing" not in seen and token not in str(seen)
+        assert seen.get("accept") != "text/event-stream"
+
+        async with http.stream(
+            "POST", "/chat/completions", headers=headers, json={**body, "stream": True}
+        ) as streamed:
+            assert streamed.status_code == 200
+            assert "data: [DONE]" in (await streamed.aread()).decode()
+        assert upstream.stats["last_headers"]["accept"] == "text/event-stream"
+
+    for name in ("Authorization", "X-Cashu", "cookie", "x-api-key", "X-Forwarded-For"):
+        with pytest.raises(SettingsError, match="never forwarded"):
+            Settings.from_env({"FORWARD_HEADERS": f"X-Title,{name}", "CASHU_MINTS": "http://m"})
     await running.check_invariants()

@@ -75,13 +75,18 @@ def _read(path: Path) -> bytes:
 
 @contextlib.contextmanager
 def node_process(
-    workdir: Path, mint_url: str, upstream_url: str, workers: int = 1
+    workdir: Path,
+    mint_url: str,
+    upstream_url: str,
+    workers: int = 1,
+    settings: dict[str, str] | None = None,
 ) -> Iterator[NodeProcess]:
-    """Run `satsrouter serve` on a free port until the block ends."""
+    """Run `satsrouter serve` on a free port until the block ends; `settings` adds variables."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = workdir / "node.log"
     env = {
+        **(settings or {}),
         # The demo and the bench send far more than the seed's 60 requests a minute per key;
         # the environment may still set limits (e.g. to measure what counting costs).
         "RATE_LIMIT": "off",
@@ -126,6 +131,7 @@ def running_stack(
     *,
     workers: int = 1,
     front: Front | None = None,
+    settings: dict[str, str] | None = None,
 ) -> Iterator[Stack]:
     """Mint, fake upstream and node on 127.0.0.1; all stopped when the block ends.
 
@@ -136,7 +142,7 @@ def running_stack(
         mint = stack.enter_context(LocalMint(workdir=workdir / "mint"))
         fake = stack.enter_context(FakeUpstreamProcess(defaults=upstream_defaults))
         upstream_url = stack.enter_context(front(fake.url)) if front else fake.url
-        node = stack.enter_context(node_process(workdir, mint.url, upstream_url, workers))
+        node = stack.enter_context(node_process(workdir, mint.url, upstream_url, workers, settings))
         yield Stack(
             mint_url=mint.url,
             upstream_url=upstream_url,

@@ -159,7 +159,11 @@ async def _forward(
     metrics = node.metrics
     try:
         resp = await upstream.post(
-            endpoint.path, body, forwardable_headers(request.headers), call.content_type
+            endpoint.path,
+            body,
+            forwardable_headers(request.headers, node.settings.forward_headers),
+            call.content_type,
+            stream=call.stream,
         )
         node.health.record(upstream_name, resp.status < 500)
         if resp.status >= 400:
@@ -231,7 +235,7 @@ async def count_tokens(request: Request) -> Response:
             resp = await upstream.post(
                 "/messages/count_tokens",
                 orjson.dumps(call.body),
-                forwardable_headers(request.headers),
+                forwardable_headers(request.headers, node.settings.forward_headers),
             )
             body = await read_body(resp)
             if resp.status < 400:

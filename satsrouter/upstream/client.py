@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import aiohttp
@@ -11,7 +12,9 @@ import orjson
 # change what the upstream does or how it answers. Everything else stays here: the client's
 # credentials for this node (Authorization, X-Cashu, cookies), hop-by-hop and proxy headers
 # (X-Forwarded-*), and whatever else a client sends, which the upstream's operator has no
-# business seeing. Content-Type is the node's own (the body is rebuilt), as is Accept.
+# business seeing. Content-Type is the node's own (the body is rebuilt), as is Accept
+# (text/event-stream when the node asks for a stream). An operator may add more names
+# (`FORWARD_HEADERS`), never credentials.
 FORWARDED_CLIENT_HEADERS = frozenset(
     {
         "anthropic-version",  # the Messages API version the client speaks
@@ -38,9 +41,14 @@ class UpstreamFailure(Exception):
         self.kind = kind  # "transport" | "timeout"
 
 
-def forwardable_headers(headers: Any) -> dict[str, str]:
-    """The client's headers the upstream gets: those in `FORWARDED_CLIENT_HEADERS` only."""
-    return {k: v for k, v in headers.items() if k.lower() in FORWARDED_CLIENT_HEADERS}
+def forwardable_headers(headers: Any, extra: Collection[str] = ()) -> dict[str, str]:
+    """The client's headers the upstream gets: `FORWARDED_CLIENT_HEADERS` and the operator's
+    `extra` (lower-case names, `FORWARD_HEADERS`) only."""
+    return {
+        k: v
+        for k, v in headers.items()
+        if k.lower() in FORWARDED_CLIENT_HEADERS or (extra and k.lower() in extra)
+    }
 
 
 class Upstream:
@@ -87,10 +95,16 @@ class Upstream:
             self._session = None
 
     def _headers(
-        self, extra: dict[str, str] | None, content_type: str = "application/json"
+        self,
+        extra: dict[str, str] | None,
+        content_type: str = "application/json",
+        stream: bool = False,
     ) -> dict[str, str]:
         headers = dict(extra or {})
         headers["Content-Type"] = content_type
+        if stream:
+            # Some upstreams (and proxies in front of them) choose the reply's form by Accept.
+            headers["Accept"] = "text/event-stream"
         if self.dialect == "anthropic":
             headers.setdefault("anthropic-version", ANTHROPIC_VERSION)
             if self._api_key:
@@ -105,6 +119,8 @@ class Upstream:
         body: bytes,
         headers: dict[str, str] | None = None,
         content_type: str = "application/json",
+        *,
+        stream: bool = False,
     ) -> aiohttp.ClientResponse:
         """Send a request and return once response headers arrived (body still unread)."""
         try:
@@ -112,7 +128,7 @@ class Upstream:
             return await self.session.post(
                 f"{self.base_url}{path}",
                 data=body,
-                headers=self._headers(headers, content_type),
+                headers=self._headers(headers, content_type, stream),
                 timeout=self._timeout,
             )
         except TimeoutError as exc:
