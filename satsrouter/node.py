@@ -40,6 +40,7 @@ from satsrouter.logs import secure_logging, set_level
 from satsrouter.market.catalogue import Catalogue
 from satsrouter.market.health import ProviderHealth
 from satsrouter.market.rates import LiveRate, PinnedRate, RateSource, select_feeds
+from satsrouter.market.routing import Router
 from satsrouter.market.sync import CatalogueSync
 from satsrouter.metrics import Metrics
 from satsrouter.settings import Settings, declared_settings
@@ -47,6 +48,7 @@ from satsrouter.store.engine import check_durable, instance_lock_dir, make_engin
 from satsrouter.store.liveness import InstanceLocks
 from satsrouter.store.tx import make_tx_runner
 from satsrouter.upstream.client import Upstream
+from satsrouter.upstream.providers import ProviderConfig
 
 log = logging.getLogger(__name__)
 
@@ -105,25 +107,16 @@ class Node:
             on_failure=self.metrics.admin_login_failed,
         )
         self.keys = Keys(self.tx, self.billing, self.payouts, lightning=self.lightning_refunds)
-        self.upstream = Upstream(
-            settings.upstream_base_url,
-            settings.upstream_api_key,
-            settings.upstream_timeout,
-            settings.upstream_dialect,
-        )
         self.catalogue = Catalogue()
-        # One upstream for now; the sync and the catalogue already speak per provider.
-        self.upstreams = {settings.upstream_name: self.upstream}
-        self.catalogue_sync = CatalogueSync(
-            self.catalogue,
-            {name: _model_list(up) for name, up in self.upstreams.items()},
-            settings.models_path,
-        )
-        # Same cheap probe as the catalogue sync: each provider's model list.
-        self.health = ProviderHealth(
-            {name: _model_list(up) for name, up in self.upstreams.items()},
-            settings.health_check_interval,
-        )
+        # Providers: the upstreams by name, each synced, checked and called on its own. Set
+        # (and re-set when the admin changes them) by `set_providers`.
+        self.provider_configs: list[ProviderConfig] = []
+        self.upstreams: dict[str, Upstream] = {}
+        self.catalogue_sync = CatalogueSync(self.catalogue, {}, settings.models_path)
+        self.health = ProviderHealth({}, settings.health_check_interval)
+        self.router = Router(self.health)
+        self._tasks: list[asyncio.Task[None]] = []
+        self.set_providers([_env_provider(settings)], {})
         self.rate: RateSource = (
             PinnedRate(settings.btc_usd_price)
             if settings.btc_usd_price
@@ -133,7 +126,6 @@ class Node:
         self.live_settings = LiveSettings(
             self.tx, settings, Settings(), declared_settings(), self.apply_settings
         )
-        self._tasks: list[asyncio.Task[None]] = []
         self.npub = npub_of(settings.nsec) if settings.nsec else None
 
     async def start(self) -> None:
@@ -188,6 +180,38 @@ class Node:
         ]
         self._tasks += [asyncio.create_task(loop) for loop in loops]
 
+    @property
+    def upstream(self) -> Upstream:
+        """The first provider's upstream (the only one on a one-provider node)."""
+        return next(iter(self.upstreams.values()))
+
+    def set_providers(self, configs: list[ProviderConfig], routes: dict[str, list[str]]) -> None:
+        """Make `configs` the providers: clients for new or changed ones, the sync's sources,
+        the health probes and the routing order. Disabled providers leave rotation."""
+        enabled = [c for c in configs if c.enabled]
+        old = {c.name: c for c in self.provider_configs}
+        upstreams: dict[str, Upstream] = {}
+        for config in enabled:
+            kept = self.upstreams.get(config.name)
+            if kept is not None and old.get(config.name) == config:
+                upstreams[config.name] = kept
+            else:
+                upstreams[config.name] = Upstream(
+                    config.base_url, config.api_key, self.settings.upstream_timeout, config.dialect
+                )
+        retired = [u for name, u in self.upstreams.items() if upstreams.get(name) is not u]
+        self.provider_configs = list(configs)
+        self.upstreams = upstreams
+        probes = {name: _model_list(up) for name, up in upstreams.items()}
+        self.catalogue_sync.sources = dict(probes)
+        self.catalogue_sync.configs = {c.name: c for c in enabled}
+        self.health.set_probes(probes)
+        self.router.routes = dict(routes)
+        for upstream in retired:
+            # Requests in flight on it finish first: close once they had time to.
+            task = asyncio.get_running_loop().create_task(_close_later(upstream))
+            self._tasks.append(task)
+
     def _auto_payout(self) -> tuple[str, int]:
         """Where automatic revenue payouts go and from what amount (read on every pass)."""
         return self.settings.receive_ln_address, self.settings.payout_threshold_sat
@@ -230,7 +254,8 @@ class Node:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        await self.upstream.close()
+        for upstream in self.upstreams.values():
+            await upstream.close()
         if isinstance(self.rate, LiveRate):
             await self.rate.close()
         await self.lightning_refunds.close()
@@ -260,3 +285,21 @@ def _model_list(upstream: Upstream) -> Callable[[], Awaitable[Any]]:
         return await upstream.get_json("/models")
 
     return fetch
+
+
+async def _close_later(upstream: Upstream, grace: float = 600.0) -> None:
+    """Close a retired provider's client once requests still using it had time to end."""
+    try:
+        await asyncio.sleep(grace)
+    finally:
+        await upstream.close()
+
+
+def _env_provider(settings: Settings) -> ProviderConfig:
+    """The provider `UPSTREAM_*` describes."""
+    return ProviderConfig(
+        name=settings.upstream_name,
+        base_url=settings.upstream_base_url,
+        dialect=settings.upstream_dialect,
+        api_key=settings.upstream_api_key,
+    )

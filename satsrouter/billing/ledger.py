@@ -55,7 +55,8 @@ _INSERT_RESERVATION = (
 )
 _CHARGE_RESERVATION = (
     "UPDATE reservations SET state = 'charged', charged_msat = :charged, settled_at = :now, "
-    "input_tokens = :input, output_tokens = :output WHERE id = :id AND state = 'active'"
+    "input_tokens = :input, output_tokens = :output, provider = COALESCE(:provider, provider) "
+    "WHERE id = :id AND state = 'active'"
 )
 _CHARGE_ACCOUNT = (
     "UPDATE accounts SET balance_msat = balance_msat - :charged, "
@@ -320,12 +321,17 @@ class Ledger:
         return Reservation(request_id, account_id, amount_msat, child_id)
 
     async def settle(
-        self, reservation: Reservation, cost_msat: int, usage: Usage | None = None
+        self,
+        reservation: Reservation,
+        cost_msat: int,
+        usage: Usage | None = None,
+        provider: str | None = None,
     ) -> Settlement | None:
         """Charge a reservation exactly once (CAS active → charged); None if already settled.
 
         The charge never exceeds the reservation: the reservation is the most the user agreed
-        to risk on this request. `usage`'s token counts are recorded with the charge.
+        to risk on this request. `usage`'s token counts, and the `provider` that served (when
+        failover moved it off the one named at reservation), are recorded with the charge.
         """
         charged = max(0, min(cost_msat, reservation.amount_msat))
         now = time.time()
@@ -339,6 +345,7 @@ class Ledger:
                     "now": now,
                     "input": usage.prompt_tokens if usage is not None else None,
                     "output": usage.completion_tokens if usage is not None else None,
+                    "provider": provider,
                 },
             )
             if moved != 1:

@@ -135,6 +135,11 @@ class Charge:
     def request_id(self) -> str:
         return self.reservation.id
 
+    def serve(self, quote: Quote) -> None:
+        """The provider that serves is priced by `quote` (`PriceBook.served`): what `finish`
+        charges. Its reservation, the most that can be charged, stays as reserved."""
+        self.quote = quote
+
     async def finish(self, usage: Usage) -> Receipt:
         """Charge what `usage` cost (at most the reservation), then issue X-Cashu change."""
         cost = self.quote.cost(usage)
@@ -164,7 +169,9 @@ class Charge:
             return self.settlement
         self.done = True
         try:
-            self.settlement = await self.billing.ledger.settle(self.reservation, cost_msat, usage)
+            self.settlement = await self.billing.ledger.settle(
+                self.reservation, cost_msat, usage, self.quote.model.provider or None
+            )
         finally:
             self.billing.live.discard(self.reservation.id)
         return self.settlement

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from decimal import Decimal
 from typing import Any
 
@@ -25,11 +25,16 @@ from satsrouter.usage import Usage
 
 @dataclass(frozen=True)
 class Quote:
-    """A model with its msat prices at the current rate, and this request's reservation."""
+    """A model with its msat prices at the current rate, and this request's reservation.
+
+    For a model several providers serve, `model` and `prices` are first the dearest route's
+    (what is reserved); `PriceBook.served` swaps in the provider that serves.
+    """
 
     model: Model
     prices: MsatPrices
     max_cost_msat: int
+    image_variant: tuple[Any, Any] | None = None  # (size, quality) of images made
 
     def cost(self, usage: Usage) -> Cost:
         return usage_cost(self.prices, usage)
@@ -42,7 +47,7 @@ class PriceBook:
         self.catalogue = catalogue
         self.rate = rate
         self._fee = fee
-        self._cache: dict[tuple[str, Decimal], MsatPrices] = {}
+        self._cache: dict[tuple[str, str, int, Decimal], MsatPrices] = {}
 
     @property
     def fee(self) -> Decimal:
@@ -63,15 +68,38 @@ class PriceBook:
             raise ApiError(503, "price_unavailable", f"{exc}. Paid requests are paused.") from exc
 
     def prices(self, model: Model) -> MsatPrices:
-        """The model's msat prices now (cached until the rate changes)."""
+        """The model's msat prices now (cached until the rate changes).
+
+        A model several providers serve costs, per price field, the most any of them charges.
+        """
         usd = self.usd_per_btc()
-        key = (model.id, usd)
+        key = (model.id, model.provider, len(model.candidates), usd)
         prices = self._cache.get(key)
         if prices is None or len(self._cache) > 10_000:
             if len(self._cache) > 10_000:
                 self._cache.clear()
-            prices = self._cache[key] = msat_prices(model, usd, self.fee)
+            if model.candidates:
+                prices = dearest([self.prices(m) for m in model.candidates])
+            else:
+                prices = msat_prices(model, usd, self.fee)
+            self._cache[key] = prices
         return prices
+
+    def route_price(self, route: Model) -> Decimal:
+        """What ranks routes by cost: a prompt token plus a completion token, in msat."""
+        prices = self.prices(route)
+        return prices.prompt + prices.completion
+
+    def served(self, quote: Quote, route: Model) -> Quote:
+        """The quote as charged when `route` (one of its model's providers) serves it: that
+        provider's prices, the same reservation."""
+        if route is quote.model:
+            return quote
+        prices = self.prices(route)
+        if quote.image_variant is not None:
+            variant = route.image_variant(*quote.image_variant)
+            prices = with_image_price(prices, route, variant, self.usd_per_btc(), self.fee)
+        return replace(quote, model=route, prices=prices)
 
     def model(self, model_id: Any) -> Model:
         """Resolve a requested model id or alias; 404 `model_not_found` naming close matches."""
@@ -117,9 +145,21 @@ class PriceBook:
         """
         model = self.model(model_id)
         prices = self.prices(model)
+        image_variant = None
         if units.generated_images:
-            variant = model.image_variant(image_size, image_quality)
-            prices = with_image_price(prices, model, variant, self.usd_per_btc(), self.fee)
+            image_variant = (image_size, image_quality)
+            prices = dearest(
+                [
+                    with_image_price(
+                        self.prices(route),
+                        route,
+                        route.image_variant(image_size, image_quality),
+                        self.usd_per_btc(),
+                        self.fee,
+                    )
+                    for route in model.routes
+                ]
+            )
         reservation = max_request_cost(
             prices,
             model,
@@ -130,8 +170,29 @@ class PriceBook:
             choices=choices,
             prompts=prompts,
         )
-        return Quote(model, prices, reservation)
+        return Quote(model, prices, reservation, image_variant)
 
     def max_cost(self, model: Model) -> int:
         """The most any request to `model` can cost, in msat (`max_cost` in /v1/models)."""
         return model_max_cost(self.prices(model), model)
+
+
+def dearest(options: list[MsatPrices]) -> MsatPrices:
+    """Each price field's highest value among `options`: covers whichever one is charged."""
+    if len(options) == 1:
+        return options[0]
+    # A zero cache, reasoning or made-image price means "as the prompt / completion / input
+    # image": compare what each option really charges, or a 0 would lose to a small price.
+    effective = [
+        replace(
+            p,
+            input_cache_read=p.input_cache_read or p.prompt,
+            input_cache_write=p.input_cache_write or p.prompt,
+            internal_reasoning=p.internal_reasoning or p.completion,
+            image_output=p.image_output or p.image,
+        )
+        for p in options
+    ]
+    return MsatPrices(
+        **{f.name: max(getattr(p, f.name) for p in effective) for f in fields(MsatPrices)}
+    )

@@ -112,7 +112,7 @@ class AudioTranscriptions(Endpoint):
 
     def upstream_body(self, call: Call, model: Model) -> bytes:
         # Multipart is forwarded byte for byte; a short alias in `model` is rewritten in place.
-        raw = _set_field(call.raw, "model", call.body.get("model"), model.id)
+        raw = _set_field(call.raw, "model", call.body.get("model"), model.wire_id)
         if _asks_json_for_text(call):
             # Plain text says nothing of the audio's length and the node reads only WAV
             # headers: ask for verbose_json (its `duration` is charged) and answer the client

@@ -145,10 +145,10 @@ class Endpoint(ABC):
         return self
 
     def upstream_body(self, call: Call, model: Model) -> bytes:
-        """The body to send upstream: the client's, with the resolved model id."""
+        """The body to send upstream: the client's, with the provider's id for the model."""
         changed = self.adjust(call)
-        if call.body.get("model") != model.id:
-            call.body["model"], changed = model.id, True
+        if call.body.get("model") != model.wire_id:
+            call.body["model"], changed = model.wire_id, True
         return orjson.dumps(call.body) if changed else call.raw
 
     def adjust(self, call: Call) -> bool:

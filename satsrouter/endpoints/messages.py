@@ -96,7 +96,7 @@ class TranslatedMessages(Messages):
             )
         except TranslationError as exc:
             raise ApiError(400, "invalid_request", str(exc)) from None
-        request["model"] = model.id
+        request["model"] = model.wire_id
         return orjson.dumps(request)
 
     def reply(self, call: Call, raw: bytes, media_type: str) -> Reply:

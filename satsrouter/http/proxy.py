@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 
 import orjson
 from fastapi import APIRouter, Request
@@ -22,6 +23,7 @@ from satsrouter.errors import ApiError
 from satsrouter.http.auth import credentials
 from satsrouter.http.errors import error_response
 from satsrouter.http.streaming import MeteredStream
+from satsrouter.market.catalogue import Model
 from satsrouter.node import Node
 from satsrouter.upstream.anthropic_usage import count_anthropic_prompt_tokens
 from satsrouter.upstream.client import (
@@ -39,6 +41,8 @@ router = APIRouter()
 PAID_ROUTES: dict[str, str] = {}
 # The state key `satsrouter.metrics` reads the priced model from (a catalogue id).
 MODEL_STATE = "metrics_model"
+# Names the provider that served a request (Routstr's header).
+PROVIDER_HEADER = "X-Routstr-Provider"
 
 
 def _payment_required(node: Node, quote: Quote) -> ApiError:
@@ -110,7 +114,8 @@ async def paid(request: Request, endpoint: Endpoint) -> Response:
     """Every paid endpoint: quote → reserve → forward → settle (or release on failure)."""
     node: Node = request.app.state.node
     raw = await request.body()  # at most MAX_BODY_BYTES: the app's BodyLimit sees to it
-    call = endpoint.parse(raw, request.headers.get("content-type", ""))
+    content_type = request.headers.get("content-type", "")
+    call = endpoint.parse(raw, content_type)
     call.request_id = request.state.request_id
     quote = node.prices.quote(
         call.model_id,
@@ -124,17 +129,15 @@ async def paid(request: Request, endpoint: Endpoint) -> Response:
         prompts=call.prompts,
     )
     setattr(request.state, MODEL_STATE, quote.model.id)  # priced: a catalogue model
-    upstream = node.upstreams.get(quote.model.provider, node.upstream)
-    api_path = endpoint.path  # what the client called, whatever the upstream speaks
-    endpoint = endpoint.for_dialect(upstream.dialect)
-    # Built before anything is reserved: a body that cannot be sent is a plain 400.
-    body = endpoint.upstream_body(call, quote.model)
+    routes = node.router.rank(quote.model, node.prices.route_price)
+    # Built before anything is reserved: a body no route can send is a plain 400.
+    first = _first_sendable(node, endpoint, call, routes, content_type)
     creds = credentials(request.headers)
     if not creds.present:
         raise _payment_required(node, quote)
-    charge = await node.billing.begin(creds, quote, call.request_id, api_path)
+    charge = await node.billing.begin(creds, quote, call.request_id, endpoint.path)
     try:
-        return await _forward(node, request, upstream, endpoint, call, body, charge)
+        return await _serve(node, request, endpoint, routes, first, charge, content_type)
     except ApiError as error:
         if charge.done:
             raise
@@ -146,57 +149,153 @@ async def paid(request: Request, endpoint: Endpoint) -> Response:
         raise
 
 
-async def _forward(
+@dataclass
+class Attempt:
+    """One route made ready to call: its upstream, the endpoint in its dialect, the body."""
+
+    index: int  # in the ranked routes
+    route: Model
+    upstream: Upstream
+    endpoint: Endpoint
+    call: Call
+    body: bytes
+
+
+def _prepare(node: Node, endpoint: Endpoint, call: Call, index: int, route: Model) -> Attempt:
+    """Make `route` ready to call, or raise ApiError when it cannot serve this request."""
+    upstream = node.upstreams.get(route.provider)
+    if upstream is None:
+        raise ApiError(503, "provider_unavailable", f"Provider {route.provider!r} is gone.")
+    sent = endpoint.for_dialect(upstream.dialect)
+    return Attempt(index, route, upstream, sent, call, sent.upstream_body(call, route))
+
+
+def _first_sendable(
+    node: Node, endpoint: Endpoint, call: Call, routes: list[Model], content_type: str
+) -> Attempt:
+    """The first route that can carry this request; the first route's refusal if none can."""
+    refusal: ApiError | None = None
+    for index, route in enumerate(routes):
+        if index:  # building a body may have changed the parsed request: start afresh
+            call = _reparsed(endpoint, call, content_type)
+        try:
+            return _prepare(node, endpoint, call, index, route)
+        except ApiError as error:
+            refusal = refusal or error
+    assert refusal is not None  # a model has at least one route
+    raise refusal
+
+
+def _reparsed(endpoint: Endpoint, call: Call, content_type: str) -> Call:
+    fresh = endpoint.parse(call.raw, content_type)
+    fresh.request_id = call.request_id
+    return fresh
+
+
+async def _serve(
     node: Node,
     request: Request,
-    upstream: Upstream,
     endpoint: Endpoint,
-    call: Call,
-    body: bytes,
+    routes: list[Model],
+    first: Attempt,
     charge: Charge,
+    content_type: str,
 ) -> Response:
-    upstream_name = charge.quote.model.provider
+    """Try the routes in order until one answers; fail over only before the client got a byte.
+
+    Connection errors, timeouts, 5xx and 429 move on to the next route; a 4xx is the client's
+    and ends the request. Nothing is charged unless a route served (I4).
+    """
+    failures: list[ApiError] = []
+    attempt: Attempt | None = first
+    while attempt is not None:
+        outcome = await _attempt(node, request, attempt, charge)
+        if isinstance(outcome, Response):
+            return outcome
+        failures.append(outcome)
+        attempt = _next_attempt(node, endpoint, attempt, routes, content_type)
+    return await _failed(charge, _every_route_failed(failures))
+
+
+def _next_attempt(
+    node: Node, endpoint: Endpoint, last: Attempt, routes: list[Model], content_type: str
+) -> Attempt | None:
+    for index in range(last.index + 1, len(routes)):
+        try:
+            call = _reparsed(endpoint, last.call, content_type)
+            return _prepare(node, endpoint, call, index, routes[index])
+        except ApiError:
+            continue  # this provider cannot carry the request (its dialect lacks the endpoint)
+    return None
+
+
+def _every_route_failed(failures: list[ApiError]) -> ApiError:
+    """What the client hears when no route served: 429 if every one was busy, else the last."""
+    if all(f.status == 429 for f in failures):
+        waits = [f.headers.get("Retry-After", "") for f in failures]
+        seconds = [int(w) for w in waits if w.isdigit()]
+        error = failures[-1]
+        if seconds:
+            error.headers["Retry-After"] = str(min(seconds))
+        return error
+    return next(f for f in reversed(failures) if f.status != 429)
+
+
+async def _attempt(
+    node: Node, request: Request, attempt: Attempt, charge: Charge
+) -> Response | ApiError:
+    """Call one route. A Response ends the request (served, or refused for the client's
+    fault); an ApiError is a failure the next route may make good (nothing charged yet)."""
+    name = attempt.route.provider
+    call, endpoint = attempt.call, attempt.endpoint
     metrics = node.metrics
     try:
-        resp = await upstream.post(
+        resp = await attempt.upstream.post(
             endpoint.path,
-            body,
+            attempt.body,
             forwardable_headers(request.headers, node.settings.forward_headers),
             call.content_type,
             stream=call.stream,
         )
-        node.health.record(upstream_name, resp.status < 500)
         if resp.status >= 400:
-            metrics.upstream_error(upstream_name, _error_kind(resp.status))
+            node.health.record(name, resp.status < 500)
+            metrics.upstream_error(name, _error_kind(resp.status))
             retry_after = resp.headers.get("Retry-After")
             error = _upstream_error(resp.status, await read_body(resp), retry_after)
+            if resp.status >= 500 or resp.status == 429:
+                return error
             return await _failed(charge, error)
+        node.health.record(name, True)
+        charge.serve(node.prices.served(charge.quote, attempt.route))
         if call.stream:
-            meter = endpoint.meter(call)
-            headers = _stream_headers(charge)
+            headers = {**_stream_headers(charge), PROVIDER_HEADER: name}
             return MeteredStream(
                 resp,
                 charge,
-                meter,
+                endpoint.meter(call),
                 headers,
                 node.settings.drain_timeout,
-                on_failure=lambda: metrics.upstream_error(upstream_name, "stream"),
+                on_failure=lambda: metrics.upstream_error(name, "stream"),
             )
         media_type = resp.content_type or JSON
         reply = endpoint.reply(call, await read_body(resp), media_type)
     except UpstreamFailure as exc:
-        node.health.record(upstream_name, False)
-        metrics.upstream_error(upstream_name, exc.kind)
+        node.health.record(name, False)
+        metrics.upstream_error(name, exc.kind)
         status = 504 if exc.kind == "timeout" else 502
         message = "The upstream provider did not answer in full; nothing was charged."
-        return await _failed(charge, ApiError(status, f"upstream_{exc.kind}", message))
+        return ApiError(status, f"upstream_{exc.kind}", message)
     except ValueError:
-        metrics.upstream_error(upstream_name, "unreadable")
+        metrics.upstream_error(name, "unreadable")
         message = "The upstream sent an unreadable answer; nothing was charged."
-        return await _failed(charge, ApiError(502, "upstream_error", message))
+        return ApiError(502, "upstream_error", message)
 
     receipt = await charge.finish(reply.usage)
-    headers = {"x-request-id": charge.request_id, **receipt_headers(receipt)}
+    headers = {
+        "x-request-id": charge.request_id,
+        PROVIDER_HEADER: name,
+        **receipt_headers(receipt),
+    }
     body = endpoint.render(reply, receipt.cost)
     return Response(body, media_type=reply.media_type, headers=headers)
 
@@ -228,9 +327,10 @@ async def count_tokens(request: Request) -> Response:
     node: Node = request.app.state.node
     call = Messages().parse(await request.body(), JSON)
     model = node.prices.model(call.model_id)
-    upstream = node.upstreams.get(model.provider, node.upstream)
-    if upstream.dialect == "anthropic":
-        call.body["model"] = model.id
+    native = [r for r in model.routes if _dialect(node, r.provider) == "anthropic"]
+    if native:
+        upstream = node.upstreams[native[0].provider]
+        call.body["model"] = native[0].wire_id
         try:
             resp = await upstream.post(
                 "/messages/count_tokens",
@@ -250,3 +350,8 @@ async def count_tokens(request: Request) -> Response:
 
 for _prefix in ("/v1", "/v1/v1"):
     router.add_route(f"{_prefix}/messages/count_tokens", count_tokens, methods=["POST"])
+
+
+def _dialect(node: Node, provider: str) -> str | None:
+    upstream = node.upstreams.get(provider)
+    return upstream.dialect if upstream is not None else None

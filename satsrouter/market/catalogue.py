@@ -28,7 +28,7 @@ import difflib
 import functools
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -80,6 +80,25 @@ class Model:
     sats_per_million: dict[str, Decimal] = field(default_factory=dict)
     # USD per generated image by "size/quality" or "size" (e.g. "1024x1792/hd"), ours.
     image_variants: dict[str, Decimal] = field(default_factory=dict)
+    upstream_id: str = ""  # the provider's own id for it, when not the public `id`
+    # A public model several providers serve: one entry per provider (each priced and called
+    # as that provider's), in catalogue order. Empty for a model one provider serves.
+    candidates: tuple[Model, ...] = field(default=(), repr=False, compare=False)
+
+    @property
+    def wire_id(self) -> str:
+        """The id sent to the provider in a request's `model`."""
+        return self.upstream_id or self.id
+
+    @property
+    def routes(self) -> tuple[Model, ...]:
+        """Every provider's entry for this model (itself, when only one serves it)."""
+        return self.candidates or (self,)
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        """The names of the providers serving this model."""
+        return tuple(m.provider for m in self.routes)
 
     def image_variant(self, size: Any, quality: Any) -> Decimal | None:
         """The USD price of one image of this size and quality, if the model sets one."""
@@ -122,9 +141,39 @@ class Model:
         if not isinstance(variants_in, dict):
             raise CatalogueError(f"{model_id}: image_pricing must map size[/quality] to a price")
         variants = {str(key): _price(value) for key, value in variants_in.items()}
+        upstream_id = entry.get("upstream_id")
         return cls(
-            model_id, context, max_completion, pricing, dict(entry), provider, fee, sats, variants
+            model_id,
+            context,
+            max_completion,
+            pricing,
+            {k: v for k, v in entry.items() if k != "upstream_id"},
+            provider,
+            fee,
+            sats,
+            variants,
+            upstream_id if isinstance(upstream_id, str) and upstream_id != model_id else "",
         )
+
+
+def merge_candidates(models: list[Model]) -> Model:
+    """One public model from the entries several providers list under its id.
+
+    It is published and reserved for as its dearest route: the largest context and completion
+    limit of any of them (prices: `PriceBook.prices` takes each field's highest), so the
+    reservation covers whichever provider ends up serving.
+    """
+    if len(models) == 1:
+        return models[0]
+    first = models[0]
+    limits = [m.max_completion_tokens or m.context_length for m in models]
+    return replace(
+        first,
+        context_length=max(m.context_length for m in models),
+        max_completion_tokens=max(limits),
+        pricing={name: max(m.pricing[name] for m in models) for name in PRICE_FIELDS},
+        candidates=tuple(models),
+    )
 
 
 def parse_models(payload: Any, provider: str = "") -> list[Model]:

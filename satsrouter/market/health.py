@@ -62,6 +62,11 @@ class ProviderHealth:
         self.degraded_rate = degraded_rate
         self._states = {name: _State() for name in probes}
 
+    def set_probes(self, probes: dict[str, Probe]) -> None:
+        """Providers added or removed: the states of those kept carry on."""
+        self.probes = probes
+        self._states = {name: self._states.get(name) or _State() for name in probes}
+
     def record(self, provider: str, ok: bool) -> None:
         """A passive signal: one upstream exchange ended well (ok) or in 5xx/transport/timeout."""
         state = self._states.get(provider)
@@ -104,6 +109,15 @@ class ProviderHealth:
             except Exception:
                 log.exception("health checks failed")
             await asyncio.sleep(self.interval)
+
+    def available(self, provider: str) -> bool:
+        """Whether `provider` is in rotation (not offline)."""
+        return self.status(provider) != "offline"
+
+    def latency_ms(self, provider: str) -> float | None:
+        """The last active check's latency, if any."""
+        state = self._states.get(provider)
+        return state.latency_ms if state is not None else None
 
     def error_rate(self, provider: str) -> float | None:
         """Share of failed exchanges within the window; None without any."""

@@ -6,12 +6,13 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from satsrouter.market.catalogue import Catalogue, CatalogueError, Model
+from satsrouter.market.catalogue import Catalogue, CatalogueError, Model, merge_candidates
 from satsrouter.market.overrides import ModelOverrides, load_overrides
+from satsrouter.upstream.providers import ProviderConfig
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,11 @@ class CatalogueSync:
         catalogue: Catalogue,
         sources: dict[str, ModelListFetcher],
         models_path: Path | None,
+        configs: dict[str, ProviderConfig] | None = None,
     ) -> None:
         self.catalogue = catalogue
-        self.sources = sources  # provider name -> fetcher, in routing order
+        self.sources = sources  # provider name -> fetcher, in catalogue order
+        self.configs = configs or {}  # how each provider's ids become public ones
         self.models_path = models_path
         self.status = SyncStatus()
         self._last_good: dict[str, list[dict[str, Any]]] = {}
@@ -94,23 +97,31 @@ class CatalogueSync:
         return True
 
     def _build(self) -> list[Model]:
-        seen: dict[str, Model] = {}
+        routes: dict[str, list[Model]] = {}
         default_provider = next(iter(self.sources), "")
         for provider in self.sources:
-            entries = self._overrides.apply(self._last_good.get(provider, []))
+            config = self.configs.get(provider)
+            listed = self._last_good.get(provider, [])
+            if config is not None:
+                listed = [public_entry(config, e) for e in listed]
+            entries = self._overrides.apply(listed)
             for entry in entries:
-                if entry["id"] in seen:
-                    continue  # an earlier upstream already serves it
+                if any(m.provider == provider for m in routes.get(entry["id"], ())):
+                    continue  # listed twice by one provider: its first entry stands
                 from_file = entry["id"] in self._overrides.entries
                 if from_file and provider != default_provider:
-                    upstream_ids = {e["id"] for e in self._last_good.get(provider, [])}
+                    upstream_ids = {e["id"] for e in listed}
                     if entry["id"] not in upstream_ids:
                         continue  # file-only models belong to the first upstream
                 try:
-                    seen[entry["id"]] = Model.from_openrouter(entry, provider)
+                    model = Model.from_openrouter(entry, provider)
                 except CatalogueError as exc:
                     log.warning("skipping model from %s: %s", provider, exc)
-        return list(seen.values())
+                    continue
+                if config is not None and config.fee is not None and model.fee is None:
+                    model = replace(model, fee=config.fee)
+                routes.setdefault(entry["id"], []).append(model)
+        return [merge_candidates(models) for models in routes.values()]
 
     async def run(self, interval: float | Callable[[], float]) -> None:
         """Refresh forever, every `interval` seconds (sooner while nothing is loaded).
@@ -124,3 +135,10 @@ class CatalogueSync:
                 await self.refresh()
             except Exception:
                 log.exception("catalogue refresh failed")
+
+
+def public_entry(config: ProviderConfig, entry: dict[str, Any]) -> dict[str, Any]:
+    """A provider's model-list entry under its public id, keeping the provider's own id."""
+    own = entry["id"]
+    public = config.public_id(own)
+    return entry if public == own else {**entry, "id": public, "upstream_id": own}
