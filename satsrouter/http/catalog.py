@@ -56,6 +56,10 @@ ENDPOINTS = [
     "messages/count_tokens",
 ]
 
+# What an Anthropic-dialect provider serves: its Messages API, and chat completions
+# translated to it.
+ANTHROPIC_ENDPOINTS = ["chat/completions", "messages", "messages/count_tokens"]
+
 
 def _json(payload: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
@@ -86,6 +90,8 @@ def model_entry(node: Node, model: Model) -> dict[str, Any]:
     )
     entry.setdefault("supported_parameters", [])
     entry["provider"] = model.provider
+    # Every provider that may serve it (failover moves between them; `provider` is the first).
+    entry["providers"] = list(model.providers)
     entry["pricing_units"] = PRICE_UNITS
     try:
         usd = node.prices.usd_per_btc()
@@ -158,13 +164,19 @@ async def get_model(model_id: str, request: Request) -> Response:
     return _json(model_entry(node, node.prices.model(model_id)))
 
 
+def _dialect(node: Node, provider: str) -> str | None:
+    upstream = node.upstreams.get(provider)
+    return upstream.dialect if upstream is not None else None
+
+
 def _configured(node: Node, provider: str) -> bool:
     upstream = node.upstreams.get(provider)
     return upstream is not None and upstream.has_credentials
 
 
 def _provider(node: Node, name: str, detail: bool) -> dict[str, Any]:
-    models = [m for m in node.catalogue.models() if m.provider == name]
+    # This provider's own entry of each model it serves: its prices, its limits.
+    models = [r for m in node.catalogue.models() for r in m.routes if r.provider == name]
     supported = {p for m in models for p in m.raw.get("supported_parameters") or []}
     features = ["streaming"]
     if "tools" in supported or "functions" in supported:
@@ -182,7 +194,7 @@ def _provider(node: Node, name: str, detail: bool) -> dict[str, Any]:
         "name": name,
         "display_name": name.replace("-", " ").title().replace(" ", ""),
         "description": f"Models served through {node.upstreams[name].base_url}",
-        "endpoints": ENDPOINTS,
+        "endpoints": ANTHROPIC_ENDPOINTS if _dialect(node, name) == "anthropic" else ENDPOINTS,
         "features": features,
         "status": status,
         "last_checked": health["last_checked"],

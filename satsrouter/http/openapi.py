@@ -256,6 +256,7 @@ SCHEMAS: dict[str, Schema] = {
             "owned_by": STR,
             "name": STR,
             "provider": STR,
+            "providers": {**STR_LIST, "description": "every provider that may serve it"},
             "context_length": INT,
             "architecture": ANY_OBJ,
             "top_provider": ANY_OBJ,
@@ -551,6 +552,7 @@ HEADERS: dict[str, Schema] = {
     "Cost": {"description": "What the request cost, msat.", "schema": {"type": "string"}},
     "Balance": {"description": "The key's balance after it, msat.", "schema": STR},
     "Change": {"description": "X-Cashu payers: the change, a Cashu token.", **_STR_HEADER},
+    "Provider": {"description": "The provider that served the request.", **_STR_HEADER},
     "PaymentRequest": {
         "description": "NUT-24 payment request (amount, unit, accepted mints); sent when the "
         "request carried no credentials.",
@@ -687,6 +689,7 @@ def _errors(*names: str) -> dict[str, Schema]:
 _PAID_HEADERS = {
     "X-Routstr-Cost-Msats": "Cost",
     "X-Routstr-Balance-Msats": "Balance",
+    "X-Routstr-Provider": "Provider",
     "X-Cashu": "Change",
     "X-RateLimit-Limit": "RateLimitLimit",
     "X-RateLimit-Remaining": "RateLimitRemaining",
