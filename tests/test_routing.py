@@ -298,3 +298,75 @@ async def test_fee_and_model_ids_per_provider(
     assert resp.status_code == 200, resp.text
     assert alpha.stats["last_request"]["model"] == "priced-v2"
     await running.check_invariants()
+
+
+async def test_the_request_may_steer_routing_the_openrouter_way(
+    node_factory: NodeFactory, fakes: dict[str, FakeUpstream], user_wallet: TestWallet
+) -> None:
+    alpha, beta = fakes["alpha"], fakes["beta"]
+    running = await routed_node(
+        node_factory, [provider("alpha", alpha.url, CHEAP), provider("beta", beta.url, DEAR)]
+    )
+    key = await funded_key(running, user_wallet)
+    base = {"model": MODEL, "messages": QUESTION, "max_tokens": 20}
+
+    async def ask(**extra: Any) -> httpx.Response:
+        async with httpx.AsyncClient(base_url=running.api, timeout=30) as http:
+            headers = {"Authorization": f"Bearer {key}"}
+            return await http.post("/chat/completions", headers=headers, json={**base, **extra})
+
+    # `order` beats price; the names are this node's, in any case.
+    resp = await ask(provider={"order": ["BETA"]})
+    assert resp.status_code == 200 and resp.headers["x-routstr-provider"] == "beta"
+    # Neither plain OpenAI upstream is sent OpenRouter's routing fields.
+    assert "provider" not in beta.stats["last_request"]
+    assert (await ask(provider={"ignore": ["alpha"]})).headers["x-routstr-provider"] == "beta"
+    assert (await ask(provider={"only": ["alpha"]})).headers["x-routstr-provider"] == "alpha"
+    # Names this node does not have are meant for an OpenRouter upstream: nothing filtered.
+    assert (await ask(provider={"only": ["Anthropic"]})).headers["x-routstr-provider"] == "alpha"
+    refused = await ask(provider={"only": ["alpha"], "ignore": ["alpha"]})
+    assert refused.status_code == 400 and "provider" in refused.json()["error"]["message"]
+    assert (await ask(provider={"sort": "cheapest"})).status_code == 400
+
+    # No fallbacks allowed: the first route's failure is the answer.
+    alpha.configure(fail="500")
+    failed = await ask(provider={"allow_fallbacks": False})
+    assert failed.status_code == 502 and beta.stats["chat_requests"] == 2
+    assert (await ask()).headers["x-routstr-provider"] == "beta"
+    await running.check_invariants()
+
+
+async def test_fallback_models_are_tried_in_turn_and_reserved_for(
+    node_factory: NodeFactory, fakes: dict[str, FakeUpstream], user_wallet: TestWallet
+) -> None:
+    alpha, beta = fakes["alpha"], fakes["beta"]
+    # alpha serves only test/priced, and fails; beta serves only test/flat.
+    alpha.set_models([model_entry(MODEL)])
+    beta.set_models([model_entry("test/flat")])
+    alpha.configure(fail="503")
+    running = await routed_node(
+        node_factory, [provider("alpha", alpha.url, FEE), provider("beta", beta.url, FEE)]
+    )
+    key = await funded_key(running, user_wallet)
+    async with httpx.AsyncClient(base_url=running.api, timeout=30) as http:
+        headers = {"Authorization": f"Bearer {key}"}
+        body = {"model": MODEL, "models": ["test/flat"], "messages": QUESTION, "max_tokens": 20}
+        resp = await http.post("/chat/completions", headers=headers, json=body)
+        assert resp.status_code == 200, resp.text
+        assert resp.headers["x-routstr-provider"] == "beta"
+        sent = beta.stats["last_request"]
+        assert sent["model"] == "test/flat" and "models" not in sent
+        usage = resp.json()["usage"]
+        # Charged as the model that served: test/flat prices completion only.
+        flat = model_entry("test/flat")
+        charged = math.ceil(
+            usage["completion_tokens"]
+            * Decimal(flat["pricing"]["completion"])
+            * FEE
+            * Decimal(100_000_000_000)
+            / BTC_USD
+        )
+        assert usage["cost"]["total_msats"] == charged == await spent(running, key)
+        bad = {**body, "models": "test/flat"}
+        assert (await http.post("/chat/completions", headers=headers, json=bad)).status_code == 400
+    await running.check_invariants()

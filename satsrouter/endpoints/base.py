@@ -41,6 +41,14 @@ class Call:
     prompts: int = 1  # prompts of a batch (completions `prompt`, embeddings `input` lists)
     usage_asked: bool = False  # a stream whose client asked for its usage-only chunk
     request_id: str = ""
+    edited: bool = False  # `body` was changed after parsing: send it re-serialised
+
+    def drop(self, *names: str) -> None:
+        """Remove fields from the JSON body before it goes upstream."""
+        for name in names:
+            if name in self.body:
+                del self.body[name]
+                self.edited = True
 
     def units(self) -> Usage:
         """The most of each per-unit component this request can use, for its reservation."""
@@ -146,7 +154,7 @@ class Endpoint(ABC):
 
     def upstream_body(self, call: Call, model: Model) -> bytes:
         """The body to send upstream: the client's, with the provider's id for the model."""
-        changed = self.adjust(call)
+        changed = self.adjust(call) or call.edited
         if call.body.get("model") != model.wire_id:
             call.body["model"], changed = model.wire_id, True
         return orjson.dumps(call.body) if changed else call.raw

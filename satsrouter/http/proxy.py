@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import orjson
 from fastapi import APIRouter, Request
@@ -24,6 +24,7 @@ from satsrouter.http.auth import credentials
 from satsrouter.http.errors import error_response
 from satsrouter.http.streaming import MeteredStream
 from satsrouter.market.catalogue import Model
+from satsrouter.market.routing import ROUTING_FIELDS, Preferences, fallback_models
 from satsrouter.node import Node
 from satsrouter.upstream.anthropic_usage import count_anthropic_prompt_tokens
 from satsrouter.upstream.client import (
@@ -117,19 +118,31 @@ async def paid(request: Request, endpoint: Endpoint) -> Response:
     content_type = request.headers.get("content-type", "")
     call = endpoint.parse(raw, content_type)
     call.request_id = request.state.request_id
-    quote = node.prices.quote(
-        call.model_id,
-        len(raw),
-        call.max_tokens,
-        prompt_estimate=lambda context: estimate_prompt_tokens(call.body, context),
-        units=call.units(),
-        image_size=call.body.get("size"),
-        image_quality=call.body.get("quality"),
-        choices=call.choices,
-        prompts=call.prompts,
-    )
+
+    def priced(model_id: object) -> Quote:
+        return node.prices.quote(
+            model_id,
+            len(raw),
+            call.max_tokens,
+            prompt_estimate=lambda context: estimate_prompt_tokens(call.body, context),
+            units=call.units(),
+            image_size=call.body.get("size"),
+            image_quality=call.body.get("quality"),
+            choices=call.choices,
+            prompts=call.prompts,
+        )
+
+    quote = priced(call.model_id)
     setattr(request.state, MODEL_STATE, quote.model.id)  # priced: a catalogue model
-    routes = node.router.rank(quote.model, node.prices.route_price)
+    wishes = Preferences.from_body(call.body)
+    routes = node.router.rank(quote.model, node.prices.route_price, wishes)
+    for fallback in fallback_models(call.body):
+        # OpenRouter's `models`: more models to fall back on, each served by its own price;
+        # the reservation covers the dearest of them.
+        other = priced(fallback)
+        quote = replace(quote, max_cost_msat=max(quote.max_cost_msat, other.max_cost_msat))
+        ranked = node.router.rank(other.model, node.prices.route_price, wishes)
+        routes += [r for r in ranked if r not in routes]
     # Built before anything is reserved: a body no route can send is a plain 400.
     first = _first_sendable(node, endpoint, call, routes, content_type)
     creds = credentials(request.headers)
@@ -166,6 +179,9 @@ def _prepare(node: Node, endpoint: Endpoint, call: Call, index: int, route: Mode
     upstream = node.upstreams.get(route.provider)
     if upstream is None:
         raise ApiError(503, "provider_unavailable", f"Provider {route.provider!r} is gone.")
+    # The node routes `models` itself (each priced as served); only OpenRouter understands
+    # `provider`, and no one else may be sent it.
+    call.drop(*(ROUTING_FIELDS if upstream.dialect != "openrouter" else ("models", "route")))
     sent = endpoint.for_dialect(upstream.dialect)
     return Attempt(index, route, upstream, sent, call, sent.upstream_body(call, route))
 
