@@ -1222,3 +1222,11 @@ def test_process_variant_anthropic_dialect() -> None:
             assert m.content[0].type == "text" and m.content[0].text == "w1 w2 w3"
         assert proc.stats["paths"] == {"/v1/messages": 1}
         assert httpx.post(proc.url + "/chat/completions", json={}).status_code == 404
+
+
+async def test_fail_every_nth_request(fu: FakeUpstream) -> None:
+    fu.configure(fail="500", fail_every=2)
+    async with httpx.AsyncClient(base_url=fu.url, timeout=10) as http:
+        body = {"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+        statuses = [(await http.post("/chat/completions", json=body)).status_code for _ in range(6)]
+    assert statuses == [200, 500, 200, 500, 200, 500]

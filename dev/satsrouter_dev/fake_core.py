@@ -39,6 +39,7 @@ class Behaviour(TypedDict, total=False):
     fail: str | int | None
     omit_usage: bool
     fail_after_chunks: int
+    fail_every: int
     image_usage: bool
     report_cost: float | None
     audio_seconds: float
@@ -68,6 +69,7 @@ class Plan:
     fail: str | None = None
     omit_usage: bool = False
     fail_after_chunks: int = 2
+    fail_every: int = 1
     image_usage: bool = False
     report_cost: float | None = None
     audio_seconds: float = 1.0
@@ -109,6 +111,7 @@ def check_behaviour(raw: Mapping[str, Any]) -> dict[str, Any]:
         elif key in (
             "completion_tokens",
             "fail_after_chunks",
+            "fail_every",
             "cache_read_tokens",
             "cache_write_tokens",
         ):
@@ -287,6 +290,9 @@ class Host(Protocol):
     def next_id(self) -> int:
         """A number never handed out before by this server (for response ids)."""
 
+    def next_failure_slot(self) -> int:
+        """Counts the requests a scripted failure could hit (for ``fail_every``)."""
+
     async def pause(self, ms: float) -> None:
         """Sleep ``ms`` milliseconds, cut short when the server stops."""
 
@@ -325,6 +331,8 @@ async def start_reply(
     fail = plan.fail
     if fail is None or fail == "drop_midstream":
         return None
+    if plan.fail_every > 1 and host.next_failure_slot() % plan.fail_every:
+        return None  # not this request's turn to fail
     if fail == "drop":
         close_connection(request)
         return web.Response()

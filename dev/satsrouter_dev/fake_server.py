@@ -185,6 +185,10 @@ class FakeUpstream:
         """A fresh number for response ids."""
         return next(self._ids)
 
+    def next_failure_slot(self) -> int:
+        """1, 2, 3…: which request this is among those a scripted failure could hit."""
+        return next(self._failure_slots)
+
     async def pause(self, ms: float) -> None:
         """Sleep ``ms`` milliseconds, cut short when the server stops."""
         if ms <= 0:
@@ -210,6 +214,7 @@ class FakeUpstream:
         self._models_body = orjson.dumps(page)
 
     def _reset_stats(self) -> None:
+        self._failure_slots = itertools.count(1)
         self._stats: dict[str, Any] = {
             "requests": 0,
             "chat_requests": 0,

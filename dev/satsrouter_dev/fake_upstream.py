@@ -44,6 +44,8 @@ for multipart requests, a form field ``fake`` holding the JSON object)
                           answer) | ``"drop_midstream"`` (send part of the response,
                           then close)
     ``omit_usage``        never send usage (Anthropic: usage kept, every count 0)
+    ``fail_every``        N > 1: ``fail`` (an HTTP status, ``drop`` or ``timeout``) hits
+                          only every Nth request (the Nth, 2Nth…; counted from reset)
     ``fail_after_chunks`` for ``drop_midstream``: content chunks/deltas sent before
                           the connection closes (default 2); non-streaming, half the
                           body is sent
