@@ -370,3 +370,38 @@ async def test_fallback_models_are_tried_in_turn_and_reserved_for(
         bad = {**body, "models": "test/flat"}
         assert (await http.post("/chat/completions", headers=headers, json=bad)).status_code == 400
     await running.check_invariants()
+
+
+async def test_a_provider_down_at_start_joins_when_it_comes_up(
+    node_factory: NodeFactory, fakes: dict[str, FakeUpstream], user_wallet: TestWallet
+) -> None:
+    port = free_port()
+    late_url = f"http://127.0.0.1:{port}/v1"
+    # The node's only provider is down when it starts: it starts anyway, serving nothing.
+    running = await node_factory(upstream_base_url=late_url, upstream_name="late")
+    assert len(running.node.catalogue) == 0
+    beta = fakes["beta"]
+    beta.set_models([model_entry("test/flat")])
+    running.node.set_providers(
+        [provider("late", late_url, FEE), provider("beta", beta.url, FEE)], {}
+    )
+    assert await running.node.catalogue_sync.refresh()
+    async with httpx.AsyncClient(base_url=running.api, timeout=30) as http:
+        assert (await http.get("/models/test/flat")).json()["providers"] == ["beta"]
+        assert (await http.get(f"/models/{MODEL}")).status_code == 404
+        status = (await http.get("/providers/late")).json()
+        assert status["status"] == "offline" and status["models"] == []
+        # It comes up: the next sync adds its models, beside the others'.
+        late = FakeUpstream(port=port, models=[model_entry(MODEL), model_entry("test/flat")])
+        await late.start()
+        try:
+            assert await running.node.catalogue_sync.refresh()
+            assert (await http.get("/models/test/flat")).json()["providers"] == ["late", "beta"]
+            key = await funded_key(running, user_wallet)
+            headers = {"Authorization": f"Bearer {key}"}
+            body = {"model": MODEL, "messages": QUESTION, "max_tokens": 20}
+            resp = await http.post("/chat/completions", headers=headers, json=body)
+            assert resp.status_code == 200 and resp.headers["x-routstr-provider"] == "late"
+        finally:
+            await late.stop()
+    await running.check_invariants()
