@@ -204,10 +204,13 @@ async def test_a_circuit_real_exchanges_opened_needs_a_real_exchange_to_close() 
     assert health.circuit("a") == "closed"
 
 
-def test_latency_is_a_moving_average_of_successful_exchanges() -> None:
+async def test_latency_is_a_moving_average_of_successful_exchanges() -> None:
     clock = Clock()
     health = make(clock)
     assert health.latency_ms("a") is None and health.latency_ms("nobody") is None
+    assert await health.check("a")
+    checked = health.snapshot("a")["latency_ms"]
+    assert checked is not None and health.latency_ms("a") == checked  # until exchanges
     health.record("a", True, 100.0)
     assert health.latency_ms("a") == 100.0
     health.record("a", True, 200.0)
