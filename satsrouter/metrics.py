@@ -18,7 +18,7 @@ node's whole.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,6 +120,26 @@ class _BooksCollector(Collector):
         yield held
 
 
+class _CircuitsCollector(Collector):
+    """`satsrouter_provider_circuit_open`: read from the providers' health at each scrape."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], Mapping[str, str]] | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        if self.source is None:
+            return
+        family = GaugeMetricFamily(
+            "satsrouter_provider_circuit_open",
+            "1 while a provider's circuit is not closed (open, or half-open: one trial at a "
+            "time), else 0",
+            labels=["provider"],
+        )
+        for provider, circuit in sorted(self.source().items()):
+            family.add_metric([provider], 0 if circuit == "closed" else 1)
+        yield family
+
+
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, doc, value=value)
 
@@ -171,6 +191,8 @@ class Metrics:
         self.registry.register(_Constant([info]))
         self._books = _BooksCollector()
         self.registry.register(self._books)
+        self._circuits = _CircuitsCollector()
+        self.registry.register(self._circuits)
         ProcessCollector(registry=self.registry)
         GCCollector(registry=self.registry)
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
@@ -192,6 +214,10 @@ class Metrics:
     def upstream_error(self, provider: str, kind: str) -> None:
         """Count one upstream failure of a paid request."""
         self.upstream_errors.labels(provider, kind).inc()
+
+    def watch_circuits(self, source: Callable[[], Mapping[str, str]]) -> None:
+        """Where the scrape reads each provider's circuit (`closed`, `open`, `half_open`)."""
+        self._circuits.source = source
 
     def mint_call(self, mint: str, operation: str, outcome: str, seconds: float) -> None:
         """Time one HTTP call to a mint (the wallet's `MintCallObserver`)."""

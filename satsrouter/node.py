@@ -113,7 +113,14 @@ class Node:
         self.provider_configs: list[ProviderConfig] = []
         self.upstreams: dict[str, Upstream] = {}
         self.catalogue_sync = CatalogueSync(self.catalogue, {}, settings.models_path)
-        self.health = ProviderHealth({}, settings.health_check_interval)
+        self.health = ProviderHealth(
+            {},
+            settings.health_check_interval,
+            failures=settings.circuit_failures,
+            cooldown=settings.circuit_cooldown_seconds,
+            trial_timeout=settings.upstream_timeout,
+        )
+        self.metrics.watch_circuits(self.health.circuits)
         self.router = Router(self.health)
         self._tasks: list[asyncio.Task[None]] = []
         self.set_providers([_env_provider(settings)], {})
@@ -227,6 +234,9 @@ class Node:
         for upstream in self.upstreams.values():
             upstream.timeout = new.upstream_timeout
         self.health.interval = new.health_check_interval
+        self.health.failures = new.circuit_failures
+        self.health.cooldown = new.circuit_cooldown_seconds
+        self.health.trial_timeout = new.upstream_timeout
         self.admin.session_seconds = new.admin_session_hours * 3600
         if new.auth_failure_limit != old.auth_failure_limit:
             self.admin.limiter.items = parse_limits(new.auth_failure_limit)

@@ -342,6 +342,24 @@ class Settings:
         check=_positive,
         live=True,
     )
+    circuit_failures: int = setting(
+        5,
+        env="CIRCUIT_FAILURES",
+        doc="failed exchanges in a row (5xx, transport error, timeout; not a 4xx or 429) that "
+        "open a provider's circuit; two failed health checks in a row open it too",
+        parse=_int,
+        check=_positive,
+        live=True,
+    )
+    circuit_cooldown_seconds: float = setting(
+        30.0,
+        env="CIRCUIT_COOLDOWN_SECONDS",
+        doc="seconds an open circuit stays open (its provider checked this often) before one "
+        "trial request at a time may close it",
+        parse=_float,
+        check=_positive,
+        live=True,
+    )
     cashu_mints: list[str] = setting(
         ["https://mint.minibits.cash/Bitcoin"],
         env="CASHU_MINTS",

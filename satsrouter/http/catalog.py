@@ -200,6 +200,11 @@ def _provider(node: Node, name: str, detail: bool) -> dict[str, Any]:
         "last_checked": health["last_checked"],
         "latency_ms": health["latency_ms"],
         "error_rate": health["error_rate"],
+        "circuit": health["circuit"],
+        "exchange_latency_ms": health["exchange_latency_ms"],
+        "consecutive_failures": health["consecutive_failures"],
+        "rate_limited": health["rate_limited"],
+        "opened_at": health["opened_at"],
         "configured": _configured(node, name),
     }
     if detail:
