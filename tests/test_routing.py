@@ -23,6 +23,7 @@ from conftest import (
     TEST_MODELS,
     NodeFactory,
     RunningNode,
+    eventually,
     model_entry,
 )
 from satsrouter_dev.fake_upstream import FakeUpstream, default_models
@@ -404,4 +405,50 @@ async def test_a_provider_down_at_start_joins_when_it_comes_up(
             assert resp.status_code == 200 and resp.headers["x-routstr-provider"] == "late"
         finally:
             await late.stop()
+    await running.check_invariants()
+
+
+async def test_a_failing_provider_leaves_rotation_and_is_probed_back_in(
+    node_factory: NodeFactory, fakes: dict[str, FakeUpstream], user_wallet: TestWallet
+) -> None:
+    alpha, beta = fakes["alpha"], fakes["beta"]
+    alpha.configure(fail="500")
+    running = await routed_node(
+        node_factory,
+        [provider("alpha", alpha.url, CHEAP), provider("beta", beta.url, CHEAP)],
+        {MODEL: ["alpha", "beta"]},
+        circuit_failures=2,
+        circuit_cooldown_seconds=1.0,
+    )
+    key = await funded_key(running, user_wallet)
+    headers = {"Authorization": f"Bearer {key}"}
+    body = {"model": MODEL, "messages": QUESTION, "max_tokens": 20}
+    async with httpx.AsyncClient(base_url=running.api, timeout=30) as http:
+
+        async def served_by() -> str:
+            resp = await http.post("/chat/completions", headers=headers, json=body)
+            assert resp.status_code == 200, resp.text  # the client never sees alpha fail
+            return resp.headers["x-routstr-provider"]
+
+        async def circuit(name: str) -> str:
+            shown: str = (await http.get(f"/providers/{name}")).json()["circuit"]
+            return shown
+
+        assert [await served_by(), await served_by()] == ["beta", "beta"]
+        assert alpha.stats["chat_requests"] == 2
+        assert await circuit("alpha") == "open"
+        assert (await http.get("/providers/alpha")).json()["status"] == "offline"
+        # Out of rotation: beta serves without alpha being asked first.
+        assert await served_by() == "beta" and alpha.stats["chat_requests"] == 2
+
+        # Recovered: after the cooldown a trial request goes to alpha and closes the circuit.
+        alpha.reset()
+
+        async def alpha_back() -> bool:
+            return await circuit("alpha") == "half_open"
+
+        await eventually(alpha_back)
+        assert await served_by() == "alpha"
+        assert await circuit("alpha") == "closed"
+        assert await served_by() == "alpha"
     await running.check_invariants()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, replace
 
 import orjson
@@ -264,7 +265,11 @@ async def _attempt(
     fault); an ApiError is a failure the next route may make good (nothing charged yet)."""
     name = attempt.route.provider
     call, endpoint = attempt.call, attempt.endpoint
-    metrics = node.metrics
+    metrics, health = node.metrics, node.health
+    # Claims a half-open circuit's one trial; a route out of rotation is only reached when
+    # every route is, and is tried anyway (see `market.routing`).
+    health.acquire(name)
+    started = time.perf_counter()
     try:
         resp = await attempt.upstream.post(
             endpoint.path,
@@ -273,15 +278,16 @@ async def _attempt(
             call.content_type,
             stream=call.stream,
         )
+        latency_ms = (time.perf_counter() - started) * 1000
         if resp.status >= 400:
-            node.health.record(name, resp.status < 500)
+            health.record(name, resp.status < 500, latency_ms, rate_limited=resp.status == 429)
             metrics.upstream_error(name, _error_kind(resp.status))
             retry_after = resp.headers.get("Retry-After")
             error = _upstream_error(resp.status, await read_body(resp), retry_after)
             if resp.status >= 500 or resp.status == 429:
                 return error
             return await _failed(charge, error)
-        node.health.record(name, True)
+        health.record(name, True, latency_ms)
         charge.serve(node.prices.served(charge.quote, attempt.route))
         if call.stream:
             headers = {**_stream_headers(charge), PROVIDER_HEADER: name}
@@ -296,7 +302,7 @@ async def _attempt(
         media_type = resp.content_type or JSON
         reply = endpoint.reply(call, await read_body(resp), media_type)
     except UpstreamFailure as exc:
-        node.health.record(name, False)
+        health.record(name, False)
         metrics.upstream_error(name, exc.kind)
         status = 504 if exc.kind == "timeout" else 502
         message = "The upstream provider did not answer in full; nothing was charged."
