@@ -33,6 +33,8 @@ EVERY_VARIABLE: dict[str, tuple[str, Any]] = {
     "UPSTREAM_TIMEOUT": ("7.5", 7.5),
     "UPSTREAM_DIALECT": ("OpenAI", "openai"),
     "UPSTREAM_NAME": ("claude", "claude"),
+    "PROVIDERS_PATH": ("/etc/satsrouter/providers.toml", Path("/etc/satsrouter/providers.toml")),
+    "PROVIDER_SECRET": ("provider-secret-text", "provider-secret-text"),
     "HEALTH_CHECK_INTERVAL": ("5", 5.0),
     "CASHU_MINTS": ("http://m1/, http://m2", ["http://m1", "http://m2"]),
     "MINT_MAX_CONCURRENCY": ("3", 3),
@@ -67,6 +69,7 @@ EVERY_VARIABLE: dict[str, tuple[str, Any]] = {
     "AUTH_FAILURE_LIMIT": ("off", "off"),
     "MAX_CONCURRENT_PER_KEY": ("4", 4),
     "TRUSTED_PROXIES": ("10.0.0.1, 192.168.0.0/16", ["10.0.0.1", "192.168.0.0/16"]),
+    "FORWARD_HEADERS": ("HTTP-Referer, X-Title", ["http-referer", "x-title"]),
     "REDIS_URL": ("redis://:pw@127.0.0.1:6379/0", "redis://:pw@127.0.0.1:6379/0"),
     "NAME": ("my node", "my node"),
     "DESCRIPTION": ("fast and cheap", "fast and cheap"),
@@ -126,6 +129,7 @@ INVALID = [
     ("AUTH_FAILURE_LIMIT", "10 per fortnight"),
     ("MAX_CONCURRENT_PER_KEY", "-1"),
     ("TRUSTED_PROXIES", "10.0.0.1,proxy.example"),
+    ("FORWARD_HEADERS", "HTTP-Referer,Authorization"),
     ("LOG_LEVEL", "LOUD"),
     ("LOG_FORMAT", "xml"),
     ("METRICS_LOOPBACK", "local"),
@@ -216,7 +220,7 @@ def test_the_price_cannot_go_stale_between_two_refreshes() -> None:
 
 def test_secrets_stay_out_of_repr() -> None:
     settings = Settings.from_env({env: raw for env, (raw, _) in EVERY_VARIABLE.items()})
-    for secret in ("sk-ant-test", "nsec1test", ":pw@"):
+    for secret in ("sk-ant-test", "nsec1test", ":pw@", "provider-secret-text"):
         assert secret not in repr(settings)
 
 
