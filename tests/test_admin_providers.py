@@ -210,6 +210,8 @@ async def test_keys_are_kept_replaced_or_removed(node_factory: NodeFactory) -> N
     ("body", "needle"),
     [
         ({"base_url": "not a url"}, "base_url"),
+        ({"base_url": "http://[::1"}, "base_url"),
+        ({"base_url": "https://a.example", "proxy": "socks5://h:port"}, "proxy"),
         ({}, "base_url: must be text (required)"),
         ({"base_url": "https://a.example", "dialect": "soap"}, "dialect"),
         ({"base_url": "https://a.example", "fee": -1}, "fee"),

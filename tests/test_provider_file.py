@@ -143,6 +143,7 @@ ONE = '[[provider]]\nname = "p"\nbase_url = "https://p.example/v1"\n'
         ('idle_timeout = "soon"\n', "p", "idle_timeout", "not a number"),
         ('enabled = "yes"\n', "p", "enabled", "true or false"),
         ('proxy = "ftp://proxy:21"\n', "p", "proxy", "socks5"),
+        ('proxy = "socks5h://[::1"\n', "p", "proxy", "socks5"),
         ("models = { a = 1 }\n", "p", "models", "ids"),
         ('models = { "" = "b" }\n', "p", "models", "ids"),
         ("default_context = 0\n", "p", "default_context", "1 to"),

@@ -343,13 +343,17 @@ class ProviderStore:
             stored = _read_row(tx, name)
             if stored is not None and stored.kind == PROVIDER:
                 merged = {**stored.fields, **fields}
-                _check(lambda: provider_from_fields({**merged, "name": name}, source="admin"))
+                full = {**merged, "name": name}
+                source = "admin"
             elif base is not None:
                 merged = {**(stored.fields if stored else {}), **fields}
-                over = {**provider_fields(base), **merged, "name": name}
-                _check(lambda: provider_from_fields(over, source=base.source))
+                full = {**provider_fields(base), **merged, "name": name}
+                source = base.source
             else:  # unknown, or an override of a provider no longer configured
                 raise ApiError(404, "not_found", f"No provider named {name!r}.")
+            checked = provider_fields(_check(lambda: provider_from_fields(full, source=source)))
+            # Stored as checked (numbers settled, as a PUT's are): only the fields given.
+            merged = {k: checked[k] for k in merged}
             kind = stored.kind if stored else OVERRIDE
             encrypted = stored.api_key_encrypted if stored else None
             if key is not _KEEP:

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from satsrouter.upstream.providers import (
     PRICE_FIELDS,
@@ -242,16 +242,16 @@ def validate_provider(config: ProviderConfig) -> None:
         raise ProviderConfigError(
             f"{name!r} is not a provider name ([a-z0-9_-], 1 to 64)", field="name"
         )
-    url = urlsplit(config.base_url)
-    if url.scheme not in ("http", "https") or not url.hostname:
+    url = _split(config.base_url)
+    if url is None or url.scheme not in ("http", "https") or not url.hostname:
         raise ProviderConfigError(f"{config.base_url!r} is not an http(s) URL", name, "base_url")
     if config.dialect not in PROVIDER_DIALECTS:
         raise ProviderConfigError(f"must be one of {', '.join(PROVIDER_DIALECTS)}", name, "dialect")
     if config.fee is not None and not (config.fee.is_finite() and config.fee > 0):
         raise ProviderConfigError("must be a number above 0", name, "fee")
     if config.proxy:
-        proxy = urlsplit(config.proxy)
-        if proxy.scheme not in PROXY_SCHEMES or not proxy.hostname:
+        proxy = _split(config.proxy)
+        if proxy is None or proxy.scheme not in PROXY_SCHEMES or not proxy.hostname:
             raise ProviderConfigError(
                 f"must be a URL of one of {', '.join(PROXY_SCHEMES)}", name, "proxy"
             )
@@ -292,6 +292,16 @@ def provider_fields(config: ProviderConfig) -> dict[str, Any]:
         "default_context": config.default_context,
         "default_pricing": dict(config.default_pricing),
     }
+
+
+def _split(url: str) -> SplitResult | None:
+    """`url` taken apart, or None when it is not one (urlsplit raises for some)."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError:
+        return None
+    return parts
 
 
 # --- field parsers ---------------------------------------------------------------------------

@@ -49,7 +49,10 @@ PRICE_FIELDS = (
 
 def dialect_of(url: str) -> str:
     """The API an upstream speaks, guessed from its host (a configured dialect wins)."""
-    host = urlsplit(url).hostname or ""
+    try:
+        host = urlsplit(url).hostname or ""
+    except ValueError:  # not a URL at all (an unclosed "[")
+        host = ""
     if host.endswith("anthropic.com"):
         return "anthropic"
     if host.endswith("openrouter.ai"):
