@@ -195,13 +195,13 @@ def merge(sources: Sources, rows: list[ProviderRow], secret: str) -> dict[str, C
             merged[row.name] = _apply(row, base, secret)
         except _Skip as exc:
             log.error("admin provider %r: %s; ignored", row.name, exc)
-        except (ProviderConfigError, ValueError) as exc:
+        except ValueError as exc:  # ProviderConfigError: checks made stricter since stored
             log.error("admin provider %r is not valid (%s); ignored", row.name, exc)
     return merged
 
 
 class _Skip(Exception):
-    pass
+    """An admin row that applies to nothing now."""
 
 
 def _apply(row: ProviderRow, base: ProviderConfig | None, secret: str) -> Configured:
