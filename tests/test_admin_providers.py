@@ -177,8 +177,10 @@ async def test_keys_are_kept_replaced_or_removed(node_factory: NodeFactory) -> N
         return next(p.api_key for p in providers if p.name == name)
 
     try:
+        assert await store.version() == 0
         base = {"base_url": "http://127.0.0.1:11434/v1", "dialect": "ollama"}
         assert (await http.put(f"{PROVIDERS}/x", json={**base, "api_key": "k1"})).status_code == 200
+        assert await store.version() == 1  # what other nodes on the database watch
         # Sent back as shown ("[redacted]"), or left out: the stored key stays.
         shown = (await http.get(PROVIDERS)).json()["providers"][-1]
         resp = await http.put(f"{PROVIDERS}/x", json={**shown, "default_context": 4096})
