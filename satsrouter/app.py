@@ -16,6 +16,7 @@ from satsrouter import __version__
 from satsrouter.http import (
     admin,
     admin_money,
+    admin_providers,
     admin_settings,
     admin_usage,
     balance,
@@ -116,6 +117,7 @@ def create_app(
     app.include_router(admin_settings.router)
     app.include_router(admin_usage.router)
     app.include_router(admin_money.router)
+    app.include_router(admin_providers.router)
     app.include_router(metrics.router)
     app.include_router(dashboard.router)
 

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from satsrouter import faults
 from satsrouter.admin.auth import AdminAuth
 from satsrouter.admin.live_settings import LiveSettings
+from satsrouter.admin.providers import ProviderStore, configured_providers, env_provider
 from satsrouter.admin.ratelimit import (
     AttemptLimiter,
     InFlight,
@@ -48,6 +49,7 @@ from satsrouter.store.engine import check_durable, instance_lock_dir, make_engin
 from satsrouter.store.liveness import InstanceLocks
 from satsrouter.store.tx import make_tx_runner
 from satsrouter.upstream.client import Upstream
+from satsrouter.upstream.provider_file import ProviderConfigError
 from satsrouter.upstream.providers import ProviderConfig
 
 log = logging.getLogger(__name__)
@@ -123,7 +125,8 @@ class Node:
         self.metrics.watch_circuits(self.health.circuits)
         self.router = Router(self.health)
         self._tasks: list[asyncio.Task[None]] = []
-        self.set_providers([_env_provider(settings)], {})
+        # The environment's provider at once; the file's and the admin's join at start.
+        self.set_providers([c for c in [env_provider(settings)] if c is not None], {})
         self.rate: RateSource = (
             PinnedRate(settings.btc_usd_price)
             if settings.btc_usd_price
@@ -133,6 +136,9 @@ class Node:
         self.live_settings = LiveSettings(
             self.tx, settings, Settings(), declared_settings(), self.apply_settings
         )
+        self.provider_store = ProviderStore(self.tx)
+        self.provider_reloads = 0  # how often the providers were read and applied
+        self._providers_version = -1
         self.npub = npub_of(settings.nsec) if settings.nsec else None
 
     async def start(self) -> None:
@@ -170,7 +176,8 @@ class Node:
             self._tasks.append(
                 asyncio.create_task(self.rate.run(lambda: self.settings.btc_usd_refresh_seconds))
             )
-        if await self.catalogue_sync.refresh():
+        # A broken providers file stops the start here, with the file's error.
+        if await self.reload_providers(strict=True):
             log.info("serving %d models", len(self.catalogue))
         else:
             log.error("no models yet: the upstream's model list is unavailable; retrying")
@@ -182,6 +189,7 @@ class Node:
             self.lightning.run_watcher(lambda: self.settings.invoice_poll_interval),
             self.lightning_refunds.run_expiry(lambda: self.settings.expiry_check_interval),
             self.live_settings.run(lambda: self.settings.settings_refresh_seconds),
+            self.run_provider_refresh(lambda: self.settings.settings_refresh_seconds),
             self.key_limits.run(lambda: self.settings.settings_refresh_seconds),
             self.revenue.run_auto_payout(self._auto_payout, lambda: self.settings.payout_interval),
         ]
@@ -218,6 +226,33 @@ class Node:
             # Requests in flight on it finish first: close once they had time to.
             task = asyncio.get_running_loop().create_task(_close_later(upstream))
             self._tasks.append(task)
+
+    async def reload_providers(self, *, strict: bool = False) -> bool:
+        """Read the providers from every source (environment, file, admin) and apply them;
+        the catalogue follows at once (True when it holds models). A broken providers file
+        keeps the providers as they were (logged), or raises when `strict`."""
+        version = await self.provider_store.version()
+        try:
+            configs, routes = await configured_providers(self.settings, self.provider_store)
+        except ProviderConfigError:
+            if strict:
+                raise
+            log.exception("providers not reloaded; keeping the ones in use")
+            return len(self.catalogue) > 0
+        self.set_providers(configs, routes)
+        self._providers_version = version
+        self.provider_reloads += 1
+        return await self.catalogue_sync.refresh()
+
+    async def run_provider_refresh(self, interval: Callable[[], float]) -> None:
+        """Reload the providers when another node (or the admin on one) changed them."""
+        while True:
+            await asyncio.sleep(interval())
+            try:
+                if await self.provider_store.version() != self._providers_version:
+                    await self.reload_providers()
+            except Exception:
+                log.exception("providers refresh failed")
 
     def _auto_payout(self) -> tuple[str, int]:
         """Where automatic revenue payouts go and from what amount (read on every pass)."""
@@ -303,13 +338,3 @@ async def _close_later(upstream: Upstream, grace: float = 600.0) -> None:
         await asyncio.sleep(grace)
     finally:
         await upstream.close()
-
-
-def _env_provider(settings: Settings) -> ProviderConfig:
-    """The provider `UPSTREAM_*` describes."""
-    return ProviderConfig(
-        name=settings.upstream_name,
-        base_url=settings.upstream_base_url,
-        dialect=settings.upstream_dialect,
-        api_key=settings.upstream_api_key,
-    )

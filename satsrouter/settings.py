@@ -28,6 +28,8 @@ from satsrouter.http.client_ip import check_networks
 from satsrouter.logs import LOG_FORMATS
 from satsrouter.market.rates import FEEDS, select_feeds
 from satsrouter.upstream.client import DIALECTS
+from satsrouter.upstream.providers import DEFAULT_UPSTREAM_URL
+from satsrouter.upstream.providers import dialect_of as dialect_of
 
 T = TypeVar("T")
 
@@ -282,16 +284,6 @@ def provider_name_of(url: str) -> str:
     return "upstream"
 
 
-def dialect_of(url: str) -> str:
-    """The API an upstream speaks, guessed from its host (`UPSTREAM_DIALECT` overrides)."""
-    host = urlsplit(url).hostname or ""
-    if host.endswith("anthropic.com"):
-        return "anthropic"
-    if host.endswith("openrouter.ai"):
-        return "openrouter"
-    return "openai"
-
-
 # Keyword-only: the fields are ordered for the README's table (upstream, money, catalogue,
 # requests, the node itself, background work, test-only), not for positional arguments.
 @dataclass(frozen=True, kw_only=True)
@@ -299,9 +291,11 @@ class Settings:
     """Everything configurable about a node. Build it with `Settings.from_env()`."""
 
     upstream_base_url: str = setting(
-        "https://openrouter.ai/api/v1",
+        DEFAULT_UPSTREAM_URL,
         env="UPSTREAM_BASE_URL",
-        doc="OpenAI-compatible upstream (its `/models` is the catalogue)",
+        doc="OpenAI-compatible upstream (its `/models` is the catalogue); with "
+        "`PROVIDERS_PATH` set, this provider exists only if `UPSTREAM_BASE_URL` or "
+        "`UPSTREAM_API_KEY` is set",
         parse=_url,
     )
     upstream_api_key: str = setting(
@@ -320,9 +314,10 @@ class Settings:
     upstream_dialect: str = setting(
         "",
         env="UPSTREAM_DIALECT",
-        doc="`openai`, `openrouter` or `anthropic`: the API the upstream speaks (Anthropic gets "
-        "`x-api-key` and `anthropic-version`; its `/v1/messages` is used natively; OpenRouter's "
-        "extensions carry translated thinking and web search)",
+        doc="`openai`, `openrouter`, `anthropic` or `ollama`: the API the upstream speaks "
+        "(Anthropic gets `x-api-key` and `anthropic-version`; its `/v1/messages` is used "
+        "natively; OpenRouter's extensions carry translated thinking and web search; Ollama is "
+        "OpenAI's API with a model list without prices)",
         parse=_lower,
         check=_known_dialect,
         shown="`anthropic` for `*.anthropic.com`, `openrouter` for `openrouter.ai`, else `openai`",
@@ -332,6 +327,23 @@ class Settings:
         env="UPSTREAM_NAME",
         doc="the provider name the upstream is listed under",
         shown="from its host, e.g. `openrouter`",
+    )
+    providers_path: Path | None = setting(
+        None,
+        env="PROVIDERS_PATH",
+        doc="the providers file (TOML): more upstreams, each with its URL, dialect, key "
+        "(from an environment variable), fee, proxy, timeouts and model names, and `routes` "
+        '— see "Providers and routing"',
+        parse=Path,
+        kind="path",
+    )
+    provider_secret: str = setting(
+        "",
+        env="PROVIDER_SECRET",
+        doc="any long random text: the key that encrypts the providers' API keys the admin API "
+        "stores; without it the admin API refuses to store a key",
+        shown="none: the admin API stores no provider keys",
+        secret=True,
     )
     health_check_interval: float = setting(
         60.0,

@@ -72,6 +72,9 @@ def test_every_admin_route_is_in_the_table(node: RunningNode) -> None:
         f"{PREFIX}/withdraw",
         f"{PREFIX}/usage",
         f"{PREFIX}/keys",
+        f"{PREFIX}/providers",
+        f"{PREFIX}/providers/{{name}}",
+        f"{PREFIX}/routes",
     }
 
 

@@ -33,6 +33,8 @@ EVERY_VARIABLE: dict[str, tuple[str, Any]] = {
     "UPSTREAM_TIMEOUT": ("7.5", 7.5),
     "UPSTREAM_DIALECT": ("OpenAI", "openai"),
     "UPSTREAM_NAME": ("claude", "claude"),
+    "PROVIDERS_PATH": ("/etc/satsrouter/providers.toml", Path("/etc/satsrouter/providers.toml")),
+    "PROVIDER_SECRET": ("provider-secret-text", "provider-secret-text"),
     "HEALTH_CHECK_INTERVAL": ("5", 5.0),
     "CIRCUIT_FAILURES": ("3", 3),
     "CIRCUIT_COOLDOWN_SECONDS": ("1.5", 1.5),
@@ -223,7 +225,7 @@ def test_the_price_cannot_go_stale_between_two_refreshes() -> None:
 
 def test_secrets_stay_out_of_repr() -> None:
     settings = Settings.from_env({env: raw for env, (raw, _) in EVERY_VARIABLE.items()})
-    for secret in ("sk-ant-test", "nsec1test", ":pw@"):
+    for secret in ("sk-ant-test", "nsec1test", ":pw@", "provider-secret-text"):
         assert secret not in repr(settings)
 
 

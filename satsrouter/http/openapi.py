@@ -549,6 +549,65 @@ SCHEMAS: dict[str, Schema] = {
     "AdminKeys": _obj(
         {"keys": {"type": "array", "items": _ref("AdminKey")}, "total": INT}, ("keys", "total")
     ),
+    "ProviderConfig": _obj(
+        {
+            "name": {"type": "string", "pattern": "^[a-z0-9_-]{1,64}$"},
+            "base_url": STR,
+            "dialect": {"type": "string", "enum": ["openai", "openrouter", "anthropic", "ollama"]},
+            "api_key": {
+                "type": ["string", "null"],
+                "description": "Sent in clear (stored encrypted, needs PROVIDER_SECRET); shown as "
+                '"[redacted]" or null. Absent or "[redacted]" keeps the stored key; "" or null '
+                "removes it.",
+            },
+            "fee": {"type": ["string", "number", "null"], "description": "> 0; null: PROVIDER_FEE"},
+            "enabled": BOOL,
+            "proxy": {"type": "string", "description": "socks5h://host:port and the like"},
+            "connect_timeout": NULL_NUM,
+            "first_byte_timeout": NULL_NUM,
+            "idle_timeout": NULL_NUM,
+            "model_prefix": STR,
+            "models": {
+                "type": "object",
+                "additionalProperties": STR,
+                "description": "public model id -> the provider's id",
+            },
+            "default_context": POS_INT,
+            "default_pricing": {
+                "type": "object",
+                "additionalProperties": {"type": ["string", "number"]},
+                "description": "USD per token (or unit) by OpenRouter price field",
+            },
+        },
+        description="One upstream provider. PUT needs base_url; PATCH takes any subset.",
+    ),
+    "AdminProvider": _obj(
+        {
+            "name": STR,
+            "base_url": STR,
+            "dialect": STR,
+            "api_key": {"type": ["string", "null"], "description": '"[redacted]" or null'},
+            "enabled": BOOL,
+            "source": {"type": "string", "enum": ["environment", "file", "admin"]},
+            "overrides": {
+                "type": "array",
+                "items": STR,
+                "description": "fields an admin override sets on a file or environment provider",
+            },
+        },
+        ("name", "base_url", "dialect", "api_key", "enabled", "source", "overrides"),
+    ),
+    "Routes": {
+        "type": "object",
+        "additionalProperties": {"type": "array", "items": STR, "minItems": 1},
+        "description": "{public model id: [provider names, in the order to try]}",
+    },
+    "AdminProviders": _obj(
+        {"providers": {"type": "array", "items": _ref("AdminProvider")}, "routes": _ref("Routes")},
+        ("providers", "routes"),
+    ),
+    "AdminRoutes": _obj({"routes": _ref("Routes")}, ("routes",)),
+    "Deleted": _obj({"deleted": STR}, ("deleted",)),
 }
 
 _STR_HEADER = {"schema": STR}
@@ -595,7 +654,9 @@ RESPONSES: dict[str, Schema] = {
     "Conflict": _error("A conflicting operation on the same key or token is in progress."),
     "PayloadTooLarge": _error("The request body is over MAX_BODY_BYTES."),
     "HeadersTooLarge": _error("Request headers over the size or count limit (connection closed)."),
-    "Unprocessable": _error("Settings refused (error.fields says which and why)."),
+    "Unprocessable": _error(
+        "Settings refused (error.fields says which and why), or a provider or route refused."
+    ),
     "RateLimited": _error(
         "Rate limited (ours, or the upstream's passed through).",
         **{"Retry-After": "RetryAfter"},
@@ -913,6 +974,8 @@ _COUNT_TOKENS = {
     },
 }
 
+_PROVIDER_NAME = _path_param("name", "The provider's name ([a-z0-9_-]).")
+
 # (method, canonical path) -> the operation; see ALIASES for the other paths.
 OPERATIONS: dict[tuple[str, str], Schema] = {
     ("get", "/"): _HELLO,
@@ -1079,6 +1142,57 @@ OPERATIONS: dict[tuple[str, str], Schema] = {
     ("get", "/admin/api/withdrawals"): _get(
         "AdminWithdrawals", "Unauthorized", tag="admin", security=ADMIN
     ),
+    ("get", "/admin/api/providers"): _get(
+        "AdminProviders", "Unauthorized", tag="admin", security=ADMIN
+    ),
+    ("put", "/admin/api/providers/{name}"): {
+        **_post(
+            "ProviderConfig",
+            "AdminProvider",
+            "BadRequest",
+            "Unauthorized",
+            "Unprocessable",
+            tag="admin",
+            security=ADMIN,
+            parameters=_PROVIDER_NAME,
+        ),
+        "requestBody": _body("ProviderConfig"),
+    },
+    ("patch", "/admin/api/providers/{name}"): {
+        **_post(
+            "ProviderConfig",
+            "AdminProvider",
+            "BadRequest",
+            "Unauthorized",
+            "NotFound",
+            "Unprocessable",
+            tag="admin",
+            security=ADMIN,
+            parameters=_PROVIDER_NAME,
+        ),
+        "requestBody": _body("ProviderConfig"),
+    },
+    ("delete", "/admin/api/providers/{name}"): _get(
+        "Deleted",
+        "Unauthorized",
+        "NotFound",
+        "Conflict",
+        tag="admin",
+        security=ADMIN,
+        parameters=_PROVIDER_NAME,
+    ),
+    ("put", "/admin/api/routes"): {
+        **_post(
+            "Routes",
+            "AdminRoutes",
+            "BadRequest",
+            "Unauthorized",
+            "Unprocessable",
+            tag="admin",
+            security=ADMIN,
+        ),
+        "requestBody": _body("Routes"),
+    },
 }
 
 # Other paths to the same handlers (Routstr's names, the seed's, client quirks).

@@ -25,9 +25,10 @@ FORWARDED_CLIENT_HEADERS = frozenset(
 
 
 # The APIs an upstream may speak. OpenRouter is OpenAI chat plus extensions (`reasoning`,
-# `plugins`) that the Anthropic translation uses.
-DIALECTS = ("openai", "openrouter", "anthropic")
-OPENAI_DIALECTS = ("openai", "openrouter")
+# `plugins`) that the Anthropic translation uses. Ollama speaks OpenAI's API on the wire;
+# only its model list differs (upstream/providers.py).
+DIALECTS = ("openai", "openrouter", "anthropic", "ollama")
+OPENAI_DIALECTS = ("openai", "openrouter", "ollama")
 
 # Sent to Anthropic-dialect upstreams when the client did not name a version itself.
 ANTHROPIC_VERSION = "2023-06-01"
