@@ -23,7 +23,7 @@ from satsrouter.admin.providers import (
     merge,
 )
 from satsrouter.market.catalogue import PRICE_FIELDS as CATALOGUE_PRICE_FIELDS
-from satsrouter.market.catalogue import parse_models
+from satsrouter.market.catalogue import CatalogueError, Model, parse_models
 from satsrouter.settings import Settings
 from satsrouter.upstream.client import DIALECTS, OPENAI_DIALECTS
 from satsrouter.upstream.provider_file import (
@@ -366,11 +366,13 @@ def test_an_ollama_list_gets_public_ids_prices_and_limits() -> None:
     assert model.pricing["prompt"] == Decimal("0.0000001") and model.pricing["completion"] == 0
 
 
-def test_an_ollama_list_without_default_pricing_is_free() -> None:
-    free = dataclasses.replace(OLLAMA, default_pricing={})
-    (entry, _) = normalise_model_list(free, OLLAMA_LIST["data"])  # a bare list is accepted
-    assert entry["pricing"] == {"prompt": "0", "completion": "0"}
-    assert entry["context_length"] == 32768
+def test_an_ollama_list_without_default_pricing_is_not_sold() -> None:
+    # Nothing to price it by: left unpriced, so the catalogue skips it (never served free).
+    unpriced = dataclasses.replace(OLLAMA, default_pricing={})
+    (entry, _) = normalise_model_list(unpriced, OLLAMA_LIST["data"])  # a bare list is accepted
+    assert "pricing" not in entry and entry["upstream_id"] == "llama3.1:8b"
+    with pytest.raises(CatalogueError):
+        Model.from_openrouter(entry, "ollama")
 
 
 ANTHROPIC_LIST = {

@@ -12,7 +12,7 @@ from typing import Any
 
 from satsrouter.market.catalogue import Catalogue, CatalogueError, Model, merge_candidates
 from satsrouter.market.overrides import ModelOverrides, load_overrides
-from satsrouter.upstream.providers import ProviderConfig
+from satsrouter.upstream.providers import ProviderConfig, normalise_model_list
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +68,8 @@ class CatalogueSync:
             *(self.sources[name]() for name in names), return_exceptions=True
         )
         for name, result in zip(names, results, strict=True):
-            entries = result.get("data") if isinstance(result, dict) else result
-            if isinstance(result, BaseException) or not isinstance(entries, list):
+            entries = None if isinstance(result, BaseException) else self._entries(name, result)
+            if isinstance(result, BaseException) or entries is None:
                 reason = str(result) if isinstance(result, BaseException) else "not a model list"
                 self.status.errors[name] = reason or type(result).__name__
                 log.warning(
@@ -78,7 +78,7 @@ class CatalogueSync:
                     self.status.errors[name],
                 )
                 continue
-            self._last_good[name] = [e for e in entries if isinstance(e, dict) and "id" in e]
+            self._last_good[name] = entries
             self.status.errors.pop(name, None)
         if self.models_path is not None:
             try:
@@ -96,14 +96,26 @@ class CatalogueSync:
             self.status.last_success = time.time()
         return True
 
+    def _entries(self, provider: str, payload: Any) -> list[dict[str, Any]] | None:
+        """A provider's model list under public ids (its defaults filled in); None if the
+        answer is not a model list."""
+        config = self.configs.get(provider)
+        if config is not None:
+            try:
+                return normalise_model_list(config, payload)
+            except ValueError:
+                return None
+        entries = payload.get("data") if isinstance(payload, dict) else payload
+        if not isinstance(entries, list):
+            return None
+        return [e for e in entries if isinstance(e, dict) and "id" in e]
+
     def _build(self) -> list[Model]:
         routes: dict[str, list[Model]] = {}
         default_provider = next(iter(self.sources), "")
         for provider in self.sources:
             config = self.configs.get(provider)
             listed = self._last_good.get(provider, [])
-            if config is not None:
-                listed = [public_entry(config, e) for e in listed]
             entries = self._overrides.apply(listed)
             for entry in entries:
                 if any(m.provider == provider for m in routes.get(entry["id"], ())):
@@ -135,10 +147,3 @@ class CatalogueSync:
                 await self.refresh()
             except Exception:
                 log.exception("catalogue refresh failed")
-
-
-def public_entry(config: ProviderConfig, entry: dict[str, Any]) -> dict[str, Any]:
-    """A provider's model-list entry under its public id, keeping the provider's own id."""
-    own = entry["id"]
-    public = config.public_id(own)
-    return entry if public == own else {**entry, "id": public, "upstream_id": own}

@@ -108,14 +108,16 @@ def normalise_model_list(config: ProviderConfig, payload: Any) -> list[dict[str,
 
     Each entry keeps its own fields, with `id` the public id and `upstream_id` the
     provider's. An entry without `pricing` is completed from the provider's defaults
-    (`default_context`, `default_pricing`, missing price fields "0") when the provider is
-    an Ollama one or has `default_pricing`; otherwise it is left unpriced (the catalogue
-    skips it). Raises ValueError for an answer that is not a model list.
+    (`default_context`, `default_pricing`, missing price fields "0") when the provider has
+    `default_pricing`; otherwise it is left unpriced and the catalogue skips it. Raises
+    ValueError for an answer that is not a model list.
     """
     entries = payload.get("data") if isinstance(payload, dict) else payload
     if not isinstance(entries, list):
         raise ValueError(f"{config.name}: model list must be a list or {{'data': [...]}}")
-    fill = config.dialect == "ollama" or bool(config.default_pricing)
+    # Only with prices the operator set: a model the node cannot price is not sold (an
+    # Ollama provider without `default_pricing` lists nothing rather than serving free).
+    fill = bool(config.default_pricing)
     result: list[dict[str, Any]] = []
     for entry in entries:
         if not isinstance(entry, dict) or not isinstance(entry.get("id"), str) or not entry["id"]:
