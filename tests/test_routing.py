@@ -1,8 +1,9 @@
 """Several providers behind one public model: ranking, failover before the first byte, and
 who is charged what (issue 18).
 
-Three fake upstreams serve the same catalogue; the node's providers are set on the running
-node. Prices differ by provider fee, so the charge shows which provider served.
+Three fake upstreams serve the same catalogue; the node's providers come from a providers
+file, or are set on the running node. Prices differ by provider fee, so the charge shows
+which provider served.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import AsyncIterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -29,7 +31,7 @@ from conftest import (
 from satsrouter_dev.fake_upstream import FakeUpstream, default_models
 from satsrouter_dev.mint import TestWallet, free_port
 
-from satsrouter.upstream.providers import ProviderConfig
+from satsrouter.upstream.providers import DEFAULT_UPSTREAM_URL, ProviderConfig
 
 MODEL = "test/priced"
 QUESTION = [{"role": "user", "content": "Say hello"}]
@@ -82,6 +84,38 @@ async def routed_node(
     return running
 
 
+async def node_from_file(
+    node_factory: NodeFactory,
+    folder: Path,
+    providers: list[ProviderConfig],
+    routes: dict[str, list[str]] | None = None,
+    **settings: Any,
+) -> RunningNode:
+    """A node started with these providers in its providers file (`PROVIDERS_PATH`), and no
+    environment provider."""
+    lines: list[str] = []
+    for p in providers:
+        lines += ["[[provider]]", f'name = "{p.name}"', f'base_url = "{p.base_url}"']
+        lines.append(f'dialect = "{p.dialect}"')
+        if p.api_key:
+            lines.append(f'api_key = "{p.api_key}"')
+        if p.fee is not None:
+            lines.append(f'fee = "{p.fee}"')
+    if routes:
+        lines.append("[routes]")
+        for model, names in routes.items():
+            quoted = ", ".join(f'"{n}"' for n in names)
+            lines.append(f'"{model}" = [{quoted}]')
+    path = folder / "providers.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return await node_factory(
+        providers_path=path,
+        upstream_base_url=DEFAULT_UPSTREAM_URL,
+        upstream_api_key="",
+        **settings,
+    )
+
+
 async def funded_key(running: RunningNode, wallet: TestWallet, sats: int = 200) -> str:
     (token,) = await wallet.mint_tokens(sats)
     async with httpx.AsyncClient(base_url=running.api, timeout=30) as http:
@@ -103,12 +137,16 @@ def dead_url() -> str:
 
 
 async def test_down_and_slow_providers_are_passed_over_for_the_healthy_one(
-    node_factory: NodeFactory, fakes: dict[str, FakeUpstream], user_wallet: TestWallet
+    node_factory: NodeFactory,
+    fakes: dict[str, FakeUpstream],
+    user_wallet: TestWallet,
+    tmp_path: Path,
 ) -> None:
     alpha, beta = fakes["alpha"], fakes["beta"]
     alpha.configure(latency_ms=30_000)  # slow: past the node's timeout before its first byte
-    running = await routed_node(
+    running = await node_from_file(
         node_factory,
+        tmp_path,
         [
             provider("down", dead_url(), CHEAP),
             provider("slow", alpha.url, CHEAP),
@@ -170,11 +208,13 @@ async def test_an_anthropic_provider_takes_over_from_a_failing_openai_one(
     fakes: dict[str, FakeUpstream],
     user_wallet: TestWallet,
     streamed: bool,
+    tmp_path: Path,
 ) -> None:
     alpha, claude = fakes["alpha"], fakes["claude"]
     alpha.configure(fail="500")
-    running = await routed_node(
+    running = await node_from_file(
         node_factory,
+        tmp_path,
         [
             provider("alpha", alpha.url, CHEAP),
             provider("claude", claude.url, DEAR, dialect="anthropic", api_key="anthropic-secret"),
