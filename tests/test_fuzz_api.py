@@ -2,8 +2,9 @@
 
 A real mint funds the keys; the fake upstream answers. Every operation of the served document
 is fuzzed (positive and negative cases) with a funded key, no credentials, an unknown key or
-a bad X-Cashu token, and the admin cookie, except the two admin routes that would move the
-operator's money or lock the funded key out (withdraw, disable). Checked on every answer:
+a bad X-Cashu token, and the admin cookie, except the admin routes that would move the
+operator's money, lock the funded key out (withdraw, disable) or replace the providers the
+paid endpoints are fuzzed through (provider and route changes). Checked on every answer:
 no 5xx, the status, content type, headers and body conform to the document, and a rejected
 request (4xx) changed no balance and wrote no journal row. Afterwards every account's
 balance equals the sum of its journal and nothing stays reserved.
@@ -42,9 +43,17 @@ from starlette.routing import Route
 EXAMPLES_PER_OPERATION = 30
 ALWAYS = 3  # examples every operation runs, even past the deadline
 DEADLINE_SECONDS = 80.0
-# Moving the operator's money, or disabling the funded key, is not what fuzzing is for:
-# test_admin_withdraw.py and test_admin_usage.py cover them.
-EXCLUDED = {("POST", "/admin/api/withdraw"), ("POST", "/admin/api/keys/{hash_prefix}/disable")}
+# Moving the operator's money, disabling the funded key, or switching off (or adding) the
+# providers everything else is fuzzed through is not what fuzzing is for: test_admin_withdraw,
+# test_admin_usage and test_admin_providers cover them.
+EXCLUDED = {
+    ("POST", "/admin/api/withdraw"),
+    ("POST", "/admin/api/keys/{hash_prefix}/disable"),
+    ("PUT", "/admin/api/providers/{name}"),
+    ("PATCH", "/admin/api/providers/{name}"),
+    ("DELETE", "/admin/api/providers/{name}"),
+    ("PUT", "/admin/api/routes"),
+}
 # Paying a key out changes the ledger on a 2xx: these get a key of their own, so the funded
 # key keeps paying for everything else.
 PAYOUTS = {"/v1/wallet/withdraw", "/v1/balance/refund", "/v1/wallet/refund"}
