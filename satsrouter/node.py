@@ -108,9 +108,10 @@ class Node:
         self.upstream = Upstream(
             settings.upstream_base_url,
             settings.upstream_api_key,
-            settings.upstream_timeout,
-            settings.upstream_dialect,
+            dialect=settings.upstream_dialect,
+            proxy=settings.upstream_proxy,
         )
+        self.upstream.set_timeouts(*settings.upstream_timeouts)
         self.catalogue = Catalogue()
         # One upstream for now; the sync and the catalogue already speak per provider.
         self.upstreams = {settings.upstream_name: self.upstream}
@@ -201,7 +202,7 @@ class Node:
         old, self.settings = self.settings, new
         self.prices.fee = new.provider_fee
         for upstream in self.upstreams.values():
-            upstream.timeout = new.upstream_timeout
+            upstream.set_timeouts(*new.upstream_timeouts)
         self.health.interval = new.health_check_interval
         self.admin.session_seconds = new.admin_session_hours * 3600
         if new.auth_failure_limit != old.auth_failure_limit:

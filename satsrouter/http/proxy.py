@@ -172,6 +172,8 @@ async def _forward(
             error = _upstream_error(resp.status, await read_body(resp), retry_after)
             return await _failed(charge, error)
         if call.stream:
+            # Its first bytes within the first-byte timeout, before anything is sent on.
+            first = await upstream.first_chunk(resp)
             meter = endpoint.meter(call)
             headers = _stream_headers(charge)
             return MeteredStream(
@@ -181,6 +183,7 @@ async def _forward(
                 headers,
                 node.settings.drain_timeout,
                 on_failure=lambda: metrics.upstream_error(upstream_name, "stream"),
+                first=first,
             )
         media_type = resp.content_type or JSON
         reply = endpoint.reply(call, await read_body(resp), media_type)
