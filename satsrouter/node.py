@@ -120,7 +120,7 @@ class Node:
             settings.health_check_interval,
             failures=settings.circuit_failures,
             cooldown=settings.circuit_cooldown_seconds,
-            trial_timeout=settings.upstream_timeout,
+            trial_timeout=settings.effective_first_byte_timeout,
         )
         self.metrics.watch_circuits(self.health.circuits)
         self.router = Router(self.health)
@@ -211,9 +211,17 @@ class Node:
             if kept is not None and old.get(config.name) == config:
                 upstreams[config.name] = kept
             else:
-                upstreams[config.name] = Upstream(
-                    config.base_url, config.api_key, self.settings.upstream_timeout, config.dialect
+                upstream = Upstream(
+                    config.base_url,
+                    config.api_key,
+                    dialect=config.dialect,
+                    proxy=config.proxy,
+                    connect_timeout=config.connect_timeout,
+                    first_byte_timeout=config.first_byte_timeout,
+                    idle_timeout=config.idle_timeout,
                 )
+                upstream.set_timeouts(*self.settings.upstream_timeouts)
+                upstreams[config.name] = upstream
         retired = [u for name, u in self.upstreams.items() if upstreams.get(name) is not u]
         self.provider_configs = list(configs)
         self.upstreams = upstreams
@@ -267,11 +275,11 @@ class Node:
         old, self.settings = self.settings, new
         self.prices.fee = new.provider_fee
         for upstream in self.upstreams.values():
-            upstream.timeout = new.upstream_timeout
+            upstream.set_timeouts(*new.upstream_timeouts)
         self.health.interval = new.health_check_interval
         self.health.failures = new.circuit_failures
         self.health.cooldown = new.circuit_cooldown_seconds
-        self.health.trial_timeout = new.upstream_timeout
+        self.health.trial_timeout = new.effective_first_byte_timeout
         self.admin.session_seconds = new.admin_session_hours * 3600
         if new.auth_failure_limit != old.auth_failure_limit:
             self.admin.limiter.items = parse_limits(new.auth_failure_limit)

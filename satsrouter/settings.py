@@ -27,7 +27,13 @@ from satsrouter.admin.ratelimit import check_limits
 from satsrouter.http.client_ip import check_networks
 from satsrouter.logs import LOG_FORMATS
 from satsrouter.market.rates import FEEDS, select_feeds
-from satsrouter.upstream.client import DIALECTS
+from satsrouter.upstream.client import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_FIRST_BYTE_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DIALECTS,
+    parse_proxy,
+)
 from satsrouter.upstream.providers import DEFAULT_UPSTREAM_URL
 from satsrouter.upstream.providers import dialect_of as dialect_of
 
@@ -241,6 +247,16 @@ def _known_dialect(dialect: str) -> None:
         raise ValueError(f"must be one of {', '.join(DIALECTS)}")
 
 
+def _proxy_url(raw: str) -> str:
+    parse_proxy(raw)  # its ValueError says what is wrong, never repeating the URL
+    return raw
+
+
+def _proxy(url: str) -> None:
+    if url:
+        parse_proxy(url)
+
+
 def _known_sources(sources: dict[str, str]) -> None:
     select_feeds(sources)  # its ValueError names the unknown ones
 
@@ -301,14 +317,59 @@ class Settings:
     upstream_api_key: str = setting(
         "", env="UPSTREAM_API_KEY", doc="the node's key for the upstream", secret=True
     )
-    upstream_timeout: float = setting(
-        120.0,
-        env="UPSTREAM_TIMEOUT",
-        doc="seconds to wait for the first byte and between stream chunks; past it nothing is "
-        "charged",
+    # An LLM may think for minutes, then stream for as long as it likes: the silences are
+    # bounded, never the total time. Past any of them the request fails and nothing is charged.
+    upstream_connect_timeout: float = setting(
+        DEFAULT_CONNECT_TIMEOUT,
+        env="UPSTREAM_CONNECT_TIMEOUT",
+        doc="seconds to open a connection to the upstream (through `UPSTREAM_PROXY`, if set)",
         parse=_float,
         check=_positive,
         live=True,
+    )
+    upstream_first_byte_timeout: float | None = setting(
+        None,
+        env="UPSTREAM_FIRST_BYTE_TIMEOUT",
+        doc="seconds from sending a request to the upstream's response headers and, for a "
+        "stream, its first bytes (a long answer may think for minutes); past it 504 "
+        "`upstream_timeout`",
+        parse=_float,
+        check=_positive,
+        kind="number",
+        shown=f"`{DEFAULT_FIRST_BYTE_TIMEOUT:g}`, or `UPSTREAM_TIMEOUT`",
+        live=True,
+    )
+    upstream_idle_timeout: float | None = setting(
+        None,
+        env="UPSTREAM_IDLE_TIMEOUT",
+        doc="longest pause, in seconds, between two chunks of an answer once it flows (streams "
+        "and plain bodies); a stream cut by it charges nothing. No limit on the total time",
+        parse=_float,
+        check=_positive,
+        kind="number",
+        shown=f"`{DEFAULT_IDLE_TIMEOUT:g}`, or `UPSTREAM_TIMEOUT`",
+        live=True,
+    )
+    upstream_timeout: float | None = setting(
+        None,
+        env="UPSTREAM_TIMEOUT",
+        doc="**deprecated**: the default of `UPSTREAM_FIRST_BYTE_TIMEOUT` and "
+        "`UPSTREAM_IDLE_TIMEOUT` when those are not set",
+        parse=_float,
+        check=_positive,
+        kind="number",
+        live=True,
+    )
+    upstream_proxy: str = setting(
+        "",
+        env="UPSTREAM_PROXY",
+        doc="SOCKS5 proxy to reach the upstream through: `socks5://host:port`, or "
+        "`socks5h://host:port` to have the proxy resolve names (Tor; `.onion` needs it); "
+        "`user:password@` allowed",
+        parse=_proxy_url,
+        check=_proxy,
+        shown="none (direct)",
+        secret=True,  # it may carry the proxy's password
     )
     # Derived from the URL in `__post_init__` when left empty.
     upstream_dialect: str = setting(
@@ -773,6 +834,33 @@ class Settings:
     @property
     def primary_mint(self) -> str:
         return self.cashu_mints[0]
+
+    @property
+    def effective_first_byte_timeout(self) -> float:
+        """`UPSTREAM_FIRST_BYTE_TIMEOUT`, else the deprecated `UPSTREAM_TIMEOUT`, else 300."""
+        if self.upstream_first_byte_timeout is not None:
+            return self.upstream_first_byte_timeout
+        if self.upstream_timeout is not None:
+            return self.upstream_timeout
+        return DEFAULT_FIRST_BYTE_TIMEOUT
+
+    @property
+    def effective_idle_timeout(self) -> float:
+        """`UPSTREAM_IDLE_TIMEOUT`, else the deprecated `UPSTREAM_TIMEOUT`, else 120."""
+        if self.upstream_idle_timeout is not None:
+            return self.upstream_idle_timeout
+        if self.upstream_timeout is not None:
+            return self.upstream_timeout
+        return DEFAULT_IDLE_TIMEOUT
+
+    @property
+    def upstream_timeouts(self) -> tuple[float, float, float]:
+        """Connect, first-byte and idle seconds, as `Upstream.set_timeouts` takes them."""
+        return (
+            self.upstream_connect_timeout,
+            self.effective_first_byte_timeout,
+            self.effective_idle_timeout,
+        )
 
     @property
     def effective_database_url(self) -> str:

@@ -163,7 +163,9 @@ async def test_patch_round_trip_and_field_errors(node: RunningNode) -> None:
         }
         # Pushed into the components that hold them.
         assert node.node.prices.fee == Decimal("1.5")
-        assert node.node.upstream.timeout == 7.0
+        # The deprecated UPSTREAM_TIMEOUT: first byte and idle, where those are not set.
+        upstream = node.node.upstream
+        assert (upstream.first_byte_timeout, upstream.idle_timeout) == (7.0, 7.0)
 
         # Every bad field named; the good one in the same body is not applied either.
         resp = await _patch(

@@ -30,7 +30,14 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 EVERY_VARIABLE: dict[str, tuple[str, Any]] = {
     "UPSTREAM_BASE_URL": ("https://api.anthropic.com/v1/", "https://api.anthropic.com/v1"),
     "UPSTREAM_API_KEY": ("sk-ant-test", "sk-ant-test"),
+    "UPSTREAM_CONNECT_TIMEOUT": ("2.5", 2.5),
+    "UPSTREAM_FIRST_BYTE_TIMEOUT": ("600", 600.0),
+    "UPSTREAM_IDLE_TIMEOUT": ("45", 45.0),
     "UPSTREAM_TIMEOUT": ("7.5", 7.5),
+    "UPSTREAM_PROXY": (
+        "socks5h://tor:secret@127.0.0.1:9050",
+        "socks5h://tor:secret@127.0.0.1:9050",
+    ),
     "UPSTREAM_DIALECT": ("OpenAI", "openai"),
     "UPSTREAM_NAME": ("claude", "claude"),
     "PROVIDERS_PATH": ("/etc/satsrouter/providers.toml", Path("/etc/satsrouter/providers.toml")),
@@ -70,8 +77,8 @@ EVERY_VARIABLE: dict[str, tuple[str, Any]] = {
     "RATE_LIMIT": ("120/minute;5000/day", "120/minute;5000/day"),
     "AUTH_FAILURE_LIMIT": ("off", "off"),
     "MAX_CONCURRENT_PER_KEY": ("4", 4),
-    "TRUSTED_PROXIES": ("10.0.0.1, 192.168.0.0/16", ["10.0.0.1", "192.168.0.0/16"]),
     "FORWARD_HEADERS": ("HTTP-Referer, X-Title", ["http-referer", "x-title"]),
+    "TRUSTED_PROXIES": ("10.0.0.1, 192.168.0.0/16", ["10.0.0.1", "192.168.0.0/16"]),
     "REDIS_URL": ("redis://:pw@127.0.0.1:6379/0", "redis://:pw@127.0.0.1:6379/0"),
     "NAME": ("my node", "my node"),
     "DESCRIPTION": ("fast and cheap", "fast and cheap"),
@@ -100,6 +107,13 @@ EVERY_VARIABLE: dict[str, tuple[str, Any]] = {
 INVALID = [
     ("UPSTREAM_TIMEOUT", "soon"),
     ("UPSTREAM_TIMEOUT", "0"),
+    ("UPSTREAM_CONNECT_TIMEOUT", "0"),
+    ("UPSTREAM_FIRST_BYTE_TIMEOUT", "-5"),
+    ("UPSTREAM_IDLE_TIMEOUT", "nan"),
+    ("UPSTREAM_PROXY", "http://127.0.0.1:8080"),
+    ("UPSTREAM_PROXY", "socks4://127.0.0.1:1080"),
+    ("UPSTREAM_PROXY", "socks5://127.0.0.1"),
+    ("UPSTREAM_PROXY", "127.0.0.1:9050"),
     ("UPSTREAM_DIALECT", "grpc"),
     ("HEALTH_CHECK_INTERVAL", "-1"),
     ("CIRCUIT_FAILURES", "0"),
@@ -133,8 +147,8 @@ INVALID = [
     ("RATE_LIMIT", "0/minute"),
     ("AUTH_FAILURE_LIMIT", "10 per fortnight"),
     ("MAX_CONCURRENT_PER_KEY", "-1"),
+    ("FORWARD_HEADERS", "X-Title, Authorization"),
     ("TRUSTED_PROXIES", "10.0.0.1,proxy.example"),
-    ("FORWARD_HEADERS", "X-Title,Authorization"),
     ("LOG_LEVEL", "LOUD"),
     ("LOG_FORMAT", "xml"),
     ("METRICS_LOOPBACK", "local"),
@@ -225,7 +239,7 @@ def test_the_price_cannot_go_stale_between_two_refreshes() -> None:
 
 def test_secrets_stay_out_of_repr() -> None:
     settings = Settings.from_env({env: raw for env, (raw, _) in EVERY_VARIABLE.items()})
-    for secret in ("sk-ant-test", "nsec1test", ":pw@", "provider-secret-text"):
+    for secret in ("sk-ant-test", "nsec1test", ":pw@", "provider-secret-text", "tor:secret"):
         assert secret not in repr(settings)
 
 
@@ -245,3 +259,32 @@ def test_upstream_name_and_dialect_follow_the_url_read_from_the_environment() ->
     assert (s.upstream_name, s.upstream_dialect) == ("openrouter", "openrouter")
     s = Settings.from_env({"UPSTREAM_BASE_URL": "http://x.example/v1", "UPSTREAM_NAME": "mine"})
     assert (s.upstream_name, s.upstream_dialect) == ("mine", "openai")
+
+
+def test_upstream_timeout_is_the_default_of_first_byte_and_idle() -> None:
+    """The deprecated UPSTREAM_TIMEOUT fills in what the new settings leave unset."""
+    assert Settings().upstream_timeouts == (10.0, 300.0, 120.0)
+    old = Settings.from_env({"UPSTREAM_TIMEOUT": "30"})
+    assert old.upstream_timeouts == (10.0, 30.0, 30.0)
+    both = Settings.from_env(
+        {"UPSTREAM_TIMEOUT": "30", "UPSTREAM_IDLE_TIMEOUT": "5", "UPSTREAM_CONNECT_TIMEOUT": "2"}
+    )
+    assert both.upstream_timeouts == (2.0, 30.0, 5.0)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://user:hunter2@127.0.0.1:8080",
+        "socks4://user:hunter2@127.0.0.1:1080",
+        "socks5://user:hunter2@127.0.0.1",
+        "socks5://user:hunter2@127.0.0.1:9050/path",
+    ],
+)
+def test_a_refused_proxy_is_explained_without_its_password(url: str) -> None:
+    with pytest.raises(SettingsError) as refused:
+        Settings.from_env({"UPSTREAM_PROXY": url})
+    message = str(refused.value)
+    assert message.startswith("UPSTREAM_PROXY: ")
+    assert "socks5://host:port or socks5h://host:port" in message
+    assert "hunter2" not in message

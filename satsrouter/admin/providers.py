@@ -95,6 +95,8 @@ class ProviderSettings(Protocol):
     @property
     def upstream_name(self) -> str: ...
     @property
+    def upstream_proxy(self) -> str: ...
+    @property
     def providers_path(self) -> Path | None: ...
     @property
     def provider_secret(self) -> str: ...
@@ -114,6 +116,7 @@ def env_provider(settings: ProviderSettings) -> ProviderConfig | None:
         base_url=settings.upstream_base_url,
         dialect=settings.upstream_dialect,
         api_key=settings.upstream_api_key,
+        proxy=settings.upstream_proxy,
         source="environment",
     )
 

@@ -287,9 +287,12 @@ async def _attempt(
             if resp.status >= 500 or resp.status == 429:
                 return error
             return await _failed(charge, error)
-        health.record(name, True, latency_ms)
         charge.serve(node.prices.served(charge.quote, attempt.route))
         if call.stream:
+            # Its first bytes within the first-byte timeout, before anything is sent on:
+            # until then another route may still take over.
+            first = await attempt.upstream.first_chunk(resp)
+            health.record(name, True, latency_ms)
             headers = {**_stream_headers(charge), PROVIDER_HEADER: name}
             return MeteredStream(
                 resp,
@@ -298,9 +301,11 @@ async def _attempt(
                 headers,
                 node.settings.drain_timeout,
                 on_failure=lambda: metrics.upstream_error(name, "stream"),
+                first=first,
             )
         media_type = resp.content_type or JSON
         reply = endpoint.reply(call, await read_body(resp), media_type)
+        health.record(name, True, latency_ms)
     except UpstreamFailure as exc:
         health.record(name, False)
         metrics.upstream_error(name, exc.kind)
