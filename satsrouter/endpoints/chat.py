@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, ClassVar
 
 import orjson
@@ -21,7 +20,9 @@ from satsrouter.endpoints.base import (
     json_reply,
     now,
     sse_event,
+    with_images,
 )
+from satsrouter.endpoints.chat_anthropic import TranslatedChat
 from satsrouter.usage import (
     Usage,
     completion_text_of,
@@ -58,6 +59,9 @@ class ChatCompletions(Endpoint):
         options = call.body.get("stream_options")
         call.usage_asked = isinstance(options, dict) and options.get("include_usage") is True
 
+    def for_dialect(self, dialect: str) -> Endpoint:
+        return TranslatedChat() if dialect == "anthropic" else super().for_dialect(dialect)
+
     def adjust(self, call: Call) -> bool:
         if not call.stream or call.usage_asked:
             return False
@@ -91,6 +95,10 @@ class Completions(ChatCompletions):
     chunk_object = "text_completion"
     id_prefix = "cmpl-"
     empty_choice: ClassVar[dict[str, Any]] = {"index": 0, "text": "", "finish_reason": None}
+
+    def for_dialect(self, dialect: str) -> Endpoint:
+        # Legacy completions have no Anthropic translation.
+        return Endpoint.for_dialect(self, dialect)
 
     def inspect(self, call: Call) -> None:
         super().inspect(call)
@@ -208,11 +216,4 @@ def _is_error_chunk(payload: bytes) -> bool:
     return isinstance(chunk, dict) and chunk.get("error") is not None
 
 
-def with_images(usage: Usage, call: Call) -> Usage:
-    """`usage` with the request's images counted (upstreams do not report input images)."""
-    if not call.images or usage.images:
-        return usage
-    return replace(usage, images=call.images)
-
-
-__all__ = ["JSON", "ChatCompletions", "ChunkMeter", "Completions"]
+__all__ = ["JSON", "ChatCompletions", "ChunkMeter", "Completions", "with_images"]
