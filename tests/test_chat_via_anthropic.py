@@ -14,6 +14,7 @@ import httpx
 import openai
 import pytest
 from conftest import (
+    FEE,
     TEST_MODELS,
     NodeFactory,
     RunningNode,
@@ -26,6 +27,8 @@ from satsrouter_dev.fake_anthropic import input_tokens_of
 from satsrouter_dev.fake_upstream import FakeUpstream, default_models
 from satsrouter_dev.mint import TestWallet
 from test_messages import NATIVE_ERROR_STREAM, OVERLOADED, ScriptedUpstream
+
+from satsrouter.upstream.providers import ProviderConfig
 
 MODEL = "test/priced"
 MAX_COMPLETION = model_entry(MODEL)["top_provider"]["max_completion_tokens"]
@@ -629,3 +632,63 @@ async def test_raw_stream_ends_with_done(
     assert events[-1] == "data: [DONE]"
     assert all(e.startswith("data: ") or e.startswith(":") for e in events)
     assert await spent(anthropic_node, token) == cost(PROMPT, 10)
+
+
+# -- an Anthropic provider as the fallback of an OpenAI one ---------------------------------------
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["create", "stream"])
+async def test_anthropic_provider_takes_over_for_chat_clients(
+    node_factory: NodeFactory,
+    upstream: FakeUpstream,
+    anthropic_upstream: FakeUpstream,
+    user_wallet: TestWallet,
+    streamed: bool,
+) -> None:
+    """The OpenAI provider fails with a 500 before any byte: the Anthropic one, which knows the
+    model by its own id, answers the same chat request in the client's dialect."""
+    upstream.reset()
+    anthropic_upstream.reset()
+    try:
+        upstream.configure(fail="500")
+        anthropic_upstream.set_models([{**model_entry(MODEL), "id": "claude-priced"}])
+        running = await node_factory()
+        running.node.set_providers(
+            [
+                ProviderConfig(name="openai", base_url=upstream.url, fee=FEE),
+                ProviderConfig(
+                    name="claude",
+                    base_url=anthropic_upstream.url,
+                    dialect="anthropic",
+                    api_key="upstream-secret",
+                    fee=FEE,
+                    models={MODEL: "claude-priced"},
+                ),
+            ],
+            {MODEL: ["openai", "claude"]},
+        )
+        assert await running.node.catalogue_sync.refresh()
+        token = await funded_token(running, user_wallet)
+        api = client(running, token)
+        request: dict[str, Any] = {"model": MODEL, "messages": QUESTION, "max_tokens": 50}
+        if streamed:
+            raw = await api.chat.completions.with_raw_response.create(**request, stream=True)
+            served = raw.headers["x-routstr-provider"]
+            chunks = [chunk async for chunk in raw.parse()]
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            usage = chunks[-1].usage
+        else:
+            reply = await api.chat.completions.with_raw_response.create(**request)
+            served = reply.headers["x-routstr-provider"]
+            completion = reply.parse()
+            text, usage = completion.choices[0].message.content or "", completion.usage
+        assert served == "claude" and text == WORDS_10
+        assert upstream.stats["paths"].get("/v1/chat/completions") == 1  # tried, failed
+        assert seen(anthropic_upstream)["model"] == "claude-priced"
+        assert usage is not None and cost_of(usage) == cost(PROMPT, 10)
+        assert await spent(running, token) == cost(PROMPT, 10)
+        await api.close()
+        await running.check_invariants()
+    finally:
+        upstream.reset()
+        anthropic_upstream.reset()

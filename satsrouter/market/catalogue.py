@@ -110,11 +110,6 @@ class Model:
         return None
 
     @property
-    def wire_id(self) -> str:
-        """The id the upstream knows this model by."""
-        return self.id
-
-    @property
     def output_modalities(self) -> list[str]:
         arch = self.raw.get("architecture") or {}
         modalities = arch.get("output_modalities") if isinstance(arch, dict) else None
