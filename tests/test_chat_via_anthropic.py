@@ -692,3 +692,43 @@ async def test_anthropic_provider_takes_over_for_chat_clients(
     finally:
         upstream.reset()
         anthropic_upstream.reset()
+
+
+async def test_a_parameter_anthropic_lacks_passes_the_route_over(
+    node_factory: NodeFactory,
+    upstream: FakeUpstream,
+    anthropic_upstream: FakeUpstream,
+    user_wallet: TestWallet,
+) -> None:
+    """Anthropic first in the route, but the request asks for logprobs: the OpenAI provider
+    serves it, and the Anthropic one is never called."""
+    upstream.reset()
+    anthropic_upstream.reset()
+    running = await node_factory()
+    running.node.set_providers(
+        [
+            ProviderConfig(name="openai", base_url=upstream.url, fee=FEE),
+            ProviderConfig(
+                name="claude",
+                base_url=anthropic_upstream.url,
+                dialect="anthropic",
+                api_key="upstream-secret",
+                fee=FEE,
+            ),
+        ],
+        {MODEL: ["claude", "openai"]},
+    )
+    assert await running.node.catalogue_sync.refresh()
+    token = await funded_token(running, user_wallet)
+    api = client(running, token)
+    raw = await api.chat.completions.with_raw_response.create(
+        model=MODEL, messages=QUESTION, max_tokens=50, logprobs=True
+    )
+    assert raw.headers["x-routstr-provider"] == "openai"
+    assert "/v1/messages" not in anthropic_upstream.stats["paths"]
+    plain = await api.chat.completions.with_raw_response.create(
+        model=MODEL, messages=QUESTION, max_tokens=50
+    )
+    assert plain.headers["x-routstr-provider"] == "claude"
+    await api.close()
+    await running.check_invariants()
