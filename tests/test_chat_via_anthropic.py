@@ -84,6 +84,13 @@ def seen(upstream: FakeUpstream) -> dict[str, Any]:
     return body
 
 
+async def collect_texts(stream: Any, into: list[str]) -> None:
+    """The content deltas of a chunk stream, appended as they come (kept if it fails)."""
+    async for chunk in stream:
+        if chunk.choices and chunk.choices[0].delta.content:
+            into.append(chunk.choices[0].delta.content)
+
+
 def cost_of(usage: Any) -> int:
     """`usage.cost.total_msats`, the node's extra field on the SDK's usage model."""
     total: int = (usage.model_extra or {})["cost"]["total_msats"]
@@ -574,9 +581,7 @@ async def test_midstream_drop_is_free(
             stream = await api.chat.completions.create(
                 model=MODEL, messages=QUESTION, max_tokens=50, stream=True
             )
-            async for chunk in stream:
-                if chunk.choices and chunk.choices[0].delta.content:
-                    texts.append(chunk.choices[0].delta.content)
+            await collect_texts(stream, texts)
         else:
             await api.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=50)
     if streamed:
@@ -602,9 +607,7 @@ async def test_error_event_inside_the_stream_is_free(
             stream = await client(node, token).chat.completions.create(
                 model=MODEL, messages=QUESTION, max_tokens=50, stream=True
             )
-            async for chunk in stream:
-                if chunk.choices and chunk.choices[0].delta.content:
-                    texts.append(chunk.choices[0].delta.content)
+            await collect_texts(stream, texts)
         assert texts == ["w1"]
         assert OVERLOADED["error"]["message"] in info.value.message
         assert "nothing was charged" in info.value.message
@@ -637,6 +640,34 @@ async def test_raw_stream_ends_with_done(
 # -- an Anthropic provider as the fallback of an OpenAI one ---------------------------------------
 
 
+async def routed_node(
+    node_factory: NodeFactory,
+    upstream: FakeUpstream,
+    anthropic_upstream: FakeUpstream,
+    order: list[str],
+    claude_id: str = "",
+) -> RunningNode:
+    """A node with two providers of MODEL, "openai" and "claude" (Anthropic), in `order`;
+    "claude" knows the model as `claude_id` when one is given."""
+    running = await node_factory()
+    running.node.set_providers(
+        [
+            ProviderConfig(name="openai", base_url=upstream.url, fee=FEE),
+            ProviderConfig(
+                name="claude",
+                base_url=anthropic_upstream.url,
+                dialect="anthropic",
+                api_key="upstream-secret",
+                fee=FEE,
+                models={MODEL: claude_id} if claude_id else {},
+            ),
+        ],
+        {MODEL: order},
+    )
+    assert await running.node.catalogue_sync.refresh()
+    return running
+
+
 @pytest.mark.parametrize("streamed", [False, True], ids=["create", "stream"])
 async def test_anthropic_provider_takes_over_for_chat_clients(
     node_factory: NodeFactory,
@@ -652,22 +683,9 @@ async def test_anthropic_provider_takes_over_for_chat_clients(
     try:
         upstream.configure(fail="500")
         anthropic_upstream.set_models([{**model_entry(MODEL), "id": "claude-priced"}])
-        running = await node_factory()
-        running.node.set_providers(
-            [
-                ProviderConfig(name="openai", base_url=upstream.url, fee=FEE),
-                ProviderConfig(
-                    name="claude",
-                    base_url=anthropic_upstream.url,
-                    dialect="anthropic",
-                    api_key="upstream-secret",
-                    fee=FEE,
-                    models={MODEL: "claude-priced"},
-                ),
-            ],
-            {MODEL: ["openai", "claude"]},
+        running = await routed_node(
+            node_factory, upstream, anthropic_upstream, ["openai", "claude"], "claude-priced"
         )
-        assert await running.node.catalogue_sync.refresh()
         token = await funded_token(running, user_wallet)
         api = client(running, token)
         request: dict[str, Any] = {"model": MODEL, "messages": QUESTION, "max_tokens": 50}
@@ -704,21 +722,7 @@ async def test_a_parameter_anthropic_lacks_passes_the_route_over(
     serves it, and the Anthropic one is never called."""
     upstream.reset()
     anthropic_upstream.reset()
-    running = await node_factory()
-    running.node.set_providers(
-        [
-            ProviderConfig(name="openai", base_url=upstream.url, fee=FEE),
-            ProviderConfig(
-                name="claude",
-                base_url=anthropic_upstream.url,
-                dialect="anthropic",
-                api_key="upstream-secret",
-                fee=FEE,
-            ),
-        ],
-        {MODEL: ["claude", "openai"]},
-    )
-    assert await running.node.catalogue_sync.refresh()
+    running = await routed_node(node_factory, upstream, anthropic_upstream, ["claude", "openai"])
     token = await funded_token(running, user_wallet)
     api = client(running, token)
     raw = await api.chat.completions.with_raw_response.create(
