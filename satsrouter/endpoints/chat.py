@@ -43,7 +43,10 @@ def _usage_json(usage: Usage) -> dict[str, int]:
 
 
 class ChatCompletions(Endpoint):
-    """`POST /v1/chat/completions`; streams get `stream_options.include_usage` added."""
+    """`POST /v1/chat/completions`; streams get `stream_options.include_usage` added.
+
+    An Anthropic-dialect upstream is served by `TranslatedChat` (its `/messages`).
+    """
 
     path = "/chat/completions"
     streams = True

@@ -132,7 +132,8 @@ def _image_block(part: dict[str, Any], where: str) -> dict[str, Any]:
 
 def _file_block(part: dict[str, Any], where: str) -> dict[str, Any]:
     file = part.get("file")
-    data = file.get("file_data") if isinstance(file, dict) else None
+    file = file if isinstance(file, dict) else {}
+    data = file.get("file_data")
     prefix = "data:application/pdf;base64,"
     if not isinstance(data, str) or not data.startswith(prefix):
         raise TranslationError(
@@ -140,7 +141,6 @@ def _file_block(part: dict[str, Any], where: str) -> dict[str, Any]:
         )
     source = {"type": "base64", "media_type": "application/pdf", "data": data[len(prefix) :]}
     block: dict[str, Any] = {"type": "document", "source": source}
-    assert isinstance(file, dict)
     if isinstance(file.get("filename"), str) and file["filename"]:
         block["title"] = file["filename"]
     return _with_cache_control(block, part)
