@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import orjson
@@ -75,6 +75,13 @@ class Reply:
     data: dict[str, Any] | None = None
     media_type: str = JSON
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def with_images(usage: Usage, call: Call) -> Usage:
+    """`usage` with the request's images counted (upstreams do not report input images)."""
+    if not call.images or usage.images:
+        return usage
+    return replace(usage, images=call.images)
 
 
 def sse_event(obj: Any, event: str | None = None) -> bytes:

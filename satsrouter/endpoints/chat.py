@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any, ClassVar
 
 import orjson
@@ -21,7 +20,9 @@ from satsrouter.endpoints.base import (
     json_reply,
     now,
     sse_event,
+    with_images,
 )
+from satsrouter.endpoints.chat_anthropic import TranslatedChat
 from satsrouter.usage import (
     Usage,
     completion_text_of,
@@ -42,7 +43,10 @@ def _usage_json(usage: Usage) -> dict[str, int]:
 
 
 class ChatCompletions(Endpoint):
-    """`POST /v1/chat/completions`; streams get `stream_options.include_usage` added."""
+    """`POST /v1/chat/completions`; streams get `stream_options.include_usage` added.
+
+    An Anthropic-dialect upstream is served by `TranslatedChat` (its `/messages`).
+    """
 
     path = "/chat/completions"
     streams = True
@@ -57,6 +61,9 @@ class ChatCompletions(Endpoint):
         call.images = count_input_images(call.body)
         options = call.body.get("stream_options")
         call.usage_asked = isinstance(options, dict) and options.get("include_usage") is True
+
+    def for_dialect(self, dialect: str) -> Endpoint:
+        return TranslatedChat() if dialect == "anthropic" else super().for_dialect(dialect)
 
     def adjust(self, call: Call) -> bool:
         if not call.stream or call.usage_asked:
@@ -91,6 +98,10 @@ class Completions(ChatCompletions):
     chunk_object = "text_completion"
     id_prefix = "cmpl-"
     empty_choice: ClassVar[dict[str, Any]] = {"index": 0, "text": "", "finish_reason": None}
+
+    def for_dialect(self, dialect: str) -> Endpoint:
+        # Legacy completions have no Anthropic translation.
+        return Endpoint.for_dialect(self, dialect)
 
     def inspect(self, call: Call) -> None:
         super().inspect(call)
@@ -208,11 +219,4 @@ def _is_error_chunk(payload: bytes) -> bool:
     return isinstance(chunk, dict) and chunk.get("error") is not None
 
 
-def with_images(usage: Usage, call: Call) -> Usage:
-    """`usage` with the request's images counted (upstreams do not report input images)."""
-    if not call.images or usage.images:
-        return usage
-    return replace(usage, images=call.images)
-
-
-__all__ = ["JSON", "ChatCompletions", "ChunkMeter", "Completions"]
+__all__ = ["JSON", "ChatCompletions", "ChunkMeter", "Completions", "with_images"]
