@@ -1,11 +1,13 @@
 """`python -m bench`: the node against its fake upstream, scenario by scenario.
 
 Starts a local mint, nginx (the fast fake upstream), the Python fake upstream (slow
-streams) and the node; funds one `sk-` key and pre-mints X-Cashu tokens; runs each
-scenario first against the upstream directly, then through the node (wrk for plain
-requests, an async client for streams and X-Cashu); checks every charge; measures the
-node's memory after each repetition; prints tables and the targets; appends one JSON line
-per scenario and repetition to bench/results.jsonl. See bench/README.md.
+streams) and the node (for failover scenarios also a second node whose first provider, a
+fake upstream of its own, fails every other request); funds one `sk-` key per node and
+pre-mints X-Cashu tokens; runs each scenario first against the upstream directly (failover:
+the plain node), then through the node (wrk for plain requests, an async client for
+streams, X-Cashu and failover); checks every charge; measures the node's memory after each
+repetition; prints tables and the targets; appends one JSON line per scenario and
+repetition to bench/results.jsonl. See bench/README.md.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import dataclasses
 import signal
 import sys
 import tempfile
@@ -28,6 +31,7 @@ from satsrouter_dev.fake_upstream import Behaviour
 from satsrouter_dev.mint import TestWallet
 from satsrouter_dev.stack import Stack, log_tail, running_stack
 
+from bench.failover import circuit_openings, failover_node
 from bench.load import RunResult, Scenario, request_body
 from bench.mintload import access_counts, wallet_outputs
 from bench.nginx import SLOW_HEADER, capture_replies, nginx_upstream
@@ -40,14 +44,18 @@ from bench.scenarios import (
     mint_share,
     mint_swap_pool,
     mint_token_pool,
+    node_context,
     run_target,
     scenario_check,
     swap_shape,
     x_cashu_sats,
 )
 
+# failover-c1/-c16 add 4 runs of warm-up + duration per repetition (about 1.5 min at the
+# defaults) and a second node: worth it, the issue asks for the failover figures.
 DEFAULT_SCENARIOS = (
-    "chat-c1,chat-c32,models-c32,stream-c1,stream-c16,stream-c16-r500,xcashu-c8,xstream-c1"
+    "chat-c1,chat-c32,models-c32,stream-c1,stream-c16,stream-c16-r500,xcashu-c8,xstream-c1,"
+    "failover-c1,failover-c16"
 )
 RESULTS = Path(__file__).resolve().parent / "results.jsonl"
 FUND_SAT = 1_000_000
@@ -126,6 +134,10 @@ async def _fund_key(session: aiohttp.ClientSession, stack: Stack, wallet: TestWa
     return key
 
 
+def _wants_failover(args: argparse.Namespace) -> bool:
+    return any(s.kind == "failover" for s in args.scenario_list)
+
+
 async def _price(session: aiohttp.ClientSession, stack: Stack, key: str) -> int:
     """One paid request: what every benchmark chat request costs (same body, same usage)."""
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
@@ -164,7 +176,17 @@ def _swaps_needed(args: argparse.Namespace) -> int:
     return runs * int(args.mint_swaps)
 
 
-async def _bench(stack: Stack, args: argparse.Namespace, workdir: Path) -> list[list[Row]]:
+async def _failover_context(ctx: Context, wallet: TestWallet, stack: Stack) -> Context:
+    """The failover node's own funded key and price, the rest as the main context."""
+    key = await _fund_key(ctx.session, stack, wallet)
+    price = await _price(ctx.session, stack, key)
+    print(f"failover node {stack.node_url}: one request costs {price} msat", flush=True)
+    return dataclasses.replace(ctx, stack=stack, key=key, price_msat=price)
+
+
+async def _bench(
+    stack: Stack, args: argparse.Namespace, workdir: Path, failover: Stack | None = None
+) -> list[list[Row]]:
     connector = aiohttp.TCPConnector(limit=1024, limit_per_host=0, keepalive_timeout=3.0)
     timeout = aiohttp.ClientTimeout(total=None)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
@@ -188,7 +210,10 @@ async def _bench(stack: Stack, args: argparse.Namespace, workdir: Path) -> list[
             duration_s=args.duration,
             max_requests=args.max_requests,
         )
-        print(f"funded {key[:7]}…; one request costs {ctx.price_msat} msat\n", flush=True)
+        print(f"funded {key[:7]}…; one request costs {ctx.price_msat} msat", flush=True)
+        if failover is not None:
+            ctx.failover = await _failover_context(ctx, wallet, failover)
+        print(flush=True)
         reps: list[list[Row]] = []
         for rep in range(args.repeat):
             rows: list[Row] = []
@@ -200,25 +225,38 @@ async def _bench(stack: Stack, args: argparse.Namespace, workdir: Path) -> list[
                     ctx.tokens = collections.deque(pool[:take])
                     del pool[:take]
                 runs: dict[str, RunResult] = {}
-                before = after = None
+                balances: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
                 mint_log = stack.mint_log or workdir / "mint" / "mint.log"
                 node_data = workdir / "node"
                 outputs_before = 0
                 calls_before = access_counts(mint_log)
-                for target in ("upstream", "node"):
+                openings_before = circuit_openings(failover.node_log) if failover else 0
+                base, main = scenario.targets
+                for target in scenario.targets:
                     print(f"  #{rep + 1} {scenario.label:<12} {target:<9}", end=" ", flush=True)
+                    node_ctx = node_context(ctx, target)
+                    before = await _settled(node_ctx) if node_ctx else {}
                     if target == "node":
-                        before = await _settled(ctx)
                         calls_before = access_counts(mint_log)
                         outputs_before = wallet_outputs(node_data)
                     run = await run_target(ctx, scenario, target)
-                    if target == "node":
-                        after = await _settled(ctx)
+                    if node_ctx:
+                        balances[target] = (before, await _settled(node_ctx))
                     print(f"{run.rps:>9.1f} req/s  {run.errors} errors", flush=True)
                     runs[target] = run
-                assert before is not None and after is not None
-                check = scenario_check(ctx, scenario, runs["upstream"], runs["node"], before, after)
-                row = Row(scenario, runs["upstream"], runs["node"], check)
+                main_ctx = node_context(ctx, main)
+                assert main_ctx is not None
+                check = scenario_check(main_ctx, scenario, runs[base], runs[main], *balances[main])
+                if base in balances:
+                    # failover: the baseline node's run is paid too, and checked the same way
+                    plain = scenario_check(ctx, scenario, runs[base], runs[base], *balances[base])
+                    check["baseline"] = plain
+                    check["ok"] = check["ok"] and plain["ok"]
+                if failover is not None and scenario.kind == "failover":
+                    check["circuit_openings"] = (
+                        circuit_openings(failover.node_log) - openings_before
+                    )
+                row = Row(scenario, runs[base], runs[main], check)
                 if scenario.kind == "xcashu":
                     # the mint's requests caused by the node run (settled: none in flight)
                     calls = access_counts(mint_log) - calls_before
@@ -239,7 +277,7 @@ async def _bench(stack: Stack, args: argparse.Namespace, workdir: Path) -> list[
     return reps
 
 
-def _node_log_findings(log: Path) -> str | None:
+def _node_log_findings(log: Path, which: str = "the node") -> str | None:
     text = log_tail(log, chars=1_000_000)
     bad = [
         line
@@ -248,7 +286,7 @@ def _node_log_findings(log: Path) -> str | None:
     ]
     if not bad:
         return None
-    return f"{len(bad)} warning/error lines in the node log; last ones:\n" + "\n".join(bad[-10:])
+    return f"{len(bad)} warning/error lines in {which}'s log; last ones:\n" + "\n".join(bad[-10:])
 
 
 class Interrupted(Exception):
@@ -260,7 +298,7 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 async def _bench_until_signal(
-    stack: Stack, args: argparse.Namespace, workdir: Path
+    stack: Stack, args: argparse.Namespace, workdir: Path, failover: Stack | None
 ) -> list[list[Row]]:
     """_bench, cancelled by SIGINT/SIGTERM.
 
@@ -280,7 +318,7 @@ async def _bench_until_signal(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     try:
-        return await _bench(stack, args, workdir)
+        return await _bench(stack, args, workdir, failover)
     except BaseException as exc:
         if signalled:
             raise Interrupted from exc
@@ -311,38 +349,52 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="satsrouter-bench-") as tmp:
         workdir = Path(tmp)
         try:
-            with running_stack(
-                workdir,
-                SLOW_UPSTREAM,
-                workers=args.workers,
-                front=_front,
-                # nginx sends this header's requests to the slow Python fake (xstream).
-                settings={"FORWARD_HEADERS": SLOW_HEADER},
-            ) as stack:
+            with (
+                running_stack(
+                    workdir,
+                    SLOW_UPSTREAM,
+                    workers=args.workers,
+                    front=_front,
+                    # nginx sends this header's requests to the slow Python fake (xstream).
+                    settings={"FORWARD_HEADERS": SLOW_HEADER},
+                ) as stack,
+                contextlib.ExitStack() as extra,
+            ):
                 print(
                     f"mint {stack.mint_url}, nginx {stack.upstream_url}, "
                     f"slow fake {stack.fake_url}, node {stack.node_url}"
                 )
+                failover = None
+                if _wants_failover(args):
+                    # canned replies carry SLOW_UPSTREAM's completion tokens: flaky matches
+                    tokens = int(SLOW_UPSTREAM["completion_tokens"])
+                    failover = extra.enter_context(
+                        failover_node(workdir, stack, tokens, workers=args.workers)
+                    )
+                    print(f"failover node {failover.node_url} (flaky fake + nginx)")
                 try:
                     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                        reps = runner.run(_bench_until_signal(stack, args, workdir))
+                        reps = runner.run(_bench_until_signal(stack, args, workdir, failover))
                 except Exception as exc:
                     if not isinstance(exc, Interrupted):
                         print("node log (tail):\n" + log_tail(stack.node_log), file=sys.stderr)
                     raise
-                findings = _node_log_findings(stack.node_log)
+                findings = [_node_log_findings(stack.node_log)]
+                if failover is not None:
+                    findings.append(_node_log_findings(failover.node_log, "the failover node"))
         except (KeyboardInterrupt, Interrupted):
-            print("\ninterrupted; the node, nginx, the fake upstream and the mint were stopped")
+            print("\ninterrupted; the nodes, nginx, the fake upstreams and the mint were stopped")
             return 130
-    print("stopped the node, nginx, the fake upstream and the mint\n")
+    print("stopped the nodes, nginx, the fake upstreams and the mint\n")
     for rep, rows in enumerate(reps, 1):
         print(f"repetition {rep}/{len(reps)}")
         print(table(rows))
         print()
     verdicts = targets(reps)
     print("\n".join(verdicts.lines))
-    if findings:
-        print("\n" + findings)
+    for finding in findings:
+        if finding:
+            print("\n" + finding)
     if not args.no_save:
         lines = [r for rep, rows in enumerate(reps, 1) for r in records(info, rows, rep)]
         append_jsonl(args.results, lines)

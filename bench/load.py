@@ -21,14 +21,17 @@ import orjson
 MODEL = "openai/gpt-4o-mini"
 PROMPT = "Say hello to the benchmark."
 COST_HEADER = "X-Routstr-Cost-Msats"
-KINDS = ("chat", "stream", "models", "xcashu", "xstream")
+PROVIDER_HEADER = "X-Routstr-Provider"
+KINDS = ("chat", "stream", "models", "xcashu", "xstream", "failover")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Scenario:
     """One workload: non-streaming or streaming chat at a fixed concurrency."""
 
-    kind: str  # one of KINDS; xcashu/xstream pay with X-Cashu, xstream via the slow upstream
+    # one of KINDS; xcashu/xstream pay with X-Cashu, xstream via the slow upstream; failover
+    # is chat through a second node whose first provider fails every other request
+    kind: str
     concurrency: int
     rate: int = 0  # requests/s offered in total (Python client only); 0: closed loop, no pacing
 
@@ -51,6 +54,16 @@ class Scenario:
     @property
     def uses_wrk(self) -> bool:
         return self.kind in ("chat", "models")
+
+    @property
+    def targets(self) -> tuple[str, str]:
+        """The two runs compared: the baseline first, then the run the row is about.
+
+        failover compares the node with two providers (the first flaky) against the plain
+        one-provider node, same client, same concurrency; the others compare the node
+        against its upstream.
+        """
+        return ("plain", "failover") if self.kind == "failover" else ("upstream", "node")
 
     @classmethod
     def parse(cls, text: str) -> Scenario:
@@ -90,6 +103,7 @@ class Outcome:
     cost_msat: int | None = None
     ttfb_s: float | None = None
     kept_msat: int | None = None  # X-Cashu: token value - change
+    provider: str | None = None  # X-Routstr-Provider of the reply, if any
 
 
 @dataclasses.dataclass(slots=True)
@@ -111,6 +125,8 @@ class RunResult:
     # wrk reports counts and percentiles, not samples:
     wrk_ok: int | None = None
     wrk_quantiles_ms: dict[float, float] = dataclasses.field(default_factory=dict)
+    # measured successful requests by the provider that served them (X-Routstr-Provider)
+    provider_latencies_s: dict[str, list[float]] = dataclasses.field(default_factory=dict)
 
     @property
     def ok(self) -> int:
@@ -144,6 +160,20 @@ class RunResult:
             "reported_cost_msat": self.reported_cost_msat,
             "costed_requests": self.costed_requests,
             "load": "wrk" if self.wrk_ok is not None else "python",
+            **({"providers": self.providers()} if self.provider_latencies_s else {}),
+        }
+
+    def providers(self) -> dict[str, dict[str, Any]]:
+        """Per provider that served measured requests: count, share, p50/p99 (ms)."""
+        total = sum(len(v) for v in self.provider_latencies_s.values())
+        return {
+            name: {
+                "requests": len(samples),
+                "share": round(len(samples) / total, 4) if total else None,
+                "p50_ms": _round(percentile_ms(samples, 0.5)),
+                "p99_ms": _round(percentile_ms(samples, 0.99)),
+            }
+            for name, samples in sorted(self.provider_latencies_s.items())
         }
 
 
@@ -201,8 +231,9 @@ async def _chat(
     async with session.post(url, data=body, headers=headers) as resp:
         raw = await resp.read()
         cost = _cost_of(resp.headers.get(COST_HEADER))
+        provider = resp.headers.get(PROVIDER_HEADER)
         if resp.status != 200:
-            return Outcome(f"http {resp.status}", cost)
+            return Outcome(f"http {resp.status}", cost, provider=provider)
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -212,8 +243,8 @@ async def _chat(
         if paid_msat is not None:
             return _x_cashu_outcome(paid_msat, resp.headers.get("X-Cashu"), cost)
         if paid and cost is None:
-            return Outcome("no cost header", None)
-        return Outcome(None, cost)
+            return Outcome("no cost header", None, provider=provider)
+        return Outcome(None, cost, provider=provider)
 
 
 async def _stream(
@@ -359,6 +390,8 @@ async def run_scenario(
                 result.latencies_s.append(t1 - t0)
                 if outcome.ttfb_s is not None:
                     result.ttfbs_s.append(outcome.ttfb_s)
+                if outcome.provider is not None:
+                    result.provider_latencies_s.setdefault(outcome.provider, []).append(t1 - t0)
                 last_done = max(last_done, t1)
 
     await asyncio.gather(*(worker() for _ in range(scenario.concurrency)))

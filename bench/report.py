@@ -29,15 +29,22 @@ def _added(node: float | None, upstream: float | None) -> float | None:
 
 
 def comparison(upstream: RunResult, node: RunResult) -> dict[str, Any]:
-    """node/upstream throughput ratio and the latency the node adds (p50 and TTFB p50)."""
+    """node/upstream throughput ratio and the latency the node adds (p50 and TTFB p50).
+
+    For failover the baseline is the plain node: what failing over adds (p99 too).
+    """
     ratio = node.rps / upstream.rps if upstream.rps > 0 else None
     added_p50 = _added(node.latency_ms(0.5), upstream.latency_ms(0.5))
     added_ttfb = _added(node.ttfb_ms(0.5), upstream.ttfb_ms(0.5))
-    return {
+    out = {
         "rps_ratio": None if ratio is None else round(ratio, 3),
         "added_p50_ms": None if added_p50 is None else round(added_p50, 3),
         "added_ttfb_p50_ms": None if added_ttfb is None else round(added_ttfb, 3),
     }
+    if node.scenario.kind == "failover":
+        added_p99 = _added(node.latency_ms(0.99), upstream.latency_ms(0.99))
+        out["added_p99_ms"] = None if added_p99 is None else round(added_p99, 3)
+    return out
 
 
 @dataclasses.dataclass
@@ -59,8 +66,9 @@ def table(rows: list[Row]) -> str:
     )
     lines = [head, "-" * len(head)]
     for row in rows:
-        for name, run in (("upstream", row.upstream), ("node", row.node)):
-            label = row.scenario.label if name == "upstream" else ""
+        for run in (row.upstream, row.node):
+            name = run.target
+            label = row.scenario.label if run is row.upstream else ""
             lines.append(
                 f"{label:<12} {name:<9} {run.rps:>9.1f} {_ms(run.latency_ms(0.5)):>8} "
                 f"{_ms(run.latency_ms(0.99)):>8} {_ms(run.ttfb_ms(0.5)):>9} "
@@ -69,12 +77,17 @@ def table(rows: list[Row]) -> str:
             )
         cmp = comparison(row.upstream, row.node)
         ratio = "-" if cmp["rps_ratio"] is None else f"{cmp['rps_ratio']:.3f}x"
+        failover = row.scenario.kind == "failover"
+        p99 = _plus(cmp.get("added_p99_ms")) if failover else ""
         lines.append(
-            f"{'':<12} {'node/up':<9} {ratio:>9} {_plus(cmp['added_p50_ms']):>8} {'':>8} "
+            f"{'':<12} {'fo/plain' if failover else 'node/up':<9} {ratio:>9} "
+            f"{_plus(cmp['added_p50_ms']):>8} {p99:>8} "
             f"{_plus(cmp['added_ttfb_p50_ms']):>9}"
         )
-        kinds = {f"upstream {k}": v for k, v in row.upstream.error_kinds.items()}
-        kinds.update({f"node {k}": v for k, v in row.node.error_kinds.items()})
+        if failover:
+            lines.append(f"{'':<12} providers: {_providers(row)}")
+        kinds = {f"{row.upstream.target} {k}": v for k, v in row.upstream.error_kinds.items()}
+        kinds.update({f"{row.node.target} {k}": v for k, v in row.node.error_kinds.items()})
         if kinds:
             lines.append(f"{'':<12} errors: " + ", ".join(f"{k} x{v}" for k, v in kinds.items()))
         lines.append(f"{'':<12} money: {_money(row)}")
@@ -85,7 +98,24 @@ def table(rows: list[Row]) -> str:
         "node/up: req/s = node throughput / upstream throughput; "
         "p50 and ttfb p50 = ms the node adds"
     )
+    if any(row.scenario.kind == "failover" for row in rows):
+        lines.append(
+            "fo/plain: the failover node (flaky first, steady second) against the plain "
+            "one-provider node, same client; p50 and p99 = ms failing over adds"
+        )
     return "\n".join(lines)
+
+
+def _providers(row: Row) -> str:
+    """Who served the failover run's measured requests, and how fast."""
+    parts = [
+        f"{name} {p['share'] * 100:.1f} % (p50 {_ms(p['p50_ms'])}, p99 {_ms(p['p99_ms'])} ms)"
+        for name, p in row.node.providers().items()
+    ]
+    opened = row.check.get("circuit_openings")
+    if opened is not None:
+        parts.append(f"flaky's circuit opened {opened} times")
+    return "; ".join(parts) or "none named"
 
 
 def _money(row: Row) -> str:
@@ -100,6 +130,12 @@ def _money(row: Row) -> str:
         text += f"; in flight when the client stopped {c['abandoned_by_client']}"
     if "x_cashu_kept_msat" in c:
         text += f"; X-Cashu tokens minus change {c['x_cashu_kept_msat']} msat"
+    if (b := c.get("baseline")) is not None:
+        text += (
+            f" | plain node {'OK' if b['ok'] else 'MISMATCH'}: spent {b['spent_msat']} msat "
+            f"for {b['charged_requests']} requests (price {b['price_msat']}), "
+            f"reserved after {b['reserved_after_msat']}"
+        )
     return text
 
 
@@ -209,6 +245,19 @@ def targets(reps: list[list[Row]]) -> Verdicts:
         ok = first < whole / 2 and r.node.errors == 0
         detail = f"node first byte p99 {first:.1f} ms, upstream whole stream {whole:.0f} ms"
         judge("X-Cashu stream not buffered", ok, detail)
+    for r in (r for r in rows if r.scenario.kind == "failover"):
+        # The issue asks that a flaky provider cost the client nothing: no errors, one
+        # charge each, and requests really failed over (steady served some).
+        providers = r.node.providers()
+        steady = providers.get("steady", {}).get("share") or 0.0
+        cmp = comparison(r.upstream, r.node)
+        ok = r.node.errors == 0 and r.check["ok"] and steady > 0
+        detail = (
+            f"{r.node.errors} errors, charges {'exact' if r.check['ok'] else 'WRONG'}, "
+            f"steady served {steady * 100:.0f} %; adds p50 {_plus(cmp['added_p50_ms'])} ms, "
+            f"p99 {_plus(cmp.get('added_p99_ms'))} ms against the plain node"
+        )
+        judge(f"failover c={r.scenario.concurrency}: 0 client errors, charged once", ok, detail)
     if r := _by_kind(rows, "models-c32"):
         judge("GET /v1/models c=32 >= 5000 req/s", r.node.rps >= 5000, f"{r.node.rps:.0f} req/s")
     sizes = [max(rows[0].rss_mb.values(), default=0.0) for rows in reps]
@@ -268,7 +317,8 @@ def records(info: dict[str, Any], rows: list[Row], repetition: int) -> list[dict
             "scenario": row.scenario.id,
             "concurrency": row.scenario.concurrency,
             "stream": row.scenario.stream,
-            "upstream": row.upstream.summary(),
+            # failover: "plain", the one-provider node it is compared with
+            row.upstream.target: row.upstream.summary(),
             "node": row.node.summary(),
             **comparison(row.upstream, row.node),
             "charge_check": row.check,

@@ -37,6 +37,8 @@ class Context:
     )
     # one fresh proof per entry, for the mint-direct swap baseline of xcashu scenarios
     swap_inputs: list[list[dict[str, Any]]] = dataclasses.field(default_factory=list)
+    # the failover node (two providers, the first flaky) with its own funded key
+    failover: Context | None = None
 
     def next_token(self) -> tuple[str, int] | None:
         return self.tokens.popleft() if self.tokens else None
@@ -202,7 +204,32 @@ async def _python(ctx: Context, scenario: Scenario, target: str, base_url: str) 
     )
 
 
+def node_context(ctx: Context, target: str) -> Context | None:
+    """The node (and key) a target's requests go to; None for the upstream itself."""
+    if target == "upstream":
+        return None
+    if target == "failover":
+        if ctx.failover is None:
+            raise RuntimeError("a failover scenario needs the failover node")
+        return ctx.failover
+    return ctx  # "node", and "plain": the one-provider node as the failover baseline
+
+
 async def run_target(ctx: Context, scenario: Scenario, target: str) -> RunResult:
+    if scenario.kind == "failover":
+        # Both runs the same: paid chat with the Python client, which reads the provider.
+        node = node_context(ctx, target)
+        assert node is not None
+        return await run_scenario(
+            ctx.session,
+            target=target,
+            base_url=f"{node.stack.node_url}/v1",
+            api_key=node.key,
+            scenario=scenario,
+            warmup_s=ctx.warmup_s,
+            duration_s=ctx.duration_s,
+            max_requests=ctx.max_requests,
+        )
     base_url = ctx.stack.upstream_url if target == "upstream" else f"{ctx.stack.node_url}/v1"
     if scenario.uses_wrk:
         paid = target == "node" and scenario.kind == "chat"
