@@ -125,6 +125,14 @@ async def funded_key(running: RunningNode, wallet: TestWallet, sats: int = 200) 
     return key
 
 
+async def chat(running: RunningNode, key: str, **extra: Any) -> httpx.Response:
+    """One chat request for `MODEL` paid by `key`; `extra` adds or replaces body fields."""
+    body = {"model": MODEL, "messages": QUESTION, "max_tokens": 20, **extra}
+    async with httpx.AsyncClient(base_url=running.api, timeout=30) as http:
+        headers = {"Authorization": f"Bearer {key}"}
+        return await http.post("/chat/completions", headers=headers, json=body)
+
+
 async def spent(running: RunningNode, key: str, sats: int = 200) -> int:
     info = await running.balance(key)
     assert info["reserved"] == 0
@@ -187,10 +195,7 @@ async def test_the_cheapest_provider_serves_first_and_is_charged_its_own_price(
         node_factory, [provider("dear", alpha.url, DEAR), provider("cheap", beta.url, CHEAP)]
     )
     key = await funded_key(running, user_wallet)
-    async with httpx.AsyncClient(base_url=running.api, timeout=30) as http:
-        headers = {"Authorization": f"Bearer {key}"}
-        body = {"model": MODEL, "messages": QUESTION, "max_tokens": 20}
-        resp = await http.post("/chat/completions", headers=headers, json=body)
+    resp = await chat(running, key)
     assert resp.status_code == 200, resp.text
     assert resp.headers["x-routstr-provider"] == "cheap"
     usage = resp.json()["usage"]
@@ -253,10 +258,7 @@ async def test_a_client_error_is_not_retried_and_costs_nothing(
         {MODEL: ["alpha", "beta"]},
     )
     key = await funded_key(running, user_wallet)
-    async with httpx.AsyncClient(base_url=running.api, timeout=30) as http:
-        headers = {"Authorization": f"Bearer {key}"}
-        body = {"model": MODEL, "messages": QUESTION, "max_tokens": 20}
-        resp = await http.post("/chat/completions", headers=headers, json=body)
+    resp = await chat(running, key)
     assert resp.status_code == 400
     assert resp.json()["error"]["type"] == "upstream_rejected"
     assert beta.stats["chat_requests"] == 0
@@ -302,10 +304,7 @@ async def test_when_every_provider_is_rate_limited_the_client_gets_429_and_pays_
         node_factory, [provider("alpha", alpha.url, CHEAP), provider("beta", beta.url, DEAR)]
     )
     key = await funded_key(running, user_wallet)
-    async with httpx.AsyncClient(base_url=running.api, timeout=30) as http:
-        headers = {"Authorization": f"Bearer {key}"}
-        body = {"model": MODEL, "messages": QUESTION, "max_tokens": 20}
-        resp = await http.post("/chat/completions", headers=headers, json=body)
+    resp = await chat(running, key)
     assert resp.status_code == 429
     assert resp.headers["retry-after"] == "1"  # the upstreams' own
     assert resp.json()["error"]["type"] == "rate_limited_upstream"
@@ -313,8 +312,7 @@ async def test_when_every_provider_is_rate_limited_the_client_gets_429_and_pays_
     assert await spent(running, key) == 0
     # One busy, one not: served, by the one that was not.
     beta.reset()
-    async with httpx.AsyncClient(base_url=running.api, timeout=30) as http:
-        resp = await http.post("/chat/completions", headers=headers, json=body)
+    resp = await chat(running, key)
     assert resp.status_code == 200 and resp.headers["x-routstr-provider"] == "beta"
     await running.check_invariants()
 
@@ -333,9 +331,7 @@ async def test_fee_and_model_ids_per_provider(
     key = await funded_key(running, user_wallet)
     async with httpx.AsyncClient(base_url=running.api, timeout=30) as http:
         assert (await http.get(f"/models/{MODEL}")).status_code == 200
-        headers = {"Authorization": f"Bearer {key}"}
-        body = {"model": MODEL, "messages": QUESTION, "max_tokens": 20}
-        resp = await http.post("/chat/completions", headers=headers, json=body)
+    resp = await chat(running, key)
     assert resp.status_code == 200, resp.text
     assert alpha.stats["last_request"]["model"] == "priced-v2"
     await running.check_invariants()
@@ -349,12 +345,9 @@ async def test_the_request_may_steer_routing_the_openrouter_way(
         node_factory, [provider("alpha", alpha.url, CHEAP), provider("beta", beta.url, DEAR)]
     )
     key = await funded_key(running, user_wallet)
-    base = {"model": MODEL, "messages": QUESTION, "max_tokens": 20}
 
     async def ask(**extra: Any) -> httpx.Response:
-        async with httpx.AsyncClient(base_url=running.api, timeout=30) as http:
-            headers = {"Authorization": f"Bearer {key}"}
-            return await http.post("/chat/completions", headers=headers, json={**base, **extra})
+        return await chat(running, key, **extra)
 
     # `order` beats price; the names are this node's, in any case.
     resp = await ask(provider={"order": ["BETA"]})
@@ -389,27 +382,23 @@ async def test_fallback_models_are_tried_in_turn_and_reserved_for(
         node_factory, [provider("alpha", alpha.url, FEE), provider("beta", beta.url, FEE)]
     )
     key = await funded_key(running, user_wallet)
-    async with httpx.AsyncClient(base_url=running.api, timeout=30) as http:
-        headers = {"Authorization": f"Bearer {key}"}
-        body = {"model": MODEL, "models": ["test/flat"], "messages": QUESTION, "max_tokens": 20}
-        resp = await http.post("/chat/completions", headers=headers, json=body)
-        assert resp.status_code == 200, resp.text
-        assert resp.headers["x-routstr-provider"] == "beta"
-        sent = beta.stats["last_request"]
-        assert sent["model"] == "test/flat" and "models" not in sent
-        usage = resp.json()["usage"]
-        # Charged as the model that served: test/flat prices completion only.
-        flat = model_entry("test/flat")
-        charged = math.ceil(
-            usage["completion_tokens"]
-            * Decimal(flat["pricing"]["completion"])
-            * FEE
-            * Decimal(100_000_000_000)
-            / BTC_USD
-        )
-        assert usage["cost"]["total_msats"] == charged == await spent(running, key)
-        bad = {**body, "models": "test/flat"}
-        assert (await http.post("/chat/completions", headers=headers, json=bad)).status_code == 400
+    resp = await chat(running, key, models=["test/flat"])
+    assert resp.status_code == 200, resp.text
+    assert resp.headers["x-routstr-provider"] == "beta"
+    sent = beta.stats["last_request"]
+    assert sent["model"] == "test/flat" and "models" not in sent
+    usage = resp.json()["usage"]
+    # Charged as the model that served: test/flat prices completion only.
+    flat = model_entry("test/flat")
+    charged = math.ceil(
+        usage["completion_tokens"]
+        * Decimal(flat["pricing"]["completion"])
+        * FEE
+        * Decimal(100_000_000_000)
+        / BTC_USD
+    )
+    assert usage["cost"]["total_msats"] == charged == await spent(running, key)
+    assert (await chat(running, key, models="test/flat")).status_code == 400
     await running.check_invariants()
 
 
@@ -438,10 +427,7 @@ async def test_a_provider_down_at_start_joins_when_it_comes_up(
         try:
             assert await running.node.catalogue_sync.refresh()
             assert (await http.get("/models/test/flat")).json()["providers"] == ["late", "beta"]
-            key = await funded_key(running, user_wallet)
-            headers = {"Authorization": f"Bearer {key}"}
-            body = {"model": MODEL, "messages": QUESTION, "max_tokens": 20}
-            resp = await http.post("/chat/completions", headers=headers, json=body)
+            resp = await chat(running, await funded_key(running, user_wallet))
             assert resp.status_code == 200 and resp.headers["x-routstr-provider"] == "late"
         finally:
             await late.stop()
@@ -461,12 +447,10 @@ async def test_a_failing_provider_leaves_rotation_and_is_probed_back_in(
         circuit_cooldown_seconds=1.0,
     )
     key = await funded_key(running, user_wallet)
-    headers = {"Authorization": f"Bearer {key}"}
-    body = {"model": MODEL, "messages": QUESTION, "max_tokens": 20}
     async with httpx.AsyncClient(base_url=running.api, timeout=30) as http:
 
         async def served_by() -> str:
-            resp = await http.post("/chat/completions", headers=headers, json=body)
+            resp = await chat(running, key)
             assert resp.status_code == 200, resp.text  # the client never sees alpha fail
             return resp.headers["x-routstr-provider"]
 
