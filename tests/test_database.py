@@ -160,3 +160,21 @@ async def test_sqlite_syncs_every_commit_that_records_ecash_or_lets_value_leave(
     # ...the hot path's reserve and bearer settle are not: a power loss can take back at
     # most the last charges, never a payout (a durable commit syncs every one before it)
     assert await node.node.tx.run(synchronous) == SQLITE_NORMAL
+
+
+async def test_postgres_flushes_every_commit_that_records_ecash_or_lets_value_leave(
+    node_factory: NodeFactory, postgres_url: str
+) -> None:
+    running = await node_factory(database_url=postgres_url)
+
+    def synchronous_commit(tx: Tx) -> str:
+        rows, _ = tx.execute("SHOW synchronous_commit", {})
+        return str(rows[0][0])
+
+    # As on SQLite: the wallet's writes and every durable transaction wait for the WAL flush...
+    assert await running.node.wallet.tx.run(synchronous_commit) == "on"
+    assert await running.node.tx.run(synchronous_commit, durable=True) == "on"
+    # ...the hot path's reserve and bearer settle do not, for that transaction only.
+    assert await running.node.tx.run(synchronous_commit) == "off"
+    assert await running.node.tx.read(synchronous_commit) == "on"
+    assert await running.node.tx.run(synchronous_commit, durable=True) == "on"
