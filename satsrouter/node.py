@@ -213,7 +213,15 @@ class Node:
             delay_first: bool = False,
         ) -> LeasedJob:
             ttl = self._lease_ttl
-            return LeasedJob(self.leases, name, ttl, interval, body, delay_first=delay_first)
+            return LeasedJob(
+                self.leases,
+                name,
+                ttl,
+                interval,
+                body,
+                delay_first=delay_first,
+                is_dead=self.ledger.is_dead,
+            )
 
         jobs = [
             leased(

@@ -99,6 +99,19 @@ async def test_release_frees_the_lease_at_once(runner: TxRunner) -> None:
     }
 
 
+async def test_take_from_a_dead_holder_before_expiry(runner: TxRunner) -> None:
+    clock = Clock()
+    a, b, c = (Leases(runner, f"node-{x}", clock) for x in "abc")
+    assert await a.acquire_or_renew("job", 30)
+    assert await b.holder("job") == "node-a"
+    assert await b.holder("nothing") is None
+    assert not await c.take_from("job", "node-x", 30)  # names a holder that is not it
+    assert await b.take_from("job", "node-a", 30)
+    assert not await c.take_from("job", "node-a", 30)  # b was first
+    assert not await a.acquire_or_renew("job", 30)
+    assert await a.holder("job") == "node-b"
+
+
 async def test_one_winner_when_many_race(runner: TxRunner) -> None:
     """Many instances asking at the same moment: exactly one gets the lease."""
     clock = Clock()
@@ -244,3 +257,31 @@ async def test_killed_holder_hands_its_jobs_to_a_survivor(
         assert took <= ttl + ttl / 3 + 3.0
     finally:
         await victim.stop()
+
+
+async def test_a_node_restarted_on_sqlite_takes_its_predecessors_leases_at_once(
+    local_mint: LocalMint, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    """SIGKILL, then a restart on the same data (a new instance id): the predecessor's lock
+    file is free, so its leases move at once, not after the 300 s TTL."""
+    upstream.reset()
+    node = KillableNode(tmp_path, local_mint.url, upstream.url, LEASE_TTL_SECONDS="300")
+    try:
+        await node.start()
+        await eventually(lambda: _all_leased(node), within=15)
+        (before,) = {h for (h,) in node.query("SELECT holder FROM leases")}
+        node.kill()
+        await node.start()
+
+        async def moved() -> bool:
+            live = {h for (h,) in node.query("SELECT holder FROM leases")}
+            return await _all_leased(node) and before not in live
+
+        await eventually(moved, within=15)
+    finally:
+        await node.stop()
+
+
+async def _all_leased(node: KillableNode) -> bool:
+    names = {n for (n,) in node.query("SELECT name FROM leases WHERE expires_at > ?", time.time())}
+    return names == FLEET_JOBS

@@ -5,7 +5,8 @@ fleet (the invoice watcher, Lightning payout expiry, automatic revenue payouts) 
 in `run_leased`: the node renews a row of the `leases` table every third of the TTL and
 runs the job's passes only while that row names it. A node that dies stops renewing; once
 the row has expired another node's next renewal takes it over, so the job moves to a
-survivor within one TTL plus one renewal period.
+survivor within one TTL plus one renewal period. Where a holder is known dead sooner (its
+lock file is free: a node restarted on the same machine), its leases are taken at once.
 
 Clock: `expires_at` is the writer's `time.time()`, compared with the next writer's. The
 rest of the node (instance heartbeats, reservations) keeps time the same way, and the one
@@ -45,6 +46,13 @@ _ACQUIRE = (
     "WHERE leases.holder = excluded.holder OR leases.expires_at < excluded.acquired_at "
     "RETURNING holder"
 )
+# Taking over from a holder known to be dead, before its lease expires: only while the row
+# still names that holder (whoever else took it meanwhile keeps it).
+_TAKE_FROM = (
+    "UPDATE leases SET holder = :me, expires_at = :expires, acquired_at = :now "
+    "WHERE name = :name AND holder = :dead"
+)
+_HOLDER = "SELECT holder FROM leases WHERE name = :name"
 _RELEASE = "DELETE FROM leases WHERE name = :name AND holder = :me"
 _RELEASE_ALL = "DELETE FROM leases WHERE holder = :me"
 _ALL = "SELECT name, holder, expires_at, acquired_at FROM leases ORDER BY name"
@@ -70,6 +78,19 @@ class Leases:
             return bool(rows)
 
         return await self._tx.run(op)
+
+    async def holder(self, name: str) -> str | None:
+        """The instance the row names (its lease may have expired), or None."""
+        rows, _ = await self._tx.read(lambda tx: tx.execute(_HOLDER, {"name": name}))
+        return str(rows[0][0]) if rows else None
+
+    async def take_from(self, name: str, dead: str, ttl: float) -> bool:
+        """Take `name` from `dead`, an instance known to be gone, without waiting for expiry."""
+        now = self._clock()
+        params: dict[str, Any] = {"name": name, "me": self.instance_id, "dead": dead}
+        params |= {"expires": now + ttl, "now": now}
+        _, moved = await self._tx.run(lambda tx: tx.execute(_TAKE_FROM, params))
+        return moved == 1
 
     async def release(self, name: str) -> None:
         """Give `name` up at once (a clean stop), if this instance holds it."""
@@ -116,6 +137,7 @@ class LeasedJob:
         body: Callable[[], Awaitable[Any]],
         *,
         delay_first: bool = False,
+        is_dead: Callable[[str], Awaitable[bool]] | None = None,
     ) -> None:
         self.leases = leases
         self.name = name
@@ -123,6 +145,9 @@ class LeasedJob:
         self.interval = interval
         self.body = body
         self.delay_first = delay_first
+        # Where an instance's death is known early (its lock file is free, on one machine),
+        # its leases are taken at once instead of after their TTL.
+        self.is_dead = is_dead
         self.passes = 0  # passes run on this instance (tests, admin)
         self._held_until = 0.0
         self._held = asyncio.Event()
@@ -142,6 +167,8 @@ class LeasedJob:
             sent = time.monotonic()
             try:
                 mine = await self.leases.acquire_or_renew(self.name, ttl)
+                if not mine and self.is_dead is not None:
+                    mine = await self._take_from_dead(ttl)
             except Exception as exc:
                 log.warning("lease %s not renewed: %s", self.name, type(exc).__name__)
                 mine = False
@@ -156,6 +183,13 @@ class LeasedJob:
                 self._held_until = 0.0
                 self._held.clear()
             await asyncio.sleep(ttl / 3)
+
+    async def _take_from_dead(self, ttl: float) -> bool:
+        assert self.is_dead is not None
+        holder = await self.leases.holder(self.name)
+        if holder is None or holder == self.leases.instance_id or not await self.is_dead(holder):
+            return False
+        return await self.leases.take_from(self.name, holder, ttl)
 
     async def _work(self) -> None:
         if self.delay_first:
@@ -180,6 +214,7 @@ async def run_leased(
     ttl: Callable[[], float],
     interval: Callable[[], float],
     body: Callable[[], Awaitable[Any]],
+    is_dead: Callable[[str], Awaitable[bool]] | None = None,
 ) -> None:
     """Run `body` every `interval()` seconds, on one instance of the fleet at a time."""
-    await LeasedJob(leases, name, ttl, interval, body).run()
+    await LeasedJob(leases, name, ttl, interval, body, is_dead=is_dead).run()
