@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from conftest import NodeFactory, eventually
+from conftest import NodeFactory, admin_client, eventually
 from killable import KillableNode
 from satsrouter_dev.fake_upstream import FakeUpstream
 from satsrouter_dev.mint import LocalMint
@@ -194,6 +194,17 @@ async def test_two_nodes_share_the_jobs_and_hand_over_on_stop(
     )
     assert not any(job.held for job in second.node.jobs.values())
     assert await first_holds_all()
+
+    # The admin's node view lists them, from either node's side.
+    for running, mine in ((first, True), (second, False)):
+        http = await admin_client(running)
+        try:
+            leases = (await http.get("/admin/api/node")).json()["leases"]
+        finally:
+            await http.aclose()
+        assert {
+            lease["name"]: (lease["holder"], lease["mine"]) for lease in leases
+        } == dict.fromkeys(FLEET_JOBS, (first.node.instance_id, mine))
 
     await first.stop()  # a clean stop releases its leases: no TTL to wait out
 
