@@ -46,6 +46,7 @@ from satsrouter.market.sync import CatalogueSync
 from satsrouter.metrics import Metrics
 from satsrouter.settings import Settings, declared_settings
 from satsrouter.store.engine import check_durable, instance_lock_dir, make_engine, migrate
+from satsrouter.store.leases import LeasedJob, Leases
 from satsrouter.store.liveness import InstanceLocks
 from satsrouter.store.tx import make_tx_runner
 from satsrouter.upstream.client import Upstream
@@ -125,6 +126,8 @@ class Node:
         self.metrics.watch_circuits(self.health.circuits)
         self.router = Router(self.health)
         self._tasks: list[asyncio.Task[None]] = []
+        self.leases = Leases(self.tx, self.instance_id)
+        self.jobs = self._fleet_jobs()
         # The environment's provider at once; the file's and the admin's join at start.
         self.set_providers([c for c in [env_provider(settings)] if c is not None], {})
         self.rate: RateSource = (
@@ -181,19 +184,64 @@ class Node:
             log.info("serving %d models", len(self.catalogue))
         else:
             log.error("no models yet: the upstream's model list is unavailable; retrying")
-        # Each loop reads its interval every round: the admin may change it.
+        # Each loop reads its interval every round: the admin may change it. These run on
+        # every node: each keeps its own memory (catalogue, circuits, settings, limits) or
+        # its own liveness (the sweeper's heartbeat, and the work of its own requests).
         loops = [
             self.catalogue_sync.run(lambda: self.settings.models_refresh_seconds),
             self.health.run(),  # first check right away
             self.billing.run_sweeper(lambda: self.settings.sweep_interval),
-            self.lightning.run_watcher(lambda: self.settings.invoice_poll_interval),
-            self.lightning_refunds.run_expiry(lambda: self.settings.expiry_check_interval),
             self.live_settings.run(lambda: self.settings.settings_refresh_seconds),
             self.run_provider_refresh(lambda: self.settings.settings_refresh_seconds),
             self.key_limits.run(lambda: self.settings.settings_refresh_seconds),
-            self.revenue.run_auto_payout(self._auto_payout, lambda: self.settings.payout_interval),
         ]
+        # These once per fleet: the node holding each one's lease runs it.
+        loops += [job.run() for job in self.jobs.values()]
         self._tasks += [asyncio.create_task(loop) for loop in loops]
+
+    def _fleet_jobs(self) -> dict[str, LeasedJob]:
+        """The jobs one node of the fleet runs at a time, by lease name.
+
+        Each works through the whole database, not this node's memory, so one runner is
+        enough; each also checks-and-sets its money steps itself (store/leases.py).
+        """
+
+        def leased(
+            name: str,
+            interval: Callable[[], float],
+            body: Callable[[], Awaitable[Any]],
+            delay_first: bool = False,
+        ) -> LeasedJob:
+            ttl = self._lease_ttl
+            return LeasedJob(
+                self.leases,
+                name,
+                ttl,
+                interval,
+                body,
+                delay_first=delay_first,
+                is_dead=self.ledger.is_dead,
+            )
+
+        jobs = [
+            leased(
+                "invoice-watcher",
+                lambda: self.settings.invoice_poll_interval,
+                self.lightning.watch_once,
+            ),
+            leased(
+                "lightning-expiry",
+                lambda: self.settings.expiry_check_interval,
+                self.lightning_refunds.expiry_pass,
+            ),
+            leased(
+                "auto-payout",
+                lambda: self.settings.payout_interval,
+                lambda: self.revenue.auto_payout_once(self._auto_payout),
+                delay_first=True,  # as before leases: the first check one interval in
+            ),
+        ]
+        return {job.name: job for job in jobs}
 
     @property
     def upstream(self) -> Upstream:
@@ -262,6 +310,9 @@ class Node:
             except Exception:
                 log.exception("providers refresh failed")
 
+    def _lease_ttl(self) -> float:
+        return self.settings.lease_ttl_seconds
+
     def _auto_payout(self) -> tuple[str, int]:
         """Where automatic revenue payouts go and from what amount (read on every pass)."""
         return self.settings.receive_ln_address, self.settings.payout_threshold_sat
@@ -317,6 +368,8 @@ class Node:
         await self.wallet.close()
         with contextlib.suppress(Exception):
             await self.ledger.retire()  # siblings need not wait for our heartbeat to age
+        with contextlib.suppress(Exception):
+            await self.leases.release_all()  # ... nor for our leases to expire
         self.locks.release()
         await self.tx.close()
         await self.engine.dispose()

@@ -759,6 +759,17 @@ class Settings:
         parse=_float,
         check=_positive,
     )
+    # Clocks of different machines are compared (store/leases.py): keep it well above skew.
+    lease_ttl_seconds: float = setting(
+        30.0,
+        env="LEASE_TTL_SECONDS",
+        doc="seconds a node holds a fleet-wide job (invoice watcher, Lightning payout expiry, "
+        "automatic payouts) without renewing; a dead holder's jobs move to another node after "
+        "it. Keep it well above clock skew between machines",
+        parse=_float,
+        check=_positive,
+        live=True,
+    )
     invoice_poll_interval: float = setting(
         2.0,
         env="INVOICE_POLL_INTERVAL",

@@ -3,8 +3,9 @@
 Each worker is a fresh (spawned, not forked) interpreter that builds its own Node, so each
 has its own instance id for reservation heartbeats, its own connection pools and its own
 background loops (all compare-and-set against the database, so running them N times is
-safe). The kernel spreads new connections over the workers' sockets; one accept queue
-shared by all workers would instead wake them all and let one take most connections.
+safe; the fleet-wide ones run on the one worker holding their lease, store/leases.py).
+The kernel spreads new connections over the workers' sockets; one accept queue shared by
+all workers would instead wake them all and let one take most connections.
 """
 
 from __future__ import annotations

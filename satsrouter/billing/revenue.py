@@ -380,17 +380,26 @@ class Revenue:
         """
         while True:
             await asyncio.sleep(interval())
-            address, threshold = settings()
-            if not address or threshold <= 0:
-                continue
-            try:
-                done = await self.pay_out_above(address, threshold)
-                if done is not None:
-                    log.info(
-                        "automatic payout %s: %d sat sent",
-                        done.payout.id,
-                        done.payout.amount_msat // 1000,
-                    )
-            except Exception as exc:
-                code = getattr(exc, "code", type(exc).__name__)
-                log.warning("automatic payout not made: %s", code)
+            await self.auto_payout_once(settings)
+
+    async def auto_payout_once(self, settings: Callable[[], tuple[str, int]]) -> None:
+        """One pass of `run_auto_payout`; a payout not made is logged, not raised.
+
+        Two passes at once (two nodes) cannot pay revenue twice: `withdraw` takes the
+        withdrawals' row lock and checks the amount against what is left in that same
+        transaction, so the later one finds it taken (InsufficientRevenue, nothing changed).
+        """
+        address, threshold = settings()
+        if not address or threshold <= 0:
+            return
+        try:
+            done = await self.pay_out_above(address, threshold)
+            if done is not None:
+                log.info(
+                    "automatic payout %s: %d sat sent",
+                    done.payout.id,
+                    done.payout.amount_msat // 1000,
+                )
+        except Exception as exc:
+            code = getattr(exc, "code", type(exc).__name__)
+            log.warning("automatic payout not made: %s", code)

@@ -148,5 +148,7 @@ async def node_summary(request: Request) -> Response:
             "providers": sorted(node.upstreams),
             "models": len(node.catalogue),
             "admin_password_from_environment": node.admin.from_environment,
+            # The fleet-wide jobs: which instance runs each (`mine`: this one).
+            "leases": await node.leases.all(),
         }
     )

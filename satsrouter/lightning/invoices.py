@@ -264,13 +264,17 @@ class LightningFunding:
         `interval`: seconds, or a function read every round (the admin may change it).
         """
         while True:
-            try:
-                credited = await self.poll_once()
-                if credited:
-                    log.info("lightning watcher credited %d invoices", credited)
-            except Exception:
-                log.exception("lightning watcher pass failed")
+            await self.watch_once()
             await asyncio.sleep(interval() if callable(interval) else interval)
+
+    async def watch_once(self) -> None:
+        """One watcher pass (`poll_once`), its outcome logged rather than raised."""
+        try:
+            credited = await self.poll_once()
+            if credited:
+                log.info("lightning watcher credited %d invoices", credited)
+        except Exception:
+            log.exception("lightning watcher pass failed")
 
     async def poll_once(self) -> int:
         """One pass over every unfinished invoice; returns how many this pass credited."""

@@ -412,12 +412,16 @@ class LightningRefunds:
         `interval`: seconds, or a function read every round (the admin may change it).
         """
         while True:
-            for job in (self.reconcile, self.expire_once):
-                try:
-                    await job()
-                except Exception:
-                    log.exception("lightning %s pass failed", job.__name__)
+            await self.expiry_pass()
             await asyncio.sleep(interval() if callable(interval) else interval)
+
+    async def expiry_pass(self) -> None:
+        """One pass of `run_expiry`: finish pending melts, then refund expired keys."""
+        for job in (self.reconcile, self.expire_once):
+            try:
+                await job()
+            except Exception:
+                log.exception("lightning %s pass failed", job.__name__)
 
 
 _INVOICE_PREFIXES = ("lnbc", "lntb", "lntbs", "lnbcrt", "lnsb")

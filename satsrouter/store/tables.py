@@ -238,6 +238,16 @@ instances = Table(
     Column("heartbeat_at", Float, nullable=False),
 )
 
+# Which instance runs each fleet-wide background job, until when (migration 0008).
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(40), nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("acquired_at", Float, nullable=False),
+)
+
 # The operator's side (migration 0005).
 
 # Values the node keeps about itself: the admin password's hash (`admin_password_hash`).
