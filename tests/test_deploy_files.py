@@ -5,8 +5,12 @@ What is checked, and what is not:
 - `deploy/nginx.conf` passes `nginx -t` (Debian's nginx, which `make test-tools` installs),
   included in a minimal main configuration as `conf.d` would include it, with only its two
   certificate paths pointed at a self-signed certificate made here. `-t` parses and loads
-  everything (certificates included) but binds no port and proxies nothing: the behaviour
-  behind each directive (SSE unbuffered, timeouts) is stated in the file, not run here.
+  everything (certificates included) but binds no port and proxies nothing. Then the same
+  file runs in front of a test node, its addresses moved to loopback (the three upstream
+  servers become the one node; listen ports free ones; IPv6 listens dropped): TLS, a paid
+  stream, /metrics answered 404 by nginx, a body over MAX_BODY_BYTES refused by nginx, a
+  forged X-Forwarded-For not escaping the per-IP limit. Not run: the long read timeouts,
+  several nodes, failover between them.
 - Every variable in `deploy/env.example`, set or commented out, is a declared setting; the
   secret ones are marked "(secret)" and no others are; the file reads the same through
   systemd's rules and through `sh` (the docs source it with `sh` for the CLI), and the
@@ -20,18 +24,25 @@ What is checked, and what is not:
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import re
 import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import httpx
+import openai
+from conftest import NodeFactory, eventually
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from satsrouter_dev.mint import TestWallet, free_port
 
 from satsrouter.cli import build_parser
 from satsrouter.settings import Settings, declared_settings
@@ -97,29 +108,37 @@ def _env_lines() -> list[tuple[bool, str, str, str]]:
     return out
 
 
-def test_the_nginx_example_passes_nginx_t(tmp_path: Path) -> None:
-    assert Path(NGINX).exists(), "nginx is missing: `make test-tools` installs nginx-light"
-    conf = (DEPLOY / "nginx.conf").read_text()
+def _nginx_prefix(tmp_path: Path, site: str) -> Path:
+    """A prefix directory with a main configuration including `site` as conf.d would, and
+    `site`'s certificate paths pointed at a self-signed certificate; returns the main file."""
     cert, key = _self_signed(tmp_path)
-    assert len(_directives(conf, "ssl_certificate")) == 1
-    assert len(_directives(conf, "ssl_certificate_key")) == 1
-    site = re.sub(r"(?m)^(\s*ssl_certificate) \S+;", rf"\1 {cert};", conf)
+    assert len(_directives(site, "ssl_certificate")) == 1
+    assert len(_directives(site, "ssl_certificate_key")) == 1
+    site = re.sub(r"(?m)^(\s*ssl_certificate) \S+;", rf"\1 {cert};", site)
     site = re.sub(r"(?m)^(\s*ssl_certificate_key) \S+;", rf"\1 {key};", site)
     (tmp_path / "satsrouter.conf").write_text(site)
     temp_paths = "\n".join(
         f"    {kind}_temp_path {tmp_path / kind};"
         for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
     )
-    (tmp_path / "nginx.conf").write_text(
+    main = tmp_path / "nginx.conf"
+    main.write_text(
         f"pid {tmp_path / 'nginx.pid'};\n"
+        f"error_log {tmp_path / 'error.log'};\n"
         "events {}\n"
         "http {\n"
         f"    access_log off;\n{temp_paths}\n"
         f"    include {tmp_path / 'satsrouter.conf'};\n"
         "}\n"
     )
+    return main
+
+
+def test_the_nginx_example_passes_nginx_t(tmp_path: Path) -> None:
+    assert Path(NGINX).exists(), "nginx is missing: `make test-tools` installs nginx-light"
+    main = _nginx_prefix(tmp_path, (DEPLOY / "nginx.conf").read_text())
     result = subprocess.run(
-        [NGINX, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf")],
+        [NGINX, "-t", "-p", str(tmp_path), "-c", str(main)],
         capture_output=True,
         text=True,
         timeout=60,
@@ -210,3 +229,100 @@ def test_the_units_exec_start_is_a_valid_serve_command(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "satsrouter.service" not in result.stderr, result.stderr  # no warning about it
+
+
+def _on_loopback(conf: str, node_port: int, https_port: int, http_port: int) -> str:
+    """The example with its addresses moved to 127.0.0.1: the three nodes become the one
+    test node, and the listening ports free ones (the IPv6 listens dropped)."""
+    conf = re.sub(r"(?m)^\s*server 10\.0\.0\.1[123]:8000 .*;\n", "", conf)
+    conf = conf.replace("keepalive 64;", f"server 127.0.0.1:{node_port};\n    keepalive 64;")
+    conf = re.sub(r"(?m)^\s*listen \[::\]:\d+( ssl)?;\n", "", conf)
+    conf = conf.replace("listen 443 ssl;", f"listen 127.0.0.1:{https_port} ssl;")
+    return conf.replace("listen 80;", f"listen 127.0.0.1:{http_port};")
+
+
+async def test_the_nginx_example_in_front_of_a_node(
+    node_factory: NodeFactory, user_wallet: TestWallet, tmp_path: Path
+) -> None:
+    """The example running, its addresses moved to loopback (`_on_loopback`): TLS, a stream
+    arriving as it is written, /metrics not passed on, the body limit at nginx, and a
+    client's forged `X-Forwarded-For` not dodging the node's per-IP limits.
+
+    The stream would arrive unbuffered even without `proxy_buffering off`: the node's
+    streams carry `X-Accel-Buffering: no`. The directive is for other paths and proxies.
+    """
+    node = await node_factory(trusted_proxies=["127.0.0.1"], auth_failure_limit="2/minute")
+    https_port, http_port = free_port(), free_port()
+    site = _on_loopback(
+        (DEPLOY / "nginx.conf").read_text(), urlsplit(node.url).port or 0, https_port, http_port
+    )
+    main = _nginx_prefix(tmp_path, site)
+    nginx = await asyncio.create_subprocess_exec(
+        NGINX,
+        "-p",
+        str(tmp_path),
+        "-c",
+        str(main),
+        "-g",
+        "daemon off;",
+        stdin=subprocess.DEVNULL,
+    )
+    base = f"https://127.0.0.1:{https_port}"
+    try:
+        async with httpx.AsyncClient(base_url=base, verify=False, timeout=30) as http:
+
+            async def answers() -> bool:
+                assert nginx.returncode is None, (tmp_path / "error.log").read_text()
+                try:
+                    return (await http.get("/v1/info")).status_code == 200
+                except httpx.TransportError:
+                    return False
+
+            await eventually(answers, within=30)
+            assert (await http.get("/metrics")).status_code == 404  # the node would say 401
+            too_big = await http.post(
+                "/v1/chat/completions",
+                content=b"x" * (Settings().max_body_bytes + 1),
+                headers={"content-type": "application/json"},
+            )
+            assert too_big.status_code == 413 and "nginx" in too_big.text  # not the node's
+
+            # A stream's chunks reach the client as the node writes them.
+            (token,) = await user_wallet.mint_tokens(100)
+            api = openai.AsyncOpenAI(
+                base_url=f"{base}/v1", api_key=token, max_retries=0, http_client=http
+            )
+            stream = await api.chat.completions.create(
+                model="test/priced",
+                messages=[{"role": "user", "content": "through nginx"}],
+                max_tokens=20,
+                stream=True,
+                extra_body={"fake": {"chunk_delay_ms": 300, "completion_tokens": 6}},
+            )
+            arrivals, text = [], ""
+            async for chunk in stream:
+                if chunk.choices and chunk.choices[0].delta.content:
+                    arrivals.append(time.monotonic())
+                    text += chunk.choices[0].delta.content
+            assert text == "w1 w2 w3 w4 w5 w6"
+            assert arrivals[-1] - arrivals[0] > 1.0  # spread over the stream, not one burst
+
+            # Each guess claims another client; nginx replaces the header with the address it
+            # saw, so the node counts every guess against that one address.
+            codes = [
+                (
+                    await http.post(
+                        "/v1/chat/completions",
+                        json={"model": "test/priced", "messages": []},
+                        headers={
+                            "Authorization": f"Bearer sk-guess-{i}",
+                            "X-Forwarded-For": f"203.0.113.{i}",
+                        },
+                    )
+                ).status_code
+                for i in range(3)
+            ]
+            assert codes == [401, 401, 429]
+    finally:
+        nginx.terminate()
+        await asyncio.wait_for(nginx.wait(), 30)
