@@ -37,6 +37,9 @@ CHROMIUM := $(if $(wildcard /usr/bin/chromium),ok)
 # started by the tests on a free loopback port (tests/conftest_redis.py).
 REDIS := $(if $(wildcard /usr/bin/redis-server),ok)
 
+# The nginx example (deploy/nginx.conf) is checked with `nginx -t` (tests/test_deploy_files.py).
+NGINX := $(if $(wildcard /usr/sbin/nginx),ok)
+
 test-tools: client-tools
 ifneq ($(TEST_TOOLS),ok)
 	$(SUDO) apt-get update -qq
@@ -49,6 +52,10 @@ endif
 ifneq ($(REDIS),ok)
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server
+endif
+ifneq ($(NGINX),ok)
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light
 endif
 
 # The real-program tests (tests/test_real_clients.py, marker `clients`) run Claude Code, the

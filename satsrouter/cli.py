@@ -155,8 +155,8 @@ async def _reset_password(settings: Settings) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `satsrouter` console script."""
+def build_parser() -> argparse.ArgumentParser:
+    """The command line: `serve`, `migrate`, `wallet`, `admin`."""
     parser = argparse.ArgumentParser(prog="satsrouter", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the node")
@@ -190,7 +190,12 @@ def main(argv: list[str] | None = None) -> int:
         help="reset-password: make and print a new admin password, end every session",
     )
     admin.set_defaults(func=_admin)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `satsrouter` console script."""
+    args = build_parser().parse_args(argv)
     try:
         code = int(args.func(args))
     except SettingsError as exc:

@@ -113,7 +113,25 @@ def _upgrade(connection: Connection) -> None:
     command.upgrade(cfg, "head")
 
 
+# The Postgres advisory lock every node takes around its migrations (any constant works, as
+# long as every version of the node uses the same one): "satsrtr" in ASCII.
+MIGRATION_LOCK_KEY = 0x73617473727472
+
+
 async def migrate(engine: AsyncEngine) -> None:
-    """Bring the schema to the newest Alembic revision."""
+    """Bring the schema to the newest Alembic revision, one process at a time.
+
+    Nodes sharing a Postgres database start in any order, often together: without a lock two
+    of them would both find an empty (or older) schema and both create it, and the second
+    would fail on a table the first just made. The first takes a transaction-level advisory
+    lock and migrates; the others wait for its commit, then find the schema current and do
+    nothing. The whole upgrade is one transaction (Alembic joins ours), so the lock lasts
+    exactly as long as the migration. SQLite needs no lock: `BEGIN IMMEDIATE` already takes
+    the database's write lock first.
+    """
     async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            await conn.execute(
+                text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
+            )
         await conn.run_sync(_upgrade)
