@@ -34,6 +34,12 @@ from satsrouter_dev.stack import NodeProcess, log_tail, node_process
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from satsrouter.ecash.errors import EcashError
+from satsrouter.ecash.tokens import parse_token
+from satsrouter.ecash.wallet import NodeWallet
+from satsrouter.store.engine import make_engine, migrate
+from satsrouter.store.tx import make_tx_runner
+
 pytestmark = pytest.mark.fleet
 
 ADMIN_PASSWORD = "fleet-admin-password"
@@ -819,3 +825,114 @@ async def test_a_key_rate_limit_is_counted_once_for_the_fleet(
     assert sorted(statuses) == [200] * limit + [429] * (2 * limit), statuses
     await _settled(fleet)
     await _books_balance(fleet)
+
+
+async def test_bursts_of_payouts_are_paid_by_every_node(
+    fleet: Fleet, user_wallet: TestWallet
+) -> None:
+    """Withdrawals and X-Cashu change at once on all nodes, out of the one shared wallet
+    (which holds far more than is asked): every withdrawal is paid, every answer carries its
+    change, as one node alone does."""
+    keys = []
+    for i, token in enumerate(await user_wallet.mint_tokens(300, 6)):
+        async with httpx.AsyncClient(base_url=fleet.nodes[i % NODES].url) as http:
+            resp = await http.post("/v1/wallet/create", json={"cashu_token": token})
+        assert resp.status_code == 200, resp.text
+        keys.append(resp.json()["api_key"])
+    x_tokens = await user_wallet.mint_tokens(XCASHU_SAT, 30)
+
+    async def withdraw(i: int) -> Withdrawal:
+        key = keys[i % len(keys)]
+        record = Withdrawal(key, os.urandom(8).hex(), None)
+        amount = 3 + i % 10  # odd amounts: exact coins are rare, splits are needed
+        async with httpx.AsyncClient(base_url=fleet.nodes[i % NODES].url, timeout=60) as http:
+            resp = await http.post(
+                "/v1/wallet/withdraw",
+                json={"amount": amount},
+                headers={**_auth(key), "Idempotency-Key": record.idempotency_key},
+            )
+        record.status = resp.status_code
+        if resp.status_code == 200:
+            record.token = resp.json()["cashu_token"]
+            record.amount_msat = int(resp.json()["amount_msat"])
+            assert record.amount_msat == amount * 1000
+        else:
+            record.token = resp.text  # the refusal, for the message below
+        return record
+
+    async def pay(i: int, token: str) -> XCashu:
+        url = fleet.nodes[i % NODES].url
+        async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+            status, _, cost, change = await _post_chat(http, {"X-Cashu": token}, i % 2 == 1)
+        return XCashu(token, status, cost, change, url)
+
+    withdrawals, paid = await asyncio.gather(
+        asyncio.gather(*(withdraw(i) for i in range(90))),
+        asyncio.gather(*(pay(i, t) for i, t in enumerate(x_tokens))),
+    )
+    refused = [(w.status, w.token) for w in withdrawals if w.status != 200]
+    tally = Tally(keys, [], [], xcashu=list(paid))
+    tally.withdrawals = [w for w in withdrawals if w.status == 200]
+    figures = Figures()
+    await _settled(fleet)
+    await _check_xcashu(fleet, tally, user_wallet, figures)
+    await _redeem_all(tally, user_wallet, figures)
+    await _books_balance(fleet)
+    await _audit(fleet)
+    print(
+        f"\npayout bursts: {len(withdrawals)} withdrawals ({len(refused)} refused), "
+        f"{len(paid)} X-Cashu ({len(figures.answered_without_change)} without change)"
+    )
+    assert [p.status for p in paid] == [200] * len(paid)
+    assert not refused, f"{len(refused)} of {len(withdrawals)} withdrawals refused: {refused}"
+    figures.assert_change_in_every_answer()
+
+
+async def _never_dead(instance_id: str) -> bool:
+    return False
+
+
+async def _payouts(wallets: list[NodeWallet], count: int) -> dict[str, int]:
+    """`count` payouts of 3..12 sat at once, spread over `wallets`: outcome -> how many."""
+    outcomes: dict[str, int] = {}
+
+    async def one(i: int) -> None:
+        try:
+            await wallets[i % len(wallets)].issue(3 + i % 10)
+            outcome = "ok"
+        except EcashError as exc:
+            outcome = f"{exc.code}: {exc}"
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+
+    await asyncio.gather(*(one(i) for i in range(count)))
+    return outcomes
+
+
+async def test_three_processes_wallets_pay_out_at_once_as_one_does(
+    postgres_url: str, local_mint: LocalMint, user_wallet: TestWallet
+) -> None:
+    """The wallets of three node processes on one database pay out at once as one wallet
+    does: every payout the held ecash covers is made. (Each process picks proofs from its own
+    cache and retries a conflict a few times; across processes that is not serialised.)"""
+    engine = make_engine(postgres_url)
+    await migrate(engine)
+    await engine.dispose()
+    wallets = []
+    try:
+        for i in range(NODES):
+            tx = make_tx_runner(postgres_url, make_engine(postgres_url))
+            wallet = NodeWallet([local_mint.url], tx, f"fleet-wallet-{i}", _never_dead)
+            await wallet.start()
+            wallets.append(wallet)
+        for token in await user_wallet.mint_tokens(XCASHU_SAT, 30):
+            await wallets[0].receive(parse_token(token))
+        held = await wallets[0].balance()
+        alone = await _payouts(wallets[:1], 60)  # 450 sat of the 1920 held
+        together = await _payouts(wallets, 60)  # 450 sat more, from three processes
+        print(f"\nheld {held} sat; one process: {alone}; three processes: {together}")
+        assert alone == {"ok": 60}, alone
+        assert together == {"ok": 60}, together
+    finally:
+        for wallet in wallets:
+            await wallet.close()
+            await wallet.tx.close()
