@@ -216,7 +216,9 @@ def move_proofs_tx(
 ) -> None:
     """Move each proof `from_state -> to_state` for `op_id`; WalletConflict if one is not."""
     now = time.time()
-    for secret in secrets:
+    # Always in the same order: two processes taking overlapping proofs then wait for each
+    # other (and one finds them gone) instead of deadlocking on Postgres's row locks.
+    for secret in sorted(secrets):
         _, moved = tx.execute(
             _MOVE_PROOF,
             {"secret": secret, "op": op_id, "from": from_state, "to": to_state, "now": now},

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import shutil
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -57,7 +58,22 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 # A proof chosen here may be taken by another process first: choose again this often.
-_ISSUE_ATTEMPTS = 4
+# Several processes (nodes on one database) spend from the same proofs: the database takes
+# each by compare-and-set, and a process that lost a race looks again. Enough attempts that
+# a busy fleet does not give up; the backoff spreads the retries.
+_ISSUE_ATTEMPTS = 8
+_BACK_OFF_S = 0.005
+
+
+def _shuffled(proofs: list[Proof]) -> list[Proof]:
+    """The proofs in random order: coin selection sorts by amount but keeps the order of
+    equal ones, so processes choosing at the same moment pick different coins."""
+    return random.sample(proofs, len(proofs))
+
+
+async def _back_off(attempt: int) -> None:
+    """A short random wait before retrying a spend that lost a race to another process."""
+    await asyncio.sleep(random.uniform(0, _BACK_OFF_S * attempt))
 
 
 class NodeWallet:
@@ -271,7 +287,9 @@ class NodeWallet:
         ref = ref or "issue:" + os.urandom(12).hex()
         record = record or _token
         slot = await self.loaded_slot(mint, unit)
-        for _ in range(_ISSUE_ATTEMPTS):
+        for attempt in range(_ISSUE_ATTEMPTS):
+            if attempt:
+                await _back_off(attempt)
             async with slot.lock:
                 chosen = await self._exact(slot, amount)
                 slot.take(chosen)
@@ -346,8 +364,9 @@ class NodeWallet:
 
     async def _exact(self, slot: Slot, amount: int) -> list[Proof]:
         """Proofs summing to exactly `amount`, swapping for them if none do (slot locked)."""
-        for attempt in range(2):
-            available = slot.proofs
+        refreshed = False
+        for attempt in range(_ISSUE_ATTEMPTS):
+            available = _shuffled(slot.proofs)
             if sum(int(p.amount) for p in available) >= amount:
                 chosen = slot.wallet.coinselect(available, amount)
                 if sum(int(p.amount) for p in chosen) == amount:
@@ -355,13 +374,17 @@ class NodeWallet:
                 try:
                     await self.splitter.split(slot, amount)
                 except WalletConflict:
-                    await self.refresh(slot)  # another process took one of the inputs
+                    # Another process took one of the inputs: look again, after a moment.
+                    await self.refresh(slot)
+                    await _back_off(attempt + 1)
                     continue
-                chosen = slot.wallet.coinselect(slot.proofs, amount)
+                chosen = slot.wallet.coinselect(_shuffled(slot.proofs), amount)
                 if sum(int(p.amount) for p in chosen) == amount:
                     return list(chosen)
-            if attempt == 0:
-                await self.refresh(slot)  # others may have received more than we know of
+            if refreshed:
+                break
+            await self.refresh(slot)  # others may have received more than we know of
+            refreshed = True
         raise insufficient_funds(amount, slot.unit)
 
     def _accepted_mint(self, mint: str | None) -> str:
