@@ -84,11 +84,11 @@ class _Encoder(Protocol):
 
 
 @functools.cache
-def _encoder() -> _Encoder | None:
+def _encoder(name: str = "o200k_base") -> _Encoder | None:
     try:
         import bpe_openai  # bundles the o200k/cl100k tables: works offline, unlike tiktoken
 
-        enc: _Encoder = bpe_openai.get_encoding("o200k_base")
+        enc: _Encoder = bpe_openai.get_encoding(name)
         return enc
     except Exception:  # pragma: no cover - only when the optional tokenizer is broken
         return None
@@ -338,7 +338,15 @@ def estimate_prompt_tokens(body: dict[str, Any], enough: int | None = None) -> i
     whole. A text the tokenizer cannot count claims what was counted of it (never the
     bytes / 3 of count_tokens' fallback, which may overstate).
     """
-    enc = _encoder()
+    # Each vocabulary has texts it encodes in fewer tokens than the other ("NIL": one token in
+    # cl100k, two in o200k): the smaller count of the two stands, so that no text can be
+    # chosen to make the estimate exceed either.
+    counts = [_estimate_with(enc, body, enough) for enc in (_encoder(), _encoder("cl100k_base"))]
+    return min(counts)
+
+
+def _estimate_with(enc: _Encoder | None, body: dict[str, Any], enough: int | None) -> int:
+    """`estimate_prompt_tokens` with one vocabulary (0 without it)."""
     if enc is None:
         return 0
     # The same cut in text tokens, before the 3/4 below.
@@ -352,4 +360,5 @@ def estimate_prompt_tokens(body: dict[str, Any], enough: int | None = None) -> i
                 break
             if cut is not None and text_tokens >= cut:
                 return text_tokens * _ESTIMATE_NUMERATOR // _ESTIMATE_DENOMINATOR
+    return text_tokens * _ESTIMATE_NUMERATOR // _ESTIMATE_DENOMINATOR
     return text_tokens * _ESTIMATE_NUMERATOR // _ESTIMATE_DENOMINATOR
