@@ -313,6 +313,9 @@ async def _attempt(
         message = "The upstream provider did not answer in full; nothing was charged."
         return ApiError(status, f"upstream_{exc.kind}", message)
     except ValueError:
+        # A failed exchange like any other: it counts toward the circuit and, when this was a
+        # half-open circuit's trial, gives the verdict (else the trial slot stays claimed).
+        health.record(name, False)
         metrics.upstream_error(name, "unreadable")
         message = "The upstream sent an unreadable answer; nothing was charged."
         return ApiError(502, "upstream_error", message)
