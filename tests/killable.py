@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import databases
 import httpx
 from satsrouter_dev.mint import free_port
 from satsrouter_dev.stack import log_tail
@@ -47,6 +47,9 @@ class KillableNode:
             "MAX_CONCURRENT_PER_KEY": "0",
             **env,
         }
+        if "DATABASE_URL" not in env:
+            # On a Postgres run, this data directory's own database (else its SQLite file).
+            self.env["DATABASE_URL"] = databases.database_url_for(workdir / "node")
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.command = [sys.executable, "-m", "satsrouter"]  # or an installed `satsrouter`
@@ -121,9 +124,13 @@ class KillableNode:
         return int(proc.returncode or 0), out.decode(errors="replace")
 
     def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-        """Read the node's database (SQLite), whether or not the node runs."""
-        with sqlite3.connect(self.workdir / "node" / "satsrouter.sqlite") as db:
-            return [tuple(r) for r in db.execute(sql, params).fetchall()]
+        """Read the node's database (SQLite or Postgres), whether or not the node runs."""
+        return databases.rows(self.database_url, sql, *params)
+
+    @property
+    def database_url(self) -> str:
+        """The database this node runs on."""
+        return databases.effective_url(self.env.get("DATABASE_URL", ""), self.workdir / "node")
 
     def check_books(self) -> None:
         """I1 for every account, nothing reserved, nothing left pending in the wallet."""
