@@ -82,7 +82,7 @@ SELECT id, adjusted, reserved FROM (
              WHERE ref LIKE 'ln:%' GROUP BY account_id) ln ON ln.account_id = a.id
   LEFT JOIN (SELECT account_id, count(*) AS n FROM journal
              WHERE ref NOT LIKE 'ln:%' GROUP BY account_id) other ON other.account_id = a.id
-) WHERE adjusted != 0 OR n > 0 OR reserved != 0 ORDER BY id
+) AS ledger WHERE adjusted != 0 OR n > 0 OR reserved != 0 ORDER BY id
 """
 _JOURNAL = "SELECT count(*), coalesce(sum(amount_msat), 0) FROM journal WHERE ref NOT LIKE 'ln:%'"
 
