@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint test-tools client-tools bench bench-tools clean
+.PHONY: demo test test-sqlite test-postgres lint test-tools client-tools bench bench-tools clean
 
 # The node, plus (dev/) its test doubles and the demo, which the wheel does not carry.
 $(STAMP): pyproject.toml dev/pyproject.toml constraints.txt
@@ -21,8 +21,21 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check satsrouter dev tests bench
 	$(BIN)/mypy
 
+# The whole suite twice, at once (one pytest process each, on 2 cores): every node the tests
+# start runs on SQLite, then on Postgres (tests/databases.py). Each half's output appears
+# when it ends. `make test-sqlite` or `make test-postgres` runs one half alone;
+# PYTEST_ARGS passes arguments to pytest (e.g. PYTEST_ARGS="-x tests/test_ecash.py").
 test: lint test-tools
-	$(BIN)/pytest -q
+	@echo "pytest: the suite on SQLite and on Postgres, side by side (each prints when done)"
+	@$(MAKE) --no-print-directory -j2 --output-sync=target test-sqlite test-postgres
+
+test-sqlite: $(STAMP) test-tools
+	SATSROUTER_TEST_DATABASE=sqlite $(BIN)/pytest -q $(PYTEST_ARGS)
+
+# Its own cache directory: the two halves' "last failed" lists would overwrite each other.
+test-postgres: $(STAMP) test-tools
+	SATSROUTER_TEST_DATABASE=postgres $(BIN)/pytest -q -o cache_dir=.pytest_cache/postgres \
+		$(PYTEST_ARGS)
 
 # The tests start their own throwaway Postgres cluster from Debian's server binaries.
 TEST_TOOLS := $(if $(wildcard /usr/lib/postgresql/*/bin/initdb),ok)

@@ -10,6 +10,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import databases
 import httpx
 import pytest
 import pytest_asyncio
@@ -253,14 +254,38 @@ async def start_node(settings: Settings, *, access_log: bool = False) -> Running
 NodeFactory = Callable[..., Awaitable[RunningNode]]
 
 
+def pytest_report_header() -> str:
+    """Say which database the nodes run on (SATSROUTER_TEST_DATABASE)."""
+    return f"nodes' database: {databases.MODE} (SATSROUTER_TEST_DATABASE)"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On Postgres, skip the tests about SQLite itself (`sqlite_only`) and leave the `fleet`
+    tests, which start their own Postgres whatever the run's database, to the SQLite run."""
+    if not databases.ON_POSTGRES:
+        return
+    # Deselected, not skipped: `make test` runs both halves, so they still run once there.
+    twice = [item for item in items if item.get_closest_marker("fleet") is not None]
+    if twice:
+        config.hook.pytest_deselected(items=twice)
+        items[:] = [item for item in items if item.get_closest_marker("fleet") is None]
+    for item in items:
+        marker = item.get_closest_marker("sqlite_only")
+        if marker is not None:
+            why = marker.kwargs.get("reason") or (marker.args[0] if marker.args else "")
+            item.add_marker(pytest.mark.skip(reason=f"SQLite only: {why}"))
+
+
 @pytest.fixture
 def node_settings(local_mint: LocalMint, upstream: FakeUpstream, tmp_path: Path) -> Settings:
+    """A node's settings: the test mint and upstream, data in tmp_path (and the run's database)."""
     return Settings(
         upstream_base_url=upstream.url,
         upstream_api_key="upstream-secret",
         upstream_timeout=3.0,
         cashu_mints=[local_mint.url],
         data_dir=tmp_path / "node",
+        database_url=databases.database_url_for(tmp_path / "node"),
         btc_usd_price=BTC_USD,
         provider_fee=FEE,
         drain_timeout=5.0,
@@ -285,6 +310,9 @@ async def node_factory(node_settings: Settings) -> AsyncIterator[NodeFactory]:
     started: list[RunningNode] = []
 
     async def make(**overrides: Any) -> RunningNode:
+        if "data_dir" in overrides and "database_url" not in overrides:
+            # Another data directory is another node's data: on Postgres, its own database.
+            overrides["database_url"] = databases.database_url_for(overrides["data_dir"])
         running = await start_node(replace(node_settings, **overrides))
         started.append(running)
         return running

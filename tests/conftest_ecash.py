@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import databases
 import pytest
 import pytest_asyncio
 from satsrouter_dev.mint import LocalMint, TestWallet
@@ -45,12 +46,12 @@ async def _never_dead(instance_id: str) -> bool:
 
 
 async def wallet_at(mints: list[str], directory: Path) -> NodeWallet:
-    """A node wallet on its own (migrated) SQLite database in `directory`, not started.
+    """A node wallet on its own (migrated) database for `directory`, not started.
 
     Opened twice on the same directory it is the same wallet (seed, proofs, counters), as a
     restarted node's would be.
     """
-    url = f"sqlite+aiosqlite:///{directory / 'satsrouter.sqlite'}"
+    url = databases.node_database(directory)  # SQLite in `directory`, or Postgres
     engine = make_engine(url)
     await migrate(engine)
     await engine.dispose()

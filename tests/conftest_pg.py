@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterator
 
+import databases
 import pytest
 from satsrouter_dev.postgres import LocalPostgres
 
@@ -28,6 +29,24 @@ def postgres() -> Iterator[LocalPostgres]:
 def postgres_url(postgres: LocalPostgres) -> str:
     """`DATABASE_URL` of a new, empty database on the session's cluster."""
     return postgres.create_database(f"test_{next(_databases)}")
+
+
+@pytest.fixture(autouse=True)
+def _nodes_on_postgres(request: pytest.FixtureRequest) -> Iterator[None]:
+    """With SATSROUTER_TEST_DATABASE=postgres, the nodes of each test get fresh databases.
+
+    Autouse, so it is set up before (and torn down after) every node a test starts.
+    """
+    if not databases.ON_POSTGRES:
+        yield
+        return
+    cluster: LocalPostgres = request.getfixturevalue("postgres")
+    databases.current = databases.TestDatabases(cluster, f"node{next(_databases)}")
+    try:
+        yield
+    finally:
+        owned, databases.current = databases.current, None
+        owned.drop_all()
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:

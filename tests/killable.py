@@ -10,18 +10,21 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import databases
 import httpx
 from satsrouter_dev.mint import free_port
 from satsrouter_dev.stack import log_tail
 
 READY_WITHIN_S = 60.0
+# On Postgres a node cannot see a predecessor's process lock (another machine may share the
+# database): a dead one is known by its heartbeat stopping this long (SWEEP_INTERVAL beats).
+PG_DEAD_AFTER_S = 2.0
 
 
 class KillableNode:
@@ -47,6 +50,13 @@ class KillableNode:
             "MAX_CONCURRENT_PER_KEY": "0",
             **env,
         }
+        self.data_dir = Path(self.env["DATA_DIR"])
+        if "DATABASE_URL" not in env:
+            # On a Postgres run, this data directory's own database (else its SQLite file).
+            self.env["DATABASE_URL"] = databases.database_url_for(self.data_dir)
+        self.on_postgres = self.env["DATABASE_URL"].startswith("postgresql")
+        if self.on_postgres:
+            self.env.setdefault("INSTANCE_DEAD_AFTER", str(PG_DEAD_AFTER_S))
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
         self.command = [sys.executable, "-m", "satsrouter"]  # or an installed `satsrouter`
@@ -58,6 +68,8 @@ class KillableNode:
     async def start(self, crash_at: str = "") -> None:
         """Start the node (armed to exit at `crash_at`) and wait until it answers."""
         assert self.proc is None or self.proc.poll() is not None, "already running"
+        if self.on_postgres and self.proc is not None:
+            await self._predecessor_dead()
         self.starts += 1
         env = {**self.env, "FAULT_CRASH_AT": crash_at}
         self.proc = self._spawn(env)
@@ -73,6 +85,22 @@ class KillableNode:
                     pass
                 assert time.monotonic() < deadline, "node did not start in time"
                 await asyncio.sleep(0.05)
+
+    async def _predecessor_dead(self) -> None:
+        """Wait until the last process's heartbeat says it is dead (it retires at a clean stop).
+
+        On SQLite its freed lock says so at once and the next start takes over its work
+        (recovery at start); on Postgres that is the heartbeat's silence, so the restart
+        waits for it, and the crash tests check the same recovery at start on both.
+        """
+        dead_after = float(self.env["INSTANCE_DEAD_AFTER"])
+        deadline = time.monotonic() + dead_after + 30
+        while True:
+            ((last,),) = self.query("SELECT max(heartbeat_at) FROM instances")
+            if last is None or float(last) < time.time() - dead_after - 0.2:
+                return
+            assert time.monotonic() < deadline, "the dead node's heartbeat did not stop"
+            await asyncio.sleep(0.1)
 
     def _spawn(self, env: dict[str, str]) -> subprocess.Popen[bytes]:
         cmd = [*self.command, "serve", "--port", str(self.port)]
@@ -121,9 +149,13 @@ class KillableNode:
         return int(proc.returncode or 0), out.decode(errors="replace")
 
     def query(self, sql: str, *params: Any) -> list[tuple[Any, ...]]:
-        """Read the node's database (SQLite), whether or not the node runs."""
-        with sqlite3.connect(self.workdir / "node" / "satsrouter.sqlite") as db:
-            return [tuple(r) for r in db.execute(sql, params).fetchall()]
+        """Read the node's database (SQLite or Postgres), whether or not the node runs."""
+        return databases.rows(self.database_url, sql, *params)
+
+    @property
+    def database_url(self) -> str:
+        """The database this node runs on."""
+        return databases.effective_url(self.env.get("DATABASE_URL", ""), self.data_dir)
 
     def check_books(self) -> None:
         """I1 for every account, nothing reserved, nothing left pending in the wallet."""

@@ -6,11 +6,11 @@ read directly), and refused without PROVIDER_SECRET.
 
 from __future__ import annotations
 
-import sqlite3
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import databases
 import pytest
 from conftest import NodeFactory, RunningNode, admin_client
 
@@ -49,11 +49,10 @@ def providers_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def stored_rows(running: RunningNode) -> list[tuple[Any, ...]]:
     """The `providers` table as it is on disk."""
-    db = running.node.settings.data_dir / "satsrouter.sqlite"
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-        return conn.execute(
-            "SELECT name, kind, config, api_key_encrypted FROM providers ORDER BY name"
-        ).fetchall()
+    return databases.rows(
+        running.node.settings.effective_database_url,
+        "SELECT name, kind, config, api_key_encrypted FROM providers ORDER BY name",
+    )
 
 
 def by_name(listing: dict[str, Any]) -> dict[str, dict[str, Any]]:

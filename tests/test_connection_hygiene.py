@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
+import databases
 import httpx
 import orjson
 import pytest
@@ -252,7 +253,13 @@ async def test_limits_apply_to_every_worker(
     # An upstream of its own process: `node_process` waits for the node synchronously.
     with (
         FakeUpstreamProcess() as upstream,
-        node_process(tmp_path, local_mint.url, upstream.url, workers=2) as node,
+        node_process(
+            tmp_path,
+            local_mint.url,
+            upstream.url,
+            workers=2,
+            settings=databases.node_env(tmp_path / "node"),
+        ) as node,
     ):
         port = int(node.url.rsplit(":", 1)[1])
         # Several connections: the kernel spreads them over both workers.

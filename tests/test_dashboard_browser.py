@@ -5,7 +5,8 @@ Debian; no browser is ever downloaded). A real node and mint serve the page; a f
 makes real paid requests first, so every figure the page shows is checked against the
 charges those requests made and against the admin API the page reads.
 
-Screenshots of each step go to tests/artifacts/dashboard/ (kept out of git). Marked
+Screenshots of each step go to tests/artifacts/dashboard/ (dashboard-postgres/ on a Postgres
+run, which `make test` runs alongside; kept out of git). Marked
 `browser`: `pytest -m "not browser"` leaves it out locally; `make test` runs it.
 """
 
@@ -16,6 +17,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import databases
 import httpx
 import pytest
 import pytest_asyncio
@@ -33,7 +35,9 @@ from satsrouter_dev.mint import TestWallet
 pytestmark = pytest.mark.browser
 
 CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = Path(__file__).parent / "artifacts" / "dashboard"
+# Both halves of `make test` run at once: each writes its own screenshots.
+_RUN = "-postgres" if databases.ON_POSTGRES else ""
+ARTIFACTS = Path(__file__).parent / "artifacts" / f"dashboard{_RUN}"
 WAIT_MS = 15_000
 PAID_REQUESTS = 3
 # Long enough that the requests earn whole sats (10.5 msat per prompt token on test/priced).

@@ -144,6 +144,7 @@ async def test_a_node_refuses_postgres_that_may_lose_commits(
         await node.stop()
 
 
+@pytest.mark.sqlite_only("how the node makes SQLite commits durable")
 async def test_sqlite_syncs_every_commit_that_records_ecash_or_lets_value_leave(
     node: RunningNode,
 ) -> None:

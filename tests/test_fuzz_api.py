@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import re
-import sqlite3
 import time
 from collections.abc import Callable
 from typing import Any
 
+import databases
 import httpx
 import pytest
 import schemathesis
@@ -82,7 +82,7 @@ SELECT id, adjusted, reserved FROM (
              WHERE ref LIKE 'ln:%' GROUP BY account_id) ln ON ln.account_id = a.id
   LEFT JOIN (SELECT account_id, count(*) AS n FROM journal
              WHERE ref NOT LIKE 'ln:%' GROUP BY account_id) other ON other.account_id = a.id
-) WHERE adjusted != 0 OR n > 0 OR reserved != 0 ORDER BY id
+) AS ledger WHERE adjusted != 0 OR n > 0 OR reserved != 0 ORDER BY id
 """
 _JOURNAL = "SELECT count(*), coalesce(sum(amount_msat), 0) FROM journal WHERE ref NOT LIKE 'ln:%'"
 
@@ -90,8 +90,7 @@ _JOURNAL = "SELECT count(*), coalesce(sum(amount_msat), 0) FROM journal WHERE re
 def ledger_state(db: str) -> Ledger:
     """Every account's balance and reservation, and the journal's size and sum (less the
     Lightning funding credits, see above)."""
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-        return conn.execute(_ACCOUNTS).fetchall(), conn.execute(_JOURNAL).fetchone()
+    return databases.rows(db, _ACCOUNTS), databases.rows(db, _JOURNAL)[0]
 
 
 def quiet(db: str, within: float = 20.0) -> Ledger:
@@ -259,7 +258,7 @@ async def test_fuzz_the_whole_schema(
     served = [m["id"] for m in listed]
     models = ["", "no-such/model", "test/priced", "test/flat", "test/image", "test/whisper"]
     models += served[:3]
-    db = str(node.node.settings.data_dir / "satsrouter.sqlite")
+    db = node.node.settings.effective_database_url
 
     operations = [result.ok() for result in schema.get_all_operations()]
     todo = [op for op in operations if (op.method.upper(), op.path) not in EXCLUDED]
@@ -289,8 +288,7 @@ async def test_fuzz_the_whole_schema(
     assert not failures, "\n".join(failures[:20])
     assert all(sent >= 1 for sent in counts.values()), counts
     # The paid path was really taken: the funded key paid for some requests.
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-        kinds = dict(conn.execute("SELECT kind, count(*) FROM journal GROUP BY kind").fetchall())
+    kinds = dict(databases.rows(db, "SELECT kind, count(*) FROM journal GROUP BY kind"))
     assert kinds.get("charge", 0) >= 5, kinds
     await node.check_invariants()
 

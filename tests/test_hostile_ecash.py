@@ -5,8 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import os
-import sqlite3
 
+import databases
 import httpx
 import pytest
 from conftest import RunningNode
@@ -43,9 +43,8 @@ def _forge(real: str, n: int) -> list[str]:
 
 
 def _counters(node: RunningNode) -> list[tuple[str, int]]:
-    path = node.node.settings.data_dir / "satsrouter.sqlite"
-    with sqlite3.connect(path) as db:
-        return sorted(db.execute("SELECT id, counter FROM wallet_keysets").fetchall())
+    url = node.node.settings.effective_database_url
+    return sorted(databases.rows(url, "SELECT id, counter FROM wallet_keysets"))
 
 
 async def test_forged_proofs_get_400_and_burn_no_counters(

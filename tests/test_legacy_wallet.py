@@ -7,6 +7,7 @@ import io
 import sqlite3
 from pathlib import Path
 
+import databases
 from conftest import NodeFactory
 from satsrouter_dev.mint import LocalMint, TestWallet
 
@@ -36,8 +37,8 @@ async def test_an_older_nodes_wallet_file_is_imported_once_with_its_seed(
     slot = await running.node.wallet.loaded_slot(None, "sat")
     assert slot.wallet.mnemonic == mnemonic  # the same seed: old outputs stay restorable
     assert not (data_dir / "wallet" / "wallet.sqlite3").exists()
-    with sqlite3.connect(data_dir / "satsrouter.sqlite") as db:
-        counters = dict(db.execute("SELECT id, counter FROM wallet_keysets").fetchall())
+    url = running.node.settings.effective_database_url
+    counters = dict(databases.rows(url, "SELECT id, counter FROM wallet_keysets"))
     assert all(counters[k] >= c for k, c in old_counters.items() if c)
     assert list((data_dir / "wallet").glob("wallet.sqlite3.imported-*"))
     # the imported ecash is spendable, and counters continue after the old ones

@@ -400,6 +400,7 @@ async def run_ledger(db: Path, ops: list[tuple[str, Any, int]], limit: int, end:
         await runner.close()
 
 
+@pytest.mark.sqlite_only("its ledgers are SQLite files made from one template, for speed")
 @LEDGER
 @given(
     opened=opening,

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import databases
 import httpx
 import pytest
 import pytest_asyncio
@@ -93,10 +94,15 @@ def programs() -> None:
 
 @pytest_asyncio.fixture(scope="module")
 async def stack(
-    programs: None, local_mint: LocalMint, tmp_path_factory: pytest.TempPathFactory
+    programs: None,
+    local_mint: LocalMint,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
 ) -> AsyncIterator[Stack]:
     upstream = RecordingUpstream(models=default_models())
     await upstream.start()
+    # Shared by the module's tests, so not one of a test's own databases (tests/databases.py).
+    cluster = request.getfixturevalue("postgres") if databases.ON_POSTGRES else None
     settings = Settings(
         upstream_base_url=upstream.url,
         # Speaking OpenRouter, as a node in front of openrouter.ai does (its default):
@@ -106,6 +112,7 @@ async def stack(
         upstream_timeout=10.0,
         cashu_mints=[local_mint.url],
         data_dir=tmp_path_factory.mktemp("clients-node"),
+        database_url=cluster.create_database("clients") if cluster else "",
         btc_usd_price=BTC_USD,
         provider_fee=FEE,
         drain_timeout=5.0,

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import databases
 import pytest
 from conftest_ecash import wallet_at
 from satsrouter_dev.mint import LocalMint, TestWallet
@@ -34,18 +34,21 @@ def swaps(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[int, int]]]:
     yield seen
 
 
-def _held(node_wallet: NodeWallet) -> tuple[int, int, int]:
-    """Stored proofs' count and sum, and the keyset's derivation counter."""
-    with sqlite3.connect(node_wallet.tx.runner.path) as db:  # type: ignore[attr-defined]
-        count, total = db.execute(
-            "SELECT count(*), coalesce(sum(amount), 0) FROM wallet_proofs WHERE state = 'unspent'"
-        ).fetchone()
-        (counter,) = db.execute("SELECT max(counter) FROM wallet_keysets").fetchone()
+def _held(tmp_path: Path) -> tuple[int, int, int]:
+    """The `node_wallet`'s stored proofs' count and sum, and its keyset's derivation counter."""
+    url = databases.node_database(tmp_path / "node")
+    ((count, total),) = databases.rows(
+        url, "SELECT count(*), coalesce(sum(amount), 0) FROM wallet_proofs WHERE state = 'unspent'"
+    )
+    ((counter,),) = databases.rows(url, "SELECT max(counter) FROM wallet_keysets")
     return int(count), int(total), int(counter)
 
 
 async def test_concurrent_receives_share_swaps(
-    user_wallet: TestWallet, node_wallet: NodeWallet, swaps: list[tuple[int, int]]
+    user_wallet: TestWallet,
+    node_wallet: NodeWallet,
+    swaps: list[tuple[int, int]],
+    tmp_path: Path,
 ) -> None:
     tokens = await user_wallet.mint_tokens(16, 12)
 
@@ -57,7 +60,7 @@ async def test_concurrent_receives_share_swaps(
     assert received == [16] * 12
     assert 2 <= len(swaps) < 12
     assert sum(inputs for inputs, _ in swaps) == 12
-    count, total, counter = _held(node_wallet)
+    count, total, counter = _held(tmp_path)
     assert total == 16 * 12
     assert count == counter == sum(outputs for _, outputs in swaps)
     for token in tokens:
@@ -65,7 +68,10 @@ async def test_concurrent_receives_share_swaps(
 
 
 async def test_a_spent_token_does_not_fail_the_others_in_its_swap(
-    user_wallet: TestWallet, node_wallet: NodeWallet, swaps: list[tuple[int, int]]
+    user_wallet: TestWallet,
+    node_wallet: NodeWallet,
+    swaps: list[tuple[int, int]],
+    tmp_path: Path,
 ) -> None:
     spent = (await user_wallet.mint_tokens(8))[0]
     await node_wallet.receive(parse_token(spent))
@@ -84,7 +90,7 @@ async def test_a_spent_token_does_not_fail_the_others_in_its_swap(
     shapes = swaps[first:]
     assert shapes[0][0] == 7  # the shared swap, refused for the spent token...
     assert [inputs for inputs, _ in shapes[1:]] == [1] * 7  # ...then each receive alone
-    count, total, counter = _held(node_wallet)
+    count, total, counter = _held(tmp_path)
     assert total == 8 + 4 * 6
     for token in fresh:
         assert await node_wallet.proof_state(parse_token(token)) == "spent"
@@ -93,7 +99,7 @@ async def test_a_spent_token_does_not_fail_the_others_in_its_swap(
     (batcher,) = node_wallet._receivers.values()
     assert counter - count == len(batcher._unsigned) < shapes[0][1]
     await node_wallet.receive(parse_token((await user_wallet.mint_tokens(64))[0]))
-    count, _, counter = _held(node_wallet)
+    count, _, counter = _held(tmp_path)
     assert counter - count == len(batcher._unsigned) == 0
 
 
@@ -112,14 +118,17 @@ async def test_batched_receives_pay_each_their_own_fee(
         fees = sum(-(-100 * inputs // 1000) for inputs, _ in swaps)
         assert fees < 9
         assert await node.balance() == 10 * 9 - fees
-        count, total, counter = _held(node)
+        count, total, counter = _held(tmp_path)
         assert total == 10 * 9 - fees and count == counter
     finally:
         await node.close()
 
 
 async def test_through_a_proxy_swaps_go_through_nutshells_client(
-    user_wallet: TestWallet, node_wallet: NodeWallet, swaps: list[tuple[int, int]]
+    user_wallet: TestWallet,
+    node_wallet: NodeWallet,
+    swaps: list[tuple[int, int]],
+    tmp_path: Path,
 ) -> None:
     slot = await node_wallet.loaded_slot(None, "sat")
     slot.session = None  # as when a SOCKS/HTTP proxy or Tor is configured
@@ -127,7 +136,7 @@ async def test_through_a_proxy_swaps_go_through_nutshells_client(
     received = await asyncio.gather(*(node_wallet.receive(parse_token(t)) for t in tokens))
     assert received == [8, 8, 8]
     assert swaps == []  # not our own client
-    _, total, _ = _held(node_wallet)
+    _, total, _ = _held(tmp_path)
     assert total == 24
     for token in tokens:
         assert await node_wallet.proof_state(parse_token(token)) == "spent"

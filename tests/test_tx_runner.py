@@ -12,6 +12,9 @@ import pytest
 
 from satsrouter.store.tx import SqliteTxRunner, Tx
 
+# The SQLite transaction runner itself (its thread, batching, file locks).
+pytestmark = pytest.mark.sqlite_only("tests the SQLite transaction runner itself")
+
 
 @pytest.fixture
 async def runner(tmp_path: Path) -> AsyncIterator[SqliteTxRunner]:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
+import databases
 import httpx
 from killable import KillableNode
 from satsrouter_dev.fake_upstream import FakeUpstream
@@ -41,8 +41,8 @@ async def test_audit_finds_lost_ecash_and_restore_takes_it_back_from_the_seed(
         "LIMIT 2"
     )
     lost_sat = sum(amount for _, amount in lost)
-    with sqlite3.connect(tmp_path / "node" / "satsrouter.sqlite") as db:
-        db.executemany("DELETE FROM wallet_proofs WHERE secret = ?", [(s,) for s, _ in lost])
+    for secret, _ in lost:
+        databases.rows(node.database_url, "DELETE FROM wallet_proofs WHERE secret = ?", secret)
     code, report = await node.cli("wallet", "audit")
     assert code == 1
     assert f"difference:          -{lost_sat * 1000} msat" in report

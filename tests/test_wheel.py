@@ -28,6 +28,9 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = "satsrouter"
 INSTALL_WITHIN_S = 900
 
+# A plain install as an operator first runs it: on its default database, SQLite in DATA_DIR.
+pytestmark = pytest.mark.sqlite_only("a plain install on its default database, SQLite")
+
 
 def _run(*cmd: str | Path, cwd: Path = ROOT, env: dict[str, str] | None = None) -> str:
     done = subprocess.run(

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import databases
 from satsrouter_dev.fake_upstream import FakeUpstreamProcess
 from satsrouter_dev.mint import LocalMint, TestWallet
 from satsrouter_dev.stack import node_process
@@ -44,7 +44,13 @@ async def test_two_workers_share_the_database_and_charge_exactly(
     (token,) = await user_wallet.mint_tokens(1000)
     with (
         FakeUpstreamProcess(defaults={"completion_tokens": 20}) as upstream,
-        node_process(tmp_path, local_mint.url, upstream.url, workers=2) as node,
+        node_process(
+            tmp_path,
+            local_mint.url,
+            upstream.url,
+            workers=2,
+            settings=databases.node_env(tmp_path / "node"),
+        ) as node,
     ):
         async with aiohttp.ClientSession() as session:
             async with session.post(
@@ -59,11 +65,8 @@ async def test_two_workers_share_the_database_and_charge_exactly(
                 after = await _json(resp)
         # Each worker registered its own instance for reservation heartbeats (and removes
         # it again at a clean stop).
-        db = sqlite3.connect(tmp_path / "node" / "satsrouter.sqlite")
-        try:
-            (instances,) = db.execute("SELECT count(DISTINCT id) FROM instances").fetchone()
-        finally:
-            db.close()
+        url = databases.node_database(tmp_path / "node")
+        ((instances,),) = databases.rows(url, "SELECT count(DISTINCT id) FROM instances")
         assert instances == 2
 
     costs = [cost for _, cost in served]
@@ -83,7 +86,13 @@ async def test_two_workers_never_hand_out_the_same_ecash(
     connector = aiohttp.TCPConnector(force_close=True)  # spread requests over both workers
     with (
         FakeUpstreamProcess(defaults={"completion_tokens": 20}) as upstream,
-        node_process(tmp_path, local_mint.url, upstream.url, workers=2) as node,
+        node_process(
+            tmp_path,
+            local_mint.url,
+            upstream.url,
+            workers=2,
+            settings=databases.node_env(tmp_path / "node"),
+        ) as node,
     ):
         async with aiohttp.ClientSession(connector=connector) as session:
 

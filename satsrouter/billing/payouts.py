@@ -260,6 +260,18 @@ def existing_tx(tx: Tx, payout_id: str) -> Payout | None:
     return _issued(tx, payout_id)
 
 
+def _raced_tx(tx: Tx, payout_id: str) -> None:
+    """Raise if this very payout appeared since `_issued` looked (its debit is what we saw).
+
+    On Postgres (READ COMMITTED) each statement sees the latest commits: a concurrent begin
+    of the same payout id may commit between our two reads, and its debit must not be
+    answered with "nothing to pay out" while it is being sent (SQLite runs them in turn).
+    """
+    done = _issued(tx, payout_id)  # PayoutConflict while it is still pending
+    if done is not None:
+        raise PayoutRaced(payout_id)
+
+
 def begin_tx(
     tx: Tx,
     account_id: int,
@@ -282,12 +294,14 @@ def begin_tx(
         # Whole units only: a token cannot carry the rest, so it stays on the account.
         payout_msat = available - available % per_unit
         if not payout_msat:
+            _raced_tx(tx, payout_id)
             raise NothingToPayOut(available, unit)
     else:
         if amount_msat % per_unit or amount_msat <= 0:
             raise PayoutInvalid(f"amount must be a positive multiple of {per_unit} msat")
         payout_msat = amount_msat
     if payout_msat > available:
+        _raced_tx(tx, payout_id)
         raise PayoutConflict(f"only {available} msat available, {payout_msat} msat requested")
     if debit_available_tx(tx, account_id, payout_msat, "payout", payout_id, now) is None:
         raise PayoutConflict("balance changed during payout; retry")
