@@ -48,6 +48,7 @@ from satsrouter.settings import Settings, declared_settings
 from satsrouter.store.engine import check_durable, instance_lock_dir, make_engine, migrate
 from satsrouter.store.leases import LeasedJob, Leases
 from satsrouter.store.liveness import InstanceLocks
+from satsrouter.store.turns import Turns
 from satsrouter.store.tx import make_tx_runner
 from satsrouter.upstream.client import Upstream
 from satsrouter.upstream.provider_file import ProviderConfigError
@@ -65,12 +66,14 @@ class Node:
         # environment's alone stay in `live_settings.base`.
         self.settings = settings
         self.instance_id = os.urandom(12).hex()
-        # The engine migrates (and, on Postgres, carries the runner); every component that
-        # keeps money or ecash is handed the runner and uses nothing else of the database.
+        # The engine migrates (and, on Postgres, carries the runner and the mints' turns);
+        # every component that keeps money or ecash is handed the runner and uses nothing
+        # else of the database.
         self.engine: AsyncEngine = make_engine(settings.effective_database_url)
         self.tx = make_tx_runner(settings.effective_database_url, self.engine)
         self.metrics = Metrics(self.tx)  # its own registry: many nodes may share a process
         self.locks = InstanceLocks(instance_lock_dir(settings.effective_database_url))
+        self.turns = Turns(settings.effective_database_url, self.engine)
         self.ledger = Ledger(self.tx, self.instance_id, self.locks, settings.instance_dead_after)
         self.wallet = NodeWallet(
             settings.cashu_mints,
@@ -81,6 +84,7 @@ class Node:
             observe_mint_call=self.metrics.mint_call,
             mint_max_concurrency=settings.mint_max_concurrency,
             mint_calls_per_second=settings.mint_calls_per_second,
+            turns=self.turns,
         )
         faults.configure(settings.fault_crash_at)
         self.redeemer = Redeemer(self.tx, self.ledger, self.wallet)
@@ -366,6 +370,7 @@ class Node:
         with contextlib.suppress(Exception):
             await close_storage(self.rate_storage)
         await self.wallet.close()
+        await self.turns.close()
         with contextlib.suppress(Exception):
             await self.ledger.retire()  # siblings need not wait for our heartbeat to age
         with contextlib.suppress(Exception):

@@ -221,13 +221,13 @@ class SwapBatcher:
         if None not in deadlines:
             wait = max(d for d in deadlines if d is not None) - time.monotonic()
         async with self._mint_turn:
-            at_mint.set()
+            # What arrives until the fleet's turn at the mint is ours joins the next batch.
             try:
                 if wait is None:
-                    promises = await swap(slot, signed_inputs, blinded)
+                    promises = await swap(slot, signed_inputs, blinded, at_mint.set)
                 else:
                     with bounded_wait(wait):
-                        promises = await swap(slot, signed_inputs, blinded)
+                        promises = await swap(slot, signed_inputs, blinded, at_mint.set)
             except Refused:
                 await self._refused(op_id, keyset_id, reused, first, fresh)
                 raise

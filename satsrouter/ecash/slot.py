@@ -10,6 +10,7 @@ import httpx
 
 from satsrouter.ecash._cashu import Proof, Wallet
 from satsrouter.ecash.mint_gate import MintGate
+from satsrouter.store.turns import LocalTurn, Turn
 
 
 @dataclass
@@ -28,6 +29,7 @@ class Slot:
     client: httpx.AsyncClient | None
     session: aiohttp.ClientSession | None = None  # for swaps; None through a proxy
     gate: MintGate = field(default_factory=MintGate)  # the mint's bound, shared by its units
+    turn: Turn = field(default_factory=LocalTurn)  # the mint's swap turn, across processes
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     loaded: bool = False
 

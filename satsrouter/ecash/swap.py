@@ -8,7 +8,7 @@ send them, or to ask the mint whether it signed them and get the signatures back
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,7 @@ from satsrouter.ecash._cashu import (
     pooled_client,
 )
 from satsrouter.ecash.errors import EcashError, map_mint_error
+from satsrouter.ecash.mint_gate import MintBusy, current_wait
 from satsrouter.ecash.mint_http import post_swap
 from satsrouter.ecash.slot import Slot
 from satsrouter.ecash.store import Output
@@ -62,8 +63,14 @@ async def blind(wallet: Wallet, keyset_id: str, outputs: Sequence[Output]) -> Bl
     return Blinded(messages, secrets, rs)
 
 
-async def swap(slot: Slot, inputs: list[Proof], blinded: Blinded) -> list[BlindedSignature]:
-    """Spend `inputs` for signatures on `blinded`, in output order.
+async def swap(
+    slot: Slot,
+    inputs: list[Proof],
+    blinded: Blinded,
+    on_turn: Callable[[], object] | None = None,
+) -> list[BlindedSignature]:
+    """Spend `inputs` for signatures on `blinded`, in output order; `on_turn` is called once
+    the mint's turn is ours.
 
     Raises `Refused` when the mint said no or the node's bound on the mint held the swap
     back (`mint_busy`): nothing happened; EcashError `mint_unreachable` when the outcome is
@@ -73,6 +80,25 @@ async def swap(slot: Slot, inputs: list[Proof], blinded: Blinded) -> list[Blinde
     # The mint wants outputs sorted by amount; its signatures come back in that order.
     order = sorted(range(len(outputs)), key=lambda i: outputs[i].amount)
     sorted_outputs = [outputs[i] for i in order]
+    # One swap at the mint from all the node's processes (store/turns.py); new work waits
+    # for the turn no longer than for the mint itself.
+    if not await slot.turn.acquire(current_wait()):
+        raise Refused(MintBusy(1.0))
+    try:
+        if on_turn is not None:
+            on_turn()
+        return await _send(slot, inputs, outputs, order, sorted_outputs)
+    finally:
+        await slot.turn.release()
+
+
+async def _send(
+    slot: Slot,
+    inputs: list[Proof],
+    outputs: list[BlindedMessage],
+    order: list[int],
+    sorted_outputs: list[BlindedMessage],
+) -> list[BlindedSignature]:
     try:
         if slot.session is not None:
             async with slot.gate.call():  # (nutshell's calls pass it in `_cashu`)

@@ -50,6 +50,7 @@ from satsrouter.ecash.store import (
     unspent_tx,
 )
 from satsrouter.ecash.tokens import ParsedToken, normalize_mint_url
+from satsrouter.store.turns import LocalTurn, Turn, Turns
 from satsrouter.store.tx import DurableRunner, Tx, TxRunner
 from satsrouter.units import SUPPORTED_UNITS
 
@@ -89,6 +90,7 @@ class NodeWallet:
         observe_mint_call: MintCallObserver | None = None,
         mint_max_concurrency: int = 8,
         mint_calls_per_second: float = 0.0,
+        turns: Turns | None = None,
     ) -> None:
         if not mints:
             raise ValueError("at least one mint URL is required")
@@ -110,6 +112,9 @@ class NodeWallet:
         # One bound per mint, whatever the unit: it is the mint's capacity being spared.
         self._bounds = (mint_max_concurrency, mint_calls_per_second)
         self.gates = {m: MintGate(*self._bounds) for m in self.mints}
+        # Each mint's swap turn, shared with the node's other processes when it has any.
+        self._turns = turns
+        self._local_turns: dict[str, Turn] = {}
         self._create_lock = asyncio.Lock()
         # nutshell wants a database for the mint's public keysets; ours holds everything else
         self._keyset_cache = Path(tempfile.mkdtemp(prefix="satsrouter-keysets-"))
@@ -433,10 +438,16 @@ class NodeWallet:
                     client=self._clients[mint],
                     session=self._sessions.get(mint),
                     gate=gate,
+                    turn=self._turn(mint),
                 )
                 self._receivers[key] = SwapBatcher(slot, self.tx, self.instance_id)
                 self._slots[key] = slot
         return slot
+
+    def _turn(self, mint: str) -> Turn:
+        if self._turns is not None:
+            return self._turns.turn(f"mint {mint}")
+        return self._local_turns.setdefault(mint, LocalTurn())
 
     async def _load(self, slot: Slot) -> None:
         """Fetch the mint's keysets and info once (nutshell's load_mint hides errors)."""
