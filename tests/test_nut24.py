@@ -222,4 +222,10 @@ async def test_the_mint_fee_leaving_too_little_is_a_400_with_the_rest_as_change(
     change = resp.headers["X-Cashu"]
     assert parse_token(change).amount == request.a - fee
     assert 0 < await user.redeem(change) <= request.a - fee  # less its own fee at the mint
+
+    # A wallet that adds the mint's fee for the proofs it sends (NUT-02) is served.
+    (covered,) = await user.mint_tokens(request.a + 1)
+    assert -(-bin(request.a + 1).count("1") * 100 // 1000) == 1
+    served = await post(node, BODY, **{"X-Cashu": covered})
+    assert served.status_code == 200, served.text
     await node.check_invariants()
