@@ -33,3 +33,19 @@ def insufficient_balance(available_msat: int, required_msat: int) -> ApiError:
         f"Required: {required_msat} msat ({-(-required_msat // 1000)} sat). "
         "Top up your key or send a larger token.",
     )
+
+
+def payment_too_small(paid_msat: int, required_msat: int, fate: str) -> ApiError:
+    """400 for an `X-Cashu` payment worth less than the request's maximum cost (NUT-24).
+
+    Not 402: a wallet answers a 402 by paying, and this payment was already made. `fate`
+    says what became of the token.
+    """
+    needed = -(-required_msat // 1000)
+    return ApiError(
+        400,
+        "payment_too_small",
+        f"The X-Cashu payment is worth {paid_msat} msat ({paid_msat // 1000} sat); this "
+        f"request may cost up to {required_msat} msat, so pay with a token of at least "
+        f"{needed} sat. {fate}",
+    )

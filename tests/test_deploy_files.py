@@ -11,6 +11,11 @@ What is checked, and what is not:
   stream, /metrics answered 404 by nginx, a body over MAX_BODY_BYTES refused by nginx, a
   forged X-Forwarded-For not escaping the per-IP limit. Not run: the long read timeouts,
   several nodes, failover between them.
+- `deploy/nginx-onion.conf` (the hidden service through nginx) passes `nginx -t` next to
+  `nginx.conf`, and runs in front of a test node fed what Tor sends with
+  `HiddenServiceExportCircuitID haproxy` (a PROXY protocol line per connection, written
+  here by hand; no Tor runs): each circuit counted as its own client, a forged
+  X-Forwarded-For ignored, a connection without the PROXY line refused.
 - Every variable in `deploy/env.example`, set or commented out, is a declared setting; the
   secret ones are marked "(secret)" and no others are; the file reads the same through
   systemd's rules and through `sh` (the docs source it with `sh` for the CLI), and the
@@ -323,6 +328,86 @@ async def test_the_nginx_example_in_front_of_a_node(
                 for i in range(3)
             ]
             assert codes == [401, 401, 429]
+    finally:
+        nginx.terminate()
+        await asyncio.wait_for(nginx.wait(), 30)
+
+
+def _onion_site(node_port: int, https_port: int, http_port: int, onion_port: int) -> str:
+    """nginx.conf on loopback (`_on_loopback`) plus nginx-onion.conf on `onion_port`."""
+    onion = (DEPLOY / "nginx-onion.conf").read_text()
+    assert _directives(onion, "listen") == ["127.0.0.1:8081 proxy_protocol"]
+    onion = onion.replace("listen 127.0.0.1:8081 ", f"listen 127.0.0.1:{onion_port} ")
+    main = _on_loopback((DEPLOY / "nginx.conf").read_text(), node_port, https_port, http_port)
+    return main + "\n" + onion
+
+
+def test_the_onion_example_passes_nginx_t(tmp_path: Path) -> None:
+    onion = (DEPLOY / "nginx-onion.conf").read_text()
+    assert _directives(onion, "proxy_set_header").count("X-Forwarded-For $proxy_protocol_addr")
+    main = _nginx_prefix(tmp_path, (DEPLOY / "nginx.conf").read_text() + "\n" + onion)
+    result = subprocess.run(
+        [NGINX, "-t", "-p", str(tmp_path), "-c", str(main)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+async def _as_tor(port: int, circuit: int | None, key: str, forged: str) -> int:
+    """One request as Tor hands it over with `HiddenServiceExportCircuitID haproxy`: a PROXY
+    protocol line naming the circuit, then the client's HTTP. The status, or 0 if refused."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        if circuit is not None:  # Tor's own format: fc00:dead:beef:4dad::<gid>, port 65535
+            gid = f"{circuit >> 16:x}:{circuit & 0xFFFF:x}"
+            writer.write(f"PROXY TCP6 fc00:dead:beef:4dad::{gid} ::1 65535 80\r\n".encode())
+        body = b'{"model": "test/priced", "messages": []}'
+        writer.write(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: abc.onion\r\n"
+            + f"Authorization: Bearer {key}\r\nX-Forwarded-For: {forged}\r\n".encode()
+            + b"Content-Type: application/json\r\nConnection: close\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 30)
+        return int(status_line.split()[1]) if status_line else 0
+    finally:
+        writer.close()
+
+
+async def test_the_onion_example_counts_each_tor_circuit_as_a_client(
+    node_factory: NodeFactory, tmp_path: Path
+) -> None:
+    """nginx-onion.conf running in front of a node, fed what Tor sends: each circuit is its
+    own client for the failed-authentication limit, a forged X-Forwarded-For changes
+    nothing, and a connection without the PROXY line (not from Tor) is refused."""
+    node = await node_factory(trusted_proxies=["127.0.0.1"], auth_failure_limit="2/minute")
+    onion_port = free_port()
+    site = _onion_site(urlsplit(node.url).port or 0, free_port(), free_port(), onion_port)
+    main = _nginx_prefix(tmp_path, site)
+    nginx = await asyncio.create_subprocess_exec(
+        NGINX, "-p", str(tmp_path), "-c", str(main), "-g", "daemon off;", stdin=subprocess.DEVNULL
+    )
+    try:
+
+        async def listening() -> bool:
+            assert nginx.returncode is None, (tmp_path / "error.log").read_text()
+            try:
+                return await _as_tor(onion_port, 1, "sk-wrong-0", "198.51.100.1") == 401
+            except OSError:
+                return False
+
+        await eventually(listening, within=30)
+        # Circuit 1 had one failure; its second is its last, each claiming another address.
+        assert await _as_tor(onion_port, 1, "sk-wrong-1", "198.51.100.2") == 401
+        assert await _as_tor(onion_port, 1, "sk-wrong-2", "198.51.100.3") == 429
+        # Another circuit is another client: not locked out by the first one's guesses.
+        assert await _as_tor(onion_port, 2, "sk-wrong-3", "198.51.100.1") == 401
+        # No PROXY line: nginx drops the connection, nothing reaches the node.
+        assert await _as_tor(onion_port, None, "sk-wrong-4", "198.51.100.9") == 0
     finally:
         nginx.terminate()
         await asyncio.wait_for(nginx.wait(), 30)

@@ -125,6 +125,7 @@ async def test_token_below_max_cost_is_refused_and_stays_spendable(
         await client(node, token).chat.completions.create(
             model="test/priced", messages=MESSAGES, max_tokens=200
         )
-    assert info.value.status_code == 402
+    assert info.value.status_code == 400  # NUT-24: a short payment is a 400, not a 402
+    assert info.value.body["type"] == "payment_too_small"  # type: ignore[index]
     assert await user_wallet.redeem(token) == 1
     assert await node.node.ledger.total_liabilities() == 0

@@ -17,6 +17,10 @@ From synchronous code (or a plain pytest fixture), on its own thread and event l
 
 `stall=True` accepts TCP connections but never answers the greeting: a proxy that hangs in
 the middle of the connect, for connect timeouts.
+
+`names={"abc….onion": "127.0.0.1"}`: host names only this proxy knows, as Tor alone resolves
+`.onion` names. A client reaches them only by sending the name to the proxy (socks5h, or
+httpx's socks5, which never resolves names itself).
 """
 
 from __future__ import annotations
@@ -65,9 +69,12 @@ class SocksError(Exception):
 class SocksServer:
     """A SOCKS5 CONNECT proxy on 127.0.0.1, in the current event loop or on its own thread."""
 
-    def __init__(self, port: int = 0, *, stall: bool = False) -> None:
+    def __init__(
+        self, port: int = 0, *, stall: bool = False, names: dict[str, str] | None = None
+    ) -> None:
         self.port = port
         self.stall = stall
+        self.names = {name.lower(): address for name, address in (names or {}).items()}
         self.connections = 0  # TCP connections accepted
         self.targets: list[Target] = []  # every CONNECT asked for, in order
         self._server: asyncio.Server | None = None
@@ -205,7 +212,8 @@ class SocksServer:
         self.targets.append(Target(host, port, address_type))
 
         try:
-            up_reader, up_writer = await asyncio.open_connection(host, port)
+            address = self.names.get(host.lower(), host) if address_type == ATYP_DOMAIN else host
+            up_reader, up_writer = await asyncio.open_connection(address, port)
         except ConnectionRefusedError:
             await _reply(writer, CONNECTION_REFUSED)
             return

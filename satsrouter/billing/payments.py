@@ -31,7 +31,7 @@ from satsrouter.billing.redeem import Redeemed, Redeemer
 from satsrouter.ecash.errors import EcashError
 from satsrouter.ecash.mint_gate import bounded_wait
 from satsrouter.ecash.tokens import ParsedToken, parse_token, token_hash
-from satsrouter.errors import ApiError, insufficient_balance
+from satsrouter.errors import ApiError, insufficient_balance, payment_too_small
 from satsrouter.usage import Usage
 
 log = logging.getLogger(__name__)
@@ -320,8 +320,13 @@ class Billing:
     ) -> Charge:
         token = self.parse(text)
         if token.amount_msat < quote.max_cost_msat:
-            # Refused before redeeming: the token stays spendable by its owner.
-            raise insufficient_balance(token.amount_msat, quote.max_cost_msat)
+            # Refused before redeeming: the token stays spendable by its owner. 400, as NUT-24
+            # says for a short payment (a 402 would ask the wallet to pay again).
+            raise payment_too_small(
+                token.amount_msat,
+                quote.max_cost_msat,
+                "Nothing was redeemed: the token is still yours.",
+            )
         key_hash = xcashu_key_hash(token)
         redeemed = await self.redeem(token, key_hash, "xcashu")
         if redeemed.already:
@@ -342,6 +347,7 @@ class Billing:
                 raise exc from None
             if payout.token:
                 exc.headers["X-Cashu"] = payout.token
+                exc.message += " What it was worth after the fee is in this answer's X-Cashu."
             raise
 
     async def _reserve(
@@ -364,6 +370,12 @@ class Billing:
         except KeyDisabled:
             raise key_disabled() from None
         except InsufficientBalance as exc:
+            if x_cashu is not None:  # redeemed, but the mint's fee left too little
+                raise payment_too_small(
+                    exc.available_msat,
+                    exc.required_msat,
+                    "The mint's fee for receiving the token left less than that.",
+                ) from None
             raise insufficient_balance(exc.available_msat, exc.required_msat) from None
         except SpendLimitReached as exc:
             resets = f" It resets at {exc.resets_at:.0f} (Unix time)." if exc.resets_at else ""

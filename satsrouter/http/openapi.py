@@ -618,8 +618,9 @@ HEADERS: dict[str, Schema] = {
     "Change": {"description": "X-Cashu payers: the change, a Cashu token.", **_STR_HEADER},
     "Provider": {"description": "The provider that served the request.", **_STR_HEADER},
     "PaymentRequest": {
-        "description": "NUT-24 payment request (amount, unit, accepted mints); sent when the "
-        "request carried no credentials.",
+        "description": "NUT-24 payment request, NUT-18 `creqA…` (CBOR, base64url): `a` the "
+        "request's maximum cost in whole sats (rounded up), `u` `sat`, `m` the accepted mints, "
+        "`s` true; sent when the request carried no credentials.",
         **_STR_HEADER,
     },
     "RetryAfter": {"description": "Seconds to wait before retrying.", **_STR_HEADER},
@@ -642,7 +643,13 @@ def _error(description: str, **headers: str) -> Schema:
 
 
 RESPONSES: dict[str, Schema] = {
-    "BadRequest": _error("Bad request: invalid JSON, a field of the wrong type, a bad token."),
+    "BadRequest": _error(
+        "Bad request: invalid JSON, a field of the wrong type, a bad token; an X-Cashu payment "
+        "NUT-24 refuses (another mint, another unit, less than the payment request's amount: "
+        "not redeemed; when a redeemed token's mint fee left too little, X-Cashu holds the "
+        "rest).",
+        **{"X-Cashu": "Change"},
+    ),
     "Unauthorized": _error("Missing or unknown API key, token or admin login."),
     "PaymentRequired": _error(
         "Payment needed: insufficient balance (the message says current and required), or no "

@@ -48,7 +48,9 @@ PROVIDER_HEADER = "X-Routstr-Provider"
 
 
 def _payment_required(node: Node, quote: Quote) -> ApiError:
-    sats = -(-quote.max_cost_msat // 1000)
+    """402 with the NUT-24 payment request: the reservation in whole sats, rounded up (a
+    token carries whole sats, and at least one)."""
+    sats = max(1, -(-quote.max_cost_msat // 1000))
     return ApiError(
         402,
         "payment_required",
