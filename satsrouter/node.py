@@ -209,6 +209,7 @@ class Node:
             self.key_limits.run(lambda: self.settings.settings_refresh_seconds),
             # Each node's own list: it serves /v1/providers from its memory.
             self.discovery.run(lambda: self.settings.settings_refresh_seconds),
+            self.announcer.follow(lambda: self.settings.settings_refresh_seconds),
         ]
         # These once per fleet: the node holding each one's lease runs it.
         loops += [job.run() for job in self.jobs.values()]

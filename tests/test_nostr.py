@@ -151,12 +151,18 @@ async def test_without_nsec_a_key_is_generated_stored_and_never_logged(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     settings = {
-        "nostr_announce": True,
         "relays": [relay.url],
         "http_url": "https://generated.example",
         "settings_refresh_seconds": 0.2,
     }
     running = await node_factory(**settings)
+    assert (await get_json(running.url + "/v1/info"))["npub"] is None  # no key, none made
+    await patch_settings(running, {"nostr_announce": True})  # switched on while it runs
+
+    async def has_npub() -> bool:
+        return (await get_json(running.url + "/v1/info"))["npub"] is not None
+
+    await eventually(has_npub)
 
     def stored(tx: Any) -> str:
         rows, _ = tx.execute("SELECT value FROM node_config WHERE name = :n", {"n": SECRET_ROW})
@@ -179,7 +185,9 @@ async def test_without_nsec_a_key_is_generated_stored_and_never_logged(
     # The same database after a restart: the same key, the same `d` tag.
     data = running.node.settings
     await running.stop()
-    again = await node_factory(**settings, data_dir=data.data_dir, database_url=data.database_url)
+    again = await node_factory(
+        **settings, nostr_announce=True, data_dir=data.data_dir, database_url=data.database_url
+    )
     assert (await get_json(again.url + "/v1/info"))["npub"] == npub_of(secret)
     assert await again.node.announcer.identifier() == tag_values(found[0], "d")[0]
 

@@ -15,6 +15,7 @@ read only to sign, never logged, and never shown (the admin API shows settings, 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import time
@@ -97,6 +98,16 @@ class Announcer:
         if config.enabled:
             await self.identifier()
         return self.npub
+
+    async def follow(self, poll: Callable[[], float]) -> None:
+        """Keep the identity current on every node, not only the lease holder: announcing
+        may be switched on through the admin API, and `/v1/info` shows the key's npub."""
+        while True:
+            await asyncio.sleep(poll())
+            try:
+                await self.load_identity()
+            except Exception as exc:
+                log.warning("Nostr key not loaded (%s); retrying", type(exc).__name__)
 
     @property
     def known_identifier(self) -> str | None:
