@@ -21,7 +21,6 @@ import httpx
 import pytest
 import websockets
 from conftest import ADMIN_PASSWORD, NodeFactory, RunningNode, eventually
-from satsrouter_dev.fake_upstream import FakeUpstream
 from satsrouter_dev.mint import LocalMint, free_port
 from satsrouter_dev.nostr_relay import LocalRelay
 
@@ -217,8 +216,9 @@ async def test_an_unreachable_relay_is_logged_and_retried_and_the_node_serves(
 
 
 async def test_discovery_lists_a_second_node_and_drops_it_when_it_stops_answering(
-    node_factory: NodeFactory, relay: LocalRelay, tmp_path: Path, upstream: FakeUpstream
+    node_factory: NodeFactory, relay: LocalRelay, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(nostr, "RELAY_TIMEOUT_S", 2.0)  # the relay is stopped at the end
     # Its own database: another node, with its own key and lease.
     other = await node_factory(
         data_dir=tmp_path / "other",
@@ -271,6 +271,18 @@ async def test_discovery_lists_a_second_node_and_drops_it_when_it_stops_answerin
 
     await eventually(checked)
     assert (await get_json(guarded.url + "/v1/providers"))["nodes"] == []
+
+    # Relays gone: the nodes last announced are checked again, not forgotten.
+    relay.stop()
+    rounds = seeker.node.discovery.rounds
+
+    async def rechecked() -> bool:
+        return seeker.node.discovery.rounds > rounds + 1
+
+    await eventually(rechecked)
+    assert [n["npub"] for n in (await get_json(seeker.url + "/v1/providers"))["nodes"]] == [
+        other_npub
+    ]
 
     await other.stop()
 

@@ -61,6 +61,7 @@ class Discovery:
         self.nodes: list[dict[str, Any]] = []
         self.checked_at: float | None = None
         self._next_at = 0.0
+        self._announced: list[NodeAnnouncement] = []
         self.rounds = 0
 
     async def run(self, poll: Callable[[], float]) -> None:
@@ -77,7 +78,7 @@ class Discovery:
         """Read the relays and check the nodes when on and the last round is older than TTL."""
         config = self._config()
         if not config.enabled:
-            self.nodes, self.checked_at, self._next_at = [], None, 0.0
+            self.nodes, self.checked_at, self._next_at, self._announced = [], None, 0.0, []
             return
         now = time.monotonic()
         if now < self._next_at:
@@ -87,7 +88,9 @@ class Discovery:
 
     async def refresh(self, config: DiscoveryConfig) -> None:
         """One round: read announcements, check each node, keep those that answered."""
-        found = await fetch_announcements(list(config.relays))
+        found = await fetch_announcements(list(config.relays)) or self._announced
+        # Relays that answer nothing (unreachable, for one) leave the last ones to re-check.
+        self._announced = found
         own_npub, own_identifier = self._own()
         # Its own: same key and `d` tag (the key alone while the tag is not known yet).
         others = [
