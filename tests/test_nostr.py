@@ -21,7 +21,6 @@ import httpx
 import pytest
 import websockets
 from conftest import ADMIN_PASSWORD, NodeFactory, RunningNode, eventually
-from satsrouter_dev import socks_server
 from satsrouter_dev.mint import LocalMint, free_port
 from satsrouter_dev.nostr_relay import LocalRelay
 from satsrouter_dev.socks_server import ATYP_DOMAIN, SocksServer, Target
@@ -294,29 +293,13 @@ async def test_discovery_lists_a_second_node_and_drops_it_when_it_stops_answerin
     await eventually(dropped)
 
 
-class _TorNames:
-    """`asyncio` for the test SOCKS server, resolving the test's `.onion` names as Tor would
-    reach its hidden services (here: nodes on loopback)."""
-
-    def __init__(self, onions: dict[str, str]) -> None:
-        self._onions = onions
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(asyncio, name)
-
-    async def open_connection(self, host: str, port: int, **kwargs: Any) -> Any:
-        return await asyncio.open_connection(self._onions.get(host, host), port, **kwargs)
-
-
 async def test_discovery_checks_an_onion_node_through_the_socks_proxy(
     node_factory: NodeFactory,
     relay: LocalRelay,
     tmp_path: Path,
     local_mint: LocalMint,
-    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     onion = "satsrouterexampleonionservice.onion"
-    monkeypatch.setattr(socks_server, "asyncio", _TorNames({onion: "127.0.0.1"}))
     hidden = await node_factory(data_dir=tmp_path / "hidden")
     port = int(hidden.url.rsplit(":", 1)[1])
     onion_url = f"http://{onion}:{port}"
@@ -325,7 +308,8 @@ async def test_discovery_checks_an_onion_node_through_the_socks_proxy(
         "hidden", (onion_url,), (local_mint.url,), __version__, "hidden node", "over Tor"
     )
     await nostr.publish(nostr.sign(keys, announced, 1_800_000_000), [relay.url])
-    async with SocksServer() as socks:
+    # Only the proxy knows the name, as only Tor resolves .onion names.
+    async with SocksServer(names={onion: "127.0.0.1"}) as socks:
         seeker = await node_factory(
             nostr_discovery=True,
             nostr_discovery_ttl=0.5,
