@@ -13,6 +13,7 @@ own temporary directory, listens on a free loopback port, checks every event's s
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import shutil
 import subprocess
@@ -59,13 +60,16 @@ def ensure_relay_installed() -> Path:
     program = venv / "bin" / "nostr-relay"
     stamp = venv / ".installed"
     wanted = hashlib.sha256(REQUIREMENTS.read_bytes()).hexdigest()
-    if program.exists() and stamp.exists() and stamp.read_text() == wanted:
-        return program
-    shutil.rmtree(venv, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
-    subprocess.run([*pip, "--no-deps", "-r", str(REQUIREMENTS)], check=True)
-    stamp.write_text(wanted)
+    # Both halves of the suite may start at once: one installs, the other waits for it.
+    with open(venv.with_name("nostr-relay.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if program.exists() and stamp.exists() and stamp.read_text() == wanted:
+            return program
+        shutil.rmtree(venv, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+        subprocess.run([*pip, "--no-deps", "-r", str(REQUIREMENTS)], check=True)
+        stamp.write_text(wanted)
     return program
 
 
