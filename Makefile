@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-sqlite test-postgres lint test-tools client-tools bench bench-tools clean
+.PHONY: demo test test-sqlite test-postgres lint test-tools client-tools relay-tools bench bench-tools clean
 
 # The node, plus (dev/) its test doubles and the demo, which the wheel does not carry.
 $(STAMP): pyproject.toml dev/pyproject.toml constraints.txt
@@ -53,7 +53,13 @@ REDIS := $(if $(wildcard /usr/bin/redis-server),ok)
 # The nginx example (deploy/nginx.conf) is checked with `nginx -t` (tests/test_deploy_files.py).
 NGINX := $(if $(wildcard /usr/sbin/nginx),ok)
 
-test-tools: client-tools
+test-tools: client-tools relay-tools
+
+# The Nostr tests' relay (PyPI nostr-relay) runs from its own venv, .venv/nostr-relay: its
+# pins conflict with ours (dev/satsrouter_dev/nostr_relay_requirements.txt). Remade only
+# when those pins change.
+relay-tools: $(STAMP)
+	$(BIN)/python -m satsrouter_dev.nostr_relay --install >/dev/null
 ifneq ($(TEST_TOOLS),ok)
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql

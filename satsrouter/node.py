@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from satsrouter import faults
+from satsrouter import __version__, faults
 from satsrouter.admin.auth import AdminAuth
 from satsrouter.admin.live_settings import LiveSettings
 from satsrouter.admin.providers import ProviderStore, configured_providers, env_provider
@@ -34,10 +34,12 @@ from satsrouter.billing.quote import PriceBook
 from satsrouter.billing.redeem import Redeemer
 from satsrouter.billing.revenue import Revenue
 from satsrouter.ecash.wallet import NodeWallet
+from satsrouter.http.discovery import Discovery, DiscoveryConfig
 from satsrouter.identity import npub_of
 from satsrouter.lightning.invoices import LightningFunding
 from satsrouter.lightning.refunds import LightningRefunds
 from satsrouter.logs import secure_logging, set_level
+from satsrouter.market.announce import AnnounceConfig, Announcer
 from satsrouter.market.catalogue import Catalogue
 from satsrouter.market.health import ProviderHealth
 from satsrouter.market.rates import LiveRate, PinnedRate, RateSource, select_feeds
@@ -131,6 +133,8 @@ class Node:
         self.router = Router(self.health)
         self._tasks: list[asyncio.Task[None]] = []
         self.leases = Leases(self.tx, self.instance_id)
+        self.announcer = Announcer(self.tx, self._announce_config)
+        self.discovery = Discovery(self._discovery_config, self._own_announcement)
         self.jobs = self._fleet_jobs()
         # The environment's provider at once; the file's and the admin's join at start.
         self.set_providers([c for c in [env_provider(settings)] if c is not None], {})
@@ -146,7 +150,7 @@ class Node:
         self.provider_store = ProviderStore(self.tx)
         self.provider_reloads = 0  # how often the providers were read and applied
         self._providers_version = -1
-        self.npub = npub_of(settings.nsec) if settings.nsec else None
+        self._npub = npub_of(settings.nsec) if settings.nsec else None
 
     async def start(self) -> None:
         """Migrate, open the wallet, finish interrupted redemptions, load models, start loops."""
@@ -160,6 +164,11 @@ class Node:
         await self.key_limits.refresh()
         await self.wallet.start()
         await self.ledger.heartbeat()
+        try:
+            # Before serving: /v1/info shows the npub of a key generated on first start.
+            await self.announcer.load_identity()
+        except Exception:
+            log.exception("Nostr key not loaded; the announcement retries")
         password = await self.admin.ensure_password()
         if password is not None:
             show_once(password)
@@ -198,6 +207,9 @@ class Node:
             self.live_settings.run(lambda: self.settings.settings_refresh_seconds),
             self.run_provider_refresh(lambda: self.settings.settings_refresh_seconds),
             self.key_limits.run(lambda: self.settings.settings_refresh_seconds),
+            # Each node's own list: it serves /v1/providers from its memory.
+            self.discovery.run(lambda: self.settings.settings_refresh_seconds),
+            self.announcer.follow(lambda: self.settings.settings_refresh_seconds),
         ]
         # These once per fleet: the node holding each one's lease runs it.
         loops += [job.run() for job in self.jobs.values()]
@@ -244,8 +256,47 @@ class Node:
                 lambda: self.revenue.auto_payout_once(self._auto_payout),
                 delay_first=True,  # as before leases: the first check one interval in
             ),
+            # One announcement per database (market/announce.py): looked at as often as
+            # settings are, so a change is published within that time; sent only when due.
+            leased(
+                "nostr-announce",
+                lambda: self.settings.settings_refresh_seconds,
+                self.announcer.tick,
+            ),
         ]
         return {job.name: job for job in jobs}
+
+    @property
+    def npub(self) -> str | None:
+        """The node's Nostr identity: `NSEC`'s, or the stored key's once announcing is on."""
+        return self.announcer.npub or self._npub
+
+    def _announce_config(self) -> AnnounceConfig:
+        s = self.settings
+        return AnnounceConfig(
+            enabled=s.nostr_announce,
+            relays=tuple(s.relays),
+            interval=s.nostr_announce_interval,
+            nsec=s.nsec,
+            name=s.name,
+            about=s.description,
+            urls=tuple(url for url in (s.http_url, s.onion_url) if url),
+            mints=tuple(s.cashu_mints),
+            version=__version__,
+        )
+
+    def _discovery_config(self) -> DiscoveryConfig:
+        s = self.settings
+        return DiscoveryConfig(
+            enabled=s.nostr_discovery,
+            relays=tuple(s.relays),
+            ttl=s.nostr_discovery_ttl,
+            proxy=s.upstream_proxy,
+            allow_loopback=s.nostr_discovery_allow_loopback,
+        )
+
+    def _own_announcement(self) -> tuple[str | None, str | None]:
+        return self.npub, self.announcer.known_identifier
 
     @property
     def upstream(self) -> Upstream:

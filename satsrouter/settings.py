@@ -39,6 +39,9 @@ from satsrouter.upstream.providers import dialect_of as dialect_of
 
 T = TypeVar("T")
 
+# Public relays Routstr nodes and clients use; only written to with `NOSTR_ANNOUNCE`.
+DEFAULT_RELAYS = ("wss://relay.damus.io", "wss://nos.lol", "wss://relay.routstr.com")
+
 DECLARED = "satsrouter.setting"  # the key of a field's `Declared` in its metadata
 
 
@@ -255,6 +258,13 @@ def _proxy_url(raw: str) -> str:
 def _proxy(url: str) -> None:
     if url:
         parse_proxy(url)
+
+
+def _relay_urls(urls: list[str]) -> None:
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("ws", "wss") or not parts.hostname:
+            raise ValueError("each relay must be a ws:// or wss:// URL")
 
 
 def _known_sources(sources: dict[str, str]) -> None:
@@ -692,8 +702,53 @@ class Settings:
     nsec: str = setting(
         "",
         env="NSEC",
-        doc="the node's Nostr key (its `npub` is shown in `/v1/info`)",
+        doc="the node's Nostr key, `nsec1…` or hex (its `npub` is shown in `/v1/info`); it "
+        "signs the announcement (`NOSTR_ANNOUNCE`)",
+        shown="none: with `NOSTR_ANNOUNCE`, one generated on first start and kept in the database",
         secret=True,
+    )
+    relays: list[str] = setting(
+        list(DEFAULT_RELAYS),
+        env="RELAYS",
+        doc="Nostr relays (`wss://…`, comma separated) the announcement goes to and discovery "
+        "reads",
+        parse=_split_list,
+        check=_relay_urls,
+        live=True,
+    )
+    nostr_announce: bool = setting(
+        False,
+        env="NOSTR_ANNOUNCE",
+        doc="`true`: publish the node's announcement (kind 38421: name, description, "
+        "`HTTP_URL`, `ONION_URL`, mints, version) to `RELAYS`, at start, on a change and "
+        "every `NOSTR_ANNOUNCE_INTERVAL`",
+        parse=_flag,
+        live=True,
+    )
+    nostr_announce_interval: float = setting(
+        3600.0,
+        env="NOSTR_ANNOUNCE_INTERVAL",
+        doc="seconds between re-publications of an unchanged announcement",
+        parse=_float,
+        check=_positive,
+        live=True,
+    )
+    nostr_discovery: bool = setting(
+        False,
+        env="NOSTR_DISCOVERY",
+        doc="`true`: `GET /v1/providers` also lists other nodes announced on `RELAYS` "
+        "(`nodes`), those whose `/v1/info` and `/v1/models` answer",
+        parse=_flag,
+        live=True,
+    )
+    nostr_discovery_ttl: float = setting(
+        300.0,
+        env="NOSTR_DISCOVERY_TTL",
+        doc="seconds the discovered nodes and their health checks are kept before the relays "
+        "are read and the nodes checked again",
+        parse=_float,
+        check=_positive,
+        live=True,
     )
     admin_password: str = setting(
         "",
@@ -827,6 +882,14 @@ class Settings:
         env="LNURL_ALLOW_HTTP",
         doc="**tests only**: allow plain-http LNURL endpoints, and ones on loopback "
         "(127.0.0.0/8, ::1); private, link-local and other non-global addresses stay refused",
+        parse=_flag,
+    )
+    # Tests run every node on 127.0.0.1; announced URLs come from strangers.
+    nostr_discovery_allow_loopback: bool = setting(
+        False,
+        env="NOSTR_DISCOVERY_ALLOW_LOOPBACK",
+        doc="**tests only**: let discovery check nodes announced on loopback (127.0.0.0/8, ::1); "
+        "private, link-local and other non-global addresses stay refused",
         parse=_flag,
     )
     fault_crash_at: str = setting(

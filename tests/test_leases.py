@@ -18,7 +18,7 @@ from satsrouter.store.engine import make_engine, migrate
 from satsrouter.store.leases import LeasedJob, Leases
 from satsrouter.store.tx import TxRunner, make_tx_runner
 
-FLEET_JOBS = {"invoice-watcher", "lightning-expiry", "auto-payout"}
+FLEET_JOBS = {"invoice-watcher", "lightning-expiry", "auto-payout", "nostr-announce"}
 
 
 @pytest_asyncio.fixture(params=["sqlite", "postgres"])

@@ -225,9 +225,15 @@ def _provider(node: Node, name: str, detail: bool) -> dict[str, Any]:
 
 @router.get("/v1/providers")
 async def providers(request: Request) -> Response:
-    """The upstream providers this node routes to."""
+    """The upstream providers this node routes to, and (`NOSTR_DISCOVERY`) the other nodes
+    found on Nostr that answered their last health check."""
     node: Node = request.app.state.node
-    return _json({"providers": [_provider(node, name, False) for name in node.upstreams]})
+    return _json(
+        {
+            "providers": [_provider(node, name, False) for name in node.upstreams],
+            "nodes": node.discovery.nodes,
+        }
+    )
 
 
 @router.get("/v1/providers/{name}")

@@ -312,7 +312,37 @@ SCHEMAS: dict[str, Schema] = {
         },
         ("name", "endpoints", "status", "models"),
     ),
-    "Providers": _obj({"providers": {"type": "array", "items": _ref("Provider")}}, ("providers",)),
+    "Providers": _obj(
+        {
+            "providers": {"type": "array", "items": _ref("Provider")},
+            "nodes": {
+                "type": "array",
+                "items": _ref("DiscoveredNode"),
+                "description": "Other nodes announced on Nostr that answered their last health "
+                "check (NOSTR_DISCOVERY; empty when off).",
+            },
+        },
+        ("providers", "nodes"),
+    ),
+    "DiscoveredNode": _obj(
+        {
+            "name": STR,
+            "about": STR,
+            "npub": STR,
+            "d": {**STR, "description": "the announcement's `d` tag"},
+            "urls": STR_LIST,
+            "http_url": NULL_STR,
+            "onion_url": NULL_STR,
+            "mints": STR_LIST,
+            "version": NULL_STR,
+            "announced_at": {**INT, "description": "the announcement's created_at (unix seconds)"},
+            "status": {"type": "string", "enum": ["online"]},
+            "checked_url": {**STR, "description": "the URL whose /v1/info and /v1/models answered"},
+            "latency_ms": INT,
+            "models": {**INT, "description": "how many models its /v1/models lists"},
+        },
+        ("name", "npub", "d", "urls", "mints", "status", "checked_url", "models"),
+    ),
     "NodeInfo": _obj(
         {
             "name": STR,

@@ -113,6 +113,20 @@ def parse_proxy(url: str) -> ProxySpec:
     )
 
 
+def proxy_connector(proxy: ProxySpec) -> aiohttp.TCPConnector:
+    """A small pool whose every connection goes through the SOCKS5 proxy (other clients of
+    `UPSTREAM_PROXY`, e.g. health checks of `.onion` nodes found on Nostr)."""
+    return ProxyConnector(
+        proxy_type=ProxyType.SOCKS5,
+        host=proxy.host,
+        port=proxy.port,
+        username=proxy.username,
+        password=proxy.password,
+        rdns=proxy.remote_dns,
+        limit=20,
+    )
+
+
 def _connector(proxy: ProxySpec | None) -> aiohttp.TCPConnector:
     """The connection pool: direct, or every connection opened through the SOCKS5 proxy."""
     if proxy is None:
