@@ -25,7 +25,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from satsrouter.store.engine import SQLITE_SYNCHRONOUS, is_sqlite
+from satsrouter.store.engine import DURABLE, SQLITE_SYNCHRONOUS, is_sqlite
 
 T = TypeVar("T")
 J = TypeVar("J")
@@ -319,13 +319,12 @@ async def _run_on(conn: AsyncConnection, fn: Callable[[Tx], T]) -> T:
     return await conn.run_sync(lambda sync_conn: fn(_SqlAlchemyTx(sync_conn)))
 
 
-# Postgres's counterpart of SQLite's NORMAL for one transaction: its commit returns before
-# the WAL is flushed (the WAL writer flushes within a few hundred ms, in groups). Set only on
-# transactions that are not durable (a reserve, a bearer settle), never on one that records
-# ecash or lets value leave: those wait for the flush, as the server's own setting demands
-# (`check_durable`). A crash of the database server can take back at most the last charges
-# before it, as on SQLite; it can never undo a payout.
-_NOT_DURABLE = "SET LOCAL synchronous_commit TO OFF"
+# Postgres's counterpart of SQLite's NORMAL: the node's sessions start with
+# `synchronous_commit` off (store/engine.py), so a commit returns before the WAL is flushed
+# (the WAL writer flushes within a few hundred ms, in groups). A durable transaction — one
+# that records ecash or lets value leave — turns it on for itself and waits for the flush,
+# as the server's own setting demands (`check_durable`). A crash of the database server can
+# take back at most the last charges before it, as on SQLite; it can never undo a payout.
 
 
 class EngineTxRunner:
@@ -337,8 +336,8 @@ class EngineTxRunner:
 
     async def run(self, fn: Callable[[Tx], T], durable: bool = False) -> T:
         async with self.engine.begin() as conn:
-            if self._postgres and not durable:
-                await conn.execute(text(_NOT_DURABLE))
+            if self._postgres and durable:
+                await conn.execute(text(DURABLE))
             return await _run_on(conn, fn)
 
     async def read(self, fn: Callable[[Tx], T]) -> T:
