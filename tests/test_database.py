@@ -62,6 +62,44 @@ async def test_paid_requests_on_postgres(
         assert (await conn.execute(select(func.count()).select_from(journal))).scalar_one() > 4
 
 
+async def test_a_postgres_restart_costs_at_most_the_requests_on_dead_connections(
+    node_factory: NodeFactory, user_wallet: TestWallet
+) -> None:
+    """Connections are not pinged before use (store/engine.py): after a restart the first
+    transactions on dead connections fail before they do anything, then the pool is new."""
+    with LocalPostgres() as cluster:
+        node = await node_factory(database_url=cluster.create_database("restarted"))
+        (token,) = await user_wallet.mint_tokens(100)
+        async with httpx.AsyncClient(base_url=node.url) as http:
+            key = (await http.post("/v1/wallet/create", json={"cashu_token": token})).json()[
+                "api_key"
+            ]
+        api = openai.AsyncOpenAI(base_url=node.api, api_key=key, max_retries=0)
+
+        async def ask() -> int | None:
+            """The charge of one paid request; None if it failed."""
+            try:
+                raw = await api.chat.completions.with_raw_response.create(
+                    model="test/priced", messages=MESSAGES, max_tokens=4
+                )
+            except openai.APIStatusError as exc:
+                assert exc.status_code == 500, exc
+                return None
+            return int(raw.headers["X-Routstr-Cost-Msats"])
+
+        charges = [await ask() for _ in range(3)]
+        cluster.restart()
+        charges += [await ask() for _ in range(6)]
+        failed = [i for i, c in enumerate(charges) if c is None]
+        # At most the requests that found a dead connection, right after the restart.
+        assert all(i >= 3 for i in failed) and len(failed) <= 2, charges
+        assert charges[-3:].count(None) == 0
+        spent = sum(c for c in charges if c is not None)
+        assert (await node.balance(key))["balance"] == 100_000 - spent
+        await node.check_invariants()
+        await node.stop()
+
+
 @pytest_asyncio.fixture(scope="module")
 async def payee() -> AsyncIterator[LnurlServer]:
     """A Lightning address whose invoices are quotes at a second mint (external payments)."""

@@ -234,6 +234,11 @@ class LocalPostgres:
                 check=False,
             )
 
+    def restart(self) -> None:
+        """Restart the server (fast: every connection is cut) on the same port and data."""
+        argv = ["pg_ctl", "restart", "--pgdata", str(self.data_dir), "--mode=fast", "--wait"]
+        self._run_server_tool(*argv, "--timeout", str(_START_TIMEOUT_S), "-l", str(self.log_path))
+
     def cleanup(self) -> None:
         """Stop the server and delete its directory."""
         try:
