@@ -18,17 +18,13 @@ import hashlib
 import shutil
 import subprocess
 import sys
-import tempfile
-import time
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 
-from satsrouter_dev.mint import free_port
+from satsrouter_dev.server_process import ServerProcess
 
 REQUIREMENTS = Path(__file__).with_name("nostr_relay_requirements.txt")
 _START_TIMEOUT_S = 60.0
-_STOP_TIMEOUT_S = 15.0
 _CONFIG = """\
 DEBUG: false
 relay_name: satsrouter test relay
@@ -85,15 +81,15 @@ def _answers(port: int) -> bool:
         return False
 
 
-class LocalRelay:
+class LocalRelay(ServerProcess):
     """One `nostr-relay` process listening on 127.0.0.1 only."""
+
+    name = "nostr-relay"
+    log_name = "relay.log"
 
     def __init__(self) -> None:
         self.program = ensure_relay_installed()
-        self.port = free_port()
-        self.workdir = Path(tempfile.mkdtemp(prefix="satsrouter-nostr-relay-"))
-        self.log_path = self.workdir / "relay.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__("satsrouter-nostr-relay-")
 
     @property
     def url(self) -> str:
@@ -113,44 +109,7 @@ class LocalRelay:
                 stdout=log,
                 stderr=subprocess.STDOUT,
             )
-        deadline = time.monotonic() + _START_TIMEOUT_S
-        while not _answers(self.port):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"nostr-relay exited at start:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"nostr-relay did not start in time:\n{self.log_tail()}")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        """Stop the relay (SIGTERM, then SIGKILL) and delete its directory."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(_STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def log_tail(self, lines: int = 30) -> str:
-        """The end of the relay's log."""
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def __enter__(self) -> LocalRelay:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        self.wait_until(lambda: _answers(self.port), _START_TIMEOUT_S, 0.05)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,15 +9,11 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-import tempfile
-import time
 from pathlib import Path
-from types import TracebackType
 
-from satsrouter_dev.mint import free_port
+from satsrouter_dev.server_process import ServerProcess
 
 _START_TIMEOUT_S = 30.0
-_STOP_TIMEOUT_S = 15.0
 
 
 def redis_server_binary() -> str | None:
@@ -36,8 +32,11 @@ def _answers_ping(port: int) -> bool:
         return False
 
 
-class LocalRedis:
+class LocalRedis(ServerProcess):
     """One `redis-server` process listening on 127.0.0.1 only."""
+
+    name = "redis-server"
+    log_name = "redis.log"
 
     def __init__(self) -> None:
         binary = redis_server_binary()
@@ -47,10 +46,7 @@ class LocalRedis:
                 "(or: sudo apt-get install redis-server)"
             )
         self.binary = binary
-        self.port = free_port()
-        self.workdir = Path(tempfile.mkdtemp(prefix="satsrouter-redis-"))
-        self.log_path = self.workdir / "redis.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__("satsrouter-redis-")
 
     @property
     def url(self) -> str:
@@ -77,41 +73,4 @@ class LocalRedis:
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
-        deadline = time.monotonic() + _START_TIMEOUT_S
-        while not _answers_ping(self.port):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"redis-server exited at start:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"redis-server did not start in time:\n{self.log_tail()}")
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        """Stop the server (SIGTERM, then SIGKILL) and delete its directory."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(_STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def log_tail(self, lines: int = 20) -> str:
-        """The end of the server's log."""
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
-
-    def __enter__(self) -> LocalRedis:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
+        self.wait_until(lambda: _answers_ping(self.port), _START_TIMEOUT_S, 0.02)
