@@ -17,6 +17,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import os
 import secrets
 import signal
 import sys
@@ -119,6 +120,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="cap per Python-driven run, warm-up included (default 200000)",
     )
     p.add_argument("--workers", type=int, default=1, help="node worker processes (default 1)")
+    p.add_argument(
+        "--keys",
+        type=int,
+        default=1,
+        help="sk- keys funded; paid requests take them in turn (default 1: one key's row)",
+    )
     p.add_argument("--repeat", type=int, default=2, help="repetitions, RSS after each (default 2)")
     p.add_argument(
         "--xcashu-tokens",
@@ -163,10 +170,14 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error("--duration must be > 0, --warmup >= 0, --max-requests >= 1")
     if (
         args.workers < 1
+        or not 1 <= args.keys <= 256
         or not 1 <= args.repeat <= 10
         or min(args.xcashu_tokens, args.mint_swaps) < 0
     ):
-        p.error("--workers >= 1, 1 <= --repeat <= 10, --xcashu-tokens and --mint-swaps >= 0")
+        p.error(
+            "--workers >= 1, 1 <= --keys <= 256, 1 <= --repeat <= 10, --xcashu-tokens and "
+            "--mint-swaps >= 0"
+        )
     try:
         args.scenario_list = [Scenario.parse(s) for s in args.scenarios.split(",") if s.strip()]
     except ValueError as exc:
@@ -236,7 +247,7 @@ async def _failover_context(ctx: Context, wallet: TestWallet, stack: Stack) -> C
     key = await _fund_key(ctx.session, stack, wallet)
     price = await _price(ctx.session, stack, key)
     print(f"failover node {stack.node_url}: one request costs {price} msat", flush=True)
-    return dataclasses.replace(ctx, stack=stack, key=key, price_msat=price)
+    return dataclasses.replace(ctx, stack=stack, key=key, keys=[key], price_msat=price)
 
 
 async def _bench(
@@ -250,7 +261,8 @@ async def _bench(
     timeout = aiohttp.ClientTimeout(total=None)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         wallet = await TestWallet.create(stack.mint_url, workdir / "wallet")
-        key = await _fund_key(session, stack, wallet)
+        keys = [await _fund_key(session, stack, wallet) for _ in range(args.keys)]
+        key = keys[0]
         pool = []
         swap_pool = []
         if (needed := _tokens_needed(args)) > 0:
@@ -264,12 +276,14 @@ async def _bench(
             session=session,
             stack=stack,
             key=key,
+            keys=keys,
             price_msat=await _price(session, stack, key),
             warmup_s=args.warmup,
             duration_s=args.duration,
             max_requests=args.max_requests,
         )
-        print(f"funded {key[:7]}…; one request costs {ctx.price_msat} msat", flush=True)
+        funded = f"{key[:7]}…" if len(keys) == 1 else f"{len(keys)} keys"
+        print(f"funded {funded}; one request costs {ctx.price_msat} msat", flush=True)
         if failover is not None:
             ctx.failover = await _failover_context(ctx, wallet, failover)
         print(flush=True)
@@ -419,6 +433,7 @@ class Outcome:
 
 def _describe(args: argparse.Namespace, config: Config) -> str:
     nodes = f"{config.nodes} node(s) x {args.workers} worker(s) on {config.database}"
+    nodes += f", {args.keys} keys" if args.keys > 1 else ""
     return nodes + (" behind nginx" if config.balancer else "")
 
 
@@ -511,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
     for n, config in enumerate(configs, 1):
         info = run_info(args.duration, args.warmup)
         info.update(workers=args.workers, database=config.database, nodes=config.nodes)
+        info["keys"] = args.keys
         info["balancer"] = config.balancer
         if args.fleet:
             info["fleet"] = fleet_started  # the records of one comparison share it
@@ -521,6 +537,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{_describe(args, config)}; {args.warmup:g} s warm-up + {args.duration:g} s "
             f"per scenario and target, {args.repeat} repetition(s)"
         )
+        # The machine may be shared: what else ran is part of the figures.
+        load_before = os.getloadavg()[0]
         try:
             outcome = _run_config(args, config)
         except (KeyboardInterrupt, Interrupted):
@@ -538,8 +556,9 @@ def main(argv: list[str] | None = None) -> int:
             all_ok = False
             continue
         print("stopped the nodes, nginx, the fake upstreams and the mint\n")
+        info["loadavg_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
         all_ok = _report(args, info, outcome) and all_ok
-        results.append(FleetResult(config, outcome.reps))
+        results.append(FleetResult(config, outcome.reps, loadavg=info["loadavg_1min"]))
         print()
     if args.fleet:
         print(

@@ -25,7 +25,7 @@ DATABASES = ("sqlite", "postgres")
 # The comparison: one SQLite node for reference, then one to three nodes on Postgres; one
 # Postgres node behind the balancer too, so the balancer's own cost can be told apart.
 FLEET_CONFIGS = "sqlite-1,postgres-1,postgres-1-lb,postgres-2,postgres-3"
-FLEET_SCENARIOS = "chat-c1,chat-c32,stream-c16"
+FLEET_SCENARIOS = "chat-c1,chat-c32,stream-c16,xcashu-c8"
 BASELINE = "postgres-1"
 REFERENCE = "sqlite-1"
 _CONFIG = re.compile(r"(sqlite|postgres)-(\d+)(-lb)?")
@@ -109,6 +109,7 @@ class FleetResult:
     config: Config
     reps: list[list[Row]]
     error: str = ""
+    loadavg: list[float] = dataclasses.field(default_factory=list)  # 1 min, before and after
 
 
 def _summary(result: FleetResult, scenario_id: str) -> dict[str, Any] | None:
@@ -158,6 +159,11 @@ def fleet_table(results: list[FleetResult], scenario_ids: list[str]) -> str:
                 f"{_ratio(s, ref_s):>8}  {' / '.join(str(n) for n in s['served']) or '-'}"
             )
         lines.append("")
+    loads = [
+        f"{r.config.label} {r.loadavg[0]:.1f} -> {r.loadavg[1]:.1f}" for r in results if r.loadavg
+    ]
+    if loads:
+        lines.append("load average (1 min) before -> after each: " + "; ".join(loads))
     lines.append(
         "req/s: mean over repetitions; p50/p99: median over repetitions; x 1 PG, x SQLite: "
         "req/s against one node on Postgres (no balancer) and one on SQLite; served: paid "

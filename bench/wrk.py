@@ -18,6 +18,7 @@ _LUA = """
 wrk.method = %(method)s
 wrk.body = %(body)s
 %(headers)s
+%(rotate)s
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
 function init(args) cost = 0; costed = 0; bad = 0 end
@@ -63,14 +64,33 @@ def _lua_string(text: str) -> str:
     return json.dumps(text)  # a JSON string literal is a valid Lua string literal here
 
 
-def _script(method: str, body: bytes | None, headers: dict[str, str]) -> str:
+# Several keys: each request takes the next one (per thread), so the load is spread evenly
+# over the keys' rows. Without a request() function wrk builds the request once.
+_ROTATE = """
+local auths = {%s}
+local turn = 0
+function request()
+  turn = turn %% #auths + 1
+  wrk.headers["Authorization"] = auths[turn]
+  return wrk.format()
+end
+"""
+
+
+def _script(
+    method: str, body: bytes | None, headers: dict[str, str], rotate_auth: list[str] | None = None
+) -> str:
     lines = "\n".join(
         f"wrk.headers[{_lua_string(k)}] = {_lua_string(v)}" for k, v in headers.items()
     )
+    rotate = ""
+    if rotate_auth and len(rotate_auth) > 1:
+        rotate = _ROTATE % ", ".join(_lua_string(a) for a in rotate_auth)
     return _LUA % {
         "method": _lua_string(method),
         "body": _lua_string(body.decode()) if body else "nil",
         "headers": lines,
+        "rotate": rotate,
         "marker": MARKER,
     }
 
@@ -85,8 +105,12 @@ def run_wrk(
     duration_s: float,
     threads: int = 1,
     timeout_s: float = 30.0,
+    rotate_auth: list[str] | None = None,
 ) -> WrkRun:
-    """Closed-loop load: `concurrency` keep-alive connections for `duration_s` seconds."""
+    """Closed-loop load: `concurrency` keep-alive connections for `duration_s` seconds.
+
+    `rotate_auth`: Authorization values taken in turn, one per request.
+    """
     binary = wrk_binary()
     if binary is None:
         raise RuntimeError("wrk is not installed: run `make bench` or apt-get install wrk")
@@ -94,7 +118,7 @@ def run_wrk(
     fd, path = tempfile.mkstemp(prefix="satsrouter-wrk-", suffix=".lua")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(_script(method, body, headers))
+            f.write(_script(method, body, headers, rotate_auth))
         cmd = [
             binary,
             f"-t{max(1, min(threads, concurrency))}",

@@ -22,6 +22,7 @@ from bench.fleet import Config, FleetResult, fleet_table
 from bench.load import RunResult, Scenario
 from bench.nginx import nginx_binary, render_balancer_config
 from bench.report import Row
+from bench.wrk import _script
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_WITHIN_S = 150
@@ -39,7 +40,7 @@ def test_configs_parse_and_several_sqlite_nodes_are_refused() -> None:
         Config.parse("sqlite-3")
     args = _parse_args(["--database", "postgres", "--nodes", "3"])
     assert args.config_list == [Config("postgres", 3, True)]
-    assert _parse_args(["--fleet"]).scenarios == "chat-c1,chat-c32,stream-c16"
+    assert _parse_args(["--fleet"]).scenarios == "chat-c1,chat-c32,stream-c16,xcashu-c8"
 
 
 @pytest.mark.parametrize(
@@ -54,6 +55,14 @@ def test_bad_command_lines_exit_with_a_message(
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert "--database postgres" in err or "--configs" in err
+
+
+def test_wrk_takes_the_keys_in_turn() -> None:
+    one = _script("POST", b"{}", {"Authorization": "Bearer sk-a"}, ["Bearer sk-a"])
+    assert "function request()" not in one  # one key: wrk builds the request once
+    two = _script("POST", b"{}", {"Authorization": "Bearer sk-a"}, ["Bearer sk-a", "Bearer sk-b"])
+    assert 'local auths = {"Bearer sk-a", "Bearer sk-b"}' in two
+    assert "function request()" in two and "turn % #auths + 1" in two
 
 
 def test_balancer_config_passes_nginx_t(tmp_path: Path) -> None:
@@ -114,7 +123,16 @@ def test_two_nodes_on_postgres_share_the_load_and_the_money_is_exact(tmp_path: P
     assert postgres_bin_dir(), "no Postgres server: `make test-tools` installs postgresql"
     assert nginx_binary() and shutil.which("wrk"), "`make bench-tools` installs nginx and wrk"
     results = tmp_path / "results.jsonl"
-    argv = ["--fleet", "--configs", "postgres-2", "--scenarios", "chat-c1", "--quick"]
+    argv = [
+        "--fleet",
+        "--configs",
+        "postgres-2",
+        "--scenarios",
+        "chat-c1",
+        "--quick",
+        "--keys",
+        "2",
+    ]
     done = subprocess.run(
         [sys.executable, "-m", "bench", *argv, "--results", str(results)],
         cwd=REPO,
@@ -127,12 +145,17 @@ def test_two_nodes_on_postgres_share_the_load_and_the_money_is_exact(tmp_path: P
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (record,) = [json.loads(line) for line in results.read_text().splitlines()]
     assert (record["database"], record["nodes"], record["balancer"]) == ("postgres", 2, True)
+    assert record["keys"] == 2
     assert record["scenario"] == "chat-c1" and "fleet" in record
     check = record["charge_check"]
     assert check["ok"] and check["reserved_after_msat"] == 0
     assert check["spent_msat"] == check["charged_requests"] * check["price_msat"] > 0
     served = record["served_by_node"]
-    # round robin: both nodes answered, and between them every request the key paid for
+    # both keys paid (their figures summed), each for half of the requests, give or take
+    # what wrk left in flight
+    per_key = check["charged_per_key"]
+    assert len(per_key) == 2 and min(per_key) > 0 and sum(per_key) == check["charged_requests"]
+    # round robin: both nodes answered, and between them every request the keys paid for
     assert len(served) == 2 and min(served) > 0, served
     assert sum(served) == check["charged_requests"]
     assert len(record["node_rss_mb"]) == 2  # both nodes' memory
