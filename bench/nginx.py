@@ -10,6 +10,9 @@ passes on to its upstream unchanged:
 
 The canned bodies are captured once from the Python fake upstream, so their schema is
 exactly the one the test suite uses.
+
+`nginx_balancer` is the other nginx the bench runs: a load balancer in front of several
+nodes (`--nodes`), shaped as deploy/nginx.conf.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -215,10 +220,28 @@ def nginx_balancer(node_urls: list[str]) -> Iterator[str]:
     with _workdir() as workdir:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        with _running(
-            workdir, render_balancer_config(workdir, port, node_urls), f"{url}/v1/models"
-        ):
-            yield url
+        try:
+            with _running(
+                workdir, render_balancer_config(workdir, port, node_urls), f"{url}/v1/models"
+            ):
+                yield url
+        finally:
+            # What the balancer saw go wrong (a node refusing or cutting a connection) is
+            # gone with its temp dir: say it before.
+            if found := balancer_errors(workdir / "error.log"):
+                print(found, file=sys.stderr)
+
+
+def balancer_errors(log: Path) -> str | None:
+    """The error lines of nginx's log (none: None), counted, the last few quoted."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return None
+    bad = [line for line in text.splitlines() if re.search(r"\[(error|crit|alert|emerg)\]", line)]
+    if not bad:
+        return None
+    return f"{len(bad)} error lines in the balancer's log; last ones:\n" + "\n".join(bad[-5:])
 
 
 @contextlib.contextmanager

@@ -299,7 +299,11 @@ def _cpu_model() -> str:
 
 def run_info(duration_s: float, warmup_s: float) -> dict[str, Any]:
     """What every record of this run shares: commit, date, machine, settings."""
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    # The results file itself does not make the code dirty: a run appends to it, and the
+    # next configuration of a --fleet comparison would otherwise say "dirty".
+    status = _git(
+        "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results.jsonl"
+    )
     return {
         "commit": _git("rev-parse", "--short", "HEAD"),
         "dirty": bool(status) if status is not None else None,

@@ -159,7 +159,11 @@ def _wrk_result(target: str, scenario: Scenario, warm: WrkRun | None, run: WrkRu
         result.requests += part.requests
         result.errors += part.non200 + part.transport_errors
         if part.non200:
-            result.error_kinds["non-200"] += part.non200
+            # by status where wrk kept it (the first 20 per run), the rest as plain non-200
+            for code in part.non200_codes:
+                result.error_kinds[f"http {code}"] += 1
+            if rest := part.non200 - len(part.non200_codes):
+                result.error_kinds["non-200"] += rest
         if part.transport_errors:
             result.error_kinds["transport"] += part.transport_errors
         result.reported_cost_msat += part.cost_msat

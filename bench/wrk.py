@@ -21,23 +21,27 @@ wrk.body = %(body)s
 %(rotate)s
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
-function init(args) cost = 0; costed = 0; bad = 0 end
+function init(args) cost = 0; costed = 0; bad = 0; codes = "" end
 function response(status, headers, body)
-  if status ~= 200 then bad = bad + 1 end
+  if status ~= 200 then
+    bad = bad + 1
+    if bad <= 20 then codes = codes .. status .. " " end
+  end
   local c = headers["x-routstr-cost-msats"] or headers["X-Routstr-Cost-Msats"]
   if c then cost = cost + tonumber(c); costed = costed + 1 end
 end
 function done(summary, latency, requests)
-  local cost, costed, bad = 0, 0, 0
+  local cost, costed, bad, codes = 0, 0, 0, ""
   for _, t in ipairs(threads) do
     cost = cost + t:get("cost"); costed = costed + t:get("costed"); bad = bad + t:get("bad")
+    codes = codes .. t:get("codes")
   end
   local e = summary.errors
   io.write(string.format(
     '%(marker)s{"requests":%%d,"duration_us":%%d,"non200":%%d,"connect":%%d,"read":%%d,' ..
-    '"write":%%d,"timeout":%%d,"p50_us":%%.1f,"p99_us":%%.1f,"cost_msat":%%d,"costed":%%d}\\n',
+    '"write":%%d,"timeout":%%d,"p50_us":%%.1f,"p99_us":%%.1f,"cost_msat":%%d,"costed":%%d,"codes":"%%s"}\\n',
     summary.requests, summary.duration, bad, e.connect, e.read, e.write, e.timeout,
-    latency:percentile(50), latency:percentile(99), cost, costed))
+    latency:percentile(50), latency:percentile(99), cost, costed, codes))
 end
 """
 
@@ -54,6 +58,7 @@ class WrkRun:
     p99_ms: float
     cost_msat: int  # sum of X-Routstr-Cost-Msats over the responses
     costed: int  # responses that carried the header
+    non200_codes: tuple[int, ...] = ()  # the first non-200 statuses (up to 20 per thread)
 
 
 def wrk_binary() -> str | None:
@@ -150,4 +155,5 @@ def _parse(raw: dict[str, Any]) -> WrkRun:
         p99_ms=float(raw["p99_us"]) / 1000.0,
         cost_msat=int(raw["cost_msat"]),
         costed=int(raw["costed"]),
+        non200_codes=tuple(int(c) for c in str(raw.get("codes", "")).split()),
     )
