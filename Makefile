@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-sqlite test-postgres lint test-tools client-tools relay-tools bench bench-tools clean
+.PHONY: demo test test-sqlite test-postgres lint test-tools client-tools relay-tools bench bench-fleet bench-tools clean
 
 # The node, plus (dev/) its test doubles and the demo, which the wheel does not carry.
 $(STAMP): pyproject.toml dev/pyproject.toml constraints.txt
@@ -50,8 +50,9 @@ CHROMIUM := $(if $(wildcard /usr/bin/chromium),ok)
 # started by the tests on a free loopback port (tests/conftest_redis.py).
 REDIS := $(if $(wildcard /usr/bin/redis-server),ok)
 
-# The nginx example (deploy/nginx.conf) is checked with `nginx -t` (tests/test_deploy_files.py).
-NGINX := $(if $(wildcard /usr/sbin/nginx),ok)
+# The nginx example (deploy/nginx.conf) is checked with `nginx -t` (tests/test_deploy_files.py);
+# the bench's fleet mode runs nginx and wrk (tests/test_bench_fleet.py).
+NGINX := $(if $(and $(wildcard /usr/sbin/nginx),$(wildcard /usr/bin/wrk)),ok)
 
 test-tools: client-tools relay-tools
 
@@ -74,7 +75,7 @@ ifneq ($(REDIS),ok)
 endif
 ifneq ($(NGINX),ok)
 	$(SUDO) apt-get update -qq
-	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light wrk
 endif
 
 # The real-program tests (tests/test_real_clients.py, marker `clients`) run Claude Code, the
@@ -106,6 +107,14 @@ endif
 
 bench: $(STAMP) bench-tools
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# One SQLite node, then one, two and three nodes on one Postgres (bench/README.md, "Fleet").
+bench-fleet: $(STAMP) bench-tools
+ifneq ($(TEST_TOOLS),ok)
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
+endif
+	$(BIN)/python -m bench --fleet $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache $(CLIENTS)/node_modules

@@ -17,6 +17,8 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import os
+import secrets
 import signal
 import sys
 import tempfile
@@ -32,9 +34,18 @@ from satsrouter_dev.mint import TestWallet
 from satsrouter_dev.stack import Stack, log_tail, running_stack
 
 from bench.failover import circuit_openings, failover_node
+from bench.fleet import (
+    FLEET_CONFIGS,
+    FLEET_SCENARIOS,
+    Config,
+    FleetResult,
+    bench_database,
+    fleet_table,
+    served,
+)
 from bench.load import RunResult, Scenario, request_body
 from bench.mintload import access_counts, wallet_outputs
-from bench.nginx import SLOW_HEADER, capture_replies, nginx_upstream
+from bench.nginx import SLOW_HEADER, capture_replies, nginx_balancer, nginx_upstream
 from bench.report import Row, append_jsonl, records, rss_mb, run_info, table, targets
 from bench.scenarios import (
     XSTREAM_MAX_REQUESTS,
@@ -71,8 +82,36 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=None, help="seconds discarded (default 1)")
     p.add_argument(
         "--scenarios",
-        default=DEFAULT_SCENARIOS,
-        help=f"comma list of kind-cN (default {DEFAULT_SCENARIOS})",
+        default=None,
+        help=f"comma list of kind-cN (default {DEFAULT_SCENARIOS}; with --fleet {FLEET_SCENARIOS})",
+    )
+    p.add_argument(
+        "--database",
+        choices=("sqlite", "postgres"),
+        default="sqlite",
+        help="sqlite: each node its own file; postgres: a throwaway local cluster, one "
+        "database shared by every node (default sqlite)",
+    )
+    p.add_argument(
+        "--nodes",
+        type=int,
+        default=1,
+        help="node processes behind an nginx load balancer (> 1 needs --database postgres)",
+    )
+    p.add_argument(
+        "--balancer",
+        action="store_true",
+        help="put the load balancer in front of a single node too (always there with --nodes > 1)",
+    )
+    p.add_argument(
+        "--fleet",
+        action="store_true",
+        help="run the scenarios for each of --configs back to back and compare them",
+    )
+    p.add_argument(
+        "--configs",
+        default=FLEET_CONFIGS,
+        help=f"with --fleet: comma list of database-N[-lb] (default {FLEET_CONFIGS})",
     )
     p.add_argument(
         "--max-requests",
@@ -81,6 +120,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="cap per Python-driven run, warm-up included (default 200000)",
     )
     p.add_argument("--workers", type=int, default=1, help="node worker processes (default 1)")
+    p.add_argument(
+        "--keys",
+        type=int,
+        default=1,
+        help="sk- keys funded; paid requests take them in turn (default 1: one key's row)",
+    )
     p.add_argument("--repeat", type=int, default=2, help="repetitions, RSS after each (default 2)")
     p.add_argument(
         "--xcashu-tokens",
@@ -104,14 +149,35 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.warmup = 0.2 if args.quick else 1.0
     if args.quick and args.repeat == 2:
         args.repeat = 1
+    if args.fleet and args.repeat == 2:
+        args.repeat = 1  # five configurations: one repetition each unless asked
+    if args.scenarios is None:
+        args.scenarios = FLEET_SCENARIOS if args.fleet else DEFAULT_SCENARIOS
+    try:
+        if args.fleet:
+            if args.nodes != 1 or args.database != "sqlite" or args.balancer:
+                p.error("--fleet takes its configurations from --configs, not --database/--nodes")
+            args.config_list = [Config.parse(c) for c in args.configs.split(",") if c.strip()]
+            if not args.config_list:
+                p.error("no configurations")
+        else:
+            config = Config(args.database, args.nodes, args.balancer or args.nodes > 1)
+            config.check()
+            args.config_list = [config]
+    except ValueError as exc:
+        p.error(str(exc))
     if args.duration <= 0 or args.warmup < 0 or args.max_requests < 1:
         p.error("--duration must be > 0, --warmup >= 0, --max-requests >= 1")
     if (
         args.workers < 1
+        or not 1 <= args.keys <= 256
         or not 1 <= args.repeat <= 10
         or min(args.xcashu_tokens, args.mint_swaps) < 0
     ):
-        p.error("--workers >= 1, 1 <= --repeat <= 10, --xcashu-tokens and --mint-swaps >= 0")
+        p.error(
+            "--workers >= 1, 1 <= --keys <= 256, 1 <= --repeat <= 10, --xcashu-tokens and "
+            "--mint-swaps >= 0"
+        )
     try:
         args.scenario_list = [Scenario.parse(s) for s in args.scenarios.split(",") if s.strip()]
     except ValueError as exc:
@@ -181,17 +247,22 @@ async def _failover_context(ctx: Context, wallet: TestWallet, stack: Stack) -> C
     key = await _fund_key(ctx.session, stack, wallet)
     price = await _price(ctx.session, stack, key)
     print(f"failover node {stack.node_url}: one request costs {price} msat", flush=True)
-    return dataclasses.replace(ctx, stack=stack, key=key, price_msat=price)
+    return dataclasses.replace(ctx, stack=stack, key=key, keys=[key], price_msat=price)
 
 
 async def _bench(
-    stack: Stack, args: argparse.Namespace, workdir: Path, failover: Stack | None = None
+    stack: Stack,
+    args: argparse.Namespace,
+    workdir: Path,
+    failover: Stack | None = None,
+    metrics_token: str = "",
 ) -> list[list[Row]]:
     connector = aiohttp.TCPConnector(limit=1024, limit_per_host=0, keepalive_timeout=3.0)
     timeout = aiohttp.ClientTimeout(total=None)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         wallet = await TestWallet.create(stack.mint_url, workdir / "wallet")
-        key = await _fund_key(session, stack, wallet)
+        keys = [await _fund_key(session, stack, wallet) for _ in range(args.keys)]
+        key = keys[0]
         pool = []
         swap_pool = []
         if (needed := _tokens_needed(args)) > 0:
@@ -205,12 +276,14 @@ async def _bench(
             session=session,
             stack=stack,
             key=key,
+            keys=keys,
             price_msat=await _price(session, stack, key),
             warmup_s=args.warmup,
             duration_s=args.duration,
             max_requests=args.max_requests,
         )
-        print(f"funded {key[:7]}…; one request costs {ctx.price_msat} msat", flush=True)
+        funded = f"{key[:7]}…" if len(keys) == 1 else f"{len(keys)} keys"
+        print(f"funded {funded}; one request costs {ctx.price_msat} msat", flush=True)
         if failover is not None:
             ctx.failover = await _failover_context(ctx, wallet, failover)
         print(flush=True)
@@ -229,6 +302,8 @@ async def _bench(
                 mint_log = stack.mint_log or workdir / "mint" / "mint.log"
                 node_data = workdir / "node"
                 outputs_before = 0
+                served_before: list[int] = []
+                served_after: list[int] = []
                 calls_before = access_counts(mint_log)
                 openings_before = circuit_openings(failover.node_log) if failover else 0
                 base, main = scenario.targets
@@ -238,10 +313,13 @@ async def _bench(
                     before = await _settled(node_ctx) if node_ctx else {}
                     if target == "node":
                         calls_before = access_counts(mint_log)
-                        outputs_before = wallet_outputs(node_data)
+                        outputs_before = await wallet_outputs(node_data, stack.database_url)
+                        served_before = await served(session, stack, metrics_token)
                     run = await run_target(ctx, scenario, target)
                     if node_ctx:
                         balances[target] = (before, await _settled(node_ctx))
+                    if target == "node":
+                        served_after = await served(session, stack, metrics_token)
                     print(f"{run.rps:>9.1f} req/s  {run.errors} errors", flush=True)
                     runs[target] = run
                 main_ctx = node_context(ctx, main)
@@ -257,10 +335,14 @@ async def _bench(
                         circuit_openings(failover.node_log) - openings_before
                     )
                 row = Row(scenario, runs[base], runs[main], check)
+                if served_after:
+                    row.served_by_node = [
+                        a - b for a, b in zip(served_after, served_before, strict=True)
+                    ]
                 if scenario.kind == "xcashu":
                     # the mint's requests caused by the node run (settled: none in flight)
                     calls = access_counts(mint_log) - calls_before
-                    grown = wallet_outputs(node_data) - outputs_before
+                    grown = await wallet_outputs(node_data, stack.database_url) - outputs_before
                     shape = swap_shape(runs["node"].requests, grown, calls)
                     ctx.swap_inputs = swap_pool[: args.mint_swaps]
                     del swap_pool[: args.mint_swaps]
@@ -269,8 +351,11 @@ async def _bench(
                     print(f"{direct.rps:>9.1f} swaps/s  {direct.errors} errors", flush=True)
                     row.mint = mint_share(runs["node"], direct, dict(calls))
                 rows.append(row)
-            rss = rss_mb(stack.node_pid)
-            print(f"  node RSS after repetition {rep + 1}: {sum(rss.values()):.1f} MB\n")
+            per_node = [rss_mb(n.pid) for n in stack.nodes] or [rss_mb(stack.node_pid)]
+            rss = {pid: mb for tree in per_node for pid, mb in tree.items()}
+            each = " + ".join(f"{sum(t.values()):.1f}" for t in per_node)
+            more = f" ({each})" if len(per_node) > 1 else ""
+            print(f"  node RSS after repetition {rep + 1}: {sum(rss.values()):.1f} MB{more}\n")
             for row in rows:
                 row.rss_mb = rss
             reps.append(rows)
@@ -298,7 +383,11 @@ def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
 
 
 async def _bench_until_signal(
-    stack: Stack, args: argparse.Namespace, workdir: Path, failover: Stack | None
+    stack: Stack,
+    args: argparse.Namespace,
+    workdir: Path,
+    failover: Stack | None,
+    metrics_token: str,
 ) -> list[list[Row]]:
     """_bench, cancelled by SIGINT/SIGTERM.
 
@@ -318,7 +407,7 @@ async def _bench_until_signal(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     try:
-        return await _bench(stack, args, workdir, failover)
+        return await _bench(stack, args, workdir, failover, metrics_token)
     except BaseException as exc:
         if signalled:
             raise Interrupted from exc
@@ -334,65 +423,87 @@ def _front(fake_url: str) -> contextlib.AbstractContextManager[str]:
     return nginx_upstream(fake_url, capture_replies(fake_url, body))
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parse_args(argv)
-    # Outside the event loop: Ctrl-C raises KeyboardInterrupt, SIGTERM raises Interrupted.
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    info = run_info(args.duration, args.warmup)
-    info["workers"] = args.workers
-    print(
-        f"satsrouter bench @ {info['commit']}{' (dirty)' if info['dirty'] else ''}, "
-        f"{info['machine']['cpus']} CPUs, Python {info['machine']['python']}, "
-        f"{args.workers} node worker(s); {args.warmup:g} s warm-up + {args.duration:g} s "
-        f"per scenario and target, {args.repeat} repetition(s)"
-    )
-    with tempfile.TemporaryDirectory(prefix="satsrouter-bench-") as tmp:
+@dataclasses.dataclass
+class Outcome:
+    """One configuration's repetitions and what its nodes' logs say."""
+
+    reps: list[list[Row]]
+    findings: list[str | None]
+
+
+def _describe(args: argparse.Namespace, config: Config) -> str:
+    nodes = f"{config.nodes} node(s) x {args.workers} worker(s) on {config.database}"
+    nodes += f", {args.keys} keys" if args.keys > 1 else ""
+    return nodes + (" behind nginx" if config.balancer else "")
+
+
+def _run_config(args: argparse.Namespace, config: Config) -> Outcome:
+    """Start everything for `config`, run every scenario, stop everything (also on errors)."""
+    token = secrets.token_hex(16)
+    # nginx sends FORWARD_HEADERS' requests to the slow Python fake (xstream); the bench
+    # reads each node's /metrics with its token (who served what).
+    settings = {"FORWARD_HEADERS": SLOW_HEADER, "METRICS_TOKEN": token}
+    with (
+        tempfile.TemporaryDirectory(prefix="satsrouter-bench-") as tmp,
+        bench_database(config.database) as database_url,
+    ):
         workdir = Path(tmp)
-        try:
-            with (
-                running_stack(
-                    workdir,
-                    SLOW_UPSTREAM,
-                    workers=args.workers,
-                    front=_front,
-                    # nginx sends this header's requests to the slow Python fake (xstream).
-                    settings={"FORWARD_HEADERS": SLOW_HEADER},
-                ) as stack,
-                contextlib.ExitStack() as extra,
-            ):
-                print(
-                    f"mint {stack.mint_url}, nginx {stack.upstream_url}, "
-                    f"slow fake {stack.fake_url}, node {stack.node_url}"
+        if database_url:
+            settings["DATABASE_URL"] = database_url
+        with (
+            running_stack(
+                workdir,
+                SLOW_UPSTREAM,
+                workers=args.workers,
+                front=_front,
+                settings=settings,
+                nodes=config.nodes,
+                balancer=nginx_balancer if config.balancer else None,
+            ) as stack,
+            contextlib.ExitStack() as extra,
+        ):
+            urls = ", ".join(n.url for n in stack.nodes)
+            print(
+                f"mint {stack.mint_url}, nginx {stack.upstream_url}, "
+                f"slow fake {stack.fake_url}, node{'s' if len(stack.nodes) > 1 else ''} {urls}"
+                + (f" behind nginx {stack.node_url}" if config.balancer else "")
+                + (" on Postgres" if database_url else "")
+            )
+            failover = None
+            if _wants_failover(args):
+                # canned replies carry SLOW_UPSTREAM's completion tokens: flaky matches
+                tokens = int(SLOW_UPSTREAM["completion_tokens"])
+                failover = extra.enter_context(
+                    failover_node(workdir, stack, tokens, workers=args.workers)
                 )
-                failover = None
-                if _wants_failover(args):
-                    # canned replies carry SLOW_UPSTREAM's completion tokens: flaky matches
-                    tokens = int(SLOW_UPSTREAM["completion_tokens"])
-                    failover = extra.enter_context(
-                        failover_node(workdir, stack, tokens, workers=args.workers)
-                    )
-                    print(f"failover node {failover.node_url} (flaky fake + nginx)")
-                try:
-                    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                        reps = runner.run(_bench_until_signal(stack, args, workdir, failover))
-                except Exception as exc:
-                    if not isinstance(exc, Interrupted):
-                        print("node log (tail):\n" + log_tail(stack.node_log), file=sys.stderr)
-                    raise
-                findings = [_node_log_findings(stack.node_log)]
-                if failover is not None:
-                    findings.append(_node_log_findings(failover.node_log, "the failover node"))
-        except (KeyboardInterrupt, Interrupted):
-            print("\ninterrupted; the nodes, nginx, the fake upstreams and the mint were stopped")
-            return 130
-    print("stopped the nodes, nginx, the fake upstreams and the mint\n")
+                print(f"failover node {failover.node_url} (flaky fake + nginx)")
+            try:
+                with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                    reps = runner.run(_bench_until_signal(stack, args, workdir, failover, token))
+            except Exception as exc:
+                if not isinstance(exc, Interrupted):
+                    for i, node in enumerate(stack.nodes, 1):
+                        print(f"node {i} log (tail):\n" + log_tail(node.log), file=sys.stderr)
+                raise
+            findings = [
+                _node_log_findings(n.log, f"node {i}" if len(stack.nodes) > 1 else "the node")
+                for i, n in enumerate(stack.nodes, 1)
+            ]
+            if failover is not None:
+                findings.append(_node_log_findings(failover.node_log, "the failover node"))
+    return Outcome(reps, findings)
+
+
+def _report(args: argparse.Namespace, info: dict[str, Any], outcome: Outcome) -> bool:
+    """Print one configuration's tables, targets and log findings; save its records."""
+    reps = outcome.reps
     for rep, rows in enumerate(reps, 1):
         print(f"repetition {rep}/{len(reps)}")
         print(table(rows))
         print()
     verdicts = targets(reps)
     print("\n".join(verdicts.lines))
-    for finding in findings:
+    for finding in outcome.findings:
         if finding:
             print("\n" + finding)
     if not args.no_save:
@@ -401,7 +512,62 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nappended {len(lines)} lines to {args.results}")
     errors = sum(r.upstream.errors + r.node.errors for rows in reps for r in rows)
     checks_ok = all(r.check["ok"] for rows in reps for r in rows)
-    return 0 if checks_ok and errors == 0 else 1
+    return checks_ok and errors == 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    # Outside the event loop: Ctrl-C raises KeyboardInterrupt, SIGTERM raises Interrupted.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    configs: list[Config] = args.config_list
+    fleet_started = run_info(args.duration, args.warmup)["date"]
+    results: list[FleetResult] = []
+    all_ok = True
+    for n, config in enumerate(configs, 1):
+        info = run_info(args.duration, args.warmup)
+        info.update(workers=args.workers, database=config.database, nodes=config.nodes)
+        info["keys"] = args.keys
+        info["balancer"] = config.balancer
+        if args.fleet:
+            info["fleet"] = fleet_started  # the records of one comparison share it
+        step = f" [{n}/{len(configs)}: {config.label}]" if args.fleet else ""
+        print(
+            f"satsrouter bench{step} @ {info['commit']}{' (dirty)' if info['dirty'] else ''}, "
+            f"{info['machine']['cpus']} CPUs, Python {info['machine']['python']}, "
+            f"{_describe(args, config)}; {args.warmup:g} s warm-up + {args.duration:g} s "
+            f"per scenario and target, {args.repeat} repetition(s)"
+        )
+        # The machine may be shared: what else ran is part of the figures.
+        load_before = os.getloadavg()[0]
+        try:
+            outcome = _run_config(args, config)
+        except (KeyboardInterrupt, Interrupted):
+            print(
+                "\ninterrupted; the nodes, nginx, the fake upstreams, the mint (and Postgres) "
+                "were stopped"
+            )
+            return 130
+        except Exception as exc:
+            if not args.fleet:
+                raise
+            # One broken configuration should not cost the others' figures.
+            print(f"\n{config.label} failed: {type(exc).__name__}: {exc}\n", file=sys.stderr)
+            results.append(FleetResult(config, [], f"{type(exc).__name__}: {exc}"[:200]))
+            all_ok = False
+            continue
+        print("stopped the nodes, nginx, the fake upstreams and the mint\n")
+        info["loadavg_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
+        all_ok = _report(args, info, outcome) and all_ok
+        results.append(FleetResult(config, outcome.reps, loadavg=info["loadavg_1min"]))
+        print()
+    if args.fleet:
+        print(
+            f"fleet comparison @ {fleet_started}: {args.workers} worker(s) per node, "
+            f"{args.warmup:g} s warm-up + {args.duration:g} s per run\n"
+        )
+        ids = [s.id for s in args.scenario_list]
+        print(fleet_table(results, ids))
+    return 0 if all_ok else 1
 
 
 if __name__ == "__main__":

@@ -311,7 +311,7 @@ async def run_scenario(
     *,
     target: str,
     base_url: str,
-    api_key: str | None,
+    api_key: str | list[str] | None,
     scenario: Scenario,
     warmup_s: float,
     duration_s: float,
@@ -335,8 +335,9 @@ async def run_scenario(
     if scenario.stream:
         headers["Accept"] = "text/event-stream"  # also what picks nginx's canned stream
     paid = api_key is not None or next_token is not None
-    if api_key is not None:
-        headers["Authorization"] = f"Bearer {api_key}"
+    # Several keys: request i uses key i mod n (the load spread evenly over their rows).
+    keys = [api_key] if isinstance(api_key, str) else list(api_key or ())
+    per_key = [{**headers, "Authorization": f"Bearer {key}"} for key in keys] or [headers]
     body = request_body(scenario.stream)
     result = RunResult(target, scenario)
     start = time.perf_counter()
@@ -346,8 +347,8 @@ async def run_scenario(
     interval = 1.0 / scenario.rate if scenario.rate else 0.0
     next_send = start
 
-    async def one(t0: float, token: tuple[str, int] | None) -> Outcome:
-        hdrs, value = headers, None
+    async def one(t0: float, token: tuple[str, int] | None, n: int) -> Outcome:
+        hdrs, value = per_key[n % len(per_key)], None
         if token is not None:
             hdrs, value = {**headers, "X-Cashu": token[0]}, token[1]
         if scenario.stream:
@@ -368,13 +369,14 @@ async def run_scenario(
             token = next_token() if next_token is not None else None
             if next_token is not None and token is None:
                 return
+            n = result.requests
             result.requests += 1
             measured = t0 >= measure_from
             if not measured:
                 result.warmup_requests += 1
             try:
                 async with asyncio.timeout(timeout_s):
-                    outcome = await one(t0, token)
+                    outcome = await one(t0, token, n)
             except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
                 outcome = Outcome(type(exc).__name__)
             t1 = time.perf_counter()

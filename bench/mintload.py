@@ -104,13 +104,27 @@ def _outputs(amount: int, keyset_id: str, count: int) -> list[dict[str, Any]]:
     return outs
 
 
-def wallet_outputs(data_dir: Path) -> int:
-    """Outputs the node's wallet has ever asked a mint to sign (its derivation counters)."""
+async def wallet_outputs(data_dir: Path, database_url: str = "") -> int:
+    """Outputs the node's wallet has ever asked a mint to sign (its derivation counters).
+
+    On Postgres (`database_url`) the fleet's one shared wallet; else the node's SQLite file.
+    """
+    query = "SELECT coalesce(sum(counter), 0) FROM wallet_keysets"
+    if database_url:
+        import asyncpg
+
+        dsn = database_url.replace("postgresql+asyncpg://", "postgresql://", 1)
+        conn = await asyncpg.connect(dsn, timeout=10)
+        try:
+            total = await conn.fetchval(query)
+        finally:
+            await conn.close()
+        return int(total)
     path = data_dir / "satsrouter.sqlite"
     if not path.exists():
         return 0
     with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
-        (total,) = db.execute("SELECT coalesce(sum(counter), 0) FROM wallet_keysets").fetchone()
+        (total,) = db.execute(query).fetchone()
     return int(total)
 
 

@@ -10,6 +10,9 @@ passes on to its upstream unchanged:
 
 The canned bodies are captured once from the Python fake upstream, so their schema is
 exactly the one the test suite uses.
+
+`nginx_balancer` is the other nginx the bench runs: a load balancer in front of several
+nodes (`--nodes`), shaped as deploy/nginx.conf.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -139,47 +144,140 @@ http {{
 """
 
 
+def render_balancer_config(workdir: Path, port: int, node_urls: list[str]) -> str:
+    """nginx.conf for the load balancer in front of several nodes (deploy/nginx.conf's shape).
+
+    Round robin, keep-alive to the nodes, unbuffered (streams pass as the node writes
+    them), no access log, one worker: on a small machine the nodes need the cores.
+    """
+    tmp = workdir / "tmp"
+    servers = "\n".join(
+        f"        server {url.removeprefix('http://')} max_fails=3 fail_timeout=10s;"
+        for url in node_urls
+    )
+    return f"""
+daemon off;
+worker_processes 1;
+pid {workdir}/nginx.pid;
+error_log {workdir}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    keepalive_requests 10000000;
+    keepalive_timeout 75s;
+    server_tokens off;
+    upstream satsrouter_nodes {{
+{servers}
+        keepalive 64;
+        keepalive_requests 10000000;
+    }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        client_max_body_size 8m;
+        large_client_header_buffers 4 32k;
+        location / {{
+            proxy_pass http://satsrouter_nodes;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_buffering off;
+            proxy_cache off;
+            proxy_read_timeout 900s;
+            proxy_send_timeout 900s;
+            proxy_connect_timeout 5s;
+            proxy_next_upstream error timeout;
+            proxy_next_upstream_tries 2;
+        }}
+    }}
+}}
+"""
+
+
 @contextlib.contextmanager
 def nginx_upstream(slow_url: str, replies: dict[str, bytes]) -> Iterator[str]:
     """Run nginx on a free 127.0.0.1 port until the block ends; yields its base URL (/v1)."""
-    binary = nginx_binary()
-    if binary is None:
-        raise RuntimeError("nginx is not installed: `make bench` or `apt-get install nginx-light`")
+    slow_port = int(slow_url.rsplit(":", 1)[1].split("/", 1)[0])
+    with _workdir() as workdir:
+        (workdir / "replies").mkdir()
+        for name, filename in REPLY_FILES.items():
+            (workdir / "replies" / filename).write_bytes(replies[name])
+        port = free_port()
+        conf = render_config(workdir, port, slow_port)
+        url = f"http://127.0.0.1:{port}/v1"
+        with _running(workdir, conf, f"{url}/models"):
+            yield url
+
+
+@contextlib.contextmanager
+def nginx_balancer(node_urls: list[str]) -> Iterator[str]:
+    """nginx balancing over `node_urls` until the block ends; yields its URL (no /v1)."""
+    with _workdir() as workdir:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        try:
+            with _running(
+                workdir, render_balancer_config(workdir, port, node_urls), f"{url}/v1/models"
+            ):
+                yield url
+        finally:
+            # What the balancer saw go wrong (a node refusing or cutting a connection) is
+            # gone with its temp dir: say it before.
+            if found := balancer_errors(workdir / "error.log"):
+                print(found, file=sys.stderr)
+
+
+def balancer_errors(log: Path) -> str | None:
+    """The error lines of nginx's log (none: None), counted, the last few quoted."""
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return None
+    bad = [line for line in text.splitlines() if re.search(r"\[(error|crit|alert|emerg)\]", line)]
+    if not bad:
+        return None
+    return f"{len(bad)} error lines in the balancer's log; last ones:\n" + "\n".join(bad[-5:])
+
+
+@contextlib.contextmanager
+def _workdir() -> Iterator[Path]:
     # Its own world-readable temp dir: started as root, nginx's worker runs as `nobody`,
     # which must reach the replies (a caller's 0700 temp dir would hide them).
     workdir = Path(tempfile.mkdtemp(prefix="satsrouter-bench-nginx-"))
     workdir.chmod(0o755)
     try:
-        with _running(binary, workdir, slow_url, replies) as url:
-            yield url
+        (workdir / "tmp").mkdir()
+        yield workdir
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
 @contextlib.contextmanager
-def _running(binary: str, workdir: Path, slow_url: str, replies: dict[str, bytes]) -> Iterator[str]:
-    (workdir / "tmp").mkdir()
-    slow_port = int(slow_url.rsplit(":", 1)[1].split("/", 1)[0])
-    port = free_port()
+def _running(workdir: Path, config: str, ready_url: str) -> Iterator[None]:
+    """nginx with `config` from `workdir` until the block ends, once `ready_url` answers."""
+    binary = nginx_binary()
+    if binary is None:
+        raise RuntimeError("nginx is not installed: `make bench` or `apt-get install nginx-light`")
     conf = workdir / "nginx.conf"
-    (workdir / "replies").mkdir(exist_ok=True)
-    for name, filename in REPLY_FILES.items():
-        (workdir / "replies" / filename).write_bytes(replies[name])
-    conf.write_text(render_config(workdir, port, slow_port))
+    conf.write_text(config)
     log = (workdir / "stderr.log").open("wb")
     # -p: relative paths and the default log land in our temp dir, not /var/log/nginx.
     cmd = [binary, "-p", str(workdir), "-c", str(conf), "-e", str(workdir / "error.log")]
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
-    url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
-        while not answers(f"{url}/models"):
+        while not answers(ready_url):
             if proc.poll() is not None:
                 raise RuntimeError(f"nginx exited ({proc.returncode}): {_tail(workdir)}")
             if time.monotonic() > deadline:
                 raise RuntimeError(f"nginx did not answer within {START_TIMEOUT_S:.0f} s")
             time.sleep(0.05)
-        yield url
+        yield
     finally:
         log.close()
         if proc.poll() is None:

@@ -57,6 +57,8 @@ class Row:
     check: dict[str, Any]
     rss_mb: dict[int, float] = dataclasses.field(default_factory=dict)
     mint: dict[str, Any] | None = None  # xcashu: the mint-direct baseline and the node's share
+    # paid requests each node answered during the node run (warm-up included), in node order
+    served_by_node: list[int] | None = None
 
 
 def table(rows: list[Row]) -> str:
@@ -93,6 +95,10 @@ def table(rows: list[Row]) -> str:
         lines.append(f"{'':<12} money: {_money(row)}")
         if row.mint is not None:
             lines.append(f"{'':<12} mint: {_mint(row.mint)}")
+        if row.served_by_node is not None and len(row.served_by_node) > 1:
+            lines.append(
+                f"{'':<12} served per node: " + " / ".join(str(n) for n in row.served_by_node)
+            )
         lines.append("")
     lines.append(
         "node/up: req/s = node throughput / upstream throughput; "
@@ -293,7 +299,11 @@ def _cpu_model() -> str:
 
 def run_info(duration_s: float, warmup_s: float) -> dict[str, Any]:
     """What every record of this run shares: commit, date, machine, settings."""
-    status = _git("status", "--porcelain", "--untracked-files=no")
+    # The results file itself does not make the code dirty: a run appends to it, and the
+    # next configuration of a --fleet comparison would otherwise say "dirty".
+    status = _git(
+        "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results.jsonl"
+    )
     return {
         "commit": _git("rev-parse", "--short", "HEAD"),
         "dirty": bool(status) if status is not None else None,
@@ -324,6 +334,7 @@ def records(info: dict[str, Any], rows: list[Row], repetition: int) -> list[dict
             "charge_check": row.check,
             "node_rss_mb": {str(k): round(v, 1) for k, v in row.rss_mb.items()},
             **({"mint": row.mint} if row.mint is not None else {}),
+            **({"served_by_node": row.served_by_node} if row.served_by_node is not None else {}),
         }
         for row in rows
     ]

@@ -18,25 +18,30 @@ _LUA = """
 wrk.method = %(method)s
 wrk.body = %(body)s
 %(headers)s
+%(rotate)s
 local threads = {}
 function setup(thread) table.insert(threads, thread) end
-function init(args) cost = 0; costed = 0; bad = 0 end
+function init(args) cost = 0; costed = 0; bad = 0; codes = "" end
 function response(status, headers, body)
-  if status ~= 200 then bad = bad + 1 end
+  if status ~= 200 then
+    bad = bad + 1
+    if bad <= 20 then codes = codes .. status .. " " end
+  end
   local c = headers["x-routstr-cost-msats"] or headers["X-Routstr-Cost-Msats"]
   if c then cost = cost + tonumber(c); costed = costed + 1 end
 end
 function done(summary, latency, requests)
-  local cost, costed, bad = 0, 0, 0
+  local cost, costed, bad, codes = 0, 0, 0, ""
   for _, t in ipairs(threads) do
     cost = cost + t:get("cost"); costed = costed + t:get("costed"); bad = bad + t:get("bad")
+    codes = codes .. t:get("codes")
   end
   local e = summary.errors
   io.write(string.format(
     '%(marker)s{"requests":%%d,"duration_us":%%d,"non200":%%d,"connect":%%d,"read":%%d,' ..
-    '"write":%%d,"timeout":%%d,"p50_us":%%.1f,"p99_us":%%.1f,"cost_msat":%%d,"costed":%%d}\\n',
+    '"write":%%d,"timeout":%%d,"p50_us":%%.1f,"p99_us":%%.1f,"cost_msat":%%d,"costed":%%d,"codes":"%%s"}\\n',
     summary.requests, summary.duration, bad, e.connect, e.read, e.write, e.timeout,
-    latency:percentile(50), latency:percentile(99), cost, costed))
+    latency:percentile(50), latency:percentile(99), cost, costed, codes))
 end
 """
 
@@ -53,6 +58,7 @@ class WrkRun:
     p99_ms: float
     cost_msat: int  # sum of X-Routstr-Cost-Msats over the responses
     costed: int  # responses that carried the header
+    non200_codes: tuple[int, ...] = ()  # the first non-200 statuses (up to 20 per thread)
 
 
 def wrk_binary() -> str | None:
@@ -63,14 +69,33 @@ def _lua_string(text: str) -> str:
     return json.dumps(text)  # a JSON string literal is a valid Lua string literal here
 
 
-def _script(method: str, body: bytes | None, headers: dict[str, str]) -> str:
+# Several keys: each request takes the next one (per thread), so the load is spread evenly
+# over the keys' rows. Without a request() function wrk builds the request once.
+_ROTATE = """
+local auths = {%s}
+local turn = 0
+function request()
+  turn = turn %% #auths + 1
+  wrk.headers["Authorization"] = auths[turn]
+  return wrk.format()
+end
+"""
+
+
+def _script(
+    method: str, body: bytes | None, headers: dict[str, str], rotate_auth: list[str] | None = None
+) -> str:
     lines = "\n".join(
         f"wrk.headers[{_lua_string(k)}] = {_lua_string(v)}" for k, v in headers.items()
     )
+    rotate = ""
+    if rotate_auth and len(rotate_auth) > 1:
+        rotate = _ROTATE % ", ".join(_lua_string(a) for a in rotate_auth)
     return _LUA % {
         "method": _lua_string(method),
         "body": _lua_string(body.decode()) if body else "nil",
         "headers": lines,
+        "rotate": rotate,
         "marker": MARKER,
     }
 
@@ -85,8 +110,12 @@ def run_wrk(
     duration_s: float,
     threads: int = 1,
     timeout_s: float = 30.0,
+    rotate_auth: list[str] | None = None,
 ) -> WrkRun:
-    """Closed-loop load: `concurrency` keep-alive connections for `duration_s` seconds."""
+    """Closed-loop load: `concurrency` keep-alive connections for `duration_s` seconds.
+
+    `rotate_auth`: Authorization values taken in turn, one per request.
+    """
     binary = wrk_binary()
     if binary is None:
         raise RuntimeError("wrk is not installed: run `make bench` or apt-get install wrk")
@@ -94,7 +123,7 @@ def run_wrk(
     fd, path = tempfile.mkstemp(prefix="satsrouter-wrk-", suffix=".lua")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(_script(method, body, headers))
+            f.write(_script(method, body, headers, rotate_auth))
         cmd = [
             binary,
             f"-t{max(1, min(threads, concurrency))}",
@@ -126,4 +155,5 @@ def _parse(raw: dict[str, Any]) -> WrkRun:
         p99_ms=float(raw["p99_us"]) / 1000.0,
         cost_msat=int(raw["cost_msat"]),
         costed=int(raw["costed"]),
+        non200_codes=tuple(int(c) for c in str(raw.get("codes", "")).split()),
     )

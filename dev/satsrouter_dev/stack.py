@@ -32,6 +32,10 @@ class Stack:
     node_pid: int = 0  # with --workers > 1, the supervisor; the workers are its children
     fake_url: str = ""  # the Python fake upstream (the same as upstream_url without a front)
     mint_log: Path | None = None  # the mint's stdout, uvicorn access lines included
+    # Every node process, in start order; with a balancer, node_url is the balancer's and
+    # node_log/node_pid are the first node's.
+    nodes: tuple[NodeProcess, ...] = ()
+    database_url: str = ""  # the nodes' shared DATABASE_URL; "" for each node's own SQLite
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -122,6 +126,8 @@ def node_process(
 
 
 Front = Callable[[str], AbstractContextManager[str]]
+# Runs a load balancer in front of the nodes' URLs; yields the URL clients use instead.
+Balancer = Callable[[list[str]], AbstractContextManager[str]]
 
 
 @contextlib.contextmanager
@@ -132,23 +138,42 @@ def running_stack(
     workers: int = 1,
     front: Front | None = None,
     settings: dict[str, str] | None = None,
+    nodes: int = 1,
+    balancer: Balancer | None = None,
 ) -> Iterator[Stack]:
-    """Mint, fake upstream and node on 127.0.0.1; all stopped when the block ends.
+    """Mint, fake upstream and node(s) on 127.0.0.1; all stopped when the block ends.
 
     `front(fake_url)`, if given, runs something in front of the fake upstream (the bench's
-    nginx) and yields the URL the node should use instead.
+    nginx) and yields the URL the node should use instead. `nodes` > 1 starts that many
+    nodes, each with its own data directory and log (`workdir/nodes/<i>/`), sharing whatever
+    `settings` give them (a `DATABASE_URL`); `balancer(node_urls)`, needed then, runs in
+    front of them and its URL becomes the stack's `node_url`.
     """
+    if nodes < 1 or (nodes > 1 and balancer is None):
+        raise ValueError("running_stack: nodes >= 1, and several nodes need a balancer")
     with contextlib.ExitStack() as stack:
         mint = stack.enter_context(LocalMint(workdir=workdir / "mint"))
         fake = stack.enter_context(FakeUpstreamProcess(defaults=upstream_defaults))
         upstream_url = stack.enter_context(front(fake.url)) if front else fake.url
-        node = stack.enter_context(node_process(workdir, mint.url, upstream_url, workers, settings))
+        running: list[NodeProcess] = []
+        for i in range(nodes):
+            # One node keeps the layout it always had (workdir/node.log, workdir/node/).
+            home = workdir if nodes == 1 else workdir / "nodes" / str(i + 1)
+            home.mkdir(parents=True, exist_ok=True)
+            running.append(
+                stack.enter_context(node_process(home, mint.url, upstream_url, workers, settings))
+            )
+        node_url = running[0].url
+        if balancer is not None:
+            node_url = stack.enter_context(balancer([n.url for n in running]))
         yield Stack(
             mint_url=mint.url,
             upstream_url=upstream_url,
-            node_url=node.url,
-            node_log=node.log,
-            node_pid=node.pid,
+            node_url=node_url,
+            node_log=running[0].log,
+            node_pid=running[0].pid,
             fake_url=fake.url,
             mint_log=mint.log_path,
+            nodes=tuple(running),
+            database_url=(settings or {}).get("DATABASE_URL", ""),
         )
