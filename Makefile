@@ -54,13 +54,13 @@ REDIS := $(if $(wildcard /usr/bin/redis-server),ok)
 # the bench's fleet mode runs nginx and wrk (tests/test_bench_fleet.py).
 NGINX := $(if $(and $(wildcard /usr/sbin/nginx),$(wildcard /usr/bin/wrk)),ok)
 
-test-tools: client-tools relay-tools
-
 # The Nostr tests' relay (PyPI nostr-relay) runs from its own venv, .venv/nostr-relay: its
 # pins conflict with ours (dev/satsrouter_dev/nostr_relay_requirements.txt). Remade only
 # when those pins change.
 relay-tools: $(STAMP)
 	$(BIN)/python -m satsrouter_dev.nostr_relay --install >/dev/null
+
+test-tools: client-tools relay-tools
 ifneq ($(TEST_TOOLS),ok)
 	$(SUDO) apt-get update -qq
 	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql
