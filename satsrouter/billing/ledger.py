@@ -64,6 +64,35 @@ _HOLD = (
     "WHERE id = :account AND disabled_at IS NULL AND balance_msat - reserved_msat >= :amount"
 )
 _UNDO_RESERVATION = "DELETE FROM reservations WHERE id = :id"
+# Postgres: the fast paths of reserve and settle as one statement each, run as a transaction
+# of its own (`TxRunner.statement`): one round trip, and the key's row lock is held only
+# inside the server, not while the node's event loop gets round to sending COMMIT. Every
+# request on one key queues for that lock, so its hold time is the key's throughput limit.
+# The same steps as the transactions below (which SQLite runs, and Postgres off the fast
+# path): reserve = _RESERVE then _INSERT_RESERVATION; settle = _CHARGE_RESERVATION, the
+# journal entry, _CHARGE_ACCOUNT.
+_RESERVE_AT_ONCE = (
+    "WITH hold AS (UPDATE accounts SET reserved_msat = reserved_msat + :amount "
+    "WHERE key_hash = :kh AND parent_id IS NULL AND disabled_at IS NULL "
+    "AND balance_msat - reserved_msat >= :amount RETURNING id) "
+    "INSERT INTO reservations (id, account_id, child_id, amount_msat, state, instance_id, "
+    "model, provider, endpoint, created_at) SELECT :id, id, NULL, :amount, 'active', "
+    ":instance, :model, :provider, :endpoint, :now FROM hold RETURNING account_id"
+)
+_SETTLE_AT_ONCE = (
+    "WITH done AS (UPDATE reservations SET state = 'charged', charged_msat = :charged, "
+    "settled_at = :now, input_tokens = :input, output_tokens = :output, "
+    "provider = COALESCE(:provider, provider) "
+    "WHERE id = :id AND state = 'active' AND child_id IS NULL RETURNING account_id), "
+    "entry AS (INSERT INTO journal (account_id, amount_msat, kind, ref, created_at) "
+    "SELECT account_id, CAST(:debit AS BIGINT), 'charge', :ref, :now FROM done "
+    "WHERE CAST(:debit AS BIGINT) < 0) "
+    "UPDATE accounts SET balance_msat = balance_msat - :charged, "
+    "reserved_msat = reserved_msat - :reserved, "
+    "total_spent_msat = total_spent_msat + :charged, total_requests = total_requests + 1, "
+    "last_used_at = :now FROM done WHERE accounts.id = done.account_id "
+    "RETURNING accounts.balance_msat"
+)
 _INSERT_RESERVATION = (
     "INSERT INTO reservations (id, account_id, child_id, amount_msat, state, instance_id, "
     "model, provider, endpoint, created_at) VALUES (:id, :account, :child, :amount, 'active', "
@@ -341,6 +370,10 @@ class Ledger:
             tx.execute(_INSERT_RESERVATION, {**row, "account": account_id, "child": child_id})
             return account_id, child_id
 
+        if self._tx.dialect == "postgresql":
+            reserved = await self._tx.statement(_RESERVE_AT_ONCE, row)
+            if reserved:
+                return Reservation(request_id, int(reserved[0][0]), amount_msat, None)
         account_id, child_id = await self._tx.run(op)
         return Reservation(request_id, account_id, amount_msat, child_id)
 
@@ -359,6 +392,22 @@ class Ledger:
         """
         charged = max(0, min(cost_msat, reservation.amount_msat))
         now = time.time()
+        if reservation.child_id is None and self._tx.dialect == "postgresql":
+            rows = await self._tx.statement(
+                _SETTLE_AT_ONCE,
+                {
+                    "id": reservation.id,
+                    "charged": charged,
+                    "debit": -charged,
+                    "reserved": reservation.amount_msat,
+                    "ref": reservation.id[:80],
+                    "now": now,
+                    "input": usage.prompt_tokens if usage is not None else None,
+                    "output": usage.completion_tokens if usage is not None else None,
+                    "provider": provider,
+                },
+            )
+            return Settlement(charged, int(rows[0][0])) if rows else None
 
         def op(tx: Tx) -> Settlement | None:
             _, moved = tx.execute(

@@ -49,11 +49,19 @@ class TxRunner(Protocol):
 
     `read`: a transaction that only reads, off the writers' path: it sees everything
     committed before it was asked for, never takes the write lock, and may not write.
+
+    `statement`: one statement as a transaction of its own, not durable. On Postgres it is
+    one round trip (autocommit), so the rows it locks are held only inside the server;
+    `dialect` says which SQL the database speaks (data-modifying CTEs: Postgres only).
     """
+
+    dialect: str
 
     async def run(self, fn: Callable[[Tx], T], durable: bool = False) -> T: ...
 
     async def read(self, fn: Callable[[Tx], T]) -> T: ...
+
+    async def statement(self, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]: ...
 
     async def close(self) -> None: ...
 
@@ -211,6 +219,8 @@ class SqliteTxRunner:
     asked for: each sees every commit its caller could have heard of.
     """
 
+    dialect = "sqlite"
+
     def __init__(self, path: str, synchronous: str = "NORMAL", name: str = "sqlite-tx") -> None:
         self.path = path
         self.synchronous = synchronous
@@ -283,6 +293,9 @@ class SqliteTxRunner:
         result: T = await self._reader.submit(fn)
         return result
 
+    async def statement(self, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        return await self.run(lambda tx: tx.execute(sql, params)[0])
+
     def _shutdown(self) -> None:
         # Each runs what is queued first; after it nothing uses its connection.
         self._thread.shutdown()
@@ -332,7 +345,8 @@ class EngineTxRunner:
 
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
-        self._postgres = engine.dialect.name == "postgresql"
+        self.dialect = engine.dialect.name
+        self._postgres = self.dialect == "postgresql"
 
     async def run(self, fn: Callable[[Tx], T], durable: bool = False) -> T:
         async with self.engine.begin() as conn:
@@ -345,6 +359,13 @@ class EngineTxRunner:
         async with self.engine.connect() as conn:
             return await _run_on(conn, fn)
 
+    async def statement(self, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        async with self.engine.connect() as conn:
+            # No BEGIN and no COMMIT of ours: the server commits the statement as it ends.
+            auto = await conn.execution_options(isolation_level="AUTOCOMMIT")
+            result = await auto.execute(text(sql), dict(params))
+            return [tuple(r) for r in result.fetchall()] if result.returns_rows else []
+
     async def close(self) -> None:
         return None
 
@@ -354,9 +375,13 @@ class DurableRunner:
 
     def __init__(self, runner: TxRunner) -> None:
         self.runner = runner
+        self.dialect = runner.dialect
 
     async def run(self, fn: Callable[[Tx], T], durable: bool = True) -> T:
         return await self.runner.run(fn, durable=True)
+
+    async def statement(self, sql: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        return await self.runner.run(lambda tx: tx.execute(sql, params)[0], durable=True)
 
     async def read(self, fn: Callable[[Tx], T]) -> T:
         return await self.runner.read(fn)
