@@ -75,15 +75,10 @@ def capture_replies(fake_url: str, chat_body: dict[str, Any]) -> dict[str, bytes
     }
 
 
-def render_config(workdir: Path, port: int, slow_port: int) -> str:
-    """nginx.conf: one worker, no access log, keep-alive without limits, canned replies.
-
-    The replies are static files in `workdir/replies` (nginx keeps them in its page cache).
-    The static module refuses POST with 405; `error_page 405 =200 $uri` re-serves the same
-    file as a GET: the usual way to answer POSTs with a file.
-    """
+def _preamble(workdir: Path) -> str:
+    """What both configurations start with: one worker, no access log, files in `workdir`
+    (the `http` block stays open)."""
     tmp = workdir / "tmp"
-    replies = workdir / "replies"
     return f"""
 daemon off;
 worker_processes 1;
@@ -96,7 +91,20 @@ http {{
     proxy_temp_path {tmp}/proxy;
     fastcgi_temp_path {tmp}/fastcgi;
     uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
+    scgi_temp_path {tmp}/scgi;"""
+
+
+def render_config(workdir: Path, port: int, slow_port: int) -> str:
+    """nginx.conf: one worker, no access log, keep-alive without limits, canned replies.
+
+    The replies are static files in `workdir/replies` (nginx keeps them in its page cache).
+    The static module refuses POST with 405; `error_page 405 =200 $uri` re-serves the same
+    file as a GET: the usual way to answer POSTs with a file.
+    """
+    replies = workdir / "replies"
+    return (
+        _preamble(workdir)
+        + f"""
     client_body_buffer_size 1m;
     keepalive_requests 10000000;
     keepalive_timeout 75s;
@@ -142,6 +150,7 @@ http {{
     }}
 }}
 """
+    )
 
 
 def render_balancer_config(workdir: Path, port: int, node_urls: list[str]) -> str:
@@ -150,24 +159,13 @@ def render_balancer_config(workdir: Path, port: int, node_urls: list[str]) -> st
     Round robin, keep-alive to the nodes, unbuffered (streams pass as the node writes
     them), no access log, one worker: on a small machine the nodes need the cores.
     """
-    tmp = workdir / "tmp"
     servers = "\n".join(
         f"        server {url.removeprefix('http://')} max_fails=3 fail_timeout=10s;"
         for url in node_urls
     )
-    return f"""
-daemon off;
-worker_processes 1;
-pid {workdir}/nginx.pid;
-error_log {workdir}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
+    return (
+        _preamble(workdir)
+        + f"""
     keepalive_requests 10000000;
     keepalive_timeout 75s;
     server_tokens off;
@@ -197,6 +195,7 @@ http {{
     }}
 }}
 """
+    )
 
 
 @contextlib.contextmanager
