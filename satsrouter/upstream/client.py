@@ -113,9 +113,9 @@ def parse_proxy(url: str) -> ProxySpec:
     )
 
 
-def proxy_connector(proxy: ProxySpec) -> aiohttp.TCPConnector:
-    """A small pool whose every connection goes through the SOCKS5 proxy (other clients of
-    `UPSTREAM_PROXY`, e.g. health checks of `.onion` nodes found on Nostr)."""
+def proxy_connector(proxy: ProxySpec, **pool: Any) -> aiohttp.TCPConnector:
+    """A pool whose every connection goes through the SOCKS5 proxy (by default a small one,
+    for other clients of `UPSTREAM_PROXY`, e.g. health checks of `.onion` nodes)."""
     return ProxyConnector(
         proxy_type=ProxyType.SOCKS5,
         host=proxy.host,
@@ -123,7 +123,7 @@ def proxy_connector(proxy: ProxySpec) -> aiohttp.TCPConnector:
         username=proxy.username,
         password=proxy.password,
         rdns=proxy.remote_dns,
-        limit=20,
+        **({"limit": 20} | pool),
     )
 
 
@@ -131,16 +131,7 @@ def _connector(proxy: ProxySpec | None) -> aiohttp.TCPConnector:
     """The connection pool: direct, or every connection opened through the SOCKS5 proxy."""
     if proxy is None:
         return aiohttp.TCPConnector(limit=1000, keepalive_timeout=60, ttl_dns_cache=300)
-    return ProxyConnector(
-        proxy_type=ProxyType.SOCKS5,
-        host=proxy.host,
-        port=proxy.port,
-        username=proxy.username,
-        password=proxy.password,
-        rdns=proxy.remote_dns,
-        limit=1000,
-        keepalive_timeout=60,
-    )
+    return proxy_connector(proxy, limit=1000, keepalive_timeout=60)
 
 
 # --- timeouts --------------------------------------------------------------------------------
