@@ -48,22 +48,6 @@ _RELEASE_CHILD = (
 # The request's provider and endpoint go in with the reservation, its tokens with the
 # charge and a failure's code with the release: the operator's usage figures (admin/usage.py)
 # cost the hot path no statement of its own.
-# The fast path's two statements, the balance row's last: on Postgres its row lock is held
-# from that UPDATE to the COMMIT right after it, not across the other statement too, and
-# every request on a key queues for that lock. The reservation row is written first, from
-# the key's row as it stands; the UPDATE then checks the balance again under the lock.
-_RESERVE_ROW = (
-    "INSERT INTO reservations (id, account_id, child_id, amount_msat, state, instance_id, "
-    "model, provider, endpoint, created_at) SELECT :id, id, NULL, :amount, 'active', "
-    ":instance, :model, :provider, :endpoint, :now FROM accounts "
-    "WHERE key_hash = :kh AND parent_id IS NULL AND disabled_at IS NULL "
-    "AND balance_msat - reserved_msat >= :amount RETURNING account_id"
-)
-_HOLD = (
-    "UPDATE accounts SET reserved_msat = reserved_msat + :amount "
-    "WHERE id = :account AND disabled_at IS NULL AND balance_msat - reserved_msat >= :amount"
-)
-_UNDO_RESERVATION = "DELETE FROM reservations WHERE id = :id"
 # Postgres: the fast paths of reserve and settle as one statement each, run as a transaction
 # of its own (`TxRunner.statement`): one round trip, and the key's row lock is held only
 # inside the server, not while the node's event loop gets round to sending COMMIT. Every
@@ -343,29 +327,19 @@ class Ledger:
         }
 
         def op(tx: Tx) -> tuple[int, int | None]:
-            rows, _ = tx.execute(_RESERVE_ROW, row)
+            rows, _ = tx.execute(_RESERVE, {"kh": key_hash, "amount": amount_msat})
+            child_id: int | None = None
             if rows:
                 account_id = int(rows[0][0])
-                _, held = tx.execute(_HOLD, {"account": account_id, "amount": amount_msat})
-                if held == 1:
-                    return account_id, None
-                # Spent (or disabled) by another request since the row was read: refused
-                # below with the figures as they are now.
-                tx.execute(_UNDO_RESERVATION, {"id": request_id})
-            # Off the fast path: an unknown key, too little money, or a child key.
-            found, _ = tx.execute(_KEY_STATE, {"kh": key_hash})
-            if not found:
-                raise UnknownAccount(key_hash[:12])
-            if found[0][9] is not None:  # disabled_at: this key (a child's parent: below)
-                raise KeyDisabled(key_hash[:12])
-            if found[0][1] is None:
-                # The INSERT's read does not wait for a request settling on this key (the
-                # UPDATE does, then checks again): what it frees may be enough.
-                rows, _ = tx.execute(_RESERVE, {"kh": key_hash, "amount": amount_msat})
-                if not rows:
-                    raise InsufficientBalance(int(found[0][2]), amount_msat)
-                account_id, child_id = int(found[0][0]), None
             else:
+                # Off the fast path: an unknown key, too little money, or a child key.
+                found, _ = tx.execute(_KEY_STATE, {"kh": key_hash})
+                if not found:
+                    raise UnknownAccount(key_hash[:12])
+                if found[0][9] is not None:  # disabled_at: this key (a child's parent: below)
+                    raise KeyDisabled(key_hash[:12])
+                if found[0][1] is None:
+                    raise InsufficientBalance(int(found[0][2]), amount_msat)
                 account_id, child_id = _reserve_child(tx, found[0], amount_msat, now)
             tx.execute(_INSERT_RESERVATION, {**row, "account": account_id, "child": child_id})
             return account_id, child_id
@@ -423,9 +397,6 @@ class Ledger:
             )
             if moved != 1:
                 return None
-            if charged:
-                journal_tx(tx, reservation.account_id, -charged, "charge", reservation.id, now)
-            # The balance row last (see _RESERVE_ROW): its lock is held until the commit.
             rows, _ = tx.execute(
                 _CHARGE_ACCOUNT,
                 {
@@ -435,6 +406,8 @@ class Ledger:
                     "now": now,
                 },
             )
+            if charged:
+                journal_tx(tx, reservation.account_id, -charged, "charge", reservation.id, now)
             if reservation.child_id is not None:
                 tx.execute(
                     _SETTLE_CHILD,
