@@ -50,6 +50,7 @@ from satsrouter.settings import Settings, declared_settings
 from satsrouter.store.engine import check_durable, instance_lock_dir, make_engine, migrate
 from satsrouter.store.leases import LeasedJob, Leases
 from satsrouter.store.liveness import InstanceLocks
+from satsrouter.store.signals import Signals
 from satsrouter.store.turns import Turns
 from satsrouter.store.tx import make_tx_runner
 from satsrouter.upstream.client import Upstream
@@ -76,6 +77,7 @@ class Node:
         self.metrics = Metrics(self.tx)  # its own registry: many nodes may share a process
         self.locks = InstanceLocks(instance_lock_dir(settings.effective_database_url))
         self.turns = Turns(settings.effective_database_url, self.engine)
+        self.signals = Signals(settings.effective_database_url, self.engine)
         self.ledger = Ledger(self.tx, self.instance_id, self.locks, settings.instance_dead_after)
         self.wallet = NodeWallet(
             settings.cashu_mints,
@@ -87,6 +89,7 @@ class Node:
             mint_max_concurrency=settings.mint_max_concurrency,
             mint_calls_per_second=settings.mint_calls_per_second,
             turns=self.turns,
+            signals=self.signals,
         )
         faults.configure(settings.fault_crash_at)
         self.redeemer = Redeemer(self.tx, self.ledger, self.wallet)
@@ -422,6 +425,7 @@ class Node:
             await close_storage(self.rate_storage)
         await self.wallet.close()
         await self.turns.close()
+        await self.signals.close()
         with contextlib.suppress(Exception):
             await self.ledger.retire()  # siblings need not wait for our heartbeat to age
         with contextlib.suppress(Exception):

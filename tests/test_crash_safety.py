@@ -34,7 +34,7 @@ async def test_a_redemption_cancelled_during_its_swap_is_still_credited(
     request = asyncio.create_task(node.redeemer.redeem(parse_token(token), key_hash, "token"))
 
     async def at_mint() -> bool:
-        return batcher._mint_turn.locked()
+        return bool(batcher.in_flight)  # its swap is being recorded or is at the mint
 
     async def credited() -> bool:
         return await node.ledger.total_liabilities() == 20_000

@@ -21,10 +21,19 @@ from satsrouter import faults
 from satsrouter.billing.balances import credit_tx, open_account_tx
 from satsrouter.billing.ledger import Ledger
 from satsrouter.ecash.errors import EcashError
+from satsrouter.ecash.mint_gate import MintBusy
+from satsrouter.ecash.receiving import Queued
 from satsrouter.ecash.recovery import recover_swap
-from satsrouter.ecash.store import Op, finish_op_tx, pending_ops_tx, store_proofs_tx
+from satsrouter.ecash.store import (
+    Op,
+    decode_proofs,
+    encode_proofs,
+    finish_op_tx,
+    pending_ops_tx,
+    store_proofs_tx,
+)
 from satsrouter.ecash.tokens import ParsedToken
-from satsrouter.ecash.wallet import NodeWallet
+from satsrouter.ecash.wallet import NodeWallet, Prepared
 from satsrouter.errors import ApiError
 from satsrouter.store.tx import Tx, TxRunner
 from satsrouter.units import UNIT_MSAT
@@ -33,8 +42,9 @@ log = logging.getLogger(__name__)
 
 _INSERT_INTENT = (
     "INSERT INTO redemptions (token_hash, key_hash, kind, mint_url, unit, amount, token, state, "
-    "instance_id, created_at, updated_at) VALUES (:th, :kh, :kind, :mint, :unit, :amount, "
-    "NULL, 'pending', :instance, :now, :now) ON CONFLICT (token_hash) DO NOTHING"
+    "instance_id, credited_msat, proofs, created_at, updated_at) VALUES (:th, :kh, :kind, "
+    ":mint, :unit, :amount, NULL, 'pending', :instance, :owed, :proofs, :now, :now) "
+    "ON CONFLICT (token_hash) DO NOTHING"
 )
 _EXISTING = "SELECT state, account_id, credited_msat, error FROM redemptions WHERE token_hash = :th"
 _MARK_FAILED = (
@@ -42,12 +52,13 @@ _MARK_FAILED = (
     "WHERE token_hash = :th AND state = 'pending'"
 )
 _FORGET = "DELETE FROM redemptions WHERE token_hash = :th AND state = 'pending'"
-_LINK = (
-    "UPDATE redemptions SET op_id = :op, credited_msat = :owed, updated_at = :now "
-    "WHERE token_hash = :th AND state = 'pending'"
+# Recovery's: only while no swap holds it (another node may be linking it right now).
+_FORGET_UNSENT = (
+    "DELETE FROM redemptions WHERE token_hash = :th AND state = 'pending' AND (op_id IS NULL "
+    "OR op_id IN (SELECT id FROM wallet_ops WHERE state <> 'pending'))"
 )
 _CLAIM = (
-    "UPDATE redemptions SET state = 'credited', updated_at = :now "
+    "UPDATE redemptions SET state = 'credited', proofs = NULL, error = NULL, updated_at = :now "
     "WHERE token_hash = :th AND state = :state "
     "RETURNING key_hash, kind, mint_url, unit, credited_msat"
 )
@@ -68,6 +79,109 @@ class Redeemed:
     account_id: int
     credited_msat: int
     already: bool  # True when this token had been redeemed before (no new credit)
+
+
+# The receive book (ecash/receiving.py): redemptions waiting for any node's swap.
+_LINK = (
+    "UPDATE redemptions SET op_id = :op, updated_at = :now WHERE token_hash IN ({names}) "
+    "AND state = 'pending' AND {was} RETURNING token_hash"
+)
+_WAITING = (
+    "SELECT token_hash, proofs, credited_msat FROM redemptions WHERE state = 'pending' "
+    "AND op_id IS NULL AND proofs IS NOT NULL AND mint_url = :mint AND unit = :unit "
+    "ORDER BY created_at LIMIT :limit"
+)
+_REFUSED = (
+    "UPDATE redemptions SET error = :error, proofs = NULL, updated_at = :now "
+    "WHERE token_hash = :th AND state = 'pending'"
+)
+_UNKNOWN = (
+    "UPDATE redemptions SET error = 'mint_unreachable', updated_at = :now "
+    "WHERE token_hash IN ({names}) AND state = 'pending'"
+)
+_WITHDRAW = (
+    "UPDATE redemptions SET proofs = NULL, updated_at = :now "
+    "WHERE token_hash = :th AND state = 'pending' AND op_id IS NULL"
+)
+_OUTCOMES = (
+    "SELECT token_hash, state, error, account_id, credited_msat FROM redemptions "
+    "WHERE token_hash IN ({names})"
+)
+
+
+def _in(refs: list[str]) -> tuple[str, dict[str, str]]:
+    """`:r0, :r1, …` and their parameters, for `IN (…)`."""
+    params = {f"r{i}": ref for i, ref in enumerate(refs)}
+    return ", ".join(f":{name}" for name in params), params
+
+
+class RedemptionBook:
+    """Redemptions as the wallet's receive book: a `pending` row with its proofs waits for
+    whichever node holds the mint's turn, which credits it or writes why not."""
+
+    def link_tx(self, tx: Tx, refs: list[str], op_id: str, was: str | None) -> set[str]:
+        names, params = _in(refs)
+        condition = "op_id IS NULL" if was is None else "op_id = :was"
+        sql = _LINK.format(names=names, was=condition)
+        rows, _ = tx.execute(sql, {**params, "op": op_id, "was": was, "now": time.time()})
+        return {str(row[0]) for row in rows}
+
+    def claim_tx(self, tx: Tx, mint: str, unit: str, op_id: str, room: int) -> list[Queued]:
+        if room <= 0:
+            return []
+        rows, _ = tx.execute(_WAITING, {"mint": mint, "unit": unit, "limit": room})
+        chosen: list[Queued] = []
+        for token_hash, proofs_json, owed_msat in rows:
+            proofs = decode_proofs(proofs_json)
+            if len(proofs) > room:
+                continue
+            room -= len(proofs)
+            chosen.append(Queued(str(token_hash), proofs, int(owed_msat) // UNIT_MSAT[unit]))
+        if not chosen:
+            return []
+        linked = self.link_tx(tx, [q.ref for q in chosen], op_id, None)
+        return [q for q in chosen if q.ref in linked]
+
+    def finish_tx(self, tx: Tx, ref: str) -> Redeemed:
+        return credit_redemption_tx(tx, ref, time.time())
+
+    def refused_tx(self, tx: Tx, ref: str, code: str) -> None:
+        now = time.time()
+        if code == "cashu_token_already_spent":
+            tx.execute(_MARK_FAILED, {"th": ref, "error": code, "now": now})
+        else:  # nothing happened at the mint: its waiter forgets it, the token is usable
+            tx.execute(_REFUSED, {"th": ref, "error": code, "now": now})
+
+    def unknown_tx(self, tx: Tx, refs: list[str]) -> None:
+        names, params = _in(refs)
+        tx.execute(_UNKNOWN.format(names=names), {**params, "now": time.time()})
+
+    def withdraw_tx(self, tx: Tx, ref: str) -> bool:
+        _, count = tx.execute(_WITHDRAW, {"th": ref, "now": time.time()})
+        return count == 1
+
+    def outcomes_tx(self, tx: Tx, refs: list[str]) -> dict[str, Any]:
+        names, params = _in(refs)
+        rows, _ = tx.execute(_OUTCOMES.format(names=names), params)
+        found = {str(row[0]): row[1:] for row in rows}
+        outcomes: dict[str, Any] = {}
+        for ref in refs:
+            if ref not in found:  # its swap was undone by recovery: the token is usable
+                outcomes[ref] = MintBusy(1.0)
+                continue
+            state, error, account_id, credited = found[ref]
+            if state == "credited":
+                outcomes[ref] = Redeemed(int(account_id or 0), int(credited or 0), already=False)
+            elif state == "failed" or error is not None:
+                outcomes[ref] = _ecash_error(error)
+        return outcomes
+
+
+def _ecash_error(code: str | None) -> EcashError:
+    try:
+        return EcashError(code or "cashu_token_already_spent")
+    except ValueError:
+        return EcashError("mint_error")
 
 
 def credit_redemption_tx(tx: Tx, token_hash: str, now: float, state: str = "pending") -> Redeemed:
@@ -95,6 +209,7 @@ class Redeemer:
         self._finishing: set[asyncio.Future[Redeemed]] = set()
         # Token hashes whose redemption a call in this process is carrying.
         self._redeeming: Counter[str] = Counter()
+        wallet.keep_receives_in(RedemptionBook())
 
     async def redeem(self, token: ParsedToken, key_hash: str, kind: str) -> Redeemed:
         """Redeem `token` into the account `key_hash` (created if needed).
@@ -126,6 +241,7 @@ class Redeemer:
         self, token: ParsedToken, key_hash: str, kind: str
     ) -> Redeemed | asyncio.Future[Redeemed]:
         """Record the intent and start the swap; an earlier redemption's result instead."""
+        prepared = await self.wallet.prepare(token)
         now = time.time()
         intent = {
             "th": token.raw_hash,
@@ -135,6 +251,9 @@ class Redeemer:
             "unit": token.unit,
             "amount": token.amount,
             "instance": self.ledger.instance_id,
+            "owed": prepared.owed * UNIT_MSAT[token.unit],
+            # Any node holding the mint's turn may carry it (ecash/receiving.py)
+            "proofs": encode_proofs(prepared.proofs) if prepared.batchable else None,
             "now": now,
         }
 
@@ -152,7 +271,7 @@ class Redeemer:
         # From here the swap, its record and the credit run to the end even if this request
         # is cancelled (client gone): the node must never hold a token's ecash without the
         # balance for it. (A cancelled X-Cashu payer collects it with /v1/balance/refund.)
-        finishing = asyncio.ensure_future(self._swap_and_credit(token))
+        finishing = asyncio.ensure_future(self._swap_and_credit(prepared))
         self._finishing.add(finishing)
         finishing.add_done_callback(self._finished)
         finishing.add_done_callback(lambda _: self._carried(token.raw_hash))
@@ -163,18 +282,11 @@ class Redeemer:
         if not task.cancelled():
             task.exception()  # seen here: its request may have stopped waiting
 
-    async def _swap_and_credit(self, token: ParsedToken) -> Redeemed:
-        th = token.raw_hash
-        per_unit = UNIT_MSAT[token.unit]
-
-        def link(tx: Tx, op_id: str, owed: int) -> None:
-            tx.execute(_LINK, {"th": th, "op": op_id, "owed": owed * per_unit, "now": time.time()})
-
-        def finish(tx: Tx, owed: int) -> Redeemed:
-            return credit_redemption_tx(tx, th, time.time())
-
+    async def _swap_and_credit(self, prepared: Prepared) -> Redeemed:
+        th = prepared.token.raw_hash
         try:
-            return await self.wallet.receive(token, link, finish)
+            result: Redeemed = await self.wallet.carry(prepared, th)
+            return result
         except EcashError as exc:
             if exc.code == "mint_unreachable":
                 # The swap may or may not have reached the mint: recovery asks it later.
@@ -215,7 +327,7 @@ class Redeemer:
             if state == "swapped":  # written by a version that kept ecash elsewhere
                 credited += await self._credit_legacy(token_hash)
             elif await self._abandoned(token_hash, instance_id):
-                await self._tx.run(_forget(token_hash))
+                await self._tx.run(_forget_unsent(token_hash))
                 log.info("redemption %s never reached the mint; forgotten", token_hash[:12])
         return credited
 
@@ -265,8 +377,8 @@ class Redeemer:
         return 1
 
 
-def _forget(token_hash: str) -> Callable[[Tx], object]:
-    return lambda tx: tx.execute(_FORGET, {"th": token_hash})
+def _forget_unsent(token_hash: str) -> Callable[[Tx], object]:
+    return lambda tx: tx.execute(_FORGET_UNSENT, {"th": token_hash})
 
 
 def _already(

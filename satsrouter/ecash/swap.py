@@ -76,10 +76,6 @@ async def swap(
     back (`mint_busy`): nothing happened; EcashError `mint_unreachable` when the outcome is
     unknown (recovery asks the mint later).
     """
-    outputs = blinded.messages
-    # The mint wants outputs sorted by amount; its signatures come back in that order.
-    order = sorted(range(len(outputs)), key=lambda i: outputs[i].amount)
-    sorted_outputs = [outputs[i] for i in order]
     # One swap at the mint from all the node's processes (store/turns.py); new work waits
     # for the turn no longer than for the mint itself.
     if not await slot.turn.acquire(current_wait()):
@@ -87,9 +83,18 @@ async def swap(
     try:
         if on_turn is not None:
             on_turn()
-        return await _send(slot, inputs, outputs, order, sorted_outputs)
+        return await send_swap(slot, inputs, blinded)
     finally:
         await slot.turn.release()
+
+
+async def send_swap(slot: Slot, inputs: list[Proof], blinded: Blinded) -> list[BlindedSignature]:
+    """`swap` by a caller that holds the mint's turn already."""
+    outputs = blinded.messages
+    # The mint wants outputs sorted by amount; its signatures come back in that order.
+    order = sorted(range(len(outputs)), key=lambda i: outputs[i].amount)
+    sorted_outputs = [outputs[i] for i in order]
+    return await _send(slot, inputs, outputs, order, sorted_outputs)
 
 
 async def _send(

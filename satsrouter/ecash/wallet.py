@@ -15,6 +15,7 @@ import random
 import shutil
 import tempfile
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, overload
 
@@ -34,7 +35,7 @@ from satsrouter.ecash.errors import EcashError, insufficient_funds, map_mint_err
 from satsrouter.ecash.legacy import read_legacy
 from satsrouter.ecash.mint_gate import MintGate
 from satsrouter.ecash.mint_http import MintCallObserver, TimedTransport, new_mint_session
-from satsrouter.ecash.receiving import Link, SwapBatcher
+from satsrouter.ecash.receiving import Link, ReceiveBook, SwapBatcher, batchable
 from satsrouter.ecash.recovery import recover_split
 from satsrouter.ecash.slot import Slot
 from satsrouter.ecash.splitting import Splitter
@@ -50,6 +51,7 @@ from satsrouter.ecash.store import (
     unspent_tx,
 )
 from satsrouter.ecash.tokens import ParsedToken, normalize_mint_url
+from satsrouter.store.signals import Signals
 from satsrouter.store.turns import LocalTurn, Turn, Turns
 from satsrouter.store.tx import DurableRunner, Tx, TxRunner
 from satsrouter.units import SUPPORTED_UNITS
@@ -77,6 +79,17 @@ async def _back_off(attempt: int) -> None:
     await asyncio.sleep(random.uniform(0, _BACK_OFF_S * attempt))
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A token checked and ready to swap: its proofs (full keyset ids), what the node owes
+    for them (its value less the mint's fee, in its unit), and whether it may share a swap."""
+
+    token: ParsedToken
+    proofs: list[Proof]
+    owed: int
+    batchable: bool
+
+
 class NodeWallet:
     """All ecash the node holds, per accepted (mint, unit), in the node's database."""
 
@@ -91,6 +104,7 @@ class NodeWallet:
         mint_max_concurrency: int = 8,
         mint_calls_per_second: float = 0.0,
         turns: Turns | None = None,
+        signals: Signals | None = None,
     ) -> None:
         if not mints:
             raise ValueError("at least one mint URL is required")
@@ -115,6 +129,10 @@ class NodeWallet:
         # Each mint's swap turn, shared with the node's other processes when it has any.
         self._turns = turns
         self._local_turns: dict[str, Turn] = {}
+        # Where receives any process may carry are kept (the redemptions), and how the
+        # processes wake each other when they carried some.
+        self._book: ReceiveBook | None = None
+        self._signals = signals
         self._create_lock = asyncio.Lock()
         # nutshell wants a database for the mint's public keysets; ours holds everything else
         self._keyset_cache = Path(tempfile.mkdtemp(prefix="satsrouter-keysets-"))
@@ -173,6 +191,31 @@ class NodeWallet:
 
     # ---- money in ----
 
+    async def prepare(self, token: ParsedToken) -> Prepared:
+        """Check a token before anything is recorded: its mint, unit, keysets, DLEQ proofs
+        and that it is worth more than the mint's fee (contacts the mint once, to load)."""
+        self.check_accepted(token)
+        slot = await self._slot(token.mint, token.unit)
+        wallet = slot.wallet
+        # copies: expanding keyset ids must not change the caller's token
+        proofs = [p.model_copy() for p in token.proofs]
+        if not (slot.loaded and _expand_keyset_ids(wallet, proofs)):
+            async with slot.lock:  # loading talks to the mint: once, not per request
+                await self._load(slot)
+                await self._resolve_keysets(slot, proofs)
+        fee = int(wallet.get_fees_for_proofs(proofs))
+        if token.amount <= fee:
+            raise EcashError(
+                "token_too_small",
+                f"This token is worth {token.amount} {token.unit} but the mint charges "
+                f"{fee} {token.unit} to receive it. Send a larger token.",
+            )
+        try:
+            wallet.verify_proofs_dleq(proofs)
+        except Exception as exc:
+            raise map_mint_error(exc) from None
+        return Prepared(token, proofs, token.amount - fee, batchable(proofs))
+
     @overload
     async def receive(self, token: ParsedToken) -> int: ...
 
@@ -194,32 +237,40 @@ class NodeWallet:
         returned (without one, `owed`). `owed` is the token's value less the mint's fee, in
         the token's unit.
         """
-        self.check_accepted(token)
-        slot = await self._slot(token.mint, token.unit)
-        wallet = slot.wallet
-        # copies: expanding keyset ids must not change the caller's token
-        proofs = [p.model_copy() for p in token.proofs]
-        if not (slot.loaded and _expand_keyset_ids(wallet, proofs)):
-            async with slot.lock:  # loading talks to the mint: once, not per request
-                await self._load(slot)
-                await self._resolve_keysets(slot, proofs)
-        fee = int(wallet.get_fees_for_proofs(proofs))
-        if token.amount <= fee:
-            raise EcashError(
-                "token_too_small",
-                f"This token is worth {token.amount} {token.unit} but the mint charges "
-                f"{fee} {token.unit} to receive it. Send a larger token.",
-            )
+        prepared = await self.prepare(token)
+        receiver = self._receivers[(token.mint, token.unit)]
+        return await self._logged(
+            prepared,
+            receiver.receive(prepared.proofs, prepared.owed, link or _no_link, finish or _owed),
+        )
+
+    async def carry(self, prepared: Prepared, ref: str) -> Any:
+        """Swap a prepared token recorded in the receive book as `ref` (see
+        `keep_receives_in`); whichever process's swap carries it, the book's result."""
+        token = prepared.token
+        receiver = self._receivers[(token.mint, token.unit)]
+        return await self._logged(prepared, receiver.carry(prepared.proofs, prepared.owed, ref))
+
+    def keep_receives_in(self, book: ReceiveBook) -> None:
+        """Let every process sharing the database carry receives recorded in `book`."""
+        self._book = book
+        for receiver in self._receivers.values():
+            receiver.book = book
+
+    async def _logged(self, prepared: Prepared, receiving: Awaitable[T]) -> T:
+        token = prepared.token
         try:
-            result = await self._receivers[(token.mint, token.unit)].receive(
-                proofs, link or _no_link, finish or _owed
-            )
+            result = await receiving
         except Exception as exc:
             err = map_mint_error(exc)
             log.info("receive %s failed: %s", token.raw_hash[:12], err.code)
             raise err from None
         log.info(
-            "received %d %s (fee %d) from %s", token.amount, token.unit, fee, token.raw_hash[:12]
+            "received %d %s (owed %d) from %s",
+            token.amount,
+            token.unit,
+            prepared.owed,
+            token.raw_hash[:12],
         )
         return result
 
@@ -440,7 +491,9 @@ class NodeWallet:
                     gate=gate,
                     turn=self._turn(mint),
                 )
-                self._receivers[key] = SwapBatcher(slot, self.tx, self.instance_id)
+                self._receivers[key] = SwapBatcher(
+                    slot, self.tx, self.instance_id, self._book, self._signals
+                )
                 self._slots[key] = slot
         return slot
 

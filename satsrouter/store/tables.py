@@ -112,6 +112,8 @@ redemptions = Table(
     # the wallet operation (swap) that carries the token's proofs to the mint.
     Column("instance_id", String(40), nullable=True),
     Column("op_id", String(80), nullable=True),
+    # The token's proofs while it waits for a swap that any node may send (migration 0009).
+    Column("proofs", Text, nullable=True),
     Index("ix_redemptions_state", "state"),
 )
 
