@@ -11,7 +11,6 @@ waited on it are answered.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,10 @@ from satsrouter_dev.fake_upstream import FakeUpstream
 from satsrouter_dev.mint import LocalMint, TestWallet
 
 from satsrouter.billing.audit import audit
+from satsrouter.store.engine import make_engine
+from satsrouter.store.signals import Signals
 from satsrouter.store.turns import Turn, Turns
+from satsrouter.store.tx import EngineTxRunner
 
 CHAT = {"model": "test/priced", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 5}
 
@@ -116,3 +118,93 @@ async def test_a_payment_waits_for_the_turn_no_longer_than_its_bound(
     # nothing was recorded or sent: the token is still its owner's
     assert await _rows(node, "SELECT count(*) FROM redemptions") == [(0,)]
     assert await user_wallet.redeem(token) == 40
+
+
+@pytest.mark.parametrize(
+    "step", ["receive.after_intent", "receive.after_swap", "receive.after_store"]
+)
+async def test_a_node_killed_while_carrying_the_others_payments_loses_nothing(
+    step: str,
+    node_factory: NodeFactory,
+    local_mint: LocalMint,
+    upstream: FakeUpstream,
+    user_wallet: TestWallet,
+    tmp_path: Path,
+) -> None:
+    waiter = await node_factory(instance_dead_after=2.0)
+    url = waiter.node.settings.effective_database_url
+    carrier = KillableNode(tmp_path / "carrier", local_mint.url, upstream.url, DATABASE_URL=url)
+    (tmp_path / "carrier").mkdir()
+    await carrier.start(crash_at=step)
+    # The waiter's payments are recorded but it does not send them itself: the carrier will.
+    (batcher,) = waiter.node.wallet._receivers.values()
+    stalled: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    batcher._feeder = stalled  # type: ignore[assignment]
+    tokens = await user_wallet.mint_tokens(40, 4)
+    try:
+        async with httpx.AsyncClient(timeout=90) as http:
+            paying = [asyncio.create_task(_pay(http, waiter.url, t)) for t in tokens[:3]]
+            await eventually(lambda: _all_waiting(waiter, 3), within=20)
+            with pytest.raises(httpx.TransportError):  # the carrier dies in its swap
+                await _pay(http, carrier.url, tokens[3])
+            assert await carrier.wait_exit() == 137
+            batcher._feeder = None
+            batcher._feeder = asyncio.create_task(batcher._feed())  # its turn, at last
+
+            async def answered() -> bool:
+                await waiter.node.billing.recover()  # finishes or undoes the dead one's swap
+                return all(p.done() for p in paying)
+
+            await eventually(answered, within=60, every=0.2)
+            answers = [p.result() for p in paying]
+            if step == "receive.after_intent":
+                # the mint never saw the swap: nobody was charged, every token is usable
+                assert [a.status_code for a in answers] == [503] * 3, [a.text for a in answers]
+                assert {a.json()["error"]["type"] for a in answers} == {"mint_busy"}
+                for token in tokens:
+                    assert await user_wallet.redeem(token) == 40
+            else:
+                # the mint swapped them all: the waiter's requests were served, and the
+                # carrier's own payment is its payer's balance, refundable at any node
+                assert [a.status_code for a in answers] == [200] * 3, [a.text for a in answers]
+                for answer in answers:
+                    cost = int(answer.headers["X-Routstr-Cost-Msats"])
+                    change = answer.headers["X-Cashu"]
+                    assert await user_wallet.redeem(change) == (40_000 - cost) // 1000
+                refund = await http.post(
+                    f"{waiter.url}/v1/balance/refund", headers={"X-Cashu": tokens[3]}
+                )
+                assert refund.status_code == 200, refund.text
+                assert await user_wallet.redeem(refund.json()["token"]) == 40
+    finally:
+        if not stalled.done():
+            stalled.cancel()
+        carrier.kill()
+    left = await _rows(waiter, "SELECT count(*) FROM redemptions WHERE state = 'pending'")
+    assert left == [(0,)]
+    await _exact(waiter)
+
+
+async def test_on_postgres_a_signal_wakes_the_other_processes_at_commit(
+    postgres_url: str,
+) -> None:
+    engines = [make_engine(postgres_url), make_engine(postgres_url)]
+    sender, listener = Signals(postgres_url, engines[0]), Signals(postgres_url, engines[1])
+    woken = asyncio.Event()
+    try:
+        await listener.watch("receives", woken.set)
+        runner = EngineTxRunner(engines[0])
+        await runner.run(lambda tx: sender.send_tx(tx, "other"))  # another name: not ours
+        await runner.run(lambda tx: sender.send_tx(tx, "receives"))
+        await asyncio.wait_for(woken.wait(), 10)
+        # a lost listening connection is opened again, and its watchers look at once
+        woken.clear()
+        assert listener._conn is not None
+        await listener._conn.invalidate()
+        await listener.watch("receives", woken.set)
+        await asyncio.wait_for(woken.wait(), 10)
+    finally:
+        await sender.close()
+        await listener.close()
+        for engine in engines:
+            await engine.dispose()

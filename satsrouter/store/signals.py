@@ -35,7 +35,8 @@ class Signals:
         self._engine = None if is_sqlite(url) else engine
         self._conn: AsyncConnection | None = None
         self._watchers: dict[str, list[Callable[[], None]]] = {}
-        self._heard: set[str] = set()  # names listened for on the current connection
+        self._driver: Any = None  # asyncpg's connection under `_conn`
+        self._heard: set[str] = set()  # names listened for on it
         # Waiters look anyway this often: on Postgres in case a notification was lost, on
         # SQLite because nothing is sent (processes sharing one file are few and local).
         self.poll_seconds = 1.0 if self._engine is not None else 0.01
@@ -68,19 +69,16 @@ class Signals:
     async def _listening(self) -> Any:
         """asyncpg's connection kept for LISTEN, (re)opened when needed; None if it fails."""
         assert self._engine is not None
-        driver: Any
-        if self._conn is not None:
-            driver = (await self._conn.get_raw_connection()).driver_connection
-            if driver is not None and not driver.is_closed():
-                return driver
-            await self._drop()
+        if self._driver is not None and not self._driver.is_closed():
+            return self._driver
+        await self._drop()
         try:
             conn = await self._engine.connect()
             self._conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
-            driver = (await self._conn.get_raw_connection()).driver_connection
+            driver: Any = (await self._conn.get_raw_connection()).driver_connection
             for name in self._watchers:
                 await driver.add_listener(_channel(name), self._dispatch(name))
-            self._heard = set(self._watchers)
+            self._driver, self._heard = driver, set(self._watchers)
             # A notification sent while nobody listened is lost: everyone looks now.
             for name in self._watchers:
                 self._dispatch(name)()
@@ -91,6 +89,7 @@ class Signals:
             return None
 
     async def _drop(self) -> None:
+        self._driver = None
         conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(Exception):
