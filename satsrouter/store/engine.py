@@ -14,12 +14,13 @@ that does not (`check_durable`).
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -159,3 +160,13 @@ async def migrate(engine: AsyncEngine) -> None:
                 text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY}
             )
         await conn.run_sync(_upgrade)
+
+
+async def discard(conn: AsyncConnection | None) -> None:
+    """Close a connection kept for a session-scoped thing (a lock, LISTEN) for good: it is
+    invalidated, never returned to the pool with that state on it."""
+    if conn is not None:
+        with contextlib.suppress(Exception):
+            await conn.invalidate()
+        with contextlib.suppress(Exception):
+            await conn.close()

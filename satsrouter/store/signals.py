@@ -10,7 +10,6 @@ connection was lost (a notification sent while it was down is gone).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 from collections.abc import Callable
@@ -18,7 +17,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from satsrouter.store.engine import is_sqlite
+from satsrouter.store.engine import discard, is_sqlite
 from satsrouter.store.tx import Tx
 
 log = logging.getLogger(__name__)
@@ -91,11 +90,7 @@ class Signals:
     async def _drop(self) -> None:
         self._driver = None
         conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.invalidate()
-            with contextlib.suppress(Exception):
-                await conn.close()
+        await discard(conn)
 
     async def close(self) -> None:
         """Stop listening."""

@@ -12,7 +12,6 @@ gather into its next batch, so the fleet sends the mint the batches one process 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import hashlib
 import os
@@ -24,7 +23,7 @@ from typing import Protocol
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from satsrouter.store.engine import instance_lock_dir, is_sqlite
+from satsrouter.store.engine import discard, instance_lock_dir, is_sqlite
 
 
 class Turn(Protocol):
@@ -165,11 +164,7 @@ class PgTurn:
 
     async def _drop(self) -> None:
         conn, self._conn = self._conn, None
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                await conn.invalidate()
-            with contextlib.suppress(Exception):
-                await conn.close()
+        await discard(conn)
 
     async def close(self) -> None:
         await self._drop()
