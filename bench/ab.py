@@ -152,6 +152,8 @@ def summary(pairs: list[tuple[RunResult, RunResult]]) -> dict[str, Any]:
     per_rep = [ratios(b, n) for b, n in pairs]
     cpu_b = [c for b, _ in pairs if (c := b.cpu_us_per_request()) is not None]
     cpu_n = [c for _, n in pairs if (c := n.cpu_us_per_request()) is not None]
+    wait_b = [w for b, _ in pairs if (w := b.wait_us_per_request()) is not None]
+    wait_n = [w for _, n in pairs if (w := n.wait_us_per_request()) is not None]
     return {
         "ratios": per_rep,
         "spread": {name: spread([r[name] for r in per_rep]) for _, name in METRICS},
@@ -162,6 +164,11 @@ def summary(pairs: list[tuple[RunResult, RunResult]]) -> dict[str, Any]:
         "cpu_us_per_request": {
             "baseline": round(statistics.median(cpu_b), 1) if cpu_b else None,
             "new": round(statistics.median(cpu_n), 1) if cpu_n else None,
+        },
+        # how much other work stood in the way: the machine's share of the noise
+        "runqueue_wait_us_per_request": {
+            "baseline": round(statistics.median(wait_b), 1) if wait_b else None,
+            "new": round(statistics.median(wait_n), 1) if wait_n else None,
         },
     }
 
@@ -183,7 +190,7 @@ def ab_table(
     CPU per request and latency distribution."""
     head = (
         f"{'scenario':<16} {'req/s':>18} {'p50':>18} {'p99':>18} {'cpu/req':>18} "
-        f"{'cpu us base/new':>16}"
+        f"{'cpu us base/new':>16} {'wait us base/new':>17}"
     )
     lines = [f"A/B: {new} / baseline {base} (median, min-max over repetitions)", head]
     lines.append("-" * len(head))
@@ -195,9 +202,11 @@ def ab_table(
         sp = s["spread"]
         cpu = s["cpu_us_per_request"]
         cpus = f"{_ms(cpu['baseline'])}/{_ms(cpu['new'])}"
+        wait = s["runqueue_wait_us_per_request"]
+        waits = f"{_ms(wait['baseline'])}/{_ms(wait['new'])}"
         lines.append(
             f"{sid:<16} {_cell(sp['rps']):>18} {_cell(sp['p50']):>18} {_cell(sp['p99']):>18} "
-            f"{_cell(sp['cpu']):>18} {cpus:>16}"
+            f"{_cell(sp['cpu']):>18} {cpus:>16} {waits:>17}"
         )
         for side in ("baseline", "new"):
             t = s["tail_ms"][side]

@@ -37,3 +37,24 @@ def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU seconds so far of every process in `pids` and their descendants
     (all threads; the kernel counts in clock ticks, 10 ms here)."""
     return sum(_own_cpu_s(p) for pid in pids for p in _tree(pid))
+
+
+def _own_wait_s(pid: int) -> float:
+    total = 0
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return 0.0
+    for task in tasks:
+        try:
+            # nanoseconds on a CPU, nanoseconds runnable but waiting for one, time slices
+            total += int((task / "schedstat").read_text().split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+    return total / 1e9
+
+
+def runqueue_wait_seconds(pids: list[int]) -> float:
+    """Seconds the threads of `pids` (and descendants) were ready to run but waited for a
+    CPU: on a shared machine, how much other work stood in the node's way."""
+    return sum(_own_wait_s(p) for pid in pids for p in _tree(pid))

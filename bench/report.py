@@ -110,6 +110,11 @@ def table(rows: list[Row]) -> str:
         if any(c is not None for c in cpu):
             each = " / ".join(f"{r.target} {_ms(c)}" for r, c in zip(runs[1:], cpu, strict=True))
             lines.append(f"{'':<12} cpu us/request: {each}")
+            waits = [r.wait_us_per_request() for r in runs[1:]]
+            lines.append(
+                f"{'':<12} run-queue wait us/request: "
+                + " / ".join(f"{r.target} {_ms(w)}" for r, w in zip(runs[1:], waits, strict=True))
+            )
         if row.mint is not None:
             lines.append(f"{'':<12} mint: {_mint(row.mint)}")
         if row.served_by_node is not None and len(row.served_by_node) > 1:

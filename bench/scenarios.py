@@ -12,7 +12,7 @@ import aiohttp
 from satsrouter_dev.mint import TestWallet
 from satsrouter_dev.stack import Stack
 
-from bench.cpu import cpu_seconds
+from bench.cpu import cpu_seconds, runqueue_wait_seconds
 from bench.load import RunResult, Scenario, request_body, run_scenario, token_msat
 from bench.mintload import SwapRun, run_swaps, swap_inputs
 from bench.nginx import SLOW_HEADER, SLOW_VALUE
@@ -57,9 +57,10 @@ class Context:
     def node_pids(self) -> list[int]:
         return self.pids or [n.pid for n in self.stack.nodes] or [self.stack.node_pid]
 
-    def cpu(self) -> float:
-        """CPU seconds so far of this context's node processes."""
-        return cpu_seconds(self.node_pids())
+    def cpu(self) -> tuple[float, float]:
+        """CPU seconds so far of this context's node processes, and their run-queue wait."""
+        pids = self.node_pids()
+        return cpu_seconds(pids), runqueue_wait_seconds(pids)
 
 
 async def get_json(
@@ -217,7 +218,9 @@ def _wrk(ctx: Context, scenario: Scenario, target: str, base_url: str, paid: boo
     measured = run(ctx.duration_s)
     result = _wrk_result(target, scenario, warm, measured)
     if cpu_from is not None:
-        result.cpu_s = ctx.cpu() - cpu_from
+        cpu_to = ctx.cpu()
+        result.cpu_s = cpu_to[0] - cpu_from[0]
+        result.wait_s = cpu_to[1] - cpu_from[1]
     missing = (result.requests - result.errors) - result.costed_requests
     if paid and missing > 0:
         result.errors += missing

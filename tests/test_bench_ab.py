@@ -124,6 +124,7 @@ def test_baseline_and_new_node_run_in_turns_and_both_charge_exactly(tmp_path: Pa
         assert all(v is not None and v > 0 for v in r["ab_ratios"].values()), r["ab_ratios"]
         for side in (r["node"], r["baseline"]):
             assert side["cpu_us_per_request"] > 0
+            assert side["runqueue_wait_us_per_request"] >= 0
             assert set(side["tail_ms"]) == {"p50", "p90", "p99", "p99.9", "max"}
         assert r["speed"]["upstream_rps"] > 0 and r["speed"]["python_mops"] > 0
     # the baseline ran its own checkout, which is gone again
