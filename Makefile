@@ -105,8 +105,9 @@ ifneq ($(BENCH_TOOLS),ok)
 	$(SUDO) apt-get install -y -qq nginx-light wrk
 endif
 
+# BASELINE=<commit>: A/B, that commit's node beside this tree's, in turns (bench/README.md).
 bench: $(STAMP) bench-tools
-	$(BIN)/python -m bench $(BENCH_ARGS)
+	$(BIN)/python -m bench $(if $(BASELINE),--baseline $(BASELINE)) $(BENCH_ARGS)
 
 # One SQLite node, then one, two and three nodes on one Postgres (bench/README.md, "Fleet").
 bench-fleet: $(STAMP) bench-tools

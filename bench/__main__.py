@@ -22,6 +22,7 @@ import secrets
 import signal
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -31,8 +32,9 @@ import orjson
 import uvloop
 from satsrouter_dev.fake_upstream import Behaviour
 from satsrouter_dev.mint import TestWallet
-from satsrouter_dev.stack import Stack, log_tail, running_stack
+from satsrouter_dev.stack import Stack, log_tail, node_process, running_stack
 
+from bench.ab import ab_table, baseline_tree, imported_from, python_speed, resolve, summary
 from bench.failover import circuit_openings, failover_node
 from bench.fleet import (
     FLEET_CONFIGS,
@@ -139,6 +141,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=1500,
         help="proofs pre-minted per xcashu run for the mint-direct swap baseline (default 1500)",
     )
+    p.add_argument(
+        "--baseline",
+        default=None,
+        metavar="COMMIT",
+        help="A/B: also run COMMIT's node (checked out beside this tree), scenario by "
+        "scenario in turn with this one, and report new / baseline ratios",
+    )
     p.add_argument("--quick", action="store_true", help="1 s runs, 0.2 s warm-up, 1 repetition")
     p.add_argument("--no-save", action="store_true", help=f"do not append to {RESULTS.name}")
     p.add_argument("--results", type=Path, default=RESULTS, help="JSONL file to append to")
@@ -184,6 +193,17 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(str(exc))
     if not args.scenario_list:
         p.error("no scenarios")
+    args.baseline_commit = None
+    if args.baseline is not None:
+        # One node per side, each on its own SQLite file: the two commits' schemas may differ.
+        if args.fleet or args.nodes != 1 or args.balancer or args.database != "sqlite":
+            p.error("--baseline runs one SQLite node per side (no --fleet/--nodes/--database)")
+        if _wants_failover(args):
+            p.error("--baseline does not take failover scenarios (they need a third node)")
+        try:
+            args.baseline_commit = resolve(args.baseline)
+        except ValueError as exc:
+            p.error(str(exc))
     return args
 
 
@@ -234,7 +254,8 @@ def _tokens_for(scenario: Scenario, args: argparse.Namespace) -> int:
 
 
 def _tokens_needed(args: argparse.Namespace) -> int:
-    return sum(_tokens_for(s, args) for s in args.scenario_list) * int(args.repeat)
+    sides = 2 if args.baseline_commit else 1
+    return sum(_tokens_for(s, args) for s in args.scenario_list) * int(args.repeat) * sides
 
 
 def _swaps_needed(args: argparse.Namespace) -> int:
@@ -247,7 +268,25 @@ async def _failover_context(ctx: Context, wallet: TestWallet, stack: Stack) -> C
     key = await _fund_key(ctx.session, stack, wallet)
     price = await _price(ctx.session, stack, key)
     print(f"failover node {stack.node_url}: one request costs {price} msat", flush=True)
-    return dataclasses.replace(ctx, stack=stack, key=key, keys=[key], price_msat=price)
+    return dataclasses.replace(
+        ctx, stack=stack, key=key, keys=[key], price_msat=price, pids=[stack.node_pid]
+    )
+
+
+async def _baseline_context(ctx: Context, wallet: TestWallet, stack: Stack) -> Context:
+    """The baseline node's own funded key and price, the rest as the main context."""
+    key = await _fund_key(ctx.session, stack, wallet)
+    price = await _price(ctx.session, stack, key)
+    print(f"baseline node {stack.node_url}: one request costs {price} msat", flush=True)
+    return dataclasses.replace(
+        ctx,
+        stack=stack,
+        key=key,
+        keys=[key],
+        price_msat=price,
+        pids=[stack.node_pid],
+        tokens=collections.deque(),
+    )
 
 
 async def _bench(
@@ -256,6 +295,7 @@ async def _bench(
     workdir: Path,
     failover: Stack | None = None,
     metrics_token: str = "",
+    baseline: Stack | None = None,
 ) -> list[list[Row]]:
     connector = aiohttp.TCPConnector(limit=1024, limit_per_host=0, keepalive_timeout=3.0)
     timeout = aiohttp.ClientTimeout(total=None)
@@ -286,10 +326,14 @@ async def _bench(
         print(f"funded {funded}; one request costs {ctx.price_msat} msat", flush=True)
         if failover is not None:
             ctx.failover = await _failover_context(ctx, wallet, failover)
+        if baseline is not None:
+            ctx.baseline = await _baseline_context(ctx, wallet, baseline)
         print(flush=True)
         reps: list[list[Row]] = []
         for rep in range(args.repeat):
             rows: list[Row] = []
+            speed = python_speed()
+            print(f"  #{rep + 1} machine: {speed} M Python loop steps/s", flush=True)
             for scenario in args.scenario_list:
                 if scenario.x_cashu:
                     take = (
@@ -297,6 +341,9 @@ async def _bench(
                     )
                     ctx.tokens = collections.deque(pool[:take])
                     del pool[:take]
+                    if ctx.baseline is not None:
+                        ctx.baseline.tokens = collections.deque(pool[:take])
+                        del pool[:take]
                 runs: dict[str, RunResult] = {}
                 balances: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
                 mint_log = stack.mint_log or workdir / "mint" / "mint.log"
@@ -307,20 +354,29 @@ async def _bench(
                 calls_before = access_counts(mint_log)
                 openings_before = circuit_openings(failover.node_log) if failover else 0
                 base, main = scenario.targets
-                for target in scenario.targets:
+                calls_after = calls_before
+                for target in _order(scenario, rep, ctx.baseline is not None):
                     print(f"  #{rep + 1} {scenario.label:<12} {target:<9}", end=" ", flush=True)
-                    node_ctx = node_context(ctx, target)
+                    node_ctx = ctx.baseline if target == "baseline" else node_context(ctx, target)
                     before = await _settled(node_ctx) if node_ctx else {}
                     if target == "node":
                         calls_before = access_counts(mint_log)
                         outputs_before = await wallet_outputs(node_data, stack.database_url)
                         served_before = await served(session, stack, metrics_token)
-                    run = await run_target(ctx, scenario, target)
+                    if target == "baseline":
+                        assert node_ctx is not None
+                        run = await run_target(node_ctx, scenario, "node")
+                        run.target = "baseline"
+                    else:
+                        run = await run_target(ctx, scenario, target)
                     if node_ctx:
                         balances[target] = (before, await _settled(node_ctx))
                     if target == "node":
                         served_after = await served(session, stack, metrics_token)
-                    print(f"{run.rps:>9.1f} req/s  {run.errors} errors", flush=True)
+                        calls_after = access_counts(mint_log)
+                    cpu = run.cpu_us_per_request()
+                    more = f"  {cpu:.0f} us CPU/request" if cpu is not None else ""
+                    print(f"{run.rps:>9.1f} req/s  {run.errors} errors{more}", flush=True)
                     runs[target] = run
                 main_ctx = node_context(ctx, main)
                 assert main_ctx is not None
@@ -334,14 +390,19 @@ async def _bench(
                     check["circuit_openings"] = (
                         circuit_openings(failover.node_log) - openings_before
                     )
-                row = Row(scenario, runs[base], runs[main], check)
+                row = Row(scenario, runs[base], runs[main], check, python_mops=speed)
+                if ctx.baseline is not None:
+                    row.baseline = runs["baseline"]
+                    row.baseline_check = scenario_check(
+                        ctx.baseline, scenario, runs[base], runs["baseline"], *balances["baseline"]
+                    )
                 if served_after:
                     row.served_by_node = [
                         a - b for a, b in zip(served_after, served_before, strict=True)
                     ]
                 if scenario.kind == "xcashu":
                     # the mint's requests caused by the node run (settled: none in flight)
-                    calls = access_counts(mint_log) - calls_before
+                    calls = calls_after - calls_before
                     grown = await wallet_outputs(node_data, stack.database_url) - outputs_before
                     shape = swap_shape(runs["node"].requests, grown, calls)
                     ctx.swap_inputs = swap_pool[: args.mint_swaps]
@@ -360,6 +421,16 @@ async def _bench(
                 row.rss_mb = rss
             reps.append(rows)
     return reps
+
+
+def _order(scenario: Scenario, rep: int, ab: bool) -> list[str]:
+    """The runs of one scenario: the upstream first, then the node; with a baseline both
+    nodes, baseline first in odd repetitions and second in even ones (so neither always
+    runs right after the upstream)."""
+    base, main = scenario.targets
+    if not ab:
+        return [base, main]
+    return [base, "baseline", main] if rep % 2 == 0 else [base, main, "baseline"]
 
 
 def _node_log_findings(log: Path, which: str = "the node") -> str | None:
@@ -388,6 +459,7 @@ async def _bench_until_signal(
     workdir: Path,
     failover: Stack | None,
     metrics_token: str,
+    baseline: Stack | None = None,
 ) -> list[list[Row]]:
     """_bench, cancelled by SIGINT/SIGTERM.
 
@@ -407,7 +479,7 @@ async def _bench_until_signal(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     try:
-        return await _bench(stack, args, workdir, failover, metrics_token)
+        return await _bench(stack, args, workdir, failover, metrics_token, baseline)
     except BaseException as exc:
         if signalled:
             raise Interrupted from exc
@@ -415,6 +487,26 @@ async def _bench_until_signal(
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+
+
+@contextlib.contextmanager
+def _baseline_node(
+    workdir: Path, stack: Stack, args: argparse.Namespace, settings: dict[str, str]
+) -> Iterator[Stack]:
+    """The baseline commit checked out under `workdir` and its node running (same mint,
+    upstream, settings and interpreter); both removed when the block ends."""
+    home = workdir / "baseline"
+    home.mkdir(parents=True, exist_ok=True)
+    with baseline_tree(args.baseline_commit, workdir) as tree:
+        where = imported_from(tree)
+        print(f"baseline {args.baseline_commit[:9]}: satsrouter from {where.parent}")
+        with node_process(
+            home, stack.mint_url, stack.upstream_url, args.workers, settings, source=tree
+        ) as node:
+            print(f"baseline node {node.url}")
+            yield dataclasses.replace(
+                stack, node_url=node.url, node_log=node.log, node_pid=node.pid, nodes=(node,)
+            )
 
 
 def _front(fake_url: str) -> contextlib.AbstractContextManager[str]:
@@ -477,9 +569,14 @@ def _run_config(args: argparse.Namespace, config: Config) -> Outcome:
                     failover_node(workdir, stack, tokens, workers=args.workers)
                 )
                 print(f"failover node {failover.node_url} (flaky fake + nginx)")
+            base_stack = None
+            if args.baseline_commit:
+                base_stack = extra.enter_context(_baseline_node(workdir, stack, args, settings))
             try:
                 with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-                    reps = runner.run(_bench_until_signal(stack, args, workdir, failover, token))
+                    reps = runner.run(
+                        _bench_until_signal(stack, args, workdir, failover, token, base_stack)
+                    )
             except Exception as exc:
                 if not isinstance(exc, Interrupted):
                     for i, node in enumerate(stack.nodes, 1):
@@ -491,6 +588,8 @@ def _run_config(args: argparse.Namespace, config: Config) -> Outcome:
             ]
             if failover is not None:
                 findings.append(_node_log_findings(failover.node_log, "the failover node"))
+            if base_stack is not None:
+                findings.append(_node_log_findings(base_stack.node_log, "the baseline node"))
     return Outcome(reps, findings)
 
 
@@ -510,8 +609,25 @@ def _report(args: argparse.Namespace, info: dict[str, Any], outcome: Outcome) ->
         lines = [r for rep, rows in enumerate(reps, 1) for r in records(info, rows, rep)]
         append_jsonl(args.results, lines)
         print(f"\nappended {len(lines)} lines to {args.results}")
+    if args.baseline_commit and reps:
+        ids = [sc.id for sc in args.scenario_list]
+        summaries = {
+            sid: summary(
+                [
+                    (r.baseline, r.node)
+                    for rows in reps
+                    for r in rows
+                    if r.scenario.id == sid and r.baseline is not None
+                ]
+            )
+            for sid in ids
+        }
+        print("\n" + ab_table(ids, summaries, args.baseline_commit[:9], str(info["commit"])))
     errors = sum(r.upstream.errors + r.node.errors for rows in reps for r in rows)
-    checks_ok = all(r.check["ok"] for rows in reps for r in rows)
+    errors += sum(r.baseline.errors for rows in reps for r in rows if r.baseline is not None)
+    checks_ok = all(r.check["ok"] for rows in reps for r in rows) and all(
+        r.baseline_check["ok"] for rows in reps for r in rows if r.baseline_check is not None
+    )
     return checks_ok and errors == 0
 
 
@@ -528,6 +644,8 @@ def main(argv: list[str] | None = None) -> int:
         info.update(workers=args.workers, database=config.database, nodes=config.nodes)
         info["keys"] = args.keys
         info["balancer"] = config.balancer
+        if args.baseline_commit:
+            info["baseline_commit"] = args.baseline_commit[:12]
         if args.fleet:
             info["fleet"] = fleet_started  # the records of one comparison share it
         step = f" [{n}/{len(configs)}: {config.label}]" if args.fleet else ""

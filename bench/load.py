@@ -127,6 +127,10 @@ class RunResult:
     wrk_quantiles_ms: dict[float, float] = dataclasses.field(default_factory=dict)
     # measured successful requests by the provider that served them (X-Routstr-Provider)
     provider_latencies_s: dict[str, list[float]] = dataclasses.field(default_factory=dict)
+    # the node's processes' user + system CPU seconds over the measured window (None: not
+    # measured, e.g. the upstream itself)
+    cpu_s: float | None = None
+    wait_s: float | None = None  # their threads' time runnable but waiting for a CPU
 
     @property
     def ok(self) -> int:
@@ -144,6 +148,27 @@ class RunResult:
     def ttfb_ms(self, q: float) -> float | None:
         return percentile_ms(self.ttfbs_s, q)
 
+    @property
+    def measured_requests(self) -> int:
+        """Requests issued in the measured window (any outcome)."""
+        return self.requests - self.warmup_requests
+
+    def cpu_us_per_request(self) -> float | None:
+        """The node's CPU (user + system) per request of the measured window, in µs."""
+        if self.cpu_s is None or self.measured_requests <= 0:
+            return None
+        return self.cpu_s * 1e6 / self.measured_requests
+
+    def wait_us_per_request(self) -> float | None:
+        """The node's threads' run-queue wait per measured request, in µs."""
+        if self.wait_s is None or self.measured_requests <= 0:
+            return None
+        return self.wait_s * 1e6 / self.measured_requests
+
+    def tail(self) -> dict[str, float | None]:
+        """Latency distribution (ms): p50, p90, p99, p99.9, max."""
+        return {name: _round(self.latency_ms(q)) for name, q in TAIL}
+
     def summary(self) -> dict[str, Any]:
         return {
             "requests_per_s": round(self.rps, 1),
@@ -151,6 +176,10 @@ class RunResult:
             "p99_ms": _round(self.latency_ms(0.99)),
             "ttfb_p50_ms": _round(self.ttfb_ms(0.50)),
             "ttfb_p99_ms": _round(self.ttfb_ms(0.99)),
+            "tail_ms": self.tail(),
+            "cpu_s": _round(self.cpu_s),
+            "cpu_us_per_request": _round(self.cpu_us_per_request()),
+            "runqueue_wait_us_per_request": _round(self.wait_us_per_request()),
             "measured_ok": self.ok,
             "measured_s": round(self.elapsed_s, 3),
             "requests": self.requests,
@@ -175,6 +204,10 @@ class RunResult:
             }
             for name, samples in sorted(self.provider_latencies_s.items())
         }
+
+
+# the quantiles a tail is read at (1.0: the slowest request)
+TAIL = (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("p99.9", 0.999), ("max", 1.0))
 
 
 def _round(value: float | None) -> float | None:
@@ -319,6 +352,7 @@ async def run_scenario(
     timeout_s: float = 30.0,
     extra_headers: dict[str, str] | None = None,
     next_token: Callable[[], tuple[str, int] | None] | None = None,
+    cpu: Callable[[], tuple[float, float]] | None = None,
 ) -> RunResult:
     """Drive `scenario` against `{base_url}/chat/completions` for warm-up + duration.
 
@@ -329,6 +363,8 @@ async def run_scenario(
     With `scenario.rate`, request i is not sent before start + i / rate (at most
     `concurrency` in flight): the offered load, not the server, sets the pace, and a
     request's time starts at its send, so queueing in the client is not counted.
+    `cpu` (the node's CPU seconds so far, and its run-queue wait) is read when the measured
+    window opens and after the last request: `result.cpu_s`, `result.wait_s`.
     """
     url = f"{base_url}/chat/completions"
     headers = {"Content-Type": "application/json", **(extra_headers or {})}
@@ -396,6 +432,16 @@ async def run_scenario(
                     result.provider_latencies_s.setdefault(outcome.provider, []).append(t1 - t0)
                 last_done = max(last_done, t1)
 
+    cpu_from: list[tuple[float, float]] = []
+    if cpu is not None:
+        if warmup_s > 0:
+            asyncio.get_running_loop().call_later(warmup_s, lambda: cpu_from.append(cpu()))
+        else:
+            cpu_from.append(cpu())
     await asyncio.gather(*(worker() for _ in range(scenario.concurrency)))
     result.elapsed_s = last_done - measure_from
+    if cpu is not None and cpu_from:
+        cpu_to = cpu()
+        result.cpu_s = cpu_to[0] - cpu_from[0][0]
+        result.wait_s = cpu_to[1] - cpu_from[0][1]
     return result

@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from bench.ab import ratios
 from bench.load import RunResult, Scenario
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,6 +60,11 @@ class Row:
     mint: dict[str, Any] | None = None  # xcashu: the mint-direct baseline and the node's share
     # paid requests each node answered during the node run (warm-up included), in node order
     served_by_node: list[int] | None = None
+    # `--baseline`: the baseline node's run of the same scenario (same upstream run)
+    baseline: RunResult | None = None
+    baseline_check: dict[str, Any] | None = None
+    # the machine's speed when the repetition ran (upstream-direct rate is the row's own)
+    python_mops: float | None = None
 
 
 def table(rows: list[Row]) -> str:
@@ -68,7 +74,12 @@ def table(rows: list[Row]) -> str:
     )
     lines = [head, "-" * len(head)]
     for row in rows:
-        for run in (row.upstream, row.node):
+        runs = (
+            (row.upstream, row.node)
+            if row.baseline is None
+            else (row.upstream, row.baseline, row.node)
+        )
+        for run in runs:
             name = run.target
             label = row.scenario.label if run is row.upstream else ""
             lines.append(
@@ -93,6 +104,17 @@ def table(rows: list[Row]) -> str:
         if kinds:
             lines.append(f"{'':<12} errors: " + ", ".join(f"{k} x{v}" for k, v in kinds.items()))
         lines.append(f"{'':<12} money: {_money(row)}")
+        if row.baseline is not None and row.baseline_check is not None:
+            lines.append(f"{'':<12} money, baseline: {_money_of(row.baseline_check)}")
+        cpu = [r.cpu_us_per_request() for r in runs[1:]]
+        if any(c is not None for c in cpu):
+            each = " / ".join(f"{r.target} {_ms(c)}" for r, c in zip(runs[1:], cpu, strict=True))
+            lines.append(f"{'':<12} cpu us/request: {each}")
+            waits = [r.wait_us_per_request() for r in runs[1:]]
+            lines.append(
+                f"{'':<12} run-queue wait us/request: "
+                + " / ".join(f"{r.target} {_ms(w)}" for r, w in zip(runs[1:], waits, strict=True))
+            )
         if row.mint is not None:
             lines.append(f"{'':<12} mint: {_mint(row.mint)}")
         if row.served_by_node is not None and len(row.served_by_node) > 1:
@@ -125,7 +147,10 @@ def _providers(row: Row) -> str:
 
 
 def _money(row: Row) -> str:
-    c = row.check
+    return _money_of(row.check)
+
+
+def _money_of(c: dict[str, Any]) -> str:
     verdict = "OK" if c["ok"] else "MISMATCH"
     text = (
         f"{verdict}: key spent {c['spent_msat']} msat; {c['charged_requests']} requests "
@@ -335,9 +360,23 @@ def records(info: dict[str, Any], rows: list[Row], repetition: int) -> list[dict
             "node_rss_mb": {str(k): round(v, 1) for k, v in row.rss_mb.items()},
             **({"mint": row.mint} if row.mint is not None else {}),
             **({"served_by_node": row.served_by_node} if row.served_by_node is not None else {}),
+            "speed": {
+                "upstream_rps": round(row.upstream.rps, 1),
+                "python_mops": row.python_mops,
+            },
+            **(_ab_record(row) if row.baseline is not None else {}),
         }
         for row in rows
     ]
+
+
+def _ab_record(row: Row) -> dict[str, Any]:
+    assert row.baseline is not None
+    return {
+        "baseline": row.baseline.summary(),
+        "baseline_check": row.baseline_check,
+        "ab_ratios": ratios(row.baseline, row.node),
+    }
 
 
 def append_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -12,6 +12,7 @@ import aiohttp
 from satsrouter_dev.mint import TestWallet
 from satsrouter_dev.stack import Stack
 
+from bench.cpu import cpu_seconds, runqueue_wait_seconds
 from bench.load import RunResult, Scenario, request_body, run_scenario, token_msat
 from bench.mintload import SwapRun, run_swaps, swap_inputs
 from bench.nginx import SLOW_HEADER, SLOW_VALUE
@@ -41,12 +42,25 @@ class Context:
     swap_inputs: list[list[dict[str, Any]]] = dataclasses.field(default_factory=list)
     # the failover node (two providers, the first flaky) with its own funded key
     failover: Context | None = None
+    # `--baseline`: the baseline commit's node, its own funded key and token pool
+    baseline: Context | None = None
+    # the processes whose CPU a node run is charged (every node's supervisor; workers are
+    # found as their children); empty: the stack's nodes
+    pids: list[int] = dataclasses.field(default_factory=list)
 
     def all_keys(self) -> list[str]:
         return self.keys or [self.key]
 
     def next_token(self) -> tuple[str, int] | None:
         return self.tokens.popleft() if self.tokens else None
+
+    def node_pids(self) -> list[int]:
+        return self.pids or [n.pid for n in self.stack.nodes] or [self.stack.node_pid]
+
+    def cpu(self) -> tuple[float, float]:
+        """CPU seconds so far of this context's node processes, and their run-queue wait."""
+        pids = self.node_pids()
+        return cpu_seconds(pids), runqueue_wait_seconds(pids)
 
 
 async def get_json(
@@ -171,7 +185,9 @@ def _wrk_result(target: str, scenario: Scenario, warm: WrkRun | None, run: WrkRu
     result.warmup_requests = warm.requests if warm else 0
     result.elapsed_s = run.duration_s
     result.wrk_ok = run.requests - run.non200
-    result.wrk_quantiles_ms = {0.5: run.p50_ms, 0.99: run.p99_ms}
+    quantiles = {0.5: run.p50_ms, 0.9: run.p90_ms, 0.99: run.p99_ms, 0.999: run.p999_ms}
+    quantiles[1.0] = run.max_ms
+    result.wrk_quantiles_ms = {q: v for q, v in quantiles.items() if v is not None}
     return result
 
 
@@ -198,7 +214,13 @@ def _wrk(ctx: Context, scenario: Scenario, target: str, base_url: str, paid: boo
         )
 
     warm = run(ctx.warmup_s) if ctx.warmup_s > 0 else None
-    result = _wrk_result(target, scenario, warm, run(ctx.duration_s))
+    cpu_from = ctx.cpu() if target != "upstream" else None
+    measured = run(ctx.duration_s)
+    result = _wrk_result(target, scenario, warm, measured)
+    if cpu_from is not None:
+        cpu_to = ctx.cpu()
+        result.cpu_s = cpu_to[0] - cpu_from[0]
+        result.wait_s = cpu_to[1] - cpu_from[1]
     missing = (result.requests - result.errors) - result.costed_requests
     if paid and missing > 0:
         result.errors += missing
@@ -221,6 +243,7 @@ async def _python(ctx: Context, scenario: Scenario, target: str, base_url: str) 
         max_requests=cap,
         extra_headers=extra,
         next_token=ctx.next_token if node and scenario.x_cashu else None,
+        cpu=ctx.cpu if node else None,
     )
 
 
@@ -249,6 +272,7 @@ async def run_target(ctx: Context, scenario: Scenario, target: str) -> RunResult
             warmup_s=ctx.warmup_s,
             duration_s=ctx.duration_s,
             max_requests=ctx.max_requests,
+            cpu=node.cpu,
         )
     base_url = ctx.stack.upstream_url if target == "upstream" else f"{ctx.stack.node_url}/v1"
     if scenario.uses_wrk:

@@ -39,9 +39,11 @@ function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
     '%(marker)s{"requests":%%d,"duration_us":%%d,"non200":%%d,"connect":%%d,"read":%%d,' ..
-    '"write":%%d,"timeout":%%d,"p50_us":%%.1f,"p99_us":%%.1f,"cost_msat":%%d,"costed":%%d,"codes":"%%s"}\\n',
+    '"write":%%d,"timeout":%%d,"p50_us":%%.1f,"p90_us":%%.1f,"p99_us":%%.1f,"p999_us":%%.1f,' ..
+    '"max_us":%%.1f,"cost_msat":%%d,"costed":%%d,"codes":"%%s"}\\n',
     summary.requests, summary.duration, bad, e.connect, e.read, e.write, e.timeout,
-    latency:percentile(50), latency:percentile(99), cost, costed, codes))
+    latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency:percentile(99.9), latency.max, cost, costed, codes))
 end
 """
 
@@ -59,6 +61,9 @@ class WrkRun:
     cost_msat: int  # sum of X-Routstr-Cost-Msats over the responses
     costed: int  # responses that carried the header
     non200_codes: tuple[int, ...] = ()  # the first non-200 statuses (up to 20 per thread)
+    p90_ms: float | None = None
+    p999_ms: float | None = None
+    max_ms: float | None = None
 
 
 def wrk_binary() -> str | None:
@@ -156,4 +161,7 @@ def _parse(raw: dict[str, Any]) -> WrkRun:
         cost_msat=int(raw["cost_msat"]),
         costed=int(raw["costed"]),
         non200_codes=tuple(int(c) for c in str(raw.get("codes", "")).split()),
+        p90_ms=float(raw["p90_us"]) / 1000.0,
+        p999_ms=float(raw["p999_us"]) / 1000.0,
+        max_ms=float(raw["max_us"]) / 1000.0,
     )

@@ -9,7 +9,9 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+from conftest import eventually
 
+from satsrouter.store import tx as tx_module
 from satsrouter.store.tx import SqliteTxRunner, Tx
 
 # The SQLite transaction runner itself (its thread, batching, file locks).
@@ -166,3 +168,27 @@ async def test_reads_queued_together_fail_one_by_one(runner: SqliteTxRunner) -> 
     results = await asyncio.gather(*reads, return_exceptions=True)
     assert isinstance(results[1], sqlite3.OperationalError)
     assert results[:1] + results[2:] == [1, 1, 1]
+
+
+def _checkpointed_ids(path: str) -> list[int]:
+    """The rows in the database file itself, not counting the WAL (what checkpoints copied)."""
+    with sqlite3.connect(f"file:{path}?immutable=1", uri=True) as conn:
+        return [row[0] for row in conn.execute("SELECT id FROM item ORDER BY id")]
+
+
+async def test_the_wal_is_checkpointed_by_its_own_thread_not_by_a_commit(
+    runner: SqliteTxRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tx_module, "CHECKPOINT_EVERY", 3)
+    await runner.run(_insert(1))
+    await runner.run(_insert(2))
+    assert _checkpointed_ids(runner.path) == []  # in the WAL only: the commits copied nothing
+    await runner.run(_insert(3))  # the third job asks the checkpoint thread
+
+    async def copied() -> bool:
+        return _checkpointed_ids(runner.path) == [1, 2, 3]
+
+    await eventually(copied, within=10, every=0.02)
+    assert any(t.name.endswith("-checkpoint") for t in threading.enumerate())
+    await runner.close()
+    assert not any(t.name.endswith("-checkpoint") for t in threading.enumerate())

@@ -84,8 +84,13 @@ def node_process(
     upstream_url: str,
     workers: int = 1,
     settings: dict[str, str] | None = None,
+    source: Path | None = None,
 ) -> Iterator[NodeProcess]:
-    """Run `satsrouter serve` on a free port until the block ends; `settings` adds variables."""
+    """Run `satsrouter serve` on a free port until the block ends; `settings` adds variables.
+
+    `source`: a checkout whose `satsrouter` package runs instead of the installed one (the
+    bench's A/B baseline), with the same interpreter and dependencies.
+    """
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = workdir / "node.log"
@@ -102,10 +107,15 @@ def node_process(
         "BTC_USD_PRICE": "100000",
         "LOG_LEVEL": "WARNING",
     }
+    if source is not None:
+        # first on sys.path, ahead of the editable install's finder
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(source), env.get("PYTHONPATH")]))
     cmd = [sys.executable, "-m", "satsrouter", "serve", "--host", "127.0.0.1", "--port", str(port)]
     cmd += ["--workers", str(workers)]
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        proc = subprocess.Popen(
+            cmd, env=env, cwd=source, stdin=subprocess.DEVNULL, stdout=log, stderr=log
+        )
     try:
         deadline = time.monotonic() + NODE_READY_TIMEOUT_S
         while not _ready(url, log_path, workers):
