@@ -24,6 +24,7 @@ from satsrouter.ecash._cashu import (
     b_dhke,
     pooled_client,
 )
+from satsrouter.ecash.derivation import derive
 from satsrouter.ecash.errors import EcashError, map_mint_error
 from satsrouter.ecash.mint_gate import MintBusy, current_wait
 from satsrouter.ecash.mint_http import post_swap
@@ -50,12 +51,7 @@ class Refused(Exception):
 
 async def blind(wallet: Wallet, keyset_id: str, outputs: Sequence[Output]) -> Blinded:
     """Rebuild the blinded messages of `outputs` from the seed (deterministic)."""
-    secrets: list[str] = []
-    rs: list[PrivateKey] = []
-    for output in outputs:
-        s, r, _ = await wallet.generate_secrets_from_to(output.counter, output.counter, keyset_id)
-        secrets += s
-        rs += r
+    secrets, rs = await derive(wallet, keyset_id, [output.counter for output in outputs])
     amounts = [o.amount for o in outputs]
     messages, rs = await asyncio.to_thread(
         wallet._construct_outputs, amounts, secrets, rs, keyset_id
