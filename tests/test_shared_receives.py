@@ -102,6 +102,44 @@ async def test_payments_at_two_nodes_go_to_the_mint_in_one_swap(
     await _exact(other)
 
 
+async def test_a_spent_token_in_a_shared_swap_fails_alone_at_its_own_node(
+    node: RunningNode,
+    node_factory: NodeFactory,
+    user_wallet: TestWallet,
+    mint_turn: Turn,
+    tmp_path: Path,
+) -> None:
+    other = await node_factory(
+        data_dir=tmp_path / "other", database_url=node.node.settings.effective_database_url
+    )
+    tokens = await user_wallet.mint_tokens(40, 4)
+    spent = tokens[1]
+    assert await user_wallet.redeem(spent) == 40  # its proofs are spent at the mint
+    assert await mint_turn.acquire(None)
+    async with httpx.AsyncClient(timeout=30) as http:
+        paying = [
+            asyncio.create_task(_pay(http, (node, other)[i % 2].url, t))
+            for i, t in enumerate(tokens)
+        ]
+        await eventually(lambda: _all_waiting(node, 4), within=20)
+        await mint_turn.release()
+        answers = await asyncio.gather(*paying)
+    # the shared swap was refused for the spent token; each was then swapped alone
+    statuses = [a.status_code for a in answers]
+    assert statuses == [200, 400, 200, 200], [a.text for a in answers]
+    assert answers[1].json()["error"]["type"] == "cashu_token_already_spent"
+    states = await _rows(node, "SELECT state, count(*) FROM redemptions GROUP BY state")
+    assert sorted(states) == [("credited", 3), ("failed", 1)]
+    ops = await _rows(
+        node, "SELECT state, count(*) FROM wallet_ops WHERE kind = 'receive' GROUP BY state"
+    )
+    assert sorted(ops) == [("done", 3), ("undone", 2)]
+    for answer in (answers[0], answers[2], answers[3]):
+        cost = int(answer.headers["X-Routstr-Cost-Msats"])
+        assert await user_wallet.redeem(answer.headers["X-Cashu"]) == (40_000 - cost) // 1000
+    await _exact(node)
+
+
 async def test_a_payment_waits_for_the_turn_no_longer_than_its_bound(
     node: RunningNode, user_wallet: TestWallet, mint_turn: Turn
 ) -> None:
