@@ -169,9 +169,18 @@ async def test_a_node_killed_while_carrying_the_others_payments_loses_nothing(
     user_wallet: TestWallet,
     tmp_path: Path,
 ) -> None:
-    waiter = await node_factory(instance_dead_after=2.0)
+    # On Postgres a node is known dead by its heartbeat's silence: both beat well within it
+    # (on a busy machine too), or the carrier takes the waiter for dead and forgets its
+    # waiting payments (safe: they would get `mint_busy`; this test is about the carrier).
+    waiter = await node_factory(instance_dead_after=5.0, sweep_interval=0.5)
     url = waiter.node.settings.effective_database_url
-    carrier = KillableNode(tmp_path / "carrier", local_mint.url, upstream.url, DATABASE_URL=url)
+    carrier = KillableNode(
+        tmp_path / "carrier",
+        local_mint.url,
+        upstream.url,
+        DATABASE_URL=url,
+        INSTANCE_DEAD_AFTER="5",
+    )
     (tmp_path / "carrier").mkdir()
     await carrier.start(crash_at=step)
     # The waiter's payments are recorded but it does not send them itself: the carrier will.
