@@ -60,6 +60,35 @@ async def _all_waiting(node: RunningNode, count: int) -> bool:
     return int(rows[0][0]) == count
 
 
+async def _second_node(node: RunningNode, node_factory: NodeFactory, tmp_path: Path) -> RunningNode:
+    """Another node on `node`'s database."""
+    url = node.node.settings.effective_database_url
+    return await node_factory(data_dir=tmp_path / "other", database_url=url)
+
+
+async def _pay_both_at_once(
+    node: RunningNode, other: RunningNode, tokens: list[str], mint_turn: Turn
+) -> list[httpx.Response]:
+    """Pay with each token at the two nodes in turn while the mint's turn is held; release
+    it once every payment is waiting in the book; the answers, in token order."""
+    assert await mint_turn.acquire(None)
+    async with httpx.AsyncClient(timeout=30) as http:
+        paying = [
+            asyncio.create_task(_pay(http, (node, other)[i % 2].url, t))
+            for i, t in enumerate(tokens)
+        ]
+        await eventually(lambda: _all_waiting(node, len(tokens)), within=20)
+        await mint_turn.release()
+        return await asyncio.gather(*paying)
+
+
+async def _change_redeems(user_wallet: TestWallet, answers: list[httpx.Response]) -> None:
+    """Each paid 40 sat less its own cost and got the rest back, redeemable to the sat."""
+    for answer in answers:
+        cost = int(answer.headers["X-Routstr-Cost-Msats"])
+        assert await user_wallet.redeem(answer.headers["X-Cashu"]) == (40_000 - cost) // 1000
+
+
 async def _exact(node: RunningNode) -> None:
     await node.check_invariants()
     books = await audit(node.node.tx, node.node.wallet)
@@ -73,19 +102,9 @@ async def test_payments_at_two_nodes_go_to_the_mint_in_one_swap(
     mint_turn: Turn,
     tmp_path: Path,
 ) -> None:
-    other = await node_factory(
-        data_dir=tmp_path / "other", database_url=node.node.settings.effective_database_url
-    )
+    other = await _second_node(node, node_factory, tmp_path)
     tokens = await user_wallet.mint_tokens(40, 6)
-    assert await mint_turn.acquire(None)
-    async with httpx.AsyncClient(timeout=30) as http:
-        paying = [
-            asyncio.create_task(_pay(http, (node, other)[i % 2].url, t))
-            for i, t in enumerate(tokens)
-        ]
-        await eventually(lambda: _all_waiting(node, 6), within=20)
-        await mint_turn.release()
-        answers = await asyncio.gather(*paying)
+    answers = await _pay_both_at_once(node, other, tokens, mint_turn)
     assert [a.status_code for a in answers] == [200] * 6, [a.text for a in answers]
     # one swap carried all six, whichever node's requests they were
     ops = await _rows(node, "SELECT instance_id, state FROM wallet_ops WHERE kind = 'receive'")
@@ -93,9 +112,7 @@ async def test_payments_at_two_nodes_go_to_the_mint_in_one_swap(
     owners = await _rows(node, "SELECT DISTINCT instance_id FROM redemptions")
     assert {row[0] for row in owners} == {node.node.instance_id, other.node.instance_id}
     # each paid its own cost and got its own change, redeemable to the sat
-    for answer in answers:
-        cost = int(answer.headers["X-Routstr-Cost-Msats"])
-        assert await user_wallet.redeem(answer.headers["X-Cashu"]) == (40_000 - cost) // 1000
+    await _change_redeems(user_wallet, answers)
     credited = await _rows(node, "SELECT state, proofs FROM redemptions")
     assert credited == [("credited", None)] * 6  # no proofs kept once swapped
     await _exact(node)
@@ -109,21 +126,10 @@ async def test_a_spent_token_in_a_shared_swap_fails_alone_at_its_own_node(
     mint_turn: Turn,
     tmp_path: Path,
 ) -> None:
-    other = await node_factory(
-        data_dir=tmp_path / "other", database_url=node.node.settings.effective_database_url
-    )
+    other = await _second_node(node, node_factory, tmp_path)
     tokens = await user_wallet.mint_tokens(40, 4)
-    spent = tokens[1]
-    assert await user_wallet.redeem(spent) == 40  # its proofs are spent at the mint
-    assert await mint_turn.acquire(None)
-    async with httpx.AsyncClient(timeout=30) as http:
-        paying = [
-            asyncio.create_task(_pay(http, (node, other)[i % 2].url, t))
-            for i, t in enumerate(tokens)
-        ]
-        await eventually(lambda: _all_waiting(node, 4), within=20)
-        await mint_turn.release()
-        answers = await asyncio.gather(*paying)
+    assert await user_wallet.redeem(tokens[1]) == 40  # its proofs are spent at the mint
+    answers = await _pay_both_at_once(node, other, tokens, mint_turn)
     # the shared swap was refused for the spent token; each was then swapped alone
     statuses = [a.status_code for a in answers]
     assert statuses == [200, 400, 200, 200], [a.text for a in answers]
@@ -134,9 +140,7 @@ async def test_a_spent_token_in_a_shared_swap_fails_alone_at_its_own_node(
         node, "SELECT state, count(*) FROM wallet_ops WHERE kind = 'receive' GROUP BY state"
     )
     assert sorted(ops) == [("done", 3), ("undone", 2)]
-    for answer in (answers[0], answers[2], answers[3]):
-        cost = int(answer.headers["X-Routstr-Cost-Msats"])
-        assert await user_wallet.redeem(answer.headers["X-Cashu"]) == (40_000 - cost) // 1000
+    await _change_redeems(user_wallet, [answers[0], answers[2], answers[3]])
     await _exact(node)
 
 
@@ -214,10 +218,7 @@ async def test_a_node_killed_while_carrying_the_others_payments_loses_nothing(
                 # the mint swapped them all: the waiter's requests were served, and the
                 # carrier's own payment is its payer's balance, refundable at any node
                 assert [a.status_code for a in answers] == [200] * 3, [a.text for a in answers]
-                for answer in answers:
-                    cost = int(answer.headers["X-Routstr-Cost-Msats"])
-                    change = answer.headers["X-Cashu"]
-                    assert await user_wallet.redeem(change) == (40_000 - cost) // 1000
+                await _change_redeems(user_wallet, answers)
                 refund = await http.post(
                     f"{waiter.url}/v1/balance/refund", headers={"X-Cashu": tokens[3]}
                 )
