@@ -346,6 +346,7 @@ class Redeemer:
             def undo(tx: Tx) -> None:
                 if finish_op_tx(tx, op.id, "undone"):
                     tx.execute(_FORGET_OF_OP, {"op": op.id})
+                    self.wallet.receives_settled_tx(tx)  # its waiters may be other nodes
 
             await self._tx.run(undo, durable=True)  # records ecash
             log.info("swap %s never happened; its tokens are usable again", op.id[:20])
@@ -360,6 +361,7 @@ class Redeemer:
             for token_hash, _ in rows:
                 credit_redemption_tx(tx, token_hash, now)
             store_proofs_tx(tx, proofs, op.mint_url, op.unit, op.id)
+            self.wallet.receives_settled_tx(tx)
             return len(rows)
 
         count = await self._tx.run(complete, durable=True)  # records ecash

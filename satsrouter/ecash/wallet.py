@@ -35,7 +35,7 @@ from satsrouter.ecash.errors import EcashError, insufficient_funds, map_mint_err
 from satsrouter.ecash.legacy import read_legacy
 from satsrouter.ecash.mint_gate import MintGate
 from satsrouter.ecash.mint_http import MintCallObserver, TimedTransport, new_mint_session
-from satsrouter.ecash.receiving import Link, ReceiveBook, SwapBatcher, batchable
+from satsrouter.ecash.receiving import SIGNAL, Link, ReceiveBook, SwapBatcher, batchable
 from satsrouter.ecash.recovery import recover_split
 from satsrouter.ecash.slot import Slot
 from satsrouter.ecash.splitting import Splitter
@@ -256,6 +256,11 @@ class NodeWallet:
         self._book = book
         for receiver in self._receivers.values():
             receiver.book = book
+
+    def receives_settled_tx(self, tx: Tx) -> None:
+        """Wake the processes waiting for receives whose outcome `tx` writes (recovery)."""
+        if self._signals is not None:
+            self._signals.send_tx(tx, SIGNAL)
 
     async def _logged(self, prepared: Prepared, receiving: Awaitable[T]) -> T:
         token = prepared.token
