@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -192,3 +195,91 @@ async def test_the_wal_is_checkpointed_by_its_own_thread_not_by_a_commit(
     assert any(t.name.endswith("-checkpoint") for t in threading.enumerate())
     await runner.close()
     assert not any(t.name.endswith("-checkpoint") for t in threading.enumerate())
+
+
+def _insert_noting_thread(item: int, seen: list[str]) -> Callable[[Tx], int]:
+    def op(tx: Tx) -> int:
+        seen.append(threading.current_thread().name)
+        return _insert(item)(tx)
+
+    return op
+
+
+async def test_a_lone_brief_transaction_runs_in_place_and_anything_else_on_the_thread(
+    runner: SqliteTxRunner,
+) -> None:
+    here = threading.current_thread().name
+    seen: list[str] = []
+    assert await runner.run(_insert_noting_thread(1, seen), brief=True) == 1
+    assert seen == [here]
+    # Not brief, durable, or the process is busy: the writer's thread.
+    await runner.run(_insert_noting_thread(2, seen))
+    await runner.run(_insert_noting_thread(3, seen), brief=True, durable=True)
+    runner.quiet = lambda: False
+    await runner.run(_insert_noting_thread(4, seen), brief=True)
+    assert seen[1:] == ["sqlite-tx"] * 3
+    assert _ids(runner) == [1, 2, 3, 4]
+
+
+async def test_a_brief_transaction_that_raises_in_place_leaves_nothing(
+    runner: SqliteTxRunner,
+) -> None:
+    with pytest.raises(_Boom):
+        await runner.run(_insert_then_fail(1), brief=True)
+    assert _ids(runner) == []
+    assert await runner.run(_insert(2), brief=True) == 1
+    assert _ids(runner) == [2]
+
+
+async def test_a_brief_transaction_queues_behind_a_running_batch(runner: SqliteTxRunner) -> None:
+    release, holder = await _hold_thread(runner)
+    seen: list[str] = []
+    job = asyncio.ensure_future(runner.run(_insert_noting_thread(1, seen), brief=True))
+    await asyncio.sleep(0)
+    assert not job.done()  # it did not take the connection from under the batch
+    release.set()
+    await holder
+    assert await job == 1
+    assert seen == ["sqlite-tx"]
+
+
+async def test_a_brief_transaction_never_makes_the_event_loop_wait_for_another_writer(
+    runner: SqliteTxRunner,
+) -> None:
+    """Another process's flock, or a writer that ignores it (the sqlite3 shell): the
+    transaction waits on the writer's thread while the event loop goes on."""
+    await runner.run(_insert(1))  # the runner's connection and lock file exist
+    seen: list[str] = []
+
+    # Another process of the node: it holds the flock (a second open file is another owner).
+    lock_fd = os.open(f"{runner.path}.txlock", os.O_RDWR)
+    fcntl.flock(lock_fd, fcntl.LOCK_EX)
+    try:
+        started = time.monotonic()
+        job = asyncio.ensure_future(runner.run(_insert_noting_thread(2, seen), brief=True))
+        await asyncio.sleep(0)
+        assert time.monotonic() - started < 2  # a wait would be the busy timeout, 10 s
+        assert not job.done()
+    finally:
+        fcntl.flock(lock_fd, fcntl.LOCK_UN)
+        os.close(lock_fd)
+    assert await job == 1
+
+    # A writer that ignores the flock: SQLite's own lock is busy.
+    shell = sqlite3.connect(runner.path, isolation_level=None)
+    shell.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.monotonic()
+        job = asyncio.ensure_future(runner.run(_insert_noting_thread(3, seen), brief=True))
+        await asyncio.sleep(0)
+        assert time.monotonic() - started < 2
+        assert not job.done()
+    finally:
+        shell.execute("COMMIT")
+        shell.close()
+    assert await job == 1
+    assert seen == ["sqlite-tx", "sqlite-tx"]
+    assert _ids(runner) == [1, 2, 3]
+    # Nobody else writes now: in place again.
+    await runner.run(_insert_noting_thread(4, seen), brief=True)
+    assert seen[-1] == threading.current_thread().name

@@ -148,6 +148,7 @@ class InFlight:
 
     def __init__(self) -> None:
         self._running: dict[str, int] = {}
+        self.total = 0  # all keys'
 
     def enter(self, identity: str, cap: int) -> bool:
         """Take a slot for `identity`; False (nothing taken) when it has `cap` running."""
@@ -155,6 +156,7 @@ class InFlight:
         if cap > 0 and running >= cap:
             return False
         self._running[identity] = running + 1
+        self.total += 1
         return True
 
     def running(self, identity: str) -> int:
@@ -164,6 +166,7 @@ class InFlight:
     def leave(self, identity: str) -> None:
         """Give back a slot `enter` took."""
         running = self._running.get(identity, 0) - 1
+        self.total -= 1
         if running > 0:
             self._running[identity] = running
         else:

@@ -348,7 +348,7 @@ class Ledger:
             reserved = await self._tx.statement(_RESERVE_AT_ONCE, row)
             if reserved:
                 return Reservation(request_id, int(reserved[0][0]), amount_msat, None)
-        account_id, child_id = await self._tx.run(op)
+        account_id, child_id = await self._tx.run(op, brief=True)
         return Reservation(request_id, account_id, amount_msat, child_id)
 
     async def settle(
@@ -420,7 +420,7 @@ class Ledger:
                 )
             return Settlement(charged, int(rows[0][0]))
 
-        return await self._tx.run(op)
+        return await self._tx.run(op, brief=True)
 
     async def release(self, reservation: Reservation, error: str | None = None) -> bool:
         """Give a reservation back untouched (CAS active → released); False if already settled.
@@ -437,7 +437,8 @@ class Ledger:
                 reservation.amount_msat,
                 now,
                 error,
-            )
+            ),
+            brief=True,
         )
 
     # -- liveness and the sweeper ---------------------------------------------------------
