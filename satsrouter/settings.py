@@ -800,7 +800,8 @@ class Settings:
         10.0,
         env="SWEEP_INTERVAL",
         doc="seconds between passes that take over the work of dead node processes "
-        "(reservations, swaps, payouts)",
+        "(reservations, swaps, payouts), each with this process's heartbeat; at most half of "
+        "`INSTANCE_DEAD_AFTER`",
         parse=_float,
         check=_positive,
         live=True,
@@ -974,6 +975,14 @@ class Settings:
             raise SettingsError(
                 "BTC_USD_REFRESH_SECONDS must be shorter than BTC_USD_MAX_AGE_SECONDS",
                 ("btc_usd_refresh_seconds", "btc_usd_max_age_seconds"),
+            )
+        if self.instance_dead_after < 2 * self.sweep_interval:
+            # The heartbeat beats every SWEEP_INTERVAL: slower than that, a live node looks
+            # dead to the others on a shared Postgres, and they take over its work.
+            raise SettingsError(
+                "INSTANCE_DEAD_AFTER must be at least twice SWEEP_INTERVAL (a node beats its "
+                "heartbeat every SWEEP_INTERVAL; one heard from less often looks dead)",
+                ("instance_dead_after", "sweep_interval"),
             )
 
 

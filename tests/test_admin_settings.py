@@ -227,6 +227,10 @@ async def test_patch_round_trip_and_field_errors(node: RunningNode) -> None:
             "btc_usd_refresh_seconds",
             "btc_usd_max_age_seconds",
         }
+        # A heartbeat too slow for the death threshold: live nodes would look dead.
+        resp = await _patch(http, {"sweep_interval": 20})
+        assert resp.status_code == 422
+        assert set(resp.json()["error"]["fields"]) == {"instance_dead_after", "sweep_interval"}
         # Not a JSON object: the usual 400.
         assert (await http.patch(SETTINGS, content=b"[1]")).status_code == 400
 

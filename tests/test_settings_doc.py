@@ -252,6 +252,15 @@ def test_the_price_cannot_go_stale_between_two_refreshes() -> None:
         Settings.from_env({"BTC_USD_REFRESH_SECONDS": "60", "BTC_USD_MAX_AGE_SECONDS": "60"})
 
 
+def test_a_heartbeat_slower_than_half_the_death_threshold_is_refused() -> None:
+    # Beating every 20 s against a 30 s threshold, one late beat makes a live node look dead.
+    with pytest.raises(SettingsError, match="INSTANCE_DEAD_AFTER must be at least twice") as e:
+        Settings.from_env({"SWEEP_INTERVAL": "20"})
+    assert set(e.value.fields) == {"instance_dead_after", "sweep_interval"}
+    assert Settings.from_env({"SWEEP_INTERVAL": "15"}).sweep_interval == 15.0
+    assert Settings.from_env({"SWEEP_INTERVAL": "20", "INSTANCE_DEAD_AFTER": "40"})
+
+
 def test_secrets_stay_out_of_repr() -> None:
     settings = Settings.from_env({env: raw for env, (raw, _) in EVERY_VARIABLE.items()})
     for secret in ("sk-ant-test", "nsec1test", ":pw@", "provider-secret-text", "tor:secret"):
